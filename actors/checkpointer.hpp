@@ -1,0 +1,81 @@
+#pragma once
+
+// dcpp's public entry point, the shape of DCP's `_Checkpointer`: `save`,
+// `async_save` and `load` over pluggable planners and storage.
+//
+// Every rank of a job constructs its own checkpointer (SPMD) with its own
+// storage writer and reader and the same options, and calls `save` / `load`
+// collectively. With `no_dist` the checkpointer runs all steps in the
+// calling process as a world of one rank.
+
+#include "core/planner.hpp"
+#include "storage/state_dict.hpp"
+#include "storage/storage.hpp"
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <string>
+
+namespace dcpp {
+
+class process_group;
+
+struct checkpointer_options {
+  /// The rank that builds the global plan and commits the metadata.
+  int32_t coordinator_rank = 0;
+  /// Run in this process only, as a world of one rank.
+  bool no_dist = false;
+  /// Planners; the defaults when null.
+  std::shared_ptr<dcpp::save_planner> save_planner;
+  std::shared_ptr<dcpp::load_planner> load_planner;
+  /// This rank's membership in a group of ranks (in one process, or across
+  /// processes). Required unless `no_dist`.
+  std::shared_ptr<dcpp::process_group> process_group;
+  /// Deadline of each collective step (plan, write, commit, read).
+  std::chrono::milliseconds step_timeout = std::chrono::seconds(300);
+};
+
+/// What a completed save reports.
+using save_result = caf::expected<metadata>;
+
+class checkpointer {
+public:
+  checkpointer(storage_writer_ptr writer, storage_reader_ptr reader,
+               checkpointer_options opts = {});
+
+  ~checkpointer();
+
+  checkpointer(const checkpointer&) = delete;
+  checkpointer& operator=(const checkpointer&) = delete;
+
+  /// Saves `sd`; returns the committed metadata or the error of the first
+  /// failing step (no `.metadata` is written then). Collective.
+  save_result save(const state_dict& sd);
+
+  /// Copies `sd` into host memory, returns once the copy is done, and
+  /// writes in the background. A second `async_save` waits until the first
+  /// finished. The future yields what `save` would have returned.
+  std::future<save_result> async_save(const state_dict& sd);
+
+  /// Loads into the caller's preallocated tensors, shards and bytes values
+  /// of `sd` (in place; resharding as needed). Collective.
+  caf::error load(state_dict& sd);
+
+  const checkpointer_options& options() const {
+    return opts_;
+  }
+
+private:
+  storage_writer_ptr writer_;
+  storage_reader_ptr reader_;
+  checkpointer_options opts_;
+  /// The background save in flight, if any.
+  std::shared_future<save_result> pending_;
+};
+
+} // namespace dcpp

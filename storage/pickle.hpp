@@ -1,0 +1,108 @@
+#pragma once
+
+// A small, restricted pickle reader and writer: exactly what DCP's
+// `.metadata` and torch.save's `data.pkl` need, and nothing that can run
+// code. Globals are recorded by name, never resolved; REDUCE, NEWOBJ and
+// BUILD build inert `object` records that the caller interprets.
+//
+// The reader accepts protocols 2 to 5 and bounds everything it allocates by
+// the input size (plus fixed limits on nesting and memo size), so garbage
+// input yields `errc::corrupt_metadata`, never a crash or a hang.
+
+#include <caf/expected.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace dcpp::pickle {
+
+struct value;
+using value_ptr = std::shared_ptr<const value>;
+
+/// The kinds of values the reader produces.
+enum class kind : uint8_t {
+  none,
+  boolean,
+  integer,  ///< fits in int64 (larger LONG1/LONG4 values are refused)
+  floating,
+  string,   ///< unicode text (UTF-8 bytes)
+  bytes,
+  tuple,
+  list,
+  dict,     ///< ordered (key, value) pairs
+  global,   ///< `module`.`name`, unresolved
+  object,   ///< result of REDUCE / NEWOBJ (+ BUILD): callable + args + state
+  persid,   ///< BINPERSID: the persistent id value (torch storages)
+  mark,     ///< internal
+};
+
+struct value {
+  kind k = kind::none;
+  bool b = false;
+  int64_t i = 0;
+  double f = 0;
+  /// string / bytes; for `global`: module; for `object`: unused.
+  std::string s;
+  /// `global`: name.
+  std::string name;
+  /// tuple / list: items; dict: keys and values interleaved (k0, v0, k1,
+  /// v1, ...); object: [callable, args]; persid: [pid].
+  std::vector<value_ptr> items;
+  /// object: the BUILD state (nullptr if none); set by BUILD.
+  value_ptr state;
+  /// object: made by NEWOBJ (cls.__new__) rather than REDUCE.
+  bool newobj = false;
+
+  bool is(kind x) const {
+    return k == x;
+  }
+
+  /// For dicts: the value under string key `key`, or nullptr.
+  value_ptr get(std::string_view key) const;
+
+  /// For `global` and for objects whose callable is a global: the class
+  /// name ("Metadata"), and its module.
+  std::string global_name() const;
+  std::string global_module() const;
+};
+
+value_ptr make_none();
+value_ptr make_bool(bool x);
+value_ptr make_int(int64_t x);
+value_ptr make_float(double x);
+value_ptr make_string(std::string x);
+value_ptr make_tuple(std::vector<value_ptr> xs);
+value_ptr make_list(std::vector<value_ptr> xs);
+value_ptr make_dict(std::vector<std::pair<value_ptr, value_ptr>> kvs);
+value_ptr make_global(std::string module, std::string name);
+/// REDUCE(callable, args) with optional BUILD state.
+value_ptr make_reduce(value_ptr callable, value_ptr args,
+                      value_ptr state = nullptr);
+/// NEWOBJ(cls, args) with optional BUILD state.
+value_ptr make_newobj(value_ptr cls, value_ptr args,
+                      value_ptr state = nullptr);
+value_ptr make_persid(value_ptr pid);
+
+struct read_limits {
+  /// Deepest nesting of containers.
+  size_t max_depth = 256;
+  /// Most memo entries.
+  size_t max_memo = 1u << 20;
+};
+
+/// Decodes one pickle (protocol 0-5 framing, opcodes listed in
+/// docs/dcp-format.md). Fails with `errc::corrupt_metadata` naming the
+/// opcode and byte offset.
+caf::expected<value_ptr> read(std::string_view bytes,
+                              const read_limits& limits = {});
+
+/// Encodes `x` as protocol 2: GLOBAL, BINUNICODE, BININT*/LONG1, BINFLOAT,
+/// NONE, NEWTRUE/NEWFALSE, tuples, EMPTY_LIST+APPENDS, EMPTY_DICT+SETITEMS,
+/// REDUCE, NEWOBJ, BUILD, BINPERSID, STOP. No memo.
+std::string write(const value& x);
+
+} // namespace dcpp::pickle

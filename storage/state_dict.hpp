@@ -1,0 +1,141 @@
+#pragma once
+
+// The state dict a user saves and loads: a tree of named values, each a
+// plain tensor, a sharded tensor (this rank's shards of a larger tensor) or
+// a bytes value (a serialized non-tensor: torch.save bytes, so PyTorch reads
+// it as the original object). Nested dicts are flattened to dotted keys for
+// planning and restored on load, as newest DCP does.
+//
+// This header includes only `ATen/core/Tensor.h` (a few seconds of compile
+// time); the torch serialization headers stay in storage sources.
+
+#include "core/state_dict_view.hpp"
+
+#include <ATen/core/Tensor.h>
+#include <caf/expected.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace dcpp {
+
+/// One local shard of a sharded tensor: a tensor and where it sits in the
+/// global shape.
+struct shard {
+  at::Tensor tensor;
+  shape_t offsets;
+};
+
+/// This rank's part of a tensor of shape `global_size` (DCP's
+/// ShardedTensor / DTensor). A rank may hold zero, one or more shards.
+struct sharded_tensor {
+  shape_t global_size;
+  std::vector<shard> local_shards;
+};
+
+/// A serialized non-tensor value. `data` is stored verbatim; PyTorch loads it
+/// with `torch.load`, so it should be a torch.save archive (see
+/// `bytes_value::from_int` and friends, or `encode_object`).
+struct bytes_value {
+  std::string data;
+
+  /// Wraps raw bytes as they are (e.g. read from another checkpoint).
+  static bytes_value raw(std::string data) {
+    return bytes_value{std::move(data)};
+  }
+  /// torch.save of a Python int / float / str / dict of str (as PyTorch's
+  /// own `torch.save` would write it).
+  static bytes_value from_int(int64_t x);
+  static bytes_value from_double(double x);
+  static bytes_value from_string(const std::string& x);
+
+  /// Decoders of the same forms; fail with `errc::corrupt_item`.
+  caf::expected<int64_t> to_int() const;
+  caf::expected<double> to_double() const;
+  caf::expected<std::string> to_string() const;
+};
+
+class state_dict;
+
+/// A value of a state dict.
+using value = std::variant<at::Tensor, sharded_tensor, bytes_value,
+                           std::shared_ptr<state_dict>>;
+
+/// An ordered map of names to values. Keys keep insertion order, which
+/// becomes the order of items in the data files.
+class state_dict {
+public:
+  using entry = std::pair<std::string, value>;
+
+  state_dict() = default;
+
+  /// Inserts or replaces `key`.
+  void set(const std::string& key, value v);
+
+  /// Returns the nested dict under `key`, creating it if needed.
+  state_dict& nested(const std::string& key);
+
+  /// Returns the value under `key` or nullptr.
+  value* find(const std::string& key);
+  const value* find(const std::string& key) const;
+
+  /// Looks up a dotted path through nested dicts ("optim.state.0.m").
+  value* find_path(const std::vector<std::string>& path);
+
+  const std::vector<entry>& entries() const {
+    return entries_;
+  }
+  std::vector<entry>& entries() {
+    return entries_;
+  }
+
+  size_t size() const {
+    return entries_.size();
+  }
+
+  bool empty() const {
+    return entries_.empty();
+  }
+
+private:
+  std::vector<entry> entries_;
+};
+
+/// A flattened state dict: dotted keys to leaf values (tensors, sharded
+/// tensors, bytes) in tree order, with the mapping back to nested paths.
+struct flat_state_dict {
+  std::vector<std::pair<std::string, value*>> items;
+  flatten_mapping mapping;
+};
+
+/// Flattens `sd` (pointers into `sd`, which must outlive the result).
+/// Fails with `errc::invalid_argument` if two paths flatten to one key.
+caf::expected<flat_state_dict> flatten(state_dict& sd);
+
+/// Builds the planner's view of a flattened state dict: dtype, global
+/// shape, local chunks. Fails with `errc::unknown_dtype` or
+/// `errc::invalid_argument` naming the fqn (undefined tensor, shard outside
+/// its global shape, shard dtype differing from its siblings).
+caf::expected<state_dict_view> make_view(const flat_state_dict& flat);
+
+/// Maps a torch scalar type to a dcpp dtype (errc::unknown_dtype).
+caf::expected<dtype> to_dtype(c10::ScalarType type);
+
+/// Maps a dcpp dtype to a torch scalar type.
+c10::ScalarType to_scalar_type(dtype type);
+
+/// Allocates, for every key in `md`, an empty tensor of the saved shape and
+/// dtype (or an empty bytes value), nested by `md.planner_data` where it
+/// names a path. Used to load a checkpoint without knowing its keys.
+state_dict make_state_dict_for(const metadata& md);
+
+/// Copies every tensor of `sd` into freshly allocated host memory, so the
+/// caller may modify its tensors while a save runs (async save staging).
+/// Keeps structure, shards and bytes values.
+state_dict stage_to_host(const state_dict& sd);
+
+} // namespace dcpp
