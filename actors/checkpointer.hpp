@@ -75,7 +75,7 @@ private:
   storage_reader_ptr reader_;
   checkpointer_options opts_;
   /// The background save in flight, if any.
-  std::shared_future<save_result> pending_;
+  std::shared_future<void> pending_;
 };
 
 } // namespace dcpp

@@ -1,1 +1,221 @@
-// placeholder: being written
+#include "storage/memory_storage.hpp"
+
+#include "core/error.hpp"
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+
+namespace dcpp {
+
+namespace {
+
+struct stored_item {
+  at::Tensor tensor;
+  std::string bytes;
+};
+
+} // namespace
+
+class memory_store {
+public:
+  std::mutex mx;
+  /// Items written by the save in progress, by storage key "rank/serial".
+  std::map<std::string, stored_item> staged;
+  /// Items of the committed checkpoint.
+  std::map<std::string, stored_item> committed;
+  std::optional<metadata> md;
+};
+
+size_t committed_items(const memory_store& store) {
+  auto& self = const_cast<memory_store&>(store);
+  std::lock_guard<std::mutex> guard{self.mx};
+  return self.committed.size();
+}
+
+namespace {
+
+class memory_writer : public storage_writer {
+public:
+  explicit memory_writer(std::shared_ptr<memory_store> store)
+    : store_(std::move(store)) {
+    // nop
+  }
+
+  caf::error set_up(bool, int32_t rank) override {
+    rank_ = rank;
+    return caf::none;
+  }
+
+  caf::expected<save_plan> prepare_local_plan(save_plan plan) override {
+    return plan;
+  }
+
+  caf::expected<std::vector<save_plan>>
+  prepare_global_plan(std::vector<save_plan> plans) override {
+    for (size_t i = 0; i < plans.size(); ++i)
+      plans[i].storage_data = "mem" + std::to_string(i) + "/";
+    return plans;
+  }
+
+  caf::expected<std::vector<write_result>>
+  write_data(const save_plan& plan, const item_source& source) override {
+    std::vector<write_result> results;
+    for (const auto& item : plan.items) {
+      stored_item stored;
+      uint64_t length = 0;
+      if (item.type == write_item_type::bytes) {
+        auto bytes = source.bytes(item);
+        if (!bytes)
+          return bytes.error();
+        stored.bytes = std::string{*bytes};
+        length = stored.bytes.size();
+      } else {
+        auto t = source.tensor(item);
+        if (!t)
+          return t.error();
+        try {
+          stored.tensor = t->detach().clone(at::MemoryFormat::Contiguous);
+        } catch (const c10::Error& ex) {
+          return make_error(errc::storage_failure,
+                            to_string(item.index) + ": "
+                              + ex.what_without_backtrace());
+        }
+        length = stored.tensor.nbytes();
+      }
+      write_result res;
+      res.index = item.index;
+      res.size_in_bytes = length;
+      res.storage_data.length = length;
+      std::lock_guard<std::mutex> guard{store_->mx};
+      auto key = plan.storage_data + std::to_string(serial_++);
+      res.storage_data.relative_path = key;
+      store_->staged[key] = std::move(stored);
+      written_.push_back(key);
+      results.push_back(std::move(res));
+    }
+    return results;
+  }
+
+  caf::error
+  finish(const metadata& md,
+         const std::vector<std::vector<write_result>>& results) override {
+    auto copy = md;
+    for (const auto& per_rank : results)
+      for (const auto& res : per_rank)
+        copy.storage_data[res.index] = res.storage_data;
+    std::lock_guard<std::mutex> guard{store_->mx};
+    store_->committed.clear();
+    for (const auto& [index, info] : copy.storage_data) {
+      auto i = store_->staged.find(info.relative_path);
+      if (i == store_->staged.end())
+        return make_error(errc::storage_failure,
+                          "no data was written for " + to_string(index));
+      store_->committed[info.relative_path] = std::move(i->second);
+      store_->staged.erase(i);
+    }
+    store_->md = std::move(copy);
+    return caf::none;
+  }
+
+  void abort() override {
+    std::lock_guard<std::mutex> guard{store_->mx};
+    for (const auto& key : written_)
+      store_->staged.erase(key);
+    written_.clear();
+  }
+
+private:
+  std::shared_ptr<memory_store> store_;
+  int32_t rank_ = 0;
+  uint64_t serial_ = 0;
+  std::vector<std::string> written_;
+};
+
+class memory_reader : public storage_reader {
+public:
+  explicit memory_reader(std::shared_ptr<memory_store> store)
+    : store_(std::move(store)) {
+    // nop
+  }
+
+  caf::expected<metadata> read_metadata() override {
+    std::lock_guard<std::mutex> guard{store_->mx};
+    if (!store_->md)
+      return make_error(errc::not_found, "memory store holds no checkpoint");
+    return *store_->md;
+  }
+
+  caf::error set_up(const metadata& md, bool, int32_t) override {
+    md_ = md;
+    return caf::none;
+  }
+
+  caf::error read_data(const load_plan& plan, load_target& target) override {
+    for (const auto& item : plan.items) {
+      auto info = md_.storage_data.find(item.storage_index);
+      if (info == md_.storage_data.end())
+        return make_error(errc::missing_key,
+                          "no storage for " + to_string(item.storage_index));
+      stored_item stored;
+      {
+        std::lock_guard<std::mutex> guard{store_->mx};
+        auto i = store_->committed.find(info->second.relative_path);
+        if (i == store_->committed.end())
+          return make_error(errc::corrupt_item,
+                            "missing data for " + to_string(item.storage_index));
+        stored = i->second;
+      }
+      if (item.type == load_item_type::bytes) {
+        if (auto err = target.set_bytes(item, std::move(stored.bytes)))
+          return err;
+        continue;
+      }
+      auto dest = target.tensor(item);
+      if (!dest)
+        return dest.error();
+      try {
+        auto src = stored.tensor;
+        for (size_t d = 0; d < item.lengths.size(); ++d)
+          src = src.narrow(static_cast<int64_t>(d), item.storage_offsets[d],
+                           item.lengths[d]);
+        if (src.sizes() != dest->sizes())
+          return make_error(errc::shape_mismatch,
+                            to_string(item.dest_index) + ": source box "
+                              + to_string(src.sizes().vec())
+                              + " vs destination "
+                              + to_string(dest->sizes().vec()));
+        dest->copy_(src);
+      } catch (const c10::Error& ex) {
+        return make_error(errc::corrupt_item,
+                          to_string(item.storage_index) + ": "
+                            + ex.what_without_backtrace());
+      }
+    }
+    return caf::none;
+  }
+
+private:
+  std::shared_ptr<memory_store> store_;
+  metadata md_;
+};
+
+} // namespace
+
+std::shared_ptr<memory_store> make_memory_storage() {
+  return std::make_shared<memory_store>();
+}
+
+storage_writer_ptr make_memory_writer(std::shared_ptr<memory_store> store) {
+  return std::make_shared<memory_writer>(std::move(store));
+}
+
+storage_reader_ptr make_memory_reader(std::shared_ptr<memory_store> store) {
+  return std::make_shared<memory_reader>(std::move(store));
+}
+
+} // namespace dcpp

@@ -10,6 +10,7 @@
 // time); the torch serialization headers stay in storage sources.
 
 #include "core/state_dict_view.hpp"
+#include "storage/storage.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <caf/expected.hpp>
@@ -121,6 +122,16 @@ caf::expected<flat_state_dict> flatten(state_dict& sd);
 /// `errc::invalid_argument` naming the fqn (undefined tensor, shard outside
 /// its global shape, shard dtype differing from its siblings).
 caf::expected<state_dict_view> make_view(const flat_state_dict& flat);
+
+/// An `item_source` over a flattened state dict (DCP's
+/// `resolve_data`): plain tensors, shards (found by chunk offset) and bytes
+/// values. `flat` must outlive the source.
+std::unique_ptr<item_source> make_item_source(const flat_state_dict& flat);
+
+/// A `load_target` over a flattened state dict (DCP's `resolve_tensor` and
+/// `load_bytes`): destinations are narrowed views of the caller's tensors
+/// and shards; bytes values are replaced. `flat` must outlive the target.
+std::unique_ptr<load_target> make_load_target(const flat_state_dict& flat);
 
 /// Maps a torch scalar type to a dcpp dtype (errc::unknown_dtype).
 caf::expected<dtype> to_dtype(c10::ScalarType type);

@@ -81,6 +81,12 @@ public:
   [[nodiscard]] virtual caf::expected<std::vector<write_result>>
   write_data(const save_plan& plan, const item_source& source) = 0;
 
+  /// Splits a central plan (after step 3) into at most `n` parts that may be
+  /// passed to concurrent `write_data` calls from different threads (the
+  /// writer actors). The default returns the plan as its only part.
+  [[nodiscard]] virtual std::vector<save_plan> split_plan(const save_plan& plan,
+                                                          size_t n);
+
   [[nodiscard]] virtual caf::error
   finish(const metadata& md,
          const std::vector<std::vector<write_result>>& results)
@@ -115,6 +121,11 @@ public:
   [[nodiscard]] virtual caf::error read_data(const load_plan& plan,
                                              load_target& target)
     = 0;
+
+  /// Splits a central plan into at most `n` parts that may be passed to
+  /// concurrent `read_data` calls (the reader actors). Default: one part.
+  [[nodiscard]] virtual std::vector<load_plan> split_plan(const load_plan& plan,
+                                                          size_t n);
 };
 
 using storage_writer_ptr = std::shared_ptr<storage_writer>;

@@ -1,0 +1,28 @@
+#pragma once
+
+// An in-process storage backend: items live in memory, shared by the
+// writers and readers of one `memory_store`. For tests of planning and
+// actors that should not touch the disk; it follows the same call order and
+// commit rule as the file system (metadata visible only after `finish`).
+
+#include "storage/storage.hpp"
+
+#include <memory>
+
+namespace dcpp {
+
+class memory_store;
+
+/// A fresh, empty store.
+std::shared_ptr<memory_store> make_memory_storage();
+
+/// A writer for one rank.
+storage_writer_ptr make_memory_writer(std::shared_ptr<memory_store> store);
+
+/// A reader for one rank.
+storage_reader_ptr make_memory_reader(std::shared_ptr<memory_store> store);
+
+/// Number of items committed to `store` (for tests).
+size_t committed_items(const memory_store& store);
+
+} // namespace dcpp
