@@ -1,1 +1,376 @@
-// placeholder: being written
+// The default save and load planning rules (DCP's `default_planner.py`),
+// the default planner classes and the flatten-mapping codec. De-duplication
+// lives in dedup.cpp, read-item creation in resharding.cpp, metadata checks
+// in validate.cpp.
+
+#include "core/planner.hpp"
+
+#include "core/error.hpp"
+
+#include <cstdint>
+#include <utility>
+
+namespace dcpp {
+
+namespace {
+
+/// The chunks an item stands for. A plain tensor whose view lists no chunk
+/// stands for one chunk covering it (offsets 0, sizes = global size).
+std::vector<chunk_storage_metadata> chunks_of(const item_view& item) {
+  if (item.sharded || !item.local_chunks.empty())
+    return item.local_chunks;
+  chunk_storage_metadata whole;
+  whole.offsets.assign(item.global_size.size(), 0);
+  whole.sizes = item.global_size;
+  return {std::move(whole)};
+}
+
+} // namespace
+
+// -- save planning ------------------------------------------------------------
+
+save_plan create_default_local_save_plan(const state_dict_view& view) {
+  save_plan plan;
+  for (const auto& item : view.items) {
+    if (item.kind == item_kind::bytes) {
+      write_item w;
+      w.index = metadata_index{item.fqn};
+      w.type = write_item_type::bytes;
+      w.bytes_size = item.bytes_size;
+      plan.items.push_back(std::move(w));
+      continue;
+    }
+    for (auto& chunk : chunks_of(item)) {
+      write_item w;
+      w.index = metadata_index{item.fqn, chunk.offsets};
+      w.type = item.sharded ? write_item_type::shard : write_item_type::tensor;
+      w.tensor_data.chunk = std::move(chunk);
+      w.tensor_data.properties = item.properties;
+      w.tensor_data.size = item.global_size;
+      plan.items.push_back(std::move(w));
+    }
+  }
+  plan.planner_data = encode_flatten_mapping(view.mapping);
+  return plan;
+}
+
+caf::expected<global_save_plan>
+create_default_global_save_plan(std::vector<save_plan> plans,
+                                bool to_lowest_rank) {
+  auto deduped = dedup_save_plans(std::move(plans), to_lowest_rank);
+  if (!deduped)
+    return std::move(deduped.error());
+  global_save_plan result;
+  result.plans = std::move(*deduped);
+  auto& sdm = result.md.state_dict_metadata;
+  for (size_t rank = 0; rank < result.plans.size(); ++rank) {
+    for (auto& item : result.plans[rank].items) {
+      const auto& fqn = item.index.fqn;
+      auto [it, added] = sdm.try_emplace(fqn);
+      auto& entry = it->second;
+      if (item.type == write_item_type::bytes) {
+        // dedup_save_plans leaves one bytes item per fqn and no tensor
+        // under the same fqn; this guards callers of custom planners.
+        if (!added)
+          return make_error(errc::conflicting_item,
+                            fqn + ": bytes from rank " + std::to_string(rank)
+                              + " collide with an earlier item");
+        entry = item_metadata::bytes();
+        continue;
+      }
+      if (added) {
+        entry.kind = item_kind::tensor;
+        entry.tensor.properties = item.tensor_data.properties;
+        entry.tensor.size = item.tensor_data.size;
+      } else if (entry.kind != item_kind::tensor) {
+        return make_error(errc::conflicting_item,
+                          fqn + ": a tensor chunk from rank "
+                            + std::to_string(rank)
+                            + " collides with an earlier bytes item");
+      }
+      auto& chunks = entry.tensor.chunks;
+      item.index.index = static_cast<int64_t>(chunks.size());
+      chunks.push_back(item.tensor_data.chunk);
+    }
+  }
+  // Merge the flatten mappings; like DCP's ChainMap, the lowest rank wins
+  // when two ranks map the same key differently.
+  for (size_t rank = 0; rank < result.plans.size(); ++rank) {
+    const auto& data = result.plans[rank].planner_data;
+    if (data.empty())
+      continue;
+    auto mapping = decode_flatten_mapping(data);
+    if (!mapping)
+      return make_error(errc::corrupt_metadata,
+                        "planner_data of rank " + std::to_string(rank) + ": "
+                          + describe(mapping.error()));
+    for (auto& [key, path] : *mapping)
+      result.md.planner_data.emplace(key, std::move(path));
+  }
+  if (auto err = validate_metadata(result.md))
+    return err;
+  return result;
+}
+
+// -- load planning ------------------------------------------------------------
+
+caf::expected<load_plan>
+create_default_local_load_plan(const state_dict_view& request,
+                               const metadata& md, const load_options& opts) {
+  load_plan plan;
+  for (const auto& item : request.items) {
+    const auto& fqn = item.fqn;
+    auto it = md.state_dict_metadata.find(fqn);
+    if (it == md.state_dict_metadata.end()) {
+      if (opts.strict)
+        return make_error(errc::missing_key,
+                          fqn + ": requested but not in the checkpoint");
+      continue;
+    }
+    const auto& saved = it->second;
+    if (saved.kind != item.kind)
+      return make_error(errc::kind_mismatch,
+                        fqn + ": requested " + to_string(item.kind)
+                          + ", the checkpoint holds " + to_string(saved.kind));
+    if (item.kind == item_kind::bytes) {
+      // Same placeholders as DCP: offsets (0,), lengths (0,).
+      read_item r;
+      r.type = load_item_type::bytes;
+      r.dest_index = metadata_index{fqn};
+      r.storage_index = metadata_index{fqn};
+      r.dest_offsets = {0};
+      r.storage_offsets = {0};
+      r.lengths = {0};
+      plan.items.push_back(std::move(r));
+      continue;
+    }
+    const auto& tensor = saved.tensor;
+    if (tensor.size != item.global_size)
+      return make_error(errc::shape_mismatch,
+                        fqn + ": requested size " + to_string(item.global_size)
+                          + ", the checkpoint holds "
+                          + to_string(tensor.size));
+    // A rank holding no chunk of a sharded tensor has no dtype to compare.
+    if (opts.check_dtype && !item.local_chunks.empty()
+        && tensor.properties.type != item.properties.type)
+      return make_error(errc::dtype_mismatch,
+                        fqn + ": requested " + to_string(item.properties.type)
+                          + ", the checkpoint holds "
+                          + to_string(tensor.properties.type));
+    const auto ndim = tensor.size.size();
+    for (size_t j = 0; j < tensor.chunks.size(); ++j) {
+      const auto& c = tensor.chunks[j];
+      if (c.offsets.size() != ndim || c.sizes.size() != ndim)
+        return make_error(errc::corrupt_metadata,
+                          fqn + ": saved chunk #" + std::to_string(j)
+                            + " does not have the tensor's rank "
+                            + std::to_string(ndim));
+    }
+    auto local = chunks_of(item);
+    std::vector<int64_t> volumes(local.size());
+    for (size_t i = 0; i < local.size(); ++i) {
+      const auto& c = local[i];
+      bool ok = c.offsets.size() == ndim && c.sizes.size() == ndim;
+      for (size_t d = 0; ok && d < ndim; ++d)
+        ok = c.offsets[d] >= 0 && c.sizes[d] >= 0
+             && c.sizes[d] <= tensor.size[d]
+             && c.offsets[d] <= tensor.size[d] - c.sizes[d];
+      if (!ok)
+        return make_error(errc::chunk_out_of_bounds,
+                          fqn + ": requested chunk (offsets "
+                            + to_string(c.offsets) + ", sizes "
+                            + to_string(c.sizes) + ") lies outside size "
+                            + to_string(tensor.size));
+      volumes[i] = numel(c.sizes);
+    }
+    auto items = create_read_items(fqn, tensor, local);
+    // Every requested element must come from exactly one saved element;
+    // DCP leaves holes of a broken checkpoint silently uninitialized.
+    std::vector<int64_t> covered(local.size(), 0);
+    for (const auto& r : items)
+      covered[static_cast<size_t>(r.dest_index.index)] += numel(r.lengths);
+    for (size_t i = 0; i < local.size(); ++i) {
+      if (covered[i] == volumes[i])
+        continue;
+      auto code = covered[i] < volumes[i] ? errc::incomplete_chunks
+                                          : errc::overlapping_chunks;
+      return make_error(code, fqn + ": saved chunks cover "
+                                + std::to_string(covered[i]) + " of "
+                                + std::to_string(volumes[i])
+                                + " elements of the requested chunk at "
+                                + to_string(local[i].offsets));
+    }
+    plan.items.insert(plan.items.end(), std::make_move_iterator(items.begin()),
+                      std::make_move_iterator(items.end()));
+  }
+  return plan;
+}
+
+// -- pluggable planners -------------------------------------------------------
+
+save_planner::~save_planner() {
+  // nop
+}
+
+caf::expected<save_plan> save_planner::finish_plan(save_plan central) const {
+  return central;
+}
+
+load_planner::~load_planner() {
+  // nop
+}
+
+caf::expected<std::vector<load_plan>>
+load_planner::create_global_plan(std::vector<load_plan> plans) const {
+  return plans;
+}
+
+caf::expected<load_plan> load_planner::finish_plan(load_plan central) const {
+  return central;
+}
+
+namespace {
+
+class default_save_planner final : public save_planner {
+public:
+  explicit default_save_planner(bool to_lowest_rank)
+    : to_lowest_rank_(to_lowest_rank) {
+    // nop
+  }
+
+  caf::expected<save_plan> create_local_plan(const state_dict_view& view,
+                                             bool) const override {
+    return create_default_local_save_plan(view);
+  }
+
+  caf::expected<global_save_plan>
+  create_global_plan(std::vector<save_plan> plans) const override {
+    return create_default_global_save_plan(std::move(plans), to_lowest_rank_);
+  }
+
+private:
+  bool to_lowest_rank_;
+};
+
+class default_load_planner final : public load_planner {
+public:
+  explicit default_load_planner(load_options opts) : opts_(opts) {
+    // nop
+  }
+
+  caf::expected<load_plan> create_local_plan(const state_dict_view& request,
+                                             const metadata& md,
+                                             bool) const override {
+    return create_default_local_load_plan(request, md, opts_);
+  }
+
+private:
+  load_options opts_;
+};
+
+} // namespace
+
+std::shared_ptr<save_planner>
+make_default_save_planner(bool dedup_to_lowest_rank) {
+  return std::make_shared<default_save_planner>(dedup_to_lowest_rank);
+}
+
+std::shared_ptr<load_planner> make_default_load_planner(load_options opts) {
+  return std::make_shared<default_load_planner>(opts);
+}
+
+// -- flatten mapping codec ----------------------------------------------------
+
+// Format: the header line "dcpp-flatten-mapping/1", then one line per key:
+// the key followed by each path element, each preceded by a tab. A line ends
+// with "\n". Backslash, tab, newline and carriage return inside keys and
+// elements are escaped as "\\", "\t", "\n" and "\r"; every other byte is
+// written as is. A key with an empty path is a line without tabs; the empty
+// string also decodes to the empty mapping (plans of custom planners).
+
+namespace {
+
+constexpr const char* mapping_header = "dcpp-flatten-mapping/1\n";
+
+void append_escaped(std::string& out, const std::string& str) {
+  for (auto c : str) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      default: out += c;
+    }
+  }
+}
+
+caf::error mapping_error(size_t line, const std::string& what) {
+  return make_error(errc::corrupt_metadata,
+                    "flatten mapping, line " + std::to_string(line) + ": "
+                      + what);
+}
+
+} // namespace
+
+std::string encode_flatten_mapping(const flatten_mapping& mapping) {
+  std::string out = mapping_header;
+  for (const auto& [key, path] : mapping) {
+    append_escaped(out, key);
+    for (const auto& element : path) {
+      out += '\t';
+      append_escaped(out, element);
+    }
+    out += '\n';
+  }
+  return out;
+}
+
+caf::expected<flatten_mapping> decode_flatten_mapping(const std::string& str) {
+  flatten_mapping result;
+  if (str.empty())
+    return result;
+  const std::string header = mapping_header;
+  if (str.compare(0, header.size(), header) != 0)
+    return mapping_error(1, "missing header \"dcpp-flatten-mapping/1\"");
+  size_t line = 1;
+  size_t pos = header.size();
+  std::vector<std::string> fields;
+  while (pos < str.size()) {
+    ++line;
+    fields.assign(1, std::string{});
+    bool done = false;
+    while (!done) {
+      if (pos >= str.size())
+        return mapping_error(line, "truncated (no final newline)");
+      auto c = str[pos++];
+      switch (c) {
+        case '\n': done = true; break;
+        case '\t': fields.emplace_back(); break;
+        case '\\': {
+          if (pos >= str.size())
+            return mapping_error(line, "truncated escape sequence");
+          auto e = str[pos++];
+          switch (e) {
+            case '\\': fields.back() += '\\'; break;
+            case 't': fields.back() += '\t'; break;
+            case 'n': fields.back() += '\n'; break;
+            case 'r': fields.back() += '\r'; break;
+            default:
+              return mapping_error(line, std::string{"invalid escape \\"} + e);
+          }
+          break;
+        }
+        default: fields.back() += c;
+      }
+    }
+    auto key = std::move(fields.front());
+    std::vector<std::string> path(std::make_move_iterator(fields.begin() + 1),
+                                  std::make_move_iterator(fields.end()));
+    if (result.count(key) > 0)
+      return mapping_error(line, "duplicate key '" + key + "'");
+    result.emplace(std::move(key), std::move(path));
+  }
+  return result;
+}
+
+} // namespace dcpp
