@@ -30,12 +30,19 @@ std::string to_string(metadata_flavor x);
 /// Parses "1.13" / "2" (also "torch_1_13", "torch_2").
 caf::expected<metadata_flavor> parse_metadata_flavor(const std::string& str);
 
-/// Encodes `md` as the pickle PyTorch DCP writes into `.metadata`.
+/// Encodes `md` as the pickle PyTorch DCP writes into `.metadata`, in the
+/// layout of the reference emitter (docs/dcp-format.md, section 2.6).
+/// torch_1_13 writes the three fields of 1.13's `Metadata`; torch_2 adds
+/// `storage_meta` (checkpoint_id as a str, or None when empty) and
+/// `version` ("1.0.0" when `md.version` is empty). `planner_data` is None
+/// when empty. A non-empty `storage_info::checksum` becomes an extra
+/// `checksum` key of `_StorageInfo` (an instance attribute for Python).
 std::string encode_metadata(const metadata& md,
                             metadata_flavor flavor = metadata_flavor::torch_2);
 
 /// Decodes a `.metadata` file. Fails with `errc::corrupt_metadata` naming
-/// what was wrong (an unknown global, a missing field, a bad type).
+/// what was wrong (an unknown global, a missing field, a bad type), or with
+/// `errc::unsupported` for an item stored with `transform_descriptors`.
 caf::expected<metadata> decode_metadata(std::string_view bytes);
 
 } // namespace dcpp

@@ -5,9 +5,24 @@
 // code. Globals are recorded by name, never resolved; REDUCE, NEWOBJ and
 // BUILD build inert `object` records that the caller interprets.
 //
-// The reader accepts protocols 2 to 5 and bounds everything it allocates by
+// The reader accepts protocols 0 to 5 and bounds everything it allocates by
 // the input size (plus fixed limits on nesting and memo size), so garbage
 // input yields `errc::corrupt_metadata`, never a crash or a hang.
+//
+// Differences from CPython's unpickler, all on inputs no real DCP or
+// torch.save file contains:
+// - A pickle must end with STOP, leaving exactly one value and no open MARK,
+//   with no bytes after it.
+// - Recursive structures are refused: APPEND(S), SETITEM(S), ADDITEMS and
+//   BUILD may only modify a value that no other value holds yet, and never
+//   add a value to itself. So every value graph is acyclic (shared
+//   references stay shared) and at most `max_depth` deep.
+// - APPEND(S) / SETITEM(S) only target lists / dicts (not objects made by
+//   REDUCE, e.g. a non-empty OrderedDict); BUILD only targets objects, once.
+// - Sets are kept as protocol 2 spells them: an `object` REDUCE of the
+//   global `builtins.set` (or `frozenset`) with args `([items],)`.
+// - NEWOBJ_EX with non-empty keyword arguments gives an object whose
+//   `items` has the kwargs dict as a third element.
 
 #include <caf/expected.hpp>
 
@@ -37,7 +52,7 @@ enum class kind : uint8_t {
   global,   ///< `module`.`name`, unresolved
   object,   ///< result of REDUCE / NEWOBJ (+ BUILD): callable + args + state
   persid,   ///< BINPERSID: the persistent id value (torch storages)
-  mark,     ///< internal
+  mark,     ///< internal; never in a value returned by `read`
 };
 
 struct value {
@@ -95,14 +110,18 @@ struct read_limits {
 };
 
 /// Decodes one pickle (protocol 0-5 framing, opcodes listed in
-/// docs/dcp-format.md). Fails with `errc::corrupt_metadata` naming the
-/// opcode and byte offset.
+/// docs/dcp-format.md, plus PUT/GET and BYTEARRAY8). Fails with
+/// `errc::corrupt_metadata` naming the opcode and byte offset.
 caf::expected<value_ptr> read(std::string_view bytes,
                               const read_limits& limits = {});
 
 /// Encodes `x` as protocol 2: GLOBAL, BINUNICODE, BININT*/LONG1, BINFLOAT,
 /// NONE, NEWTRUE/NEWFALSE, tuples, EMPTY_LIST+APPENDS, EMPTY_DICT+SETITEMS,
-/// REDUCE, NEWOBJ, BUILD, BINPERSID, STOP. No memo.
+/// REDUCE, NEWOBJ, BUILD, BINPERSID, STOP. No memo, so shared references
+/// are written once per use. Beyond protocol 2, and only when needed (every
+/// Python 3 reads them): `bytes` as (SHORT_)BINBYTES, a global whose name
+/// contains a newline as STACK_GLOBAL, kwargs (third object item) with
+/// NEWOBJ_EX.
 std::string write(const value& x);
 
 } // namespace dcpp::pickle
