@@ -1,1 +1,1024 @@
-// placeholder: being written
+// Durability protocol of the file-system storage.
+//
+// A checkpoint directory holds data files `__<rank>_<n>.distcp` and one
+// `.metadata`. `.metadata` is the commit record: the directory holds a
+// checkpoint if and only if `.metadata` exists, and every byte it points to
+// was durable before it appeared. A save runs these steps:
+//
+// 1. set_up (every rank): `mkdir -p` the directory, fsyncing the parent of
+//    every directory it creates. The coordinator then withdraws an earlier
+//    checkpoint in the same directory: it unlinks `.metadata` (and any stale
+//    `.metadata.tmp`) and fsyncs the directory. This happens before any rank
+//    opens a data file (ranks write only after the global plan, which comes
+//    after the coordinator's set_up), so a crash during this save can never
+//    leave an old `.metadata` pointing into half-overwritten data files.
+// 2. write_data (every rank): create each data file (O_TRUNC), append its
+//    items, fsync it, close it (close errors count: network file systems
+//    report write errors there); then fsync the directory so the new names
+//    are durable. With `direct_io`, large files are written with O_DIRECT
+//    (the last block padded, then the file truncated to its size, before
+//    the fsync, which then also makes the size and extents durable);
+//    otherwise writeback is started early (sync_file_range) so that the
+//    final fsync has little left to wait for.
+// 3. finish (coordinator, only after every rank's step 2 succeeded): encode
+//    the metadata, write it to `.metadata.tmp`, fsync that file, rename it
+//    to `.metadata` (atomic: readers see the old name or the complete new
+//    file, never a partial one), then fsync the directory. The rename is the
+//    commit point; the directory fsync makes the commit durable.
+// 4. abort (any rank, on failure): unlink the data files this writer
+//    created for the current save, and the coordinator's `.metadata.tmp`.
+//    It never touches `.metadata`, and removes no data file once
+//    `.metadata` exists (the save was committed after all).
+//
+// Crash analysis. Before the rename in step 3 there is no `.metadata`: the
+// directory holds no checkpoint (load fails with errc::not_found) and the
+// leftover data files are overwritten by the next save. After the rename,
+// a power loss before the directory fsync yields either no checkpoint or the
+// complete new one. With `sync_files = false` steps 1 and 2 skip their
+// fsyncs (step 3 keeps them): a crash shortly after the commit may then
+// leave `.metadata` pointing at data that never reached the disk; the
+// checksums recorded in `.metadata` detect that on load.
+//
+// Reading trusts nothing in `.metadata`: relative paths must be plain file
+// names inside the directory, items must lie inside their files, and every
+// item is parsed and bounds-checked before a byte goes to a destination.
+
+#include "storage/filesystem.hpp"
+
+#include "core/error.hpp"
+#include "storage/metadata_codec.hpp"
+#include "storage/tensor_codec.hpp"
+
+#include <ATen/core/Tensor.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+
+namespace dcpp {
+
+namespace {
+
+constexpr const char* metadata_name = ".metadata";
+constexpr const char* metadata_tmp_name = ".metadata.tmp";
+constexpr uint64_t max_metadata_size = uint64_t{1} << 30;
+
+/// In the one-file-per-item layout, items of at least this size are
+/// written with direct I/O (if enabled).
+constexpr uint64_t direct_min_item = uint64_t{16} << 20;
+
+/// Separates a plan part's file prefix from its first file number in
+/// `save_plan::storage_data` ("__3_" "\n" "2"); a prefix has no newline.
+constexpr char part_separator = '\n';
+
+// -- helpers ------------------------------------------------------------------
+
+std::string errno_text(int err) {
+  char buf[256];
+  auto res = strerror_r(err, buf, sizeof(buf));
+  if constexpr (std::is_same_v<decltype(res), char*>)
+    return res;
+  else
+    return buf;
+}
+
+caf::error os_error(const std::string& what, const std::string& path,
+                    int err) {
+  auto code = (err == ENOSPC || err == EDQUOT || err == EFBIG)
+                ? errc::storage_failure
+                : errc::io_error;
+  return make_error(code, path + ": " + what + ": " + errno_text(err));
+}
+
+std::string join(const std::string& dir, const std::string& name) {
+  if (dir.empty())
+    return name;
+  if (dir.back() == '/')
+    return dir + name;
+  return dir + "/" + name;
+}
+
+/// A file name that stays inside the checkpoint directory.
+bool plain_file_name(const std::string& name) {
+  return !name.empty() && name.find('/') == std::string::npos
+         && name.find('\0') == std::string::npos
+         && name.find("..") == std::string::npos && name != ".";
+}
+
+/// Closes a file descriptor on scope exit (unless released).
+class fd_guard {
+public:
+  explicit fd_guard(int fd = -1) : fd_(fd) {
+    // nop
+  }
+
+  ~fd_guard() {
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+
+  fd_guard(fd_guard&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {
+    // nop
+  }
+
+  fd_guard& operator=(fd_guard&& other) noexcept {
+    if (this != &other) {
+      if (fd_ >= 0)
+        ::close(fd_);
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+
+  int get() const {
+    return fd_;
+  }
+
+  /// Closes now and reports the result.
+  int close() {
+    auto fd = fd_;
+    fd_ = -1;
+    return fd >= 0 ? ::close(fd) : 0;
+  }
+
+private:
+  int fd_;
+};
+
+caf::error fsync_path(const std::string& path, bool directory) {
+  auto flags = O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
+  fd_guard fd{::open(path.c_str(), flags)};
+  if (fd.get() < 0)
+    return os_error("open for fsync", path, errno);
+  if (::fsync(fd.get()) != 0) {
+    auto err = errno;
+    // Some file systems cannot fsync directories; nothing to wait for then.
+    if (!(directory && (err == EINVAL || err == EROFS)))
+      return os_error("fsync", path, err);
+  }
+  return {};
+}
+
+std::string parent_of(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos)
+    return ".";
+  if (pos == 0)
+    return "/";
+  return path.substr(0, pos);
+}
+
+/// `mkdir -p dir`; fsyncs the parent of each directory it creates if
+/// `sync`.
+caf::error make_directories(const std::string& dir, bool sync) {
+  if (dir.empty())
+    return make_error(errc::invalid_argument, "empty checkpoint directory");
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = dir.find('/', pos + 1);
+    auto part = dir.substr(0, pos);
+    if (part.empty() || part == "/")
+      continue;
+    if (::mkdir(part.c_str(), 0755) == 0) {
+      if (sync)
+        if (auto err = fsync_path(parent_of(part), true))
+          return err;
+      continue;
+    }
+    auto err = errno;
+    if (err != EEXIST)
+      return os_error("mkdir", part, err);
+    struct stat st;
+    if (::stat(part.c_str(), &st) != 0)
+      return os_error("stat", part, errno);
+    if (!S_ISDIR(st.st_mode))
+      return make_error(errc::io_error, part + ": exists and is not a directory");
+  }
+  return {};
+}
+
+caf::error write_whole(int fd, const std::string& path, const char* data,
+                       size_t size) {
+  uint64_t done = 0;
+  while (size > 0) {
+    auto res = ::write(fd, data, std::min(size, size_t{1} << 30));
+    if (res < 0) {
+      if (errno == EINTR)
+        continue;
+      return os_error("write at offset " + std::to_string(done), path, errno);
+    }
+    if (res == 0)
+      return make_error(errc::storage_failure,
+                        path + ": short write at offset " + std::to_string(done));
+    data += res;
+    size -= static_cast<size_t>(res);
+    done += static_cast<uint64_t>(res);
+  }
+  return {};
+}
+
+/// Runs `fn(i)` for i in [0, n) on up to `threads` threads (the calling
+/// thread included), each taking the next index; stops handing out work
+/// after the first error and returns it.
+caf::error run_parallel(size_t n, size_t threads,
+                        const std::function<caf::error(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mx;
+  caf::error first;
+  auto work = [&] {
+    for (;;) {
+      if (failed.load(std::memory_order_relaxed))
+        return;
+      auto i = next.fetch_add(1);
+      if (i >= n)
+        return;
+      caf::error err;
+      try {
+        err = fn(i);
+      } catch (const std::exception& ex) {
+        err = make_error(errc::invalid_argument,
+                         std::string{"unexpected exception: "} + ex.what());
+      }
+      if (err) {
+        std::lock_guard<std::mutex> guard{mx};
+        if (!first)
+          first = std::move(err);
+        failed = true;
+        return;
+      }
+    }
+  };
+  auto extra = std::min(threads, n);
+  extra = extra > 0 ? extra - 1 : 0;
+  std::vector<std::thread> pool;
+  pool.reserve(extra);
+  try {
+    for (size_t i = 0; i < extra; ++i)
+      pool.emplace_back(work);
+  } catch (const std::system_error&) {
+    // Fewer threads than asked for: the rest of the work runs here.
+  }
+  work();
+  for (auto& t : pool)
+    t.join();
+  return first;
+}
+
+// -- writer -------------------------------------------------------------------
+
+/// Where a plan (or a part of one) writes.
+struct plan_target {
+  std::string prefix;
+  bool is_part = false;
+  uint64_t first_file = 0;
+};
+
+class filesystem_writer final : public storage_writer {
+public:
+  filesystem_writer(std::string dir, filesystem_writer_options opts)
+    : dir_(std::move(dir)), opts_(opts) {
+    if (opts_.thread_count == 0)
+      opts_.thread_count = 1;
+  }
+
+  caf::error set_up(bool is_coordinator, int32_t rank) override {
+    is_coordinator_ = is_coordinator;
+    rank_ = rank;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      created_.clear();
+    }
+    if (auto err = make_directories(dir_, opts_.sync_files))
+      return with_context(err, "set_up");
+    if (!is_coordinator)
+      return {};
+    // Withdraw an earlier checkpoint before any data file is overwritten.
+    bool removed = false;
+    for (auto name : {metadata_name, metadata_tmp_name}) {
+      auto path = join(dir_, name);
+      if (::unlink(path.c_str()) == 0)
+        removed = true;
+      else if (errno != ENOENT)
+        return with_context(os_error("unlink", path, errno), "set_up");
+    }
+    if (removed)
+      if (auto err = fsync_path(dir_, true))
+        return with_context(err, "set_up");
+    return {};
+  }
+
+  caf::expected<save_plan> prepare_local_plan(save_plan plan) override {
+    return plan;
+  }
+
+  caf::expected<std::vector<save_plan>>
+  prepare_global_plan(std::vector<save_plan> plans) override {
+    for (size_t i = 0; i < plans.size(); ++i)
+      plans[i].storage_data = "__" + std::to_string(i) + "_";
+    return plans;
+  }
+
+  std::vector<save_plan> split_plan(const save_plan& plan, size_t n) override {
+    auto target = parse_target(plan);
+    if (!target || target->is_part)
+      return {plan};
+    return split(plan, target->prefix, std::max<size_t>(n, 1));
+  }
+
+  caf::expected<std::vector<write_result>>
+  write_data(const save_plan& plan, const item_source& source) override {
+    try {
+      auto target = parse_target(plan);
+      if (!target)
+        return with_context(target.error(), "write_data");
+      std::vector<write_result> results;
+      if (target->is_part) {
+        if (auto err = write_part(plan, *target, source, results))
+          return with_context(err, "write_data");
+      } else {
+        auto parts = split(plan, target->prefix, opts_.thread_count);
+        std::vector<std::vector<write_result>> part_results(parts.size());
+        auto err = run_parallel(parts.size(), opts_.thread_count,
+                                [&](size_t i) -> caf::error {
+                                  auto t = parse_target(parts[i]);
+                                  if (!t)
+                                    return t.error();
+                                  return write_part(parts[i], *t, source,
+                                                    part_results[i]);
+                                });
+        if (err)
+          return with_context(err, "write_data");
+        for (auto& xs : part_results)
+          for (auto& x : xs)
+            results.push_back(std::move(x));
+      }
+      if (opts_.sync_files)
+        if (auto err = fsync_path(dir_, true))
+          return with_context(err, "write_data");
+      return results;
+    } catch (const std::exception& ex) {
+      return make_error(errc::invalid_argument,
+                        std::string{"write_data: unexpected exception: "}
+                          + ex.what());
+    }
+  }
+
+  caf::error finish(const metadata& md,
+                    const std::vector<std::vector<write_result>>& results)
+    override {
+    try {
+      metadata out = md;
+      for (const auto& rank_results : results)
+        for (const auto& r : rank_results) {
+          out.storage_data.erase(r.index);
+          out.storage_data.emplace(r.index, r.storage_data);
+        }
+      // Commit only a checkpoint that can be loaded.
+      for (const auto& [fqn, item] : out.state_dict_metadata) {
+        if (item.kind == item_kind::bytes) {
+          if (out.storage_data.count(metadata_index{fqn}) == 0)
+            return make_error(errc::missing_key,
+                              "finish: no data was written for " + fqn);
+          continue;
+        }
+        for (const auto& chunk : item.tensor.chunks) {
+          metadata_index idx{fqn, chunk.offsets};
+          if (out.storage_data.count(idx) == 0)
+            return make_error(errc::missing_key,
+                              "finish: no data was written for "
+                                + to_string(idx));
+        }
+      }
+      auto bytes = encode_metadata(out, opts_.flavor);
+      auto tmp = join(dir_, metadata_tmp_name);
+      auto final_path = join(dir_, metadata_name);
+      {
+        fd_guard fd{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                           0644)};
+        if (fd.get() < 0)
+          return with_context(os_error("create", tmp, errno), "finish");
+        {
+          std::lock_guard<std::mutex> guard{mx_};
+          tmp_created_ = true;
+        }
+        if (auto err = write_whole(fd.get(), tmp, bytes.data(), bytes.size()))
+          return with_context(err, "finish");
+        if (::fsync(fd.get()) != 0)
+          return with_context(os_error("fsync", tmp, errno), "finish");
+        if (fd.close() != 0)
+          return with_context(os_error("close", tmp, errno), "finish");
+      }
+      if (::rename(tmp.c_str(), final_path.c_str()) != 0)
+        return with_context(os_error("rename to " + final_path, tmp, errno),
+                            "finish");
+      {
+        std::lock_guard<std::mutex> guard{mx_};
+        tmp_created_ = false;
+        created_.clear();
+      }
+      if (auto err = fsync_path(dir_, true))
+        return with_context(err, "finish");
+      return {};
+    } catch (const std::exception& ex) {
+      return make_error(errc::invalid_argument,
+                        std::string{"finish: unexpected exception: "}
+                          + ex.what());
+    }
+  }
+
+  void abort() override {
+    std::vector<std::string> files;
+    bool tmp = false;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      files.swap(created_);
+      tmp = tmp_created_;
+      tmp_created_ = false;
+    }
+    // The coordinator removed any older `.metadata` before data files were
+    // written; if one exists now, this save was committed and its files
+    // belong to the checkpoint.
+    struct stat st;
+    if (::stat(join(dir_, metadata_name).c_str(), &st) == 0)
+      files.clear();
+    for (const auto& path : files)
+      ::unlink(path.c_str());
+    if (tmp)
+      ::unlink(join(dir_, metadata_tmp_name).c_str());
+  }
+
+private:
+  caf::expected<plan_target> parse_target(const save_plan& plan) const {
+    plan_target result;
+    const auto& sd = plan.storage_data;
+    auto sep = sd.find(part_separator);
+    result.prefix = sd.substr(0, sep);
+    if (sep != std::string::npos) {
+      result.is_part = true;
+      auto num = sd.substr(sep + 1);
+      if (num.empty() || num.size() > 18
+          || num.find_first_not_of("0123456789") != std::string::npos)
+        return make_error(errc::invalid_argument,
+                          "bad plan part marker in storage_data");
+      result.first_file = std::stoull(num);
+    }
+    if (result.prefix.empty())
+      result.prefix = "__" + std::to_string(rank_) + "_";
+    if (!plain_file_name(result.prefix + "0.distcp"))
+      return make_error(errc::path_escape, "file prefix '" + result.prefix
+                                             + "' leaves the directory");
+    return result;
+  }
+
+  static uint64_t tensor_size(const write_item& item) {
+    if (item.type == write_item_type::bytes)
+      return 0;
+    return item.byte_count();
+  }
+
+  /// Newest DCP's `_split_by_size_and_type` (single_file_per_rank) or
+  /// consecutive runs of items (one file per item).
+  std::vector<save_plan> split(const save_plan& plan, const std::string& prefix,
+                               size_t n) const {
+    n = std::max<size_t>(n, 1);
+    auto make_part = [&](uint64_t first) {
+      save_plan part;
+      part.storage_data = prefix + part_separator + std::to_string(first);
+      part.planner_data = plan.planner_data;
+      part.usable = plan.usable;
+      return part;
+    };
+    std::vector<save_plan> parts;
+    if (opts_.single_file_per_rank) {
+      for (size_t i = 0; i < n; ++i)
+        parts.push_back(make_part(i));
+      if (n == 1) {
+        parts[0].items = plan.items;
+        return parts;
+      }
+      std::vector<const write_item*> tensors;
+      size_t bytes_count = 0;
+      for (const auto& item : plan.items) {
+        if (item.type == write_item_type::bytes)
+          parts[bytes_count++ % n].items.push_back(item);
+        else
+          tensors.push_back(&item);
+      }
+      std::stable_sort(tensors.begin(), tensors.end(),
+                       [](const write_item* a, const write_item* b) {
+                         return tensor_size(*a) > tensor_size(*b);
+                       });
+      std::vector<uint64_t> load(n, 0);
+      for (auto item : tensors) {
+        auto i = static_cast<size_t>(
+          std::min_element(load.begin(), load.end()) - load.begin());
+        parts[i].items.push_back(*item);
+        load[i] += tensor_size(*item);
+      }
+      return parts;
+    }
+    // One file per item, numbered in plan order: consecutive runs of
+    // roughly equal bytes.
+    if (plan.items.empty()) {
+      parts.push_back(make_part(0));
+      return parts;
+    }
+    auto k = std::min(n, plan.items.size());
+    uint64_t total = 0;
+    for (const auto& item : plan.items)
+      total += std::max<uint64_t>(item.byte_count(), 1);
+    uint64_t acc = 0;
+    parts.push_back(make_part(0));
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      const auto& item = plan.items[i];
+      if (!parts.back().items.empty() && parts.size() < k
+          && acc >= total / k * parts.size())
+        parts.push_back(make_part(i));
+      parts.back().items.push_back(item);
+      acc += std::max<uint64_t>(item.byte_count(), 1);
+    }
+    return parts;
+  }
+
+  /// One open data file being appended to.
+  struct data_file {
+    std::string name;
+    std::string path;
+    fd_guard fd;
+    std::unique_ptr<file_sink> sink;
+  };
+
+  caf::error open_file(data_file& f, const plan_target& target, uint64_t n,
+                       bool large) {
+    f.name = target.prefix + std::to_string(n) + ".distcp";
+    f.path = join(dir_, f.name);
+    auto flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+    bool direct = large && opts_.direct_io && opts_.sync_files;
+    int fd = ::open(f.path.c_str(), flags | (direct ? O_DIRECT : 0), 0644);
+    if (fd < 0 && direct && errno == EINVAL) {
+      // The file system does not do direct I/O (tmpfs, some FUSE mounts).
+      direct = false;
+      fd = ::open(f.path.c_str(), flags, 0644);
+    }
+    if (fd < 0)
+      return os_error("create", f.path, errno);
+    f.fd = fd_guard{fd};
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      created_.push_back(f.path);
+    }
+    file_sink_options sink_opts;
+    sink_opts.direct = direct;
+    sink_opts.early_writeback = opts_.sync_files && !direct;
+    f.sink = std::make_unique<file_sink>(fd, f.path, 0, sink_opts);
+    return {};
+  }
+
+  caf::error close_file(data_file& f) {
+    if (auto err = f.sink->flush())
+      return err;
+    if (opts_.sync_files && ::fsync(f.fd.get()) != 0)
+      return os_error("fsync", f.path, errno);
+    if (f.fd.close() != 0)
+      return os_error("close", f.path, errno);
+    return {};
+  }
+
+  caf::error write_item_to(data_file& f, const write_item& item,
+                           const item_source& source,
+                           std::vector<write_result>& results) {
+    auto offset = f.sink->position();
+    caf::expected<item_result> res = item_result{};
+    if (item.type == write_item_type::bytes) {
+      auto bytes = source.bytes(item);
+      if (!bytes)
+        return with_context(bytes.error(), to_string(item.index));
+      res = write_bytes_item(*f.sink, *bytes, opts_.checksums);
+    } else {
+      auto t = source.tensor(item);
+      if (!t)
+        return with_context(t.error(), to_string(item.index));
+      if (!t->defined())
+        return make_error(errc::invalid_argument,
+                          to_string(item.index) + ": undefined tensor");
+      const auto& want = item.tensor_data.chunk.sizes;
+      if (t->sizes() != c10::IntArrayRef{want})
+        return make_error(errc::invalid_argument,
+                          to_string(item.index) + ": tensor of shape "
+                            + to_string(t->sizes().vec())
+                            + " for a chunk of " + to_string(want));
+      auto type = dtype_of(t->scalar_type());
+      if (!type)
+        return with_context(type.error(), to_string(item.index));
+      if (*type != item.tensor_data.properties.type)
+        return make_error(errc::dtype_mismatch,
+                          to_string(item.index) + ": tensor of dtype "
+                            + to_string(*type) + ", the plan says "
+                            + to_string(item.tensor_data.properties.type));
+      res = write_tensor_item(*f.sink, *t, opts_.checksums);
+    }
+    if (!res)
+      return with_context(res.error(), to_string(item.index));
+    write_result r;
+    r.index = item.index;
+    r.size_in_bytes = res->length;
+    r.storage_data.relative_path = f.name;
+    r.storage_data.offset = offset;
+    r.storage_data.length = res->length;
+    r.storage_data.checksum = std::move(res->checksum);
+    results.push_back(std::move(r));
+    return {};
+  }
+
+  caf::error write_part(const save_plan& part, const plan_target& target,
+                        const item_source& source,
+                        std::vector<write_result>& results) {
+    if (opts_.single_file_per_rank) {
+      data_file f;
+      if (auto err = open_file(f, target, target.first_file, true))
+        return err;
+      // Bytes items first, then tensors (DCP's order inside a file).
+      for (int pass = 0; pass < 2; ++pass)
+        for (const auto& item : part.items)
+          if ((item.type == write_item_type::bytes) == (pass == 0))
+            if (auto err = write_item_to(f, item, source, results))
+              return err;
+      return close_file(f);
+    }
+    for (size_t i = 0; i < part.items.size(); ++i) {
+      data_file f;
+      bool large = part.items[i].byte_count() >= direct_min_item;
+      if (auto err = open_file(f, target, target.first_file + i, large))
+        return err;
+      if (auto err = write_item_to(f, part.items[i], source, results))
+        return err;
+      if (auto err = close_file(f))
+        return err;
+    }
+    return {};
+  }
+
+  std::string dir_;
+  filesystem_writer_options opts_;
+  bool is_coordinator_ = false;
+  int32_t rank_ = 0;
+  std::mutex mx_;
+  std::vector<std::string> created_;
+  bool tmp_created_ = false;
+};
+
+// -- reader -------------------------------------------------------------------
+
+class filesystem_reader final : public storage_reader {
+public:
+  filesystem_reader(std::string dir, filesystem_reader_options opts)
+    : dir_(std::move(dir)), opts_(opts) {
+    if (opts_.thread_count == 0)
+      opts_.thread_count = 1;
+  }
+
+  caf::expected<metadata> read_metadata() override {
+    auto path = join(dir_, metadata_name);
+    fd_guard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    if (fd.get() < 0) {
+      auto err = errno;
+      if (err == ENOENT) {
+        struct stat st;
+        if (::stat(dir_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+          return make_error(errc::not_found,
+                            dir_ + ": no such checkpoint directory");
+        return make_error(errc::not_found,
+                          dir_ + ": no committed checkpoint (" + metadata_name
+                            + " is missing)");
+      }
+      return os_error("open", path, err);
+    }
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0)
+      return os_error("stat", path, errno);
+    auto size = static_cast<uint64_t>(st.st_size);
+    if (size > max_metadata_size)
+      return make_error(errc::too_large,
+                        path + ": " + std::to_string(size)
+                          + " bytes exceed the 1 GiB limit for metadata");
+    std::string bytes(static_cast<size_t>(size), '\0');
+    size_t done = 0;
+    while (done < bytes.size()) {
+      auto res = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+      if (res < 0) {
+        if (errno == EINTR)
+          continue;
+        return os_error("read", path, errno);
+      }
+      if (res == 0)
+        break;
+      done += static_cast<size_t>(res);
+    }
+    bytes.resize(done);
+    try {
+      auto md = decode_metadata(bytes);
+      if (!md)
+        return with_context(md.error(), path, errc::corrupt_metadata);
+      return md;
+    } catch (const std::exception& ex) {
+      return make_error(errc::corrupt_metadata, path + ": " + ex.what());
+    }
+  }
+
+  caf::error set_up(const metadata& md, bool, int32_t) override {
+    std::map<std::string, uint64_t> sizes;
+    for (const auto& [idx, info] : md.storage_data) {
+      if (!plain_file_name(info.relative_path))
+        return make_error(errc::path_escape,
+                          to_string(idx) + ": relative path '"
+                            + info.relative_path
+                            + "' is not a file inside " + dir_);
+      auto i = sizes.find(info.relative_path);
+      if (i == sizes.end()) {
+        auto path = join(dir_, info.relative_path);
+        struct stat st;
+        if (::stat(path.c_str(), &st) != 0) {
+          auto err = errno;
+          if (err == ENOENT)
+            return make_error(errc::corrupt_item,
+                              to_string(idx) + ": data file " + path
+                                + " is missing");
+          return os_error("stat", path, err);
+        }
+        if (!S_ISREG(st.st_mode))
+          return make_error(errc::corrupt_item,
+                            to_string(idx) + ": " + path
+                              + " is not a regular file");
+        i = sizes.emplace(info.relative_path, static_cast<uint64_t>(st.st_size))
+              .first;
+      }
+      auto file_size = i->second;
+      if (info.offset > file_size || info.length > file_size - info.offset)
+        return make_error(errc::corrupt_item,
+                          to_string(idx) + ": item [" + std::to_string(info.offset)
+                            + ", +" + std::to_string(info.length)
+                            + ") extends past the end of "
+                            + join(dir_, info.relative_path) + " ("
+                            + std::to_string(file_size) + " bytes)");
+    }
+    std::lock_guard<std::mutex> guard{mx_};
+    md_ = std::make_shared<const metadata>(md);
+    return {};
+  }
+
+  caf::error read_data(const load_plan& plan, load_target& target) override {
+    std::shared_ptr<const metadata> md;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      md = md_;
+    }
+    if (!md)
+      return make_error(errc::invalid_argument, "read_data before set_up");
+    try {
+      auto units = group(plan, *md);
+      if (!units)
+        return units.error();
+      // Open every file once.
+      std::unordered_map<std::string, int> fds;
+      std::vector<std::unique_ptr<fd_guard>> guards;
+      for (auto& u : *units) {
+        auto i = fds.find(u.info->relative_path);
+        if (i == fds.end()) {
+          if (!plain_file_name(u.info->relative_path))
+            return make_error(errc::path_escape,
+                              to_string(u.index) + ": relative path '"
+                                + u.info->relative_path
+                                + "' is not a file inside " + dir_);
+          auto path = join(dir_, u.info->relative_path);
+          int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+          if (fd < 0)
+            return with_context(os_error("open", path, errno),
+                                to_string(u.index));
+          guards.push_back(std::make_unique<fd_guard>(fd));
+          // Items are read in file order: let readahead run far.
+          (void) ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+          i = fds.emplace(u.info->relative_path, fd).first;
+        }
+        u.fd = i->second;
+      }
+      // File order: the disk streams, and each worker asks the kernel to
+      // fetch the next item while it decodes the current one.
+      std::stable_sort(units->begin(), units->end(),
+                       [](const unit& a, const unit& b) {
+                         return std::tie(a.info->relative_path, a.info->offset)
+                                < std::tie(b.info->relative_path,
+                                           b.info->offset);
+                       });
+      auto prefetch = [&](size_t i) {
+        const auto& u = (*units)[i];
+        (void) ::posix_fadvise(u.fd, static_cast<off_t>(u.info->offset),
+                               static_cast<off_t>(u.info->length),
+                               POSIX_FADV_WILLNEED);
+      };
+      return run_parallel(units->size(), opts_.thread_count, [&](size_t i) {
+        if (i == 0)
+          prefetch(0);
+        if (i + 1 < units->size())
+          prefetch(i + 1);
+        return read_unit((*units)[i], *md, target);
+      });
+    } catch (const std::exception& ex) {
+      return make_error(errc::invalid_argument,
+                        std::string{"read_data: unexpected exception: "}
+                          + ex.what());
+    }
+  }
+
+  std::vector<load_plan> split_plan(const load_plan& plan, size_t n) override {
+    n = std::max<size_t>(n, 1);
+    std::shared_ptr<const metadata> md;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      md = md_;
+    }
+    // Groups of read items that hit the same saved item, in order of
+    // first appearance.
+    std::map<metadata_index, size_t> group_of;
+    std::vector<std::vector<size_t>> groups;
+    std::vector<uint64_t> weight;
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      const auto& idx = plan.items[i].storage_index;
+      auto it = group_of.find(idx);
+      if (it == group_of.end()) {
+        it = group_of.emplace(idx, groups.size()).first;
+        groups.emplace_back();
+        uint64_t w = 1;
+        if (md) {
+          auto info = md->storage_data.find(idx);
+          if (info != md->storage_data.end())
+            w = std::max<uint64_t>(info->second.length, 1);
+        }
+        weight.push_back(w);
+      }
+      groups[it->second].push_back(i);
+    }
+    // Largest first onto the lightest part.
+    std::vector<size_t> order(groups.size());
+    for (size_t i = 0; i < order.size(); ++i)
+      order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return weight[a] > weight[b]; });
+    std::vector<uint64_t> load(n, 0);
+    std::vector<std::vector<size_t>> members(n);
+    for (auto g : order) {
+      auto p = static_cast<size_t>(
+        std::min_element(load.begin(), load.end()) - load.begin());
+      load[p] += weight[g];
+      for (auto i : groups[g])
+        members[p].push_back(i);
+    }
+    std::vector<load_plan> parts;
+    for (auto& m : members) {
+      if (m.empty())
+        continue;
+      std::sort(m.begin(), m.end());
+      load_plan part;
+      part.storage_data = plan.storage_data;
+      part.planner_data = plan.planner_data;
+      for (auto i : m)
+        part.items.push_back(plan.items[i]);
+      parts.push_back(std::move(part));
+    }
+    if (parts.empty())
+      parts.push_back(plan);
+    return parts;
+  }
+
+private:
+  /// All read items that hit one saved item.
+  struct unit {
+    metadata_index index;
+    const storage_info* info = nullptr;
+    const item_metadata* item = nullptr;
+    std::vector<const read_item*> reads;
+    int fd = -1;
+  };
+
+  caf::expected<std::vector<unit>> group(const load_plan& plan,
+                                         const metadata& md) const {
+    std::vector<unit> units;
+    std::map<metadata_index, size_t> pos;
+    for (const auto& r : plan.items) {
+      auto it = pos.find(r.storage_index);
+      if (it == pos.end()) {
+        unit u;
+        u.index = r.storage_index;
+        auto info = md.storage_data.find(r.storage_index);
+        if (info == md.storage_data.end())
+          return make_error(errc::missing_key,
+                            to_string(r.storage_index)
+                              + ": not in the checkpoint's storage data");
+        u.info = &info->second;
+        auto item = md.state_dict_metadata.find(r.storage_index.fqn);
+        if (item == md.state_dict_metadata.end())
+          return make_error(errc::missing_key,
+                            r.storage_index.fqn + ": not in the checkpoint");
+        u.item = &item->second;
+        it = pos.emplace(r.storage_index, units.size()).first;
+        units.push_back(std::move(u));
+      }
+      auto& u = units[it->second];
+      bool wants_bytes = r.type == load_item_type::bytes;
+      bool has_bytes = u.item->kind == item_kind::bytes;
+      if (wants_bytes != has_bytes)
+        return make_error(errc::kind_mismatch,
+                          to_string(r.storage_index) + ": the checkpoint holds "
+                            + to_string(u.item->kind) + ", the plan reads "
+                            + (wants_bytes ? "bytes" : "a tensor"));
+      u.reads.push_back(&r);
+    }
+    return units;
+  }
+
+  caf::error read_unit(const unit& u, const metadata& md,
+                       load_target& target) const {
+    auto key = to_string(u.index);
+    item_location loc{u.fd, join(dir_, u.info->relative_path), u.info->offset,
+                      u.info->length};
+    std::string_view checksum;
+    if (opts_.verify_checksums)
+      checksum = u.info->checksum;
+    if (u.item->kind == item_kind::bytes) {
+      auto data = read_item_bytes(loc, checksum);
+      if (!data)
+        return with_context(data.error(), key);
+      for (size_t i = 0; i < u.reads.size(); ++i) {
+        auto copy = i + 1 < u.reads.size() ? *data : std::move(*data);
+        if (auto err = target.set_bytes(*u.reads[i], std::move(copy)))
+          return with_context(err, key);
+      }
+      return {};
+    }
+    // The chunk's shape according to the metadata.
+    const auto& tmd = u.item->tensor;
+    const chunk_storage_metadata* chunk = nullptr;
+    auto hint = u.index.index;
+    if (hint >= 0 && static_cast<size_t>(hint) < tmd.chunks.size()
+        && tmd.chunks[static_cast<size_t>(hint)].offsets == u.index.offset)
+      chunk = &tmd.chunks[static_cast<size_t>(hint)];
+    for (size_t i = 0; chunk == nullptr && i < tmd.chunks.size(); ++i)
+      if (tmd.chunks[i].offsets == u.index.offset)
+        chunk = &tmd.chunks[i];
+    if (chunk == nullptr)
+      return make_error(errc::corrupt_metadata,
+                        key + ": no chunk at these offsets in the metadata");
+    auto reader = tensor_item_reader::open(loc);
+    if (!reader)
+      return with_context(reader.error(), key);
+    if (auto err = reader->expect(tmd.properties.type, chunk->sizes))
+      return with_context(err, key);
+    std::vector<chunk_copy> copies;
+    copies.reserve(u.reads.size());
+    for (auto r : u.reads) {
+      auto dest = target.tensor(*r);
+      if (!dest)
+        return with_context(dest.error(), key);
+      copies.push_back(chunk_copy{r->storage_offsets, r->lengths,
+                                  std::move(*dest)});
+    }
+    if (auto err = reader->read_into(copies, checksum))
+      return with_context(err, key);
+    return {};
+  }
+
+  std::string dir_;
+  filesystem_reader_options opts_;
+  mutable std::mutex mx_;
+  std::shared_ptr<const metadata> md_;
+};
+
+} // namespace
+
+storage_writer_ptr make_filesystem_writer(std::string dir,
+                                          filesystem_writer_options opts) {
+  return std::make_shared<filesystem_writer>(std::move(dir), opts);
+}
+
+storage_reader_ptr make_filesystem_reader(std::string dir,
+                                          filesystem_reader_options opts) {
+  return std::make_shared<filesystem_reader>(std::move(dir), opts);
+}
+
+} // namespace dcpp

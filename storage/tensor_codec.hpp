@@ -1,0 +1,277 @@
+#pragma once
+
+// Items of a DCP data file (docs/dcp-format.md §1.3, §3): every item is a
+// complete torch.save zip archive, appended to the file with no padding.
+//
+// - A tensor item holds one tensor: records `archive/data.pkl` (a protocol-2
+//   pickle of `torch._utils._rebuild_tensor_v2`), `archive/data/0` (the raw
+//   little-endian storage bytes) and `archive/version` ("3\n"), all STORED,
+//   each record's data 64-byte aligned relative to the item start, with data
+//   descriptors, real CRC-32s, a central directory and a Zip64 end record,
+//   byte for byte what Python torch 1.13 `torch.save` writes for the same
+//   tensor. The writer streams straight from the tensor's memory; the reader
+//   preads straight into destination tensors.
+// - A bytes item is a torch.save archive of some other object; it is written
+//   and read verbatim.
+//
+// Every item carries a checksum, "xxh64:<16 hex digits>" (xxHash64, seed 0,
+// over all bytes of the item), computed while the item is written and
+// checked while it is read, without a second pass over the data.
+//
+// The zip format is written and parsed here, by hand (libtorch's
+// PyTorchStreamWriter would do, but its CRC-32 runs at about 0.5 GB/s); the
+// tests check the output byte for byte against PyTorchStreamWriter and
+// Python's torch.save. Only this file and the storage sources include torch
+// headers (ATen's tensor and two operators, not torch/torch.h).
+
+#include "core/metadata.hpp"
+
+#include <ATen/core/Tensor.h>
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dcpp {
+
+// -- checksums ----------------------------------------------------------------
+
+/// CRC-32 (the zip / zlib polynomial) of `data`, continuing `crc` (start
+/// with 0). Uses carry-less multiplication where the CPU has it.
+uint32_t crc32(uint32_t crc, const void* data, size_t size);
+
+/// The checksum of an item held in memory: "xxh64:<16 hex digits>".
+std::string item_checksum(std::string_view item);
+
+/// Formats a raw xxHash64 value as a checksum string.
+std::string format_checksum(uint64_t hash);
+
+// -- writing ------------------------------------------------------------------
+
+/// An append-only byte stream that items are written to.
+class item_sink {
+public:
+  virtual ~item_sink();
+
+  /// Appends `size` bytes. `data` needs to stay valid only during the call.
+  [[nodiscard]] virtual caf::error append(const void* data, size_t size) = 0;
+};
+
+/// Appends to a string (tests, in-memory storage).
+class string_sink final : public item_sink {
+public:
+  caf::error append(const void* data, size_t size) override;
+
+  std::string& buffer() {
+    return buf_;
+  }
+
+private:
+  std::string buf_;
+};
+
+/// How a `file_sink` hands bytes to the kernel.
+struct file_sink_options {
+  /// Buffered mode: ask the kernel to start writing back every few MiB
+  /// (sync_file_range), so that a final fsync has little left to wait for.
+  bool early_writeback = false;
+  /// `fd` was opened with O_DIRECT (and `position` is 0): bytes go through
+  /// a few aligned staging buffers that a background thread writes to the
+  /// device, bypassing the page cache (no page-cache allocation, no second
+  /// copy in the kernel; writing overlaps with encoding). `flush` writes the
+  /// last partial block padded and truncates the file to its real size.
+  bool direct = false;
+};
+
+/// Appends to a file descriptor. Buffered mode gathers small pieces in a
+/// buffer and hands large spans to write(2) straight from the caller's
+/// memory; direct mode (see `file_sink_options::direct`) streams through
+/// aligned buffers. Errors name the path and the errno text
+/// (`errc::storage_failure` for a full disk or a short write,
+/// `errc::io_error` otherwise).
+class file_sink final : public item_sink {
+public:
+  /// Writes to `fd` (not owned), whose file offset is `position`.
+  file_sink(int fd, std::string path, uint64_t position = 0,
+            file_sink_options opts = {});
+
+  /// Does not flush: call `flush` to see its errors. Waits for background
+  /// writes in flight.
+  ~file_sink() override;
+
+  file_sink(const file_sink&) = delete;
+  file_sink& operator=(const file_sink&) = delete;
+
+  caf::error append(const void* data, size_t size) override;
+
+  /// Hands all appended bytes to the kernel (direct mode: writes them to
+  /// the device and sets the file size). Appending after a flush is fine.
+  [[nodiscard]] caf::error flush();
+
+  /// The file offset after the last appended byte.
+  uint64_t position() const {
+    return pos_;
+  }
+
+  const std::string& path() const {
+    return path_;
+  }
+
+private:
+  struct direct_state;
+
+  caf::error write_all(const char* data, size_t size);
+  caf::error append_direct(const char* data, size_t size);
+  caf::error flush_direct();
+
+  int fd_;
+  std::string path_;
+  uint64_t pos_;
+  uint64_t written_;
+  uint64_t kicked_;
+  file_sink_options opts_;
+  std::unique_ptr<char[]> buf_;
+  size_t used_ = 0;
+  std::unique_ptr<direct_state> direct_;
+};
+
+/// What writing one item produced.
+struct item_result {
+  /// Bytes of the item.
+  uint64_t length = 0;
+  /// "xxh64:..." or empty if no checksum was requested.
+  std::string checksum;
+};
+
+/// Writes `tensor` as one torch.save archive. A non-overlapping and dense
+/// tensor (any strides, any storage around it) is written straight from its
+/// memory with its strides; any other tensor is first made contiguous (a
+/// copy of this tensor only). Non-CPU tensors are copied to the CPU. Fails
+/// with `errc::unknown_dtype` / `errc::unsupported` for tensors DCP cannot
+/// hold, or with the sink's error.
+caf::expected<item_result> write_tensor_item(item_sink& out,
+                                             const at::Tensor& tensor,
+                                             bool checksum = true);
+
+/// Writes a bytes item verbatim.
+caf::expected<item_result> write_bytes_item(item_sink& out,
+                                            std::string_view bytes,
+                                            bool checksum = true);
+
+/// The item bytes of `tensor` (what `write_tensor_item` writes).
+caf::expected<std::string> encode_tensor_item(const at::Tensor& tensor);
+
+// -- reading ------------------------------------------------------------------
+
+/// A byte range of an open file that holds one item.
+struct item_location {
+  /// An open file descriptor (not owned), read with pread.
+  int fd = -1;
+  /// The file's path, for messages.
+  std::string path;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+/// What an item's `data.pkl` and zip directory say about its tensor.
+struct tensor_item_layout {
+  dtype type = dtype::float32;
+  shape_t sizes;
+  /// In elements, as saved (may be non-contiguous).
+  shape_t strides;
+  /// In elements.
+  int64_t storage_offset = 0;
+  /// Elements in the saved storage.
+  int64_t storage_numel = 0;
+  /// Start of the raw storage bytes, relative to the item start.
+  uint64_t data_offset = 0;
+  /// Bytes of the raw storage (`storage_numel * element_size`).
+  uint64_t data_size = 0;
+};
+
+/// One box of a saved chunk copied into a destination: the box
+/// `[offsets, offsets + lengths)` of the saved tensor goes into `dest`,
+/// whose shape must equal `lengths`. `dest` may have any strides, dtype and
+/// device (copy_ semantics); it is filled with pread directly when its
+/// memory and the box are both dense with the same layout and dtype.
+struct chunk_copy {
+  shape_t offsets;
+  shape_t lengths;
+  at::Tensor dest;
+};
+
+/// A tensor item opened for reading: its zip directory and `data.pkl` are
+/// parsed and validated against the item's length (hostile input yields
+/// `errc::corrupt_item` naming the file and offset, never a crash or an
+/// allocation beyond the item's size). Holds the bytes around the tensor
+/// data that parsing read, so a checksum costs no second read of them.
+class tensor_item_reader {
+public:
+  tensor_item_reader();
+  ~tensor_item_reader();
+  tensor_item_reader(tensor_item_reader&&) noexcept;
+  tensor_item_reader& operator=(tensor_item_reader&&) noexcept;
+
+  /// Opens the item at `loc` (the file descriptor must stay open while the
+  /// reader is used).
+  static caf::expected<tensor_item_reader> open(const item_location& loc);
+
+  /// Opens an item held in memory (`item` must outlive the reader); `what`
+  /// names it in messages.
+  static caf::expected<tensor_item_reader> open_memory(std::string_view item,
+                                                       std::string what);
+
+  const tensor_item_layout& layout() const;
+
+  /// Fails with `errc::corrupt_item` unless the saved tensor has dtype
+  /// `type` and shape `sizes` (what the metadata says of this chunk).
+  [[nodiscard]] caf::error expect(dtype type, const shape_t& sizes) const;
+
+  /// Performs `copies`. With a non-empty `checksum`, reads every byte of the
+  /// item exactly once, hashing it on the way, and fails with
+  /// `errc::checksum_mismatch` if the hash differs (destinations may then
+  /// hold partial data). Fails with `errc::shape_mismatch` if a destination
+  /// does not have the box's shape, `errc::invalid_argument` if a box leaves
+  /// the saved tensor.
+  [[nodiscard]] caf::error read_into(const std::vector<chunk_copy>& copies,
+                                     std::string_view checksum = {}) const;
+
+  /// Reads the saved tensor into fresh memory: the whole saved storage, viewed
+  /// with the saved sizes, strides and storage offset (as torch.load does).
+  caf::expected<at::Tensor> read_tensor(std::string_view checksum = {}) const;
+
+  /// "path @ offset (length bytes)" for messages.
+  std::string describe() const;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+/// Reads an item into memory (bytes items), verifying `checksum` if it is
+/// not empty.
+caf::expected<std::string> read_item_bytes(const item_location& loc,
+                                           std::string_view checksum = {});
+
+/// Streams an item's bytes from its file and returns its checksum.
+caf::expected<std::string> compute_item_checksum(const item_location& loc);
+
+/// Opens `path`, reads the tensor item at `[offset, offset + length)` into
+/// fresh memory (see `tensor_item_reader::read_tensor`).
+caf::expected<at::Tensor> read_tensor_item(const std::string& path,
+                                           uint64_t offset, uint64_t length,
+                                           std::string_view checksum = {});
+
+/// The dcpp dtype of a torch scalar type (`errc::unknown_dtype` if DCP has
+/// no storage class for it).
+caf::expected<dtype> dtype_of(c10::ScalarType type);
+
+/// The torch scalar type of a dcpp dtype.
+c10::ScalarType scalar_type_of(dtype type);
+
+} // namespace dcpp

@@ -1,0 +1,830 @@
+#include "storage/filesystem.hpp"
+
+#include "core/error.hpp"
+#include "storage/metadata_codec.hpp"
+#include "storage/tensor_codec.hpp"
+#include "tests/storage/fs_test_util.hpp"
+
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+using namespace dcpp;
+using namespace dcpp::fs_test;
+
+namespace {
+
+// -- a tiny in-test state dict ------------------------------------------------
+
+/// Serves tensors by (fqn, chunk offset) and bytes by fqn.
+class map_source : public item_source {
+public:
+  std::map<metadata_index, at::Tensor> tensors;
+  std::map<std::string, std::string> blobs;
+
+  caf::expected<at::Tensor> tensor(const write_item& item) const override {
+    auto i = tensors.find(item.index);
+    if (i == tensors.end())
+      return make_error(errc::missing_key, to_string(item.index));
+    return i->second;
+  }
+
+  caf::expected<std::string_view> bytes(const write_item& item) const override {
+    auto i = blobs.find(item.index.fqn);
+    if (i == blobs.end())
+      return make_error(errc::missing_key, item.index.fqn);
+    return std::string_view{i->second};
+  }
+};
+
+/// Destinations by dest index; bytes by fqn.
+class map_target : public load_target {
+public:
+  std::map<metadata_index, at::Tensor> tensors;
+  std::map<std::string, std::string> blobs;
+  std::mutex mx;
+
+  caf::expected<at::Tensor> tensor(const read_item& item) override {
+    auto i = tensors.find(item.dest_index);
+    if (i == tensors.end())
+      return make_error(errc::missing_key, to_string(item.dest_index));
+    auto t = i->second;
+    for (size_t d = 0; d < item.lengths.size(); ++d)
+      t = t.narrow(static_cast<int64_t>(d), item.dest_offsets[d],
+                   item.lengths[d]);
+    return t;
+  }
+
+  caf::error set_bytes(const read_item& item, std::string data) override {
+    std::lock_guard<std::mutex> guard{mx};
+    blobs[item.dest_index.fqn] = std::move(data);
+    return {};
+  }
+};
+
+/// One rank's values: plain tensors / shards and bytes.
+struct rank_values {
+  struct tensor_entry {
+    std::string fqn;
+    at::Tensor tensor;
+    shape_t offsets;
+    shape_t global;
+  };
+  std::vector<tensor_entry> tensors;
+  std::vector<std::pair<std::string, std::string>> blobs;
+
+  void plain(std::string fqn, at::Tensor t) {
+    auto sizes = t.sizes().vec();
+    tensors.push_back({std::move(fqn), t, shape_t(sizes.size(), 0), sizes});
+  }
+
+  void shard(std::string fqn, at::Tensor t, shape_t offsets, shape_t global) {
+    tensors.push_back({std::move(fqn), t, std::move(offsets), std::move(global)});
+  }
+};
+
+dtype dtype_for(const at::Tensor& t) {
+  auto x = dtype_of(t.scalar_type());
+  FS_REQUIRE(x);
+  return *x;
+}
+
+/// Everything a save produces in one process: plans, sources, metadata.
+struct save_setup {
+  std::vector<save_plan> local_plans;
+  std::vector<map_source> sources;
+  metadata md;
+};
+
+save_setup make_setup(const std::vector<rank_values>& ranks) {
+  save_setup s;
+  s.sources.resize(ranks.size());
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    save_plan plan;
+    for (const auto& [fqn, data] : ranks[r].blobs) {
+      write_item item;
+      item.index = metadata_index{fqn};
+      item.type = write_item_type::bytes;
+      item.bytes_size = data.size();
+      plan.items.push_back(item);
+      s.sources[r].blobs[fqn] = data;
+      s.md.state_dict_metadata[fqn] = item_metadata::bytes();
+    }
+    for (const auto& e : ranks[r].tensors) {
+      auto& entry = s.md.state_dict_metadata[e.fqn];
+      entry.kind = item_kind::tensor;
+      entry.tensor.properties.type = dtype_for(e.tensor);
+      entry.tensor.size = e.global;
+      auto hint = static_cast<int64_t>(entry.tensor.chunks.size());
+      entry.tensor.chunks.push_back({e.offsets, e.tensor.sizes().vec()});
+      write_item item;
+      item.index = metadata_index{e.fqn, e.offsets, hint};
+      item.type = e.offsets == shape_t(e.offsets.size(), 0)
+                      && e.global == e.tensor.sizes().vec()
+                    ? write_item_type::tensor
+                    : write_item_type::shard;
+      item.tensor_data.chunk = {e.offsets, e.tensor.sizes().vec()};
+      item.tensor_data.properties = entry.tensor.properties;
+      item.tensor_data.size = e.global;
+      plan.items.push_back(item);
+      s.sources[r].tensors[item.index] = e.tensor;
+    }
+    s.local_plans.push_back(std::move(plan));
+  }
+  return s;
+}
+
+/// Runs the whole save protocol for all ranks in this process.
+caf::error save_all(const std::string& dir, const filesystem_writer_options& opts,
+                    const std::vector<rank_values>& ranks,
+                    std::vector<storage_writer_ptr>* writers_out = nullptr) {
+  auto s = make_setup(ranks);
+  std::vector<storage_writer_ptr> writers;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    writers.push_back(make_filesystem_writer(dir, opts));
+    if (auto err = writers[r]->set_up(r == 0, static_cast<int32_t>(r)))
+      return err;
+  }
+  std::vector<save_plan> local;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    auto p = writers[r]->prepare_local_plan(s.local_plans[r]);
+    if (!p)
+      return p.error();
+    local.push_back(*p);
+  }
+  auto central = writers[0]->prepare_global_plan(local);
+  if (!central)
+    return central.error();
+  std::vector<std::vector<write_result>> results;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    auto res = writers[r]->write_data((*central)[r], s.sources[r]);
+    if (!res)
+      return res.error();
+    results.push_back(*res);
+  }
+  if (writers_out)
+    *writers_out = writers;
+  return writers[0]->finish(s.md, results);
+}
+
+/// A load plan reading every chunk of `fqns` into whole destinations named
+/// (fqn, zeros) plus every bytes item.
+load_plan full_load_plan(const metadata& md) {
+  load_plan plan;
+  for (const auto& [fqn, item] : md.state_dict_metadata) {
+    read_item r;
+    if (item.kind == item_kind::bytes) {
+      r.type = load_item_type::bytes;
+      r.dest_index = metadata_index{fqn};
+      r.storage_index = metadata_index{fqn};
+      r.dest_offsets = {0};
+      r.storage_offsets = {0};
+      r.lengths = {0};
+      plan.items.push_back(r);
+      continue;
+    }
+    shape_t zeros(item.tensor.size.size(), 0);
+    for (size_t j = 0; j < item.tensor.chunks.size(); ++j) {
+      const auto& c = item.tensor.chunks[j];
+      r.type = load_item_type::tensor;
+      r.dest_index = metadata_index{fqn, zeros, 0};
+      r.dest_offsets = c.offsets;
+      r.storage_index = metadata_index{fqn, c.offsets, static_cast<int64_t>(j)};
+      r.storage_offsets = shape_t(c.offsets.size(), 0);
+      r.lengths = c.sizes;
+      plan.items.push_back(r);
+    }
+  }
+  return plan;
+}
+
+/// Destinations for `full_load_plan`, filled with a marker value.
+void add_destinations(const metadata& md, map_target& target) {
+  for (const auto& [fqn, item] : md.state_dict_metadata) {
+    if (item.kind != item_kind::tensor)
+      continue;
+    shape_t zeros(item.tensor.size.size(), 0);
+    auto t = at::full(item.tensor.size, 99,
+                      at::TensorOptions().dtype(
+                        scalar_type_of(item.tensor.properties.type)));
+    target.tensors[metadata_index{fqn, zeros}] = t;
+  }
+}
+
+caf::error load_all(const std::string& dir, const filesystem_reader_options& opts,
+                    map_target& target, metadata* md_out = nullptr) {
+  auto reader = make_filesystem_reader(dir, opts);
+  auto md = reader->read_metadata();
+  if (!md)
+    return md.error();
+  if (auto err = reader->set_up(*md, true, 0))
+    return err;
+  add_destinations(*md, target);
+  auto plan = reader->prepare_local_plan(full_load_plan(*md));
+  if (!plan)
+    return plan.error();
+  if (md_out)
+    *md_out = *md;
+  return reader->read_data(*plan, target);
+}
+
+std::set<std::string> list_dir(const std::string& dir) {
+  std::set<std::string> out;
+  if (auto d = ::opendir(dir.c_str())) {
+    while (auto e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name != "." && name != "..")
+        out.insert(name);
+    }
+    ::closedir(d);
+  }
+  return out;
+}
+
+at::Tensor key(map_target& t, const std::string& fqn, size_t ndim) {
+  return t.tensors.at(metadata_index{fqn, shape_t(ndim, 0)});
+}
+
+/// Two ranks: rank 0 has plain tensors of every dtype and bytes, both ranks
+/// hold a row shard of "st".
+std::vector<rank_values> two_ranks() {
+  std::vector<rank_values> ranks(2);
+  auto& r0 = ranks[0];
+  r0.plain("f32", at::arange(6, at::kFloat).reshape({2, 3}));
+  r0.plain("bf16", at::arange(4, at::kFloat).to(at::kBFloat16));
+  r0.plain("i64", at::tensor(std::vector<int64_t>{7, -1, int64_t{1} << 40}));
+  r0.plain("f64_scalar", at::scalar_tensor(3.5, at::kDouble));
+  r0.plain("f32_t", at::arange(12, at::kFloat).reshape({3, 4}).t());
+  r0.plain("view", at::arange(10, at::kFloat).narrow(0, 2, 3));
+  r0.plain("cols", at::arange(20, at::kInt).reshape({4, 5}).narrow(1, 1, 2));
+  r0.plain("f16", at::arange(7, at::kFloat).to(at::kHalf));
+  r0.plain("i32", at::arange(-2, 2, at::kInt));
+  r0.plain("i16", at::arange(-2, 2, at::kShort));
+  r0.plain("i8", at::arange(-2, 2, at::kChar));
+  r0.plain("u8", at::arange(0, 200, 9, at::kByte));
+  r0.plain("bool", at::arange(5).remainder(2).eq(0));
+  r0.plain("c64", at::complex(at::arange(3, at::kFloat), at::ones({3})));
+  r0.plain("c128", at::complex(at::arange(2, at::kDouble),
+                               at::ones({2}, at::kDouble)));
+  r0.plain("big", at::randn({512, 1024}, at::kFloat)); // 2 MiB
+  r0.plain("empty", at::zeros({0, 4}, at::kFloat));
+  r0.blobs.emplace_back("epoch", "epoch-bytes");
+  r0.blobs.emplace_back("cfg", std::string(1000, 'c'));
+  auto st = at::arange(12, at::kFloat).reshape({4, 3}) + 0.5;
+  r0.shard("st", st.narrow(0, 0, 2), {0, 0}, {4, 3});
+  ranks[1].shard("st", st.narrow(0, 2, 2), {2, 0}, {4, 3});
+  return ranks;
+}
+
+void check_two_ranks(map_target& t) {
+  auto ranks = two_ranks();
+  for (const auto& e : ranks[0].tensors) {
+    if (e.fqn == "st" || e.fqn == "big")
+      continue;
+    INFO(e.fqn);
+    CHECK(key(t, e.fqn, e.global.size()).equal(e.tensor));
+  }
+  auto st = at::arange(12, at::kFloat).reshape({4, 3}) + 0.5;
+  CHECK(key(t, "st", 2).equal(st));
+  CHECK(t.blobs.at("epoch") == "epoch-bytes");
+  CHECK(t.blobs.at("cfg") == std::string(1000, 'c'));
+}
+
+} // namespace
+
+TEST_CASE("round trip: single file per rank on and off, 1 and 3 threads",
+          "[filesystem]") {
+  for (bool single : {true, false})
+    for (size_t threads : {size_t{1}, size_t{3}}) {
+      INFO("single_file_per_rank " << single << " thread_count " << threads);
+      temp_dir tmp;
+      auto dir = tmp / "ckpt";
+      filesystem_writer_options wopts;
+      wopts.single_file_per_rank = single;
+      wopts.thread_count = threads;
+      auto ranks = two_ranks();
+      // The random tensor must be the same when checking: keep it.
+      auto big = ranks[0].tensors[15].tensor;
+      FS_REQUIRE(save_all(dir, wopts, ranks));
+      auto files = list_dir(dir);
+      CHECK(files.count(".metadata") == 1);
+      CHECK(files.count(".metadata.tmp") == 0);
+      size_t rank0_items = ranks[0].tensors.size() + ranks[0].blobs.size();
+      std::set<std::string> expected{".metadata"};
+      if (single) {
+        for (size_t n = 0; n < threads; ++n) {
+          expected.insert("__0_" + std::to_string(n) + ".distcp");
+          expected.insert("__1_" + std::to_string(n) + ".distcp");
+        }
+      } else {
+        for (size_t n = 0; n < rank0_items; ++n)
+          expected.insert("__0_" + std::to_string(n) + ".distcp");
+        expected.insert("__1_0.distcp");
+      }
+      CHECK(files == expected);
+      for (size_t reader_threads : {size_t{1}, size_t{3}}) {
+        map_target target;
+        filesystem_reader_options ropts;
+        ropts.thread_count = reader_threads;
+        metadata md;
+        FS_REQUIRE(load_all(dir, ropts, target, &md));
+        check_two_ranks(target);
+        CHECK(key(target, "big", 2).equal(big));
+        for (const auto& [idx, info] : md.storage_data)
+          CHECK(info.checksum.rfind("xxh64:", 0) == 0);
+      }
+    }
+}
+
+TEST_CASE("per-item layout numbers files in plan order, bytes and tensors",
+          "[filesystem]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  filesystem_writer_options wopts;
+  wopts.single_file_per_rank = false;
+  wopts.flavor = metadata_flavor::torch_1_13;
+  auto ranks = two_ranks();
+  FS_REQUIRE(save_all(dir, wopts, ranks));
+  auto md = decode_metadata(read_file(dir + "/.metadata"));
+  FS_REQUIRE(md);
+  // Plan order: bytes items first (as make_setup builds the plan), then
+  // tensors; every item alone in its file at offset 0.
+  CHECK(md->storage_data.at(metadata_index{"epoch"}).relative_path
+        == "__0_0.distcp");
+  CHECK(md->storage_data.at(metadata_index{"cfg"}).relative_path
+        == "__0_1.distcp");
+  CHECK(md->storage_data.at(metadata_index{"f32", {0, 0}}).relative_path
+        == "__0_2.distcp");
+  CHECK(md->storage_data.at(metadata_index{"st", {2, 0}}).relative_path
+        == "__1_0.distcp");
+  for (const auto& [idx, info] : md->storage_data)
+    CHECK(info.offset == 0);
+}
+
+TEST_CASE("single file per rank: bytes first, then tensors",
+          "[filesystem]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, two_ranks()));
+  auto md = decode_metadata(read_file(dir + "/.metadata"));
+  FS_REQUIRE(md);
+  CHECK(md->storage_data.at(metadata_index{"epoch"}).offset == 0);
+  auto cfg = md->storage_data.at(metadata_index{"cfg"});
+  CHECK(cfg.offset == std::string{"epoch-bytes"}.size());
+  for (const auto& [idx, info] : md->storage_data)
+    if (idx.has_offset && info.relative_path == "__0_0.distcp")
+      CHECK(info.offset >= cfg.offset + cfg.length);
+  // Items tile the file exactly.
+  uint64_t total = 0;
+  for (const auto& [idx, info] : md->storage_data)
+    if (info.relative_path == "__0_0.distcp")
+      total += info.length;
+  CHECK(total == read_file(dir + "/__0_0.distcp").size());
+}
+
+TEST_CASE(".metadata appears only after finish", "[filesystem][durability]") {
+  temp_dir tmp;
+  auto dir = tmp / "a/b";
+  auto ranks = two_ranks();
+  auto s = make_setup(ranks);
+  auto w = make_filesystem_writer(dir);
+  FS_REQUIRE(w->set_up(true, 0));
+  CHECK(exists(dir));
+  auto local = w->prepare_local_plan(s.local_plans[0]);
+  FS_REQUIRE(local);
+  auto central = w->prepare_global_plan({*local, s.local_plans[1]});
+  FS_REQUIRE(central);
+  CHECK((*central)[0].storage_data == "__0_");
+  CHECK((*central)[1].storage_data == "__1_");
+  auto r0 = w->write_data((*central)[0], s.sources[0]);
+  FS_REQUIRE(r0);
+  auto w1 = make_filesystem_writer(dir);
+  FS_REQUIRE(w1->set_up(false, 1));
+  auto r1 = w1->write_data((*central)[1], s.sources[1]);
+  FS_REQUIRE(r1);
+  CHECK(exists(dir + "/__0_0.distcp"));
+  CHECK(!exists(dir + "/.metadata"));
+  // A reader sees no checkpoint yet.
+  auto reader = make_filesystem_reader(dir);
+  CHECK(code_of(reader->read_metadata().error()) == errc::not_found);
+  FS_REQUIRE(w->finish(s.md, {*r0, *r1}));
+  CHECK(exists(dir + "/.metadata"));
+  CHECK(!exists(dir + "/.metadata.tmp"));
+  CHECK(ok(reader->read_metadata()));
+  // A new save into the same directory withdraws the old commit first.
+  auto again = make_filesystem_writer(dir);
+  FS_REQUIRE(again->set_up(true, 0));
+  CHECK(!exists(dir + "/.metadata"));
+}
+
+TEST_CASE("abort removes the files of the current save", "[filesystem]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  auto s = make_setup(two_ranks());
+  filesystem_writer_options opts;
+  opts.thread_count = 2;
+  auto w = make_filesystem_writer(dir, opts);
+  FS_REQUIRE(w->set_up(true, 0));
+  auto central = w->prepare_global_plan(s.local_plans);
+  FS_REQUIRE(central);
+  FS_REQUIRE(w->write_data((*central)[0], s.sources[0]));
+  CHECK(list_dir(dir).size() == 2);
+  w->abort();
+  CHECK(list_dir(dir).empty());
+}
+
+TEST_CASE("abort after the commit keeps the checkpoint", "[filesystem]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  std::vector<storage_writer_ptr> writers;
+  FS_REQUIRE(save_all(dir, {}, two_ranks(), &writers));
+  for (auto& w : writers)
+    w->abort();
+  map_target target;
+  FS_REQUIRE(load_all(dir, {}, target));
+  check_two_ranks(target);
+}
+
+TEST_CASE("finish refuses a checkpoint with unwritten chunks",
+          "[filesystem]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  auto s = make_setup(two_ranks());
+  auto w = make_filesystem_writer(dir);
+  FS_REQUIRE(w->set_up(true, 0));
+  auto central = w->prepare_global_plan(s.local_plans);
+  FS_REQUIRE(central);
+  auto r0 = w->write_data((*central)[0], s.sources[0]);
+  FS_REQUIRE(r0);
+  auto err = w->finish(s.md, {*r0}); // rank 1's shard is missing
+  CHECK(code_of(err) == errc::missing_key);
+  CHECK(context_of(err).find("st") != std::string::npos);
+  CHECK(!exists(dir + "/.metadata"));
+}
+
+TEST_CASE("split plans write disjoint files from concurrent threads",
+          "[filesystem]") {
+  for (bool single : {true, false}) {
+    INFO("single_file_per_rank " << single);
+    temp_dir tmp;
+    auto dir = tmp / "ckpt";
+    auto ranks = two_ranks();
+    auto s = make_setup(ranks);
+    filesystem_writer_options opts;
+    opts.single_file_per_rank = single;
+    auto w = make_filesystem_writer(dir, opts);
+    FS_REQUIRE(w->set_up(true, 0));
+    auto central = w->prepare_global_plan(s.local_plans);
+    FS_REQUIRE(central);
+    std::vector<std::vector<write_result>> results(2);
+    for (size_t r = 0; r < 2; ++r) {
+      auto parts = w->split_plan((*central)[r], 4);
+      if (single)
+        CHECK(parts.size() == 4);
+      else
+        CHECK(parts.size() <= std::min<size_t>(4, (*central)[r].items.size()));
+      size_t items = 0;
+      for (const auto& p : parts)
+        items += p.items.size();
+      CHECK(items == (*central)[r].items.size());
+      std::vector<caf::expected<std::vector<write_result>>> out(
+        parts.size(), std::vector<write_result>{});
+      std::vector<std::thread> threads;
+      for (size_t i = 0; i < parts.size(); ++i)
+        threads.emplace_back(
+          [&, i] { out[i] = w->write_data(parts[i], s.sources[r]); });
+      for (auto& t : threads)
+        t.join();
+      std::set<std::string> files_seen;
+      for (size_t i = 0; i < parts.size(); ++i) {
+        FS_REQUIRE(out[i]);
+        std::set<std::string> mine;
+        for (const auto& res : *out[i]) {
+          mine.insert(res.storage_data.relative_path);
+          results[r].push_back(res);
+        }
+        for (const auto& f : mine)
+          CHECK(files_seen.insert(f).second); // no file shared by two parts
+      }
+    }
+    FS_REQUIRE(w->finish(s.md, results));
+    map_target target;
+    FS_REQUIRE(load_all(dir, {}, target));
+    check_two_ranks(target);
+  }
+}
+
+TEST_CASE("reader split keeps reads of one item together", "[filesystem]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, two_ranks()));
+  auto reader = make_filesystem_reader(dir);
+  auto md = reader->read_metadata();
+  FS_REQUIRE(md);
+  FS_REQUIRE(reader->set_up(*md, true, 0));
+  auto plan = full_load_plan(*md);
+  // A second read of f32 into another destination.
+  read_item extra = plan.items.front();
+  for (const auto& r : plan.items)
+    if (r.storage_index.fqn == "f32")
+      extra = r;
+  extra.dest_index = metadata_index{"f32_copy", {0, 0}, 0};
+  plan.items.push_back(extra);
+  map_target target;
+  add_destinations(*md, target);
+  target.tensors[metadata_index{"f32_copy", {0, 0}}] = at::zeros({2, 3});
+  auto parts = reader->split_plan(plan, 3);
+  CHECK(parts.size() == 3);
+  size_t total = 0;
+  std::map<metadata_index, size_t> part_of;
+  for (size_t i = 0; i < parts.size(); ++i)
+    for (const auto& r : parts[i].items) {
+      ++total;
+      auto [it, fresh] = part_of.emplace(r.storage_index, i);
+      CHECK(it->second == i);
+    }
+  CHECK(total == plan.items.size());
+  std::vector<caf::error> errs(parts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < parts.size(); ++i)
+    threads.emplace_back([&, i] { errs[i] = reader->read_data(parts[i], target); });
+  for (auto& t : threads)
+    t.join();
+  for (const auto& e : errs)
+    CHECK(!e);
+  check_two_ranks(target);
+  CHECK(key(target, "f32_copy", 2).equal(key(target, "f32", 2)));
+}
+
+TEST_CASE("every fixture checkpoint loads through the reader",
+          "[filesystem][fixtures]") {
+  for (auto ckpt : {"ckpt_113_per_item", "ckpt_113_per_rank", "ckpt_cpp_written",
+                    "ckpt_cpp_written_v2meta"})
+    for (size_t threads : {size_t{1}, size_t{2}}) {
+      INFO(ckpt << " threads " << threads);
+      map_target target;
+      filesystem_reader_options opts;
+      opts.thread_count = threads;
+      metadata md;
+      auto dir = fixture(ckpt);
+      FS_REQUIRE(load_all(dir, opts, target, &md));
+      bool cpp = std::string{ckpt}.find("cpp") != std::string::npos;
+      CHECK(key(target, "f32", 2).equal(at::arange(6, at::kFloat).reshape({2, 3})));
+      CHECK(key(target, "bf16", 1).equal(
+        at::tensor(std::vector<float>{1.5f, -2.f, 3.25f, 0.5f}).to(at::kBFloat16)));
+      CHECK(key(target, "i64", 1).equal(
+        at::tensor(std::vector<int64_t>{7, -1, int64_t{1} << 40})));
+      CHECK(key(target, "f64_scalar", 0).item<double>() == 3.5);
+      CHECK(key(target, "f32_t", 2).equal(
+        at::arange(12, at::kFloat).reshape({3, 4}).t()));
+      auto st = key(target, "st", 2);
+      if (cpp) {
+        auto f = at::arange(6, at::kFloat).reshape({2, 3});
+        CHECK(st.equal(at::cat({f, f})));
+        CHECK(key(target, "view", 1).equal(
+          at::tensor(std::vector<float>{2.f, 3.f, 4.f})));
+      } else {
+        CHECK(st.equal(at::arange(12, at::kFloat).reshape({4, 3}) + 0.5));
+      }
+      // Bytes items are the raw torch.save archives.
+      for (const auto& [fqn, item] : md.state_dict_metadata) {
+        if (item.kind != item_kind::bytes)
+          continue;
+        const auto& info = md.storage_data.at(metadata_index{fqn});
+        auto file = read_file(dir + "/" + info.relative_path);
+        CHECK(target.blobs.at(fqn) == file.substr(info.offset, info.length));
+        CHECK(target.blobs.at(fqn).substr(0, 4) == std::string{"PK\x03\x04"});
+      }
+    }
+}
+
+TEST_CASE("resharding reads: a column box out of row shards",
+          "[filesystem][fixtures]") {
+  // The worked example of the spec: rank 1 loads columns [2, 3) of "st".
+  auto reader = make_filesystem_reader(fixture("ckpt_113_per_rank"));
+  auto md = reader->read_metadata();
+  FS_REQUIRE(md);
+  FS_REQUIRE(reader->set_up(*md, false, 1));
+  load_plan plan;
+  read_item a;
+  a.dest_index = metadata_index{"st", {0, 2}, 0};
+  a.storage_index = metadata_index{"st", {0, 0}, 0};
+  a.storage_offsets = {0, 2};
+  a.dest_offsets = {0, 0};
+  a.lengths = {2, 1};
+  read_item b = a;
+  b.storage_index = metadata_index{"st", {2, 0}, 1};
+  b.dest_offsets = {2, 0};
+  plan.items = {a, b};
+  map_target target;
+  auto dest = at::zeros({4, 1}, at::kFloat);
+  target.tensors[metadata_index{"st", {0, 2}}] = dest;
+  FS_REQUIRE(reader->read_data(plan, target));
+  auto st = at::arange(12, at::kFloat).reshape({4, 3}) + 0.5;
+  CHECK(dest.equal(st.narrow(1, 2, 1)));
+}
+
+TEST_CASE("PyTorch DCP 1.13 loads checkpoints dcpp wrote",
+          "[filesystem][python]") {
+  std::string checker = std::string{DCPP_SOURCE_DIR}
+                        + "/scripts/interop/check_metadata_with_torch.py";
+  if (!have_torch_python() || !exists(checker)) {
+    WARN("skipped: no torch python or no " << checker);
+    return;
+  }
+  // The fixture's state dict; bytes items are its torch.save archives.
+  auto fixture_file = read_file(fixture("ckpt_113_per_rank") + "/__0_0.distcp");
+  std::vector<rank_values> ranks(2);
+  auto& r0 = ranks[0];
+  r0.plain("f32", at::arange(6, at::kFloat).reshape({2, 3}));
+  r0.plain("bf16", at::tensor(std::vector<float>{1.5f, -2.f, 3.25f, 0.5f})
+                     .to(at::kBFloat16));
+  r0.plain("i64", at::tensor(std::vector<int64_t>{7, -1, int64_t{1} << 40}));
+  r0.plain("f64_scalar", at::scalar_tensor(3.5, at::kDouble));
+  r0.plain("f32_t", at::arange(12, at::kFloat).reshape({3, 4}).t());
+  r0.blobs.emplace_back("epoch", fixture_file.substr(0, 431));
+  r0.blobs.emplace_back("cfg", fixture_file.substr(431, 431));
+  auto st = at::arange(12, at::kFloat).reshape({4, 3}) + 0.5;
+  r0.shard("st", st.narrow(0, 0, 2), {0, 0}, {4, 3});
+  ranks[1].shard("st", st.narrow(0, 2, 2), {2, 0}, {4, 3});
+  for (bool single : {true, false})
+    for (size_t threads : {size_t{1}, size_t{3}}) {
+      INFO("single_file_per_rank " << single << " thread_count " << threads);
+      temp_dir tmp;
+      auto dir = tmp / "ckpt";
+      filesystem_writer_options opts;
+      opts.flavor = metadata_flavor::torch_1_13;
+      opts.single_file_per_rank = single;
+      opts.thread_count = threads;
+      FS_REQUIRE(save_all(dir, opts, ranks));
+      auto res = run_command(std::string{torch_python()} + " -B " + checker
+                             + " load " + dir);
+      INFO(res.output);
+      if (res.status == 77) {
+        WARN("skipped: " << res.output);
+        return;
+      }
+      CHECK(res.status == 0);
+      CHECK(res.output.find("PASS epoch cfg") != std::string::npos);
+    }
+}
+
+TEST_CASE("bad inputs fail with named errors", "[filesystem][errors]") {
+  temp_dir tmp;
+  SECTION("missing directory") {
+    auto r = make_filesystem_reader(tmp / "nope");
+    auto md = r->read_metadata();
+    REQUIRE(!md);
+    CHECK(code_of(md.error()) == errc::not_found);
+    CHECK(context_of(md.error()).find(tmp / "nope") != std::string::npos);
+  }
+  SECTION("directory without .metadata") {
+    auto md = make_filesystem_reader(tmp.path())->read_metadata();
+    REQUIRE(!md);
+    CHECK(code_of(md.error()) == errc::not_found);
+  }
+  SECTION("truncated .metadata") {
+    auto dir = tmp / "ckpt";
+    FS_REQUIRE(save_all(dir, {}, two_ranks()));
+    auto bytes = read_file(dir + "/.metadata");
+    write_file(dir + "/.metadata", bytes.substr(0, bytes.size() / 2));
+    auto md = make_filesystem_reader(dir)->read_metadata();
+    REQUIRE(!md);
+    CHECK(code_of(md.error()) == errc::corrupt_metadata);
+    CHECK(context_of(md.error()).find(".metadata") != std::string::npos);
+  }
+  SECTION(".metadata beyond 1 GiB") {
+    auto dir = tmp / "ckpt";
+    FS_REQUIRE(save_all(dir, {}, two_ranks()));
+    REQUIRE(::truncate((dir + "/.metadata").c_str(), (off_t{1} << 30) + 1) == 0);
+    auto md = make_filesystem_reader(dir)->read_metadata();
+    REQUIRE(!md);
+    CHECK(code_of(md.error()) == errc::too_large);
+  }
+  SECTION("data file shorter than its items") {
+    auto dir = tmp / "ckpt";
+    FS_REQUIRE(save_all(dir, {}, two_ranks()));
+    auto file = dir + "/__1_0.distcp";
+    auto bytes = read_file(file);
+    write_file(file, bytes.substr(0, bytes.size() - 10));
+    auto r = make_filesystem_reader(dir);
+    auto md = r->read_metadata();
+    FS_REQUIRE(md);
+    auto err = r->set_up(*md, true, 0);
+    CHECK(code_of(err) == errc::corrupt_item);
+    CHECK(context_of(err).find("__1_0.distcp") != std::string::npos);
+    CHECK(context_of(err).find("st@[2, 0]") != std::string::npos);
+  }
+  SECTION("relative paths leaving the directory") {
+    auto dir = tmp / "ckpt";
+    FS_REQUIRE(save_all(dir, {}, two_ranks()));
+    auto r = make_filesystem_reader(dir);
+    auto md = r->read_metadata();
+    FS_REQUIRE(md);
+    for (auto bad : {"../x", "/etc/passwd", "..", "", "sub/file"}) {
+      INFO(bad);
+      auto copy = *md;
+      copy.storage_data.at(metadata_index{"f32", {0, 0}}).relative_path = bad;
+      auto err = r->set_up(copy, true, 0);
+      CHECK(code_of(err) == errc::path_escape);
+      CHECK(context_of(err).find(std::string{"'"} + bad + "'")
+            != std::string::npos);
+    }
+  }
+  SECTION("a flipped byte is a checksum mismatch naming the key") {
+    auto dir = tmp / "ckpt";
+    FS_REQUIRE(save_all(dir, {}, two_ranks()));
+    auto md = decode_metadata(read_file(dir + "/.metadata"));
+    FS_REQUIRE(md);
+    for (auto fqn : {"f32", "big"}) {
+      INFO(fqn);
+      const auto& info = md->storage_data.at(metadata_index{fqn, {0, 0}});
+      auto path = dir + "/" + info.relative_path;
+      auto bytes = read_file(path);
+      // In the middle of the data record.
+      auto item = bytes.substr(info.offset, info.length);
+      auto layout = tensor_item_reader::open_memory(item, fqn);
+      FS_REQUIRE(layout);
+      auto pos = info.offset + layout->layout().data_offset
+                 + layout->layout().data_size / 2;
+      bytes[pos] = static_cast<char>(bytes[pos] ^ 0x01);
+      write_file(path, bytes);
+      map_target target;
+      auto err = load_all(dir, {}, target);
+      CHECK(code_of(err) == errc::checksum_mismatch);
+      CHECK(context_of(err).find(std::string{fqn} + "@[0, 0]")
+            != std::string::npos);
+      CHECK(context_of(err).find(info.relative_path) != std::string::npos);
+      // Without verification the load goes through.
+      map_target unchecked;
+      filesystem_reader_options opts;
+      opts.verify_checksums = false;
+      CHECK(!load_all(dir, opts, unchecked));
+      bytes[pos] = static_cast<char>(bytes[pos] ^ 0x01);
+      write_file(path, bytes);
+    }
+    // A byte outside the tensor data (the version record) is caught too.
+    const auto& info = md->storage_data.at(metadata_index{"i64", {0}});
+    auto path = dir + "/" + info.relative_path;
+    auto bytes = read_file(path);
+    auto version = bytes.find("3\nPK\x07\x08", info.offset);
+    REQUIRE(version != std::string::npos);
+    bytes[version] = '4';
+    write_file(path, bytes);
+    map_target target;
+    auto err = load_all(dir, {}, target);
+    CHECK(code_of(err) == errc::checksum_mismatch);
+    CHECK(context_of(err).find("i64") != std::string::npos);
+  }
+  SECTION("the checkpoint path is a file") {
+    write_file(tmp / "file", "x");
+    auto w = make_filesystem_writer(tmp / "file/ckpt");
+    auto err = w->set_up(true, 0);
+    CHECK(code_of(err) == errc::io_error);
+    CHECK(context_of(err).find(tmp / "file") != std::string::npos);
+  }
+  SECTION("plans the writer refuses") {
+    auto dir = tmp / "ckpt";
+    auto ranks = two_ranks();
+    auto s = make_setup(ranks);
+    auto w = make_filesystem_writer(dir);
+    FS_REQUIRE(w->set_up(true, 0));
+    auto plan = s.local_plans[1];
+    plan.storage_data = "../__1_";
+    CHECK(code_of(w->write_data(plan, s.sources[1]).error())
+          == errc::path_escape);
+    plan.storage_data = "__1_";
+    plan.items[0].tensor_data.properties.type = dtype::float64;
+    CHECK(code_of(w->write_data(plan, s.sources[1]).error())
+          == errc::dtype_mismatch);
+    plan = s.local_plans[1];
+    plan.items[0].tensor_data.chunk.sizes = {3, 3};
+    CHECK(code_of(w->write_data(plan, s.sources[1]).error())
+          == errc::invalid_argument);
+  }
+}
+
+TEST_CASE("a full disk is a storage failure naming the file",
+          "[filesystem][errors]") {
+  auto fd = ::open("/dev/full", O_WRONLY);
+  if (fd < 0) {
+    WARN("skipped: no /dev/full");
+    return;
+  }
+  file_sink sink{fd, "/dev/full"};
+  auto t = at::randn({1 << 18}, at::kFloat); // 1 MiB: a direct write
+  auto res = write_tensor_item(sink, t);
+  REQUIRE(!res);
+  CHECK(code_of(res.error()) == errc::storage_failure);
+  CHECK(context_of(res.error()).find("/dev/full") != std::string::npos);
+  ::close(fd);
+}
