@@ -1,6 +1,17 @@
 #include "actors/checkpointer.hpp"
 
+#include "actors/jobs.hpp"
+#include "actors/process_group.hpp"
 #include "core/error.hpp"
+
+#include <caf/all.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <string>
+#include <utility>
 
 namespace dcpp {
 
@@ -121,6 +132,86 @@ caf::error no_group_error() {
                     "false");
 }
 
+// -- process group path -------------------------------------------------------
+
+/// The caller's own deadline for a whole operation: the agent enforces one
+/// step timeout per local request and per wait for the coordinator, so its
+/// answer (value or a precise error) always comes well before this.
+std::chrono::milliseconds operation_deadline(const checkpointer_options& o) {
+  auto step = std::max(o.step_timeout, std::chrono::milliseconds{1});
+  return step * 16 + std::chrono::seconds(5);
+}
+
+job_options job_options_of(const checkpointer_options& o) {
+  job_options jo;
+  jo.coordinator_rank = o.coordinator_rank;
+  jo.step_timeout = o.step_timeout;
+  jo.save_planner = o.save_planner;
+  jo.load_planner = o.load_planner;
+  return jo;
+}
+
+/// A job whose only content is a local failure: the agent still takes part
+/// in the operation and reports it, so every rank fails together.
+template <class Job>
+Job failed_job(const checkpointer_options& o, caf::error err) {
+  Job job;
+  job.coordinator_rank = o.coordinator_rank;
+  job.step_timeout = o.step_timeout;
+  job.error = std::move(err);
+  return job;
+}
+
+save_job save_job_for(caf::expected<save_job> job,
+                      const checkpointer_options& o) {
+  if (!job)
+    return failed_job<save_job>(o, std::move(job.error()));
+  return std::move(*job);
+}
+
+/// Runs `job` on this rank's agent and waits for the reply.
+template <class Job, class Atom>
+caf::expected<metadata> run_on_agent(const checkpointer_options& o, Atom atom,
+                                     Job job) {
+  auto& group = *o.process_group;
+  caf::expected<metadata> result{
+    make_error(errc::timeout, "no answer from the rank agent")};
+  caf::scoped_actor self{group.system()};
+  self->request(group.agent(), operation_deadline(o), atom, std::move(job))
+    .receive([&](metadata& md) { result = std::move(md); },
+             [&](caf::error& err) {
+               if (err == caf::sec::request_timeout)
+                 err = make_error(errc::timeout,
+                                  "rank " + std::to_string(group.rank())
+                                    + ": the operation did not end within "
+                                    + std::to_string(
+                                      operation_deadline(o).count())
+                                    + " ms");
+               result = std::move(err);
+             });
+  return result;
+}
+
+save_result save_in_group(const checkpointer_options& o,
+                          storage_writer_ptr writer, const state_dict& sd) {
+  auto job = save_job_for(make_save_job(sd, std::move(writer),
+                                        job_options_of(o)),
+                          o);
+  return run_on_agent(o, save_atom::value, std::move(job));
+}
+
+caf::error load_in_group(const checkpointer_options& o,
+                         storage_reader_ptr reader, state_dict& sd) {
+  auto job = make_load_job(sd, std::move(reader), job_options_of(o));
+  auto res = run_on_agent(o, load_atom::value,
+                          job ? std::move(*job)
+                              : failed_job<load_job>(o,
+                                                     std::move(job.error())));
+  if (!res)
+    return std::move(res.error());
+  return caf::none;
+}
+
 } // namespace
 
 checkpointer::checkpointer(storage_writer_ptr writer, storage_reader_ptr reader,
@@ -139,9 +230,15 @@ checkpointer::~checkpointer() {
 save_result checkpointer::save(const state_dict& sd) {
   if (!writer_)
     return make_error(errc::invalid_argument, "checkpointer has no writer");
+  // Collective operations run in call order on every rank: a background
+  // save of this checkpointer comes first.
+  if (pending_.valid())
+    pending_.wait();
   if (opts_.no_dist)
     return save_no_dist(*writer_, *save_planner_of(opts_), sd);
-  return no_group_error();
+  if (!opts_.process_group)
+    return no_group_error();
+  return save_in_group(opts_, writer_, sd);
 }
 
 std::future<save_result> checkpointer::async_save(const state_dict& sd) {
@@ -149,21 +246,63 @@ std::future<save_result> checkpointer::async_save(const state_dict& sd) {
   // which also bounds host memory to one staged copy.
   if (pending_.valid())
     pending_.wait();
-  auto staged = std::make_shared<state_dict>(stage_to_host(sd));
   auto done = std::make_shared<std::promise<save_result>>();
   auto result = done->get_future();
-  pending_ = std::async(std::launch::async,
-                        [this, staged, done] { done->set_value(save(*staged)); })
-               .share();
+  if (!writer_ || (!opts_.no_dist && !opts_.process_group)) {
+    done->set_value(writer_ ? no_group_error()
+                            : make_error(errc::invalid_argument,
+                                         "checkpointer has no writer"));
+    return result;
+  }
+  auto staged = std::make_shared<const state_dict>(stage_to_host(sd));
+  if (opts_.no_dist) {
+    auto writer = writer_;
+    auto planner = save_planner_of(opts_);
+    pending_ = std::async(std::launch::async,
+                          [writer, planner, staged, done] {
+                            done->set_value(
+                              save_no_dist(*writer, *planner, *staged));
+                          })
+                 .share();
+    return result;
+  }
+  // In a group the agent does the work; a one-shot actor carries the reply
+  // to both futures (the caller's and the one the next operation waits on).
+  auto job = save_job_for(make_save_job(staged, writer_, job_options_of(opts_)),
+                          opts_);
+  auto internal = std::make_shared<std::promise<void>>();
+  pending_ = internal->get_future().share();
+  auto agent = opts_.process_group->agent();
+  auto deadline = operation_deadline(opts_);
+  opts_.process_group->system().spawn(
+    [agent, deadline, job, done, internal](caf::event_based_actor* self) {
+      self->request(agent, deadline, save_atom::value, job)
+        .then(
+          [done, internal](metadata& md) {
+            done->set_value(std::move(md));
+            internal->set_value();
+          },
+          [done, internal](caf::error& err) {
+            if (err == caf::sec::request_timeout)
+              err = make_error(errc::timeout,
+                               "the background save did not end in time");
+            done->set_value(std::move(err));
+            internal->set_value();
+          });
+    });
   return result;
 }
 
 caf::error checkpointer::load(state_dict& sd) {
   if (!reader_)
     return make_error(errc::invalid_argument, "checkpointer has no reader");
+  if (pending_.valid())
+    pending_.wait();
   if (opts_.no_dist)
     return load_no_dist(*reader_, *load_planner_of(opts_), sd);
-  return no_group_error();
+  if (!opts_.process_group)
+    return no_group_error();
+  return load_in_group(opts_, reader_, sd);
 }
 
 } // namespace dcpp

@@ -1,0 +1,512 @@
+#include "actors/coordinator.hpp"
+
+#include "actors/failure.hpp"
+#include "core/error.hpp"
+
+#include <caf/all.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace dcpp {
+
+namespace {
+
+/// The steps of an operation as the coordinator runs them.
+enum class step : uint8_t {
+  /// Gathering local plans from every rank.
+  plan,
+  /// Waiting for its own rank's agent to build the global plan.
+  global_plan,
+  /// Gathering write results from every rank.
+  write,
+  /// Waiting for its own rank's agent to commit.
+  commit,
+  /// Gathering read outcomes from every rank.
+  read,
+};
+
+/// The step name every rank sees in a failure.
+const char* step_name(step x) {
+  switch (x) {
+    case step::plan:
+    case step::global_plan: return "plan";
+    case step::write: return "write";
+    case step::commit: return "commit";
+    case step::read: return "read";
+  }
+  return "?";
+}
+
+/// What a rank still owes in a gathering step (for timeout messages).
+const char* owed(step x) {
+  switch (x) {
+    case step::plan: return "no local plan";
+    case step::global_plan: return "no global plan";
+    case step::write: return "no write result";
+    case step::commit: return "no commit result";
+    case step::read: return "no read result";
+  }
+  return "nothing";
+}
+
+bool gathering(step x) {
+  return x == step::plan || x == step::write || x == step::read;
+}
+
+/// One open operation.
+struct coord_op {
+  op_id id;
+  std::chrono::milliseconds timeout{0};
+  step cur = step::plan;
+  /// Generation of the armed deadline; a deadline message with another
+  /// generation is stale.
+  uint64_t gen = 0;
+  /// Per rank: has it delivered its part of the current gathering step?
+  std::vector<bool> have;
+  size_t received = 0;
+  /// rank -> error of the current step.
+  std::map<int32_t, caf::error> failures;
+  std::vector<save_plan> save_plans;
+  std::vector<load_plan> load_plans;
+  metadata md;
+  std::vector<std::vector<write_result>> results;
+};
+
+struct coordinator_state {
+  int32_t rank = 0;
+  peer_table_ptr peers;
+  std::map<uint64_t, coord_op> ops;
+  /// Highest sequence number of an operation that ended here.
+  uint64_t closed_high = 0;
+  /// Ranks whose endpoint stopped.
+  std::vector<bool> down;
+  bool monitoring = false;
+  uint64_t next_gen = 1;
+  coordinator_stats stats;
+
+  static constexpr const char* name = "dcpp.coordinator";
+};
+
+using coord_ptr = coordinator_actor::stateful_pointer<coordinator_state>;
+
+int32_t world_size(coord_ptr self) {
+  return self->state.peers ? self->state.peers->world_size() : 0;
+}
+
+envelope reply_header(coord_ptr self, const op_id& op, int32_t to) {
+  envelope hdr;
+  hdr.op = op;
+  hdr.from = self->state.rank;
+  hdr.to = to;
+  return hdr;
+}
+
+/// Arms the deadline of the current step. Gathering steps wait one step
+/// timeout for the slowest rank. The global step and the commit wait two:
+/// the own rank's agent bounds each of its requests by one step timeout and
+/// then reports a precise error itself, which must arrive first.
+void arm(coord_ptr self, coord_op& op) {
+  op.gen = self->state.next_gen++;
+  auto d = gathering(op.cur) ? op.timeout : op.timeout * 2;
+  self->delayed_send(self, d, deadline_atom::value, op.id.seq, op.gen);
+}
+
+void start_gathering(coord_op& op, step next, int32_t n) {
+  op.cur = next;
+  op.have.assign(static_cast<size_t>(n), false);
+  op.received = 0;
+  op.failures.clear();
+}
+
+void close(coord_ptr self, uint64_t seq) {
+  self->state.ops.erase(seq);
+  self->state.closed_high = std::max(self->state.closed_high, seq);
+  self->state.stats.open_ops = self->state.ops.size();
+}
+
+/// Ends `op` with errc::checkpoint_failed on every rank.
+void fail(coord_ptr self, coord_op& op) {
+  auto err = make_checkpoint_failure(op.id, step_name(op.cur), op.failures);
+  spdlog::debug("dcpp coordinator {}: {}", self->state.rank, describe(err));
+  auto n = world_size(self);
+  for (int32_t r = 0; r < n; ++r)
+    self->send(self->state.peers->ranks[r],
+               op_outcome_msg{reply_header(self, op.id, r), err, metadata{}});
+  ++self->state.stats.ops_failed;
+  close(self, op.id.seq);
+}
+
+/// Ends `op` successfully on every rank.
+void succeed(coord_ptr self, coord_op& op) {
+  auto n = world_size(self);
+  for (int32_t r = 0; r < n; ++r)
+    self->send(self->state.peers->ranks[r],
+               op_outcome_msg{reply_header(self, op.id, r), caf::error{},
+                              op.md});
+  ++self->state.stats.ops_committed;
+  close(self, op.id.seq);
+}
+
+void monitor_ranks(coord_ptr self) {
+  if (self->state.monitoring)
+    return;
+  self->state.monitoring = true;
+  self->state.down.assign(static_cast<size_t>(world_size(self)), false);
+  for (auto& hdl : self->state.peers->ranks)
+    self->monitor(hdl);
+}
+
+/// Checks the envelope of a message; returns false (and counts) if the
+/// message must be ignored outright.
+bool check_envelope(coord_ptr self, const envelope& hdr, const char* what) {
+  auto n = world_size(self);
+  if (hdr.to != self->state.rank || hdr.from < 0 || hdr.from >= n) {
+    ++self->state.stats.rejected;
+    spdlog::debug("dcpp coordinator {}: rejected {} of {} (ranks 0..{})",
+                  self->state.rank, what, to_string(hdr), n - 1);
+    return false;
+  }
+  return true;
+}
+
+/// Finds the operation of `hdr`, opening it if `open_timeout_ms` > 0 and the
+/// operation is new. Returns nullptr for messages to ignore.
+coord_op* find_op(coord_ptr self, const envelope& hdr, const char* what,
+                  int64_t open_timeout_ms = 0) {
+  auto& st = self->state;
+  auto i = st.ops.find(hdr.op.seq);
+  if (i != st.ops.end()) {
+    if (i->second.id.kind != hdr.op.kind) {
+      // The ranks disagree on the order of collective calls.
+      auto& op = i->second;
+      op.failures[hdr.from] = make_error(
+        errc::protocol_error, "rank " + std::to_string(hdr.from) + " sent a "
+                                + to_string(hdr.op.kind) + " message for "
+                                + to_string(op.id));
+      ++st.stats.rejected;
+      fail(self, op);
+      return nullptr;
+    }
+    return &i->second;
+  }
+  if (hdr.op.seq <= st.closed_high || open_timeout_ms <= 0) {
+    ++st.stats.stale;
+    spdlog::debug("dcpp coordinator {}: ignored {} of {} (stale)", st.rank,
+                  what, to_string(hdr));
+    return nullptr;
+  }
+  // A new operation.
+  monitor_ranks(self);
+  auto& op = st.ops[hdr.op.seq];
+  op.id = hdr.op;
+  op.timeout = std::chrono::milliseconds{open_timeout_ms};
+  start_gathering(op, step::plan, world_size(self));
+  if (hdr.op.kind == op_kind::save)
+    op.save_plans.resize(static_cast<size_t>(world_size(self)));
+  else
+    op.load_plans.resize(static_cast<size_t>(world_size(self)));
+  st.stats.open_ops = st.ops.size();
+  arm(self, op);
+  // A rank that already stopped cannot take part.
+  for (int32_t r = 0; r < world_size(self); ++r)
+    if (st.down[r])
+      op.failures[r] = make_error(errc::rank_lost,
+                                  "rank " + std::to_string(r) + " stopped");
+  if (!op.failures.empty()) {
+    fail(self, op);
+    return nullptr;
+  }
+  return &op;
+}
+
+/// Accepts the part of rank `from` in gathering step `expected`. Returns
+/// false for duplicates and messages of another step.
+bool accept_part(coord_ptr self, coord_op& op, const envelope& hdr,
+                 step expected, const char* what) {
+  auto& st = self->state;
+  if (op.cur != expected || op.have[hdr.from]) {
+    ++st.stats.duplicates;
+    spdlog::debug("dcpp coordinator {}: ignored {} of {} (duplicate or out "
+                  "of step)",
+                  st.rank, what, to_string(hdr));
+    return false;
+  }
+  op.have[hdr.from] = true;
+  ++op.received;
+  return true;
+}
+
+bool complete(coord_ptr self, const coord_op& op) {
+  return op.received == static_cast<size_t>(world_size(self));
+}
+
+/// Records a version mismatch as the sender's failure in the current step.
+bool check_version(coord_ptr self, const envelope& hdr) {
+  if (hdr.version == protocol_version)
+    return true;
+  auto& st = self->state;
+  ++st.stats.rejected;
+  auto i = st.ops.find(hdr.op.seq);
+  if (i != st.ops.end()) {
+    auto& op = i->second;
+    op.failures[hdr.from] = make_error(
+      errc::protocol_error,
+      "rank " + std::to_string(hdr.from) + " speaks protocol version "
+        + std::to_string(hdr.version) + ", the coordinator "
+        + std::to_string(protocol_version));
+    fail(self, op);
+  }
+  return false;
+}
+
+// -- save -----------------------------------------------------------------
+
+void on_plans_complete(coord_ptr self, coord_op& op) {
+  if (!op.failures.empty()) {
+    fail(self, op);
+    return;
+  }
+  auto r = self->state.rank;
+  op.cur = step::global_plan;
+  arm(self, op);
+  if (op.id.kind == op_kind::save)
+    self->send(self->state.peers->ranks[r],
+               global_save_step_msg{reply_header(self, op.id, r),
+                                    std::move(op.save_plans)});
+  else
+    self->send(self->state.peers->ranks[r],
+               global_load_step_msg{reply_header(self, op.id, r),
+                                    std::move(op.load_plans)});
+}
+
+/// The global step's answer must come from the coordinator's own rank.
+coord_op* find_global(coord_ptr self, const envelope& hdr, step expected,
+                      const char* what) {
+  if (!check_envelope(self, hdr, what) || !check_version(self, hdr))
+    return nullptr;
+  auto op = find_op(self, hdr, what);
+  if (!op)
+    return nullptr;
+  if (hdr.from != self->state.rank || op->cur != expected) {
+    ++self->state.stats.duplicates;
+    return nullptr;
+  }
+  return op;
+}
+
+// -- behavior -------------------------------------------------------------
+
+coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
+                                                  peer_table_ptr peers) {
+  self->state.rank = rank;
+  self->state.peers = std::move(peers);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& st = self->state;
+    int32_t lost = -1;
+    for (int32_t r = 0; r < world_size(self); ++r)
+      if (st.peers->ranks[r].address() == dm.source)
+        lost = r;
+    if (lost < 0 || static_cast<size_t>(lost) >= st.down.size())
+      return;
+    st.down[lost] = true;
+    auto reason = make_error(errc::rank_lost,
+                             "rank " + std::to_string(lost) + " stopped ("
+                               + describe(dm.reason) + ")");
+    std::vector<uint64_t> affected;
+    for (auto& [seq, op] : st.ops) {
+      // In the commit step every rank has written; only the committing
+      // rank still matters.
+      if (op.cur == step::commit && lost != st.rank)
+        continue;
+      affected.push_back(seq);
+    }
+    for (auto seq : affected) {
+      auto& op = st.ops.at(seq);
+      op.failures[lost] = reason;
+      fail(self, op);
+    }
+  });
+  return {
+    // -- save ---------------------------------------------------------------
+    [=](local_save_plan_msg& msg) {
+      const auto& hdr = msg.hdr;
+      if (!check_envelope(self, hdr, "local save plan")
+          || !check_version(self, hdr))
+        return;
+      auto timeout = msg.step_timeout_ms > 0 ? msg.step_timeout_ms : 1;
+      auto op = find_op(self, hdr, "local save plan", timeout);
+      if (!op || !accept_part(self, *op, hdr, step::plan, "local save plan"))
+        return;
+      if (msg.error)
+        op->failures[hdr.from] = std::move(msg.error);
+      else
+        op->save_plans[hdr.from] = std::move(msg.plan);
+      if (complete(self, *op))
+        on_plans_complete(self, *op);
+    },
+    [=](global_save_step_done_msg& msg) {
+      auto op = find_global(self, msg.hdr, step::global_plan,
+                            "global save plan");
+      if (!op)
+        return;
+      auto n = world_size(self);
+      if (!msg.error && msg.global.plans.size() != static_cast<size_t>(n))
+        msg.error = make_error(errc::protocol_error,
+                               "global plan has "
+                                 + std::to_string(msg.global.plans.size())
+                                 + " plans for " + std::to_string(n)
+                                 + " ranks");
+      if (msg.error) {
+        op->failures[self->state.rank] = std::move(msg.error);
+        fail(self, *op);
+        return;
+      }
+      op->md = std::move(msg.global.md);
+      start_gathering(*op, step::write, n);
+      op->results.assign(static_cast<size_t>(n), {});
+      arm(self, *op);
+      for (int32_t r = 0; r < n; ++r)
+        self->send(self->state.peers->ranks[r],
+                   central_save_plan_msg{reply_header(self, op->id, r),
+                                         std::move(msg.global.plans[r])});
+    },
+    [=](write_done_msg& msg) {
+      const auto& hdr = msg.hdr;
+      if (!check_envelope(self, hdr, "write result")
+          || !check_version(self, hdr))
+        return;
+      auto op = find_op(self, hdr, "write result");
+      if (!op || !accept_part(self, *op, hdr, step::write, "write result"))
+        return;
+      if (msg.error)
+        op->failures[hdr.from] = std::move(msg.error);
+      else
+        op->results[hdr.from] = std::move(msg.results);
+      if (!complete(self, *op))
+        return;
+      if (!op->failures.empty()) {
+        fail(self, *op);
+        return;
+      }
+      // The commit record: where every item ended up.
+      for (auto& per_rank : op->results)
+        for (auto& res : per_rank)
+          op->md.storage_data[res.index] = res.storage_data;
+      op->cur = step::commit;
+      arm(self, *op);
+      auto r = self->state.rank;
+      self->send(self->state.peers->ranks[r],
+                 commit_msg{reply_header(self, op->id, r), op->md,
+                            std::move(op->results)});
+    },
+    [=](commit_done_msg& msg) {
+      auto op = find_global(self, msg.hdr, step::commit, "commit result");
+      if (!op)
+        return;
+      if (msg.error) {
+        op->failures[self->state.rank] = std::move(msg.error);
+        fail(self, *op);
+        return;
+      }
+      succeed(self, *op);
+    },
+    // -- load ---------------------------------------------------------------
+    [=](local_load_plan_msg& msg) {
+      const auto& hdr = msg.hdr;
+      if (!check_envelope(self, hdr, "local load plan")
+          || !check_version(self, hdr))
+        return;
+      auto timeout = msg.step_timeout_ms > 0 ? msg.step_timeout_ms : 1;
+      auto op = find_op(self, hdr, "local load plan", timeout);
+      if (!op || !accept_part(self, *op, hdr, step::plan, "local load plan"))
+        return;
+      if (msg.error)
+        op->failures[hdr.from] = std::move(msg.error);
+      else
+        op->load_plans[hdr.from] = std::move(msg.plan);
+      if (complete(self, *op))
+        on_plans_complete(self, *op);
+    },
+    [=](global_load_step_done_msg& msg) {
+      auto op = find_global(self, msg.hdr, step::global_plan,
+                            "global load plan");
+      if (!op)
+        return;
+      auto n = world_size(self);
+      if (!msg.error && msg.plans.size() != static_cast<size_t>(n))
+        msg.error = make_error(errc::protocol_error,
+                               "global load plan has "
+                                 + std::to_string(msg.plans.size())
+                                 + " plans for " + std::to_string(n)
+                                 + " ranks");
+      if (msg.error) {
+        op->failures[self->state.rank] = std::move(msg.error);
+        fail(self, *op);
+        return;
+      }
+      start_gathering(*op, step::read, n);
+      arm(self, *op);
+      for (int32_t r = 0; r < n; ++r)
+        self->send(self->state.peers->ranks[r],
+                   central_load_plan_msg{reply_header(self, op->id, r),
+                                         std::move(msg.plans[r])});
+    },
+    [=](read_done_msg& msg) {
+      const auto& hdr = msg.hdr;
+      if (!check_envelope(self, hdr, "read result")
+          || !check_version(self, hdr))
+        return;
+      auto op = find_op(self, hdr, "read result");
+      if (!op || !accept_part(self, *op, hdr, step::read, "read result"))
+        return;
+      if (msg.error)
+        op->failures[hdr.from] = std::move(msg.error);
+      if (!complete(self, *op))
+        return;
+      if (!op->failures.empty())
+        fail(self, *op);
+      else
+        succeed(self, *op);
+    },
+    // -- deadlines ----------------------------------------------------------
+    [=](deadline_atom, uint64_t seq, uint64_t gen) {
+      auto& st = self->state;
+      auto i = st.ops.find(seq);
+      if (i == st.ops.end() || i->second.gen != gen)
+        return;
+      auto& op = i->second;
+      auto ms = std::to_string(op.timeout.count());
+      if (gathering(op.cur)) {
+        for (int32_t r = 0; r < world_size(self); ++r)
+          if (!op.have[r])
+            op.failures[r] = make_error(
+              errc::timeout, "rank " + std::to_string(r) + " sent "
+                               + owed(op.cur) + " within " + ms + " ms");
+      } else {
+        op.failures[st.rank] = make_error(
+          errc::timeout, "the coordinator's rank " + std::to_string(st.rank)
+                           + " sent " + owed(op.cur) + " within "
+                           + std::to_string(op.timeout.count() * 2) + " ms");
+      }
+      fail(self, op);
+    },
+    [=](caf::get_atom, stats_atom) { return self->state.stats; },
+  };
+}
+
+} // namespace
+
+coordinator_actor spawn_coordinator(caf::actor_system& sys, int32_t rank,
+                                    peer_table_ptr peers) {
+  return sys.spawn(coordinator_impl, rank, std::move(peers));
+}
+
+} // namespace dcpp

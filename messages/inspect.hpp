@@ -1,0 +1,245 @@
+#pragma once
+
+// Serialization of dcpp's data model, two ways:
+// - `inspect` overloads for CAF (messages between actors, deep_to_string,
+//   caf::binary_serializer), found by ADL in namespace dcpp;
+// - cereal `serialize` free functions (the encoding of the ZeroMQ transport,
+//   `messages/wire.hpp`), also found by ADL in namespace dcpp.
+// Both list the same fields in the same order as the structs declare them.
+// `caf::error` gets cereal `save`/`load` in namespace cereal (it is CAF's
+// type): code, category and the context rendered as one string.
+
+#include "core/metadata.hpp"
+#include "core/plan.hpp"
+#include "core/planner.hpp"
+
+#include <caf/atom.hpp>
+#include <caf/error.hpp>
+#include <caf/make_message.hpp>
+#include <caf/message.hpp>
+#include <caf/meta/type_name.hpp>
+
+#include <cereal/cereal.hpp>
+#include <cereal/types/common.hpp>
+#include <cereal/types/map.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/utility.hpp>
+#include <cereal/types/vector.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace dcpp {
+
+// -- CAF ----------------------------------------------------------------------
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor_properties& x) {
+  return f(caf::meta::type_name("dcpp.tensor_properties"), x.type, x.layout,
+           x.requires_grad, x.format, x.pin_memory);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f,
+                                        chunk_storage_metadata& x) {
+  return f(caf::meta::type_name("dcpp.chunk_storage_metadata"), x.offsets,
+           x.sizes);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f,
+                                        tensor_storage_metadata& x) {
+  return f(caf::meta::type_name("dcpp.tensor_storage_metadata"), x.properties,
+           x.size, x.chunks);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f,
+                                        bytes_storage_metadata&) {
+  return f(caf::meta::type_name("dcpp.bytes_storage_metadata"));
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, item_metadata& x) {
+  return f(caf::meta::type_name("dcpp.item_metadata"), x.kind, x.tensor);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, metadata_index& x) {
+  return f(caf::meta::type_name("dcpp.metadata_index"), x.fqn, x.has_offset,
+           x.offset, x.index);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, storage_info& x) {
+  return f(caf::meta::type_name("dcpp.storage_info"), x.relative_path,
+           x.offset, x.length, x.checksum);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, metadata& x) {
+  return f(caf::meta::type_name("dcpp.metadata"), x.state_dict_metadata,
+           x.planner_data, x.storage_data, x.version, x.save_id,
+           x.checkpoint_id);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor_write_data& x) {
+  return f(caf::meta::type_name("dcpp.tensor_write_data"), x.chunk,
+           x.properties, x.size);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, write_item& x) {
+  return f(caf::meta::type_name("dcpp.write_item"), x.index, x.type,
+           x.tensor_data, x.bytes_size);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, read_item& x) {
+  return f(caf::meta::type_name("dcpp.read_item"), x.type, x.dest_index,
+           x.dest_offsets, x.storage_index, x.storage_offsets, x.lengths);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, save_plan& x) {
+  return f(caf::meta::type_name("dcpp.save_plan"), x.items, x.storage_data,
+           x.planner_data, x.usable);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, load_plan& x) {
+  return f(caf::meta::type_name("dcpp.load_plan"), x.items, x.storage_data,
+           x.planner_data);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, write_result& x) {
+  return f(caf::meta::type_name("dcpp.write_result"), x.index,
+           x.size_in_bytes, x.storage_data);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, global_save_plan& x) {
+  return f(caf::meta::type_name("dcpp.global_save_plan"), x.plans, x.md);
+}
+
+// -- cereal -------------------------------------------------------------------
+
+template <class Archive>
+void serialize(Archive& ar, tensor_properties& x) {
+  ar(x.type, x.layout, x.requires_grad, x.format, x.pin_memory);
+}
+
+template <class Archive>
+void serialize(Archive& ar, chunk_storage_metadata& x) {
+  ar(x.offsets, x.sizes);
+}
+
+template <class Archive>
+void serialize(Archive& ar, tensor_storage_metadata& x) {
+  ar(x.properties, x.size, x.chunks);
+}
+
+template <class Archive>
+void serialize(Archive&, bytes_storage_metadata&) {
+  // nop
+}
+
+template <class Archive>
+void serialize(Archive& ar, item_metadata& x) {
+  ar(x.kind, x.tensor);
+}
+
+template <class Archive>
+void serialize(Archive& ar, metadata_index& x) {
+  ar(x.fqn, x.has_offset, x.offset, x.index);
+}
+
+template <class Archive>
+void serialize(Archive& ar, storage_info& x) {
+  ar(x.relative_path, x.offset, x.length, x.checksum);
+}
+
+template <class Archive>
+void serialize(Archive& ar, metadata& x) {
+  ar(x.state_dict_metadata, x.planner_data, x.storage_data, x.version,
+     x.save_id, x.checkpoint_id);
+}
+
+template <class Archive>
+void serialize(Archive& ar, tensor_write_data& x) {
+  ar(x.chunk, x.properties, x.size);
+}
+
+template <class Archive>
+void serialize(Archive& ar, write_item& x) {
+  ar(x.index, x.type, x.tensor_data, x.bytes_size);
+}
+
+template <class Archive>
+void serialize(Archive& ar, read_item& x) {
+  ar(x.type, x.dest_index, x.dest_offsets, x.storage_index, x.storage_offsets,
+     x.lengths);
+}
+
+template <class Archive>
+void serialize(Archive& ar, save_plan& x) {
+  ar(x.items, x.storage_data, x.planner_data, x.usable);
+}
+
+template <class Archive>
+void serialize(Archive& ar, load_plan& x) {
+  ar(x.items, x.storage_data, x.planner_data);
+}
+
+template <class Archive>
+void serialize(Archive& ar, write_result& x) {
+  ar(x.index, x.size_in_bytes, x.storage_data);
+}
+
+template <class Archive>
+void serialize(Archive& ar, global_save_plan& x) {
+  ar(x.plans, x.md);
+}
+
+} // namespace dcpp
+
+namespace cereal {
+
+/// caf::error on the wire: code, category (the atom's text) and context as
+/// one string. A dcpp error round-trips exactly (its context is one string);
+/// other errors keep code, category and a rendering of their context.
+template <class Archive>
+void save(Archive& ar, const caf::error& x) {
+  uint8_t code = x ? x.code() : uint8_t{0};
+  std::string category = x ? caf::to_string(x.category()) : std::string{};
+  std::string context;
+  if (x && !x.context().empty()) {
+    const auto& ctx = x.context();
+    if (ctx.size() == 1 && ctx.match_element<std::string>(0))
+      context = ctx.get_as<std::string>(0);
+    else
+      context = caf::to_string(ctx);
+  }
+  ar(code, category, context);
+}
+
+template <class Archive>
+void load(Archive& ar, caf::error& x) {
+  uint8_t code = 0;
+  std::string category;
+  std::string context;
+  ar(code, category, context);
+  if (code == 0 || category.empty() || category.size() > 10) {
+    x = caf::error{};
+    return;
+  }
+  auto cat = caf::atom_from_string(category);
+  if (context.empty())
+    x = caf::error{code, cat};
+  else
+    x = caf::error{code, cat, caf::make_message(std::move(context))};
+}
+
+} // namespace cereal
