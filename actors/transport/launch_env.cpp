@@ -1,0 +1,96 @@
+#include "actors/transport/launch_env.hpp"
+
+#include "core/error.hpp"
+
+#include <cstdlib>
+#include <optional>
+
+namespace dcpp {
+
+namespace {
+
+using getter = std::function<const char*(const char*)>;
+
+/// Parses a non-negative integer variable; nullopt when unset or empty.
+caf::expected<std::optional<int64_t>> number(const getter& get,
+                                             const char* name) {
+  const char* str = get(name);
+  if (str == nullptr || *str == '\0')
+    return std::optional<int64_t>{};
+  char* end = nullptr;
+  errno = 0;
+  auto value = std::strtoll(str, &end, 10);
+  if (errno != 0 || end == str || *end != '\0' || value < 0)
+    return make_error(errc::invalid_argument,
+                      std::string{name} + "='" + str
+                        + "' is not a non-negative integer");
+  return std::optional<int64_t>{value};
+}
+
+struct convention {
+  const char* source;
+  const char* rank;
+  const char* world;
+  const char* local_rank;
+};
+
+constexpr convention conventions[] = {
+  {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"},
+  {"slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"},
+  {"openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+   "OMPI_COMM_WORLD_LOCAL_RANK"},
+};
+
+} // namespace
+
+caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
+  getter get = get_or_null ? get_or_null
+                           : [](const char* name) { return std::getenv(name); };
+  launch_env out;
+  for (const auto& conv : conventions) {
+    auto rank = number(get, conv.rank);
+    if (!rank)
+      return rank.error();
+    auto world = number(get, conv.world);
+    if (!world)
+      return world.error();
+    if (!*rank && !*world)
+      continue;
+    if (!*rank || !*world)
+      return make_error(errc::invalid_argument,
+                        std::string{"only one of "} + conv.rank + " and "
+                          + conv.world + " is set");
+    auto local = number(get, conv.local_rank);
+    if (!local)
+      return local.error();
+    if (**world < 1 || **world > 1'000'000 || **rank >= **world)
+      return make_error(errc::invalid_argument,
+                        std::string{conv.rank} + "=" + std::to_string(**rank)
+                          + " is not below " + conv.world + "="
+                          + std::to_string(**world));
+    out.rank = static_cast<int32_t>(**rank);
+    out.world_size = static_cast<int32_t>(**world);
+    out.local_rank = static_cast<int32_t>(local->value_or(**rank));
+    out.source = conv.source;
+    break;
+  }
+  if (const char* addr = get("MASTER_ADDR"); addr && *addr)
+    out.master_addr = addr;
+  else if (const char* node = get("SLURM_LAUNCH_NODE_IPADDR"); node && *node)
+    out.master_addr = node;
+  auto port = number(get, "MASTER_PORT");
+  if (!port)
+    return port.error();
+  if (*port) {
+    if (**port < 1 || **port > 65535)
+      return make_error(errc::invalid_argument,
+                        "MASTER_PORT=" + std::to_string(**port)
+                          + " is not a TCP port");
+    out.master_port = static_cast<uint16_t>(**port);
+  }
+  if (const char* secret = get("DCPP_SECRET"))
+    out.secret = secret;
+  return out;
+}
+
+} // namespace dcpp

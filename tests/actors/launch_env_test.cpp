@@ -1,0 +1,94 @@
+#include "actors/transport/launch_env.hpp"
+
+#include "core/error.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <string>
+
+using namespace dcpp;
+
+namespace {
+
+/// An environment from a map, for read_launch_env.
+struct fake_env {
+  std::map<std::string, std::string> vars;
+
+  const char* operator()(const char* name) const {
+    auto i = vars.find(name);
+    return i == vars.end() ? nullptr : i->second.c_str();
+  }
+};
+
+caf::expected<launch_env> read(std::map<std::string, std::string> vars) {
+  fake_env env{std::move(vars)};
+  return read_launch_env([env](const char* n) { return env(n); });
+}
+
+} // namespace
+
+TEST_CASE("torchrun variables come first", "[launch_env]") {
+  auto env = read({{"RANK", "2"},
+                   {"WORLD_SIZE", "4"},
+                   {"LOCAL_RANK", "0"},
+                   {"MASTER_ADDR", "10.1.2.3"},
+                   {"MASTER_PORT", "29501"},
+                   {"DCPP_SECRET", "s3cret"},
+                   {"SLURM_PROCID", "7"},
+                   {"SLURM_NTASKS", "8"}});
+  REQUIRE(env);
+  CHECK(env->rank == 2);
+  CHECK(env->world_size == 4);
+  CHECK(env->local_rank == 0);
+  CHECK(env->master_addr == "10.1.2.3");
+  CHECK(env->master_port == 29501);
+  CHECK(env->secret == "s3cret");
+  CHECK(env->source == "torchrun");
+}
+
+TEST_CASE("SLURM and Open MPI are fallbacks", "[launch_env]") {
+  auto slurm = read({{"SLURM_PROCID", "5"},
+                     {"SLURM_NTASKS", "6"},
+                     {"SLURM_LOCALID", "1"},
+                     {"SLURM_LAUNCH_NODE_IPADDR", "192.0.2.1"}});
+  REQUIRE(slurm);
+  CHECK(slurm->rank == 5);
+  CHECK(slurm->world_size == 6);
+  CHECK(slurm->local_rank == 1);
+  CHECK(slurm->master_addr == "192.0.2.1");
+  CHECK(slurm->source == "slurm");
+  auto mpi = read({{"OMPI_COMM_WORLD_RANK", "0"},
+                   {"OMPI_COMM_WORLD_SIZE", "2"}});
+  REQUIRE(mpi);
+  CHECK(mpi->rank == 0);
+  CHECK(mpi->world_size == 2);
+  CHECK(mpi->local_rank == 0);
+  CHECK(mpi->source == "openmpi");
+}
+
+TEST_CASE("no launcher means a world of one on loopback", "[launch_env]") {
+  auto env = read({});
+  REQUIRE(env);
+  CHECK(env->rank == 0);
+  CHECK(env->world_size == 1);
+  CHECK(env->master_addr == "127.0.0.1");
+  CHECK(env->source == "default");
+  CHECK(env->secret.empty());
+}
+
+TEST_CASE("bad values are refused naming the variable", "[launch_env]") {
+  auto check_bad = [](std::map<std::string, std::string> vars,
+                      const std::string& name) {
+    auto env = read(std::move(vars));
+    REQUIRE(!env);
+    CHECK(code_of(env.error()) == errc::invalid_argument);
+    CHECK(context_of(env.error()).find(name) != std::string::npos);
+  };
+  check_bad({{"RANK", "x"}, {"WORLD_SIZE", "2"}}, "RANK");
+  check_bad({{"RANK", "2"}, {"WORLD_SIZE", "2"}}, "WORLD_SIZE");
+  check_bad({{"RANK", "0"}}, "WORLD_SIZE");
+  check_bad({{"RANK", "-1"}, {"WORLD_SIZE", "2"}}, "RANK");
+  check_bad({{"MASTER_PORT", "70000"}}, "MASTER_PORT");
+  check_bad({{"MASTER_PORT", "12ab"}}, "MASTER_PORT");
+}
