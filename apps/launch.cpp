@@ -1,0 +1,229 @@
+// dcpp-launch: starts N copies of a command as the ranks of one job on this
+// host, the way torchrun does, and supervises them.
+//
+//   dcpp-launch --nproc N [--master-port P] [--master-addr A] -- CMD ARGS...
+//
+// Every child gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT and DCPP_SECRET (a fresh random secret unless
+// one is set already) in its environment, in its own process group.
+// Ctrl-C / SIGTERM are forwarded to every child. As soon as one child fails
+// (non-zero exit or killed by a signal) the others get SIGTERM, then SIGKILL
+// after a grace period, and dcpp-launch exits non-zero naming the rank.
+
+#include <CLI/CLI.hpp>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+volatile std::sig_atomic_t pending_signal = 0;
+
+void on_signal(int sig) {
+  pending_signal = sig;
+}
+
+/// A port the kernel considers free right now.
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0)
+    return 29500;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 29500;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0
+      && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
+    port = ntohs(addr.sin_port);
+  ::close(fd);
+  return port;
+}
+
+std::string random_secret() {
+  std::array<unsigned char, 16> buf{};
+  std::ifstream urandom{"/dev/urandom", std::ios::binary};
+  urandom.read(reinterpret_cast<char*>(buf.data()), buf.size());
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (auto b : buf) {
+    out += hex[b >> 4];
+    out += hex[b & 15];
+  }
+  return out;
+}
+
+struct child {
+  int rank = 0;
+  pid_t pid = -1;
+  bool running = false;
+  int status = 0;
+};
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status))
+    return "exited with code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status))
+    return std::string{"was killed by signal "} + std::to_string(WTERMSIG(status))
+           + " (" + ::strsignal(WTERMSIG(status)) + ")";
+  return "stopped";
+}
+
+void signal_all(std::vector<child>& children, int sig) {
+  for (auto& c : children)
+    if (c.running)
+      ::kill(-c.pid, sig); // the child's whole process group
+}
+
+/// Reaps children that ended; returns the first failure's index or -1.
+int reap(std::vector<child>& children, bool block) {
+  int failed = -1;
+  for (;;) {
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, block ? 0 : WNOHANG);
+    if (pid <= 0)
+      return failed;
+    for (size_t i = 0; i < children.size(); ++i) {
+      if (children[i].pid != pid)
+        continue;
+      children[i].running = false;
+      children[i].status = status;
+      bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      if (!ok && failed < 0)
+        failed = static_cast<int>(i);
+    }
+    block = false;
+  }
+}
+
+size_t count_running(const std::vector<child>& children) {
+  size_t n = 0;
+  for (const auto& c : children)
+    n += c.running ? 1 : 0;
+  return n;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dcpp-launch: run N ranks of a command on this host"};
+  int nproc = 1;
+  int master_port = 0;
+  std::string master_addr = "127.0.0.1";
+  double grace_s = 5;
+  std::vector<std::string> command;
+  app.add_option("--nproc,-n", nproc, "number of ranks")->required()
+    ->check(CLI::Range(1, 4096));
+  app.add_option("--master-port", master_port,
+                 "coordinator port (default: a free one)");
+  app.add_option("--master-addr", master_addr, "coordinator address");
+  app.add_option("--grace", grace_s,
+                 "seconds between SIGTERM and SIGKILL when stopping ranks");
+  app.add_option("command", command, "the command to run (after --)")
+    ->required();
+  CLI11_PARSE(app, argc, argv);
+
+  if (master_port == 0)
+    master_port = free_port();
+  const char* env_secret = std::getenv("DCPP_SECRET");
+  std::string secret = env_secret && *env_secret ? env_secret
+                                                 : random_secret();
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  ::sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+
+  std::vector<child> children(static_cast<size_t>(nproc));
+  for (int r = 0; r < nproc; ++r) {
+    auto& c = children[static_cast<size_t>(r)];
+    c.rank = r;
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      std::fprintf(stderr, "dcpp-launch: fork failed: %s\n",
+                   std::strerror(errno));
+      signal_all(children, SIGKILL);
+      return 1;
+    }
+    if (pid == 0) {
+      ::setpgid(0, 0);
+      ::signal(SIGINT, SIG_DFL);
+      ::signal(SIGTERM, SIG_DFL);
+      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("MASTER_ADDR", master_addr.c_str(), 1);
+      ::setenv("MASTER_PORT", std::to_string(master_port).c_str(), 1);
+      ::setenv("DCPP_SECRET", secret.c_str(), 1);
+      std::vector<char*> args;
+      for (auto& a : command)
+        args.push_back(a.data());
+      args.push_back(nullptr);
+      ::execvp(args[0], args.data());
+      std::fprintf(stderr, "dcpp-launch: rank %d: cannot run %s: %s\n", r,
+                   args[0], std::strerror(errno));
+      ::_exit(127);
+    }
+    ::setpgid(pid, pid); // also from the parent: no race with the child
+    c.pid = pid;
+    c.running = true;
+  }
+
+  int failed = -1;
+  int forwarded = 0;
+  while (count_running(children) > 0) {
+    if (pending_signal != 0 && forwarded == 0) {
+      forwarded = pending_signal;
+      std::fprintf(stderr, "dcpp-launch: forwarding signal %d to %d rank(s)\n",
+                   forwarded, nproc);
+      signal_all(children, forwarded);
+    }
+    auto f = reap(children, false);
+    if (f >= 0 && failed < 0) {
+      failed = f;
+      const auto& c = children[static_cast<size_t>(f)];
+      std::fprintf(stderr, "dcpp-launch: rank %d %s; stopping the others\n",
+                   c.rank, describe_status(c.status).c_str());
+      signal_all(children, SIGTERM);
+      auto deadline = std::chrono::steady_clock::now()
+                      + std::chrono::duration<double>(grace_s);
+      while (count_running(children) > 0
+             && std::chrono::steady_clock::now() < deadline) {
+        reap(children, false);
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      signal_all(children, SIGKILL);
+      reap(children, true);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (failed >= 0) {
+    const auto& c = children[static_cast<size_t>(failed)];
+    std::fprintf(stderr, "dcpp-launch: failed: rank %d %s\n", c.rank,
+                 describe_status(c.status).c_str());
+    return WIFEXITED(c.status) && WEXITSTATUS(c.status) != 0
+             ? WEXITSTATUS(c.status)
+             : 1;
+  }
+  if (forwarded != 0)
+    return 128 + forwarded;
+  return 0;
+}
