@@ -48,6 +48,7 @@
 #include "core/error.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/tensor_codec.hpp"
+#include "storage/state_dict.hpp"
 
 #include <ATen/core/Tensor.h>
 
@@ -624,7 +625,7 @@ private:
                           to_string(item.index) + ": tensor of shape "
                             + to_string(t->sizes().vec())
                             + " for a chunk of " + to_string(want));
-      auto type = dtype_of(t->scalar_type());
+      auto type = to_dtype(t->scalar_type());
       if (!type)
         return with_context(type.error(), to_string(item.index));
       if (*type != item.tensor_data.properties.type)

@@ -221,8 +221,21 @@ caf::error check_str_keys(const value& dict, const std::string& field) {
   return {};
 }
 
+/// Reads the value graph against DCP's schema.
+///
+/// The graph is a DAG: the pickle memo lets a few bytes name a value that
+/// is already big (a long string, a torch.Size of many dimensions, a list
+/// of chunks, a dataclass whose state dict has many keys) any number of
+/// times. Reading each reference anew would let a small file decode into
+/// gigabytes or take hours, so everything the interpreter copies out or
+/// scans is charged against a budget proportional to the input size
+/// (`charge`); real files, which share little, stay far below it.
 class interpreter {
 public:
+  explicit interpreter(uint64_t budget) : budget_(budget) {
+    // nop
+  }
+
   caf::expected<metadata> run(const value_ptr& root) {
     metadata md;
     const value* state = nullptr;
@@ -241,6 +254,8 @@ public:
       return err;
     for (size_t i = 0; i + 1 < sdm->items.size(); i += 2) {
       const auto& fqn = sdm->items[i]->s;
+      if (auto err = charge(entry_cost + fqn.size()))
+        return err;
       auto item = read_item(sdm->items[i + 1], fqn);
       if (!item)
         return item.error();
@@ -256,6 +271,8 @@ public:
       if (!sd->is(kind::dict))
         return wrong_type("Metadata.storage_data", "dict or None", sd);
       for (size_t i = 0; i + 1 < sd->items.size(); i += 2) {
+        if (auto err = charge(entry_cost))
+          return err;
         auto idx = read_index(sd->items[i]);
         if (!idx)
           return idx.error();
@@ -281,6 +298,24 @@ public:
   }
 
 private:
+  /// What the interpreter charges for one container element (a chunk, a
+  /// dict entry) and, on top of their length, for one string or shape.
+  static constexpr uint64_t entry_cost = 32;
+
+  /// Every state dict is scanned about once per field it has (key check
+  /// and `get`s); this many times its size is charged.
+  static constexpr uint64_t scan_cost = 8;
+
+  /// Takes `units` (about one byte of output or one item scanned) from the
+  /// budget.
+  caf::error charge(uint64_t units) {
+    if (units > budget_)
+      return corrupt("decodes to far more than its size (shared "
+                     "references repeat beyond any real checkpoint)");
+    budget_ -= units;
+    return {};
+  }
+
   /// Checks that `x` is a DCP dataclass instance of class `tag` (made with
   /// no constructor arguments) and returns its state dict (nullptr when it
   /// has none).
@@ -299,6 +334,9 @@ private:
       return {};
     if (!x->state->is(kind::dict))
       return wrong_type(field + " state", "dict", x->state);
+    if (auto err = charge(entry_cost + field.size()
+                          + scan_cost * x->state->items.size()))
+      return err;
     if (auto err = check_str_keys(*x->state, field))
       return err;
     state = x->state.get();
@@ -328,6 +366,8 @@ private:
                       std::string& out) {
     if (!x || !x->is(kind::string))
       return wrong_type(field, "str", x);
+    if (auto err = charge(entry_cost + x->s.size()))
+      return err;
     out = x->s;
     return {};
   }
@@ -352,13 +392,20 @@ private:
     const auto& dims = args->items[0];
     if (!dims || (!dims->is(kind::tuple) && !dims->is(kind::list)))
       return wrong_type(field, "a tuple of ints", dims);
+    if (auto err = charge(entry_cost + field.size()
+                          + sizeof(int64_t) * dims->items.size()))
+      return err;
     out.clear();
     out.reserve(dims->items.size());
+    // The field name is built only for an error: a shape may have as many
+    // dimensions as the input has bytes.
     for (const auto& dim : dims->items) {
-      uint64_t d = 0;
-      if (auto err = read_nonneg(dim, field + " dimension", d))
-        return err;
-      out.push_back(static_cast<int64_t>(d));
+      if (!dim || !dim->is(kind::integer))
+        return wrong_type(field + " dimension", "int", dim);
+      if (dim->i < 0)
+        return corrupt(field + " dimension: negative value "
+                       + std::to_string(dim->i));
+      out.push_back(dim->i);
     }
     return {};
   }
@@ -477,6 +524,8 @@ private:
       return read_bool(xs[4], field + ".pin_memory", out.pin_memory);
     }
     if (state && state->is(kind::dict)) {
+      if (auto err = charge(scan_cost * state->items.size()))
+        return err;
       if (auto err = check_str_keys(*state, field))
         return err;
       auto dt = state->get("dtype");
@@ -657,12 +706,19 @@ private:
     for (size_t i = 0; i + 1 < x->items.size(); i += 2) {
       const auto& key = x->items[i]->s;
       const auto& path = x->items[i + 1];
+      if (auto err = charge(entry_cost + 2 * key.size()))
+        return err;
       auto where = field + "['" + key + "']";
       if (!path || (!path->is(kind::tuple) && !path->is(kind::list)))
         return wrong_type(where, "a tuple of path parts", path);
       std::vector<std::string> parts;
       parts.reserve(path->items.size());
       for (const auto& part : path->items) {
+        if (auto err = charge(entry_cost
+                              + (part && part->is(kind::string)
+                                   ? part->s.size()
+                                   : 0)))
+          return err;
         if (part && part->is(kind::string))
           parts.push_back(part->s);
         else if (part && part->is(kind::integer))
@@ -742,6 +798,9 @@ private:
     }
     return {};
   }
+
+  /// Units left to `charge`.
+  uint64_t budget_;
 };
 
 // -- encoding -----------------------------------------------------------------
@@ -933,7 +992,8 @@ caf::expected<metadata> decode_metadata(std::string_view bytes) {
     return with_context(root.error(), ".metadata", errc::corrupt_metadata);
   if (auto err = check_globals(*root))
     return err;
-  interpreter interp;
+  // See `interpreter`: real files decode to a few times their size.
+  interpreter interp{64 * static_cast<uint64_t>(bytes.size()) + (1u << 20)};
   return interp.run(*root);
 }
 

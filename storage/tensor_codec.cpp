@@ -1,7 +1,10 @@
 #include "storage/tensor_codec.hpp"
 
+#include "storage/state_dict.hpp"
+
 #include "core/error.hpp"
 #include "storage/pickle.hpp"
+#include "storage/state_dict.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -1093,48 +1096,6 @@ caf::error file_sink::flush() {
   return write_all(buf_.get(), n);
 }
 
-// -- public: dtypes -----------------------------------------------------------
-
-caf::expected<dtype> dtype_of(c10::ScalarType type) {
-  switch (type) {
-    case c10::ScalarType::Float: return dtype::float32;
-    case c10::ScalarType::Double: return dtype::float64;
-    case c10::ScalarType::Half: return dtype::float16;
-    case c10::ScalarType::BFloat16: return dtype::bfloat16;
-    case c10::ScalarType::Long: return dtype::int64;
-    case c10::ScalarType::Int: return dtype::int32;
-    case c10::ScalarType::Short: return dtype::int16;
-    case c10::ScalarType::Char: return dtype::int8;
-    case c10::ScalarType::Byte: return dtype::uint8;
-    case c10::ScalarType::Bool: return dtype::boolean;
-    case c10::ScalarType::ComplexFloat: return dtype::complex64;
-    case c10::ScalarType::ComplexDouble: return dtype::complex128;
-    default: break;
-  }
-  return make_error(errc::unknown_dtype,
-                    std::string{"no DCP storage class for torch dtype "}
-                      + c10::toString(type));
-}
-
-c10::ScalarType scalar_type_of(dtype type) {
-  switch (type) {
-    case dtype::float32: return c10::ScalarType::Float;
-    case dtype::float64: return c10::ScalarType::Double;
-    case dtype::float16: return c10::ScalarType::Half;
-    case dtype::bfloat16: return c10::ScalarType::BFloat16;
-    case dtype::int64: return c10::ScalarType::Long;
-    case dtype::int32: return c10::ScalarType::Int;
-    case dtype::int16: return c10::ScalarType::Short;
-    case dtype::int8: return c10::ScalarType::Char;
-    case dtype::uint8: return c10::ScalarType::Byte;
-    case dtype::boolean: return c10::ScalarType::Bool;
-    case dtype::complex64: return c10::ScalarType::ComplexFloat;
-    case dtype::complex128: return c10::ScalarType::ComplexDouble;
-    case dtype::num_values: break;
-  }
-  return c10::ScalarType::Undefined;
-}
-
 // -- public: writing ----------------------------------------------------------
 
 caf::expected<item_result> write_tensor_item(item_sink& out,
@@ -1151,7 +1112,7 @@ caf::expected<item_result> write_tensor_item(item_sink& out,
       return make_error(errc::unsupported,
                         "cannot save a tensor with layout "
                           + c10::str(tensor.layout()));
-    auto type = dtype_of(tensor.scalar_type());
+    auto type = to_dtype(tensor.scalar_type());
     if (!type)
       return std::move(type.error());
     at::Tensor t = tensor;
@@ -1795,7 +1756,7 @@ caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
   const auto& x = *impl_;
   const auto& L = x.layout;
   auto esize = static_cast<int64_t>(element_size(L.type));
-  auto saved_type = scalar_type_of(L.type);
+  auto saved_type = to_scalar_type(L.type);
   if (!checksum.empty())
     if (auto err = check_checksum_form(checksum, x.describe()))
       return err;
@@ -1933,7 +1894,7 @@ tensor_item_reader::read_tensor(std::string_view checksum) const {
       return err;
   try {
     auto storage = at::empty({L.storage_numel},
-                             at::TensorOptions().dtype(scalar_type_of(L.type)));
+                             at::TensorOptions().dtype(to_scalar_type(L.type)));
     auto ptr = static_cast<char*>(storage.data_ptr());
     advise_huge_pages(ptr, L.data_size);
     std::vector<impl::segment> segments;

@@ -267,11 +267,4 @@ caf::expected<at::Tensor> read_tensor_item(const std::string& path,
                                            uint64_t offset, uint64_t length,
                                            std::string_view checksum = {});
 
-/// The dcpp dtype of a torch scalar type (`errc::unknown_dtype` if DCP has
-/// no storage class for it).
-caf::expected<dtype> dtype_of(c10::ScalarType type);
-
-/// The torch scalar type of a dcpp dtype.
-c10::ScalarType scalar_type_of(dtype type);
-
 } // namespace dcpp

@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/tensor_codec.hpp"
+#include "storage/state_dict.hpp"
 #include "tests/storage/fs_test_util.hpp"
 
 #include <ATen/ATen.h>
@@ -93,7 +94,7 @@ struct rank_values {
 };
 
 dtype dtype_for(const at::Tensor& t) {
-  auto x = dtype_of(t.scalar_type());
+  auto x = to_dtype(t.scalar_type());
   FS_REQUIRE(x);
   return *x;
 }
@@ -215,7 +216,7 @@ void add_destinations(const metadata& md, map_target& target) {
     shape_t zeros(item.tensor.size.size(), 0);
     auto t = at::full(item.tensor.size, 99,
                       at::TensorOptions().dtype(
-                        scalar_type_of(item.tensor.properties.type)));
+                        to_scalar_type(item.tensor.properties.type)));
     target.tensors[metadata_index{fqn, zeros}] = t;
   }
 }

@@ -1,0 +1,240 @@
+#include "storage/checkpoint_root.hpp"
+
+#include "core/error.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <filesystem>
+#include <system_error>
+#include <tuple>
+
+namespace fs = std::filesystem;
+
+namespace dcpp {
+
+namespace {
+
+caf::error io_error(const std::string& what, const std::error_code& ec) {
+  return make_error(errc::io_error, what + ": " + ec.message());
+}
+
+caf::error io_error(const std::string& what, int err) {
+  return io_error(what, std::error_code{err, std::generic_category()});
+}
+
+std::string join(const std::string& root, std::string_view name) {
+  return (fs::path{root} / fs::path{std::string{name}}).string();
+}
+
+bool starts_with(std::string_view str, std::string_view prefix) {
+  return str.substr(0, prefix.size()) == prefix;
+}
+
+/// What a scan of a root found.
+struct root_content {
+  bool exists = true;
+  std::vector<step_entry> steps;
+  /// Paths of `.trash-*` leftovers (any type).
+  std::vector<std::string> trash;
+};
+
+caf::error scan(const std::string& root, root_content& out) {
+  std::error_code ec;
+  fs::directory_iterator it{root, ec};
+  if (ec == std::errc::no_such_file_or_directory) {
+    out.exists = false;
+    return {};
+  }
+  if (ec)
+    return io_error("cannot list checkpoint root " + root, ec);
+  for (; it != fs::directory_iterator{}; it.increment(ec)) {
+    auto name = it->path().filename().string();
+    if (starts_with(name, trash_prefix)) {
+      out.trash.push_back(join(root, name));
+      continue;
+    }
+    auto step = parse_step_name(name);
+    if (!step)
+      continue;
+    // Real directories only: symbolic links and files are never steps.
+    std::error_code type_ec;
+    auto status = it->symlink_status(type_ec);
+    if (type_ec || status.type() != fs::file_type::directory)
+      continue;
+    step_entry entry;
+    entry.step = *step;
+    entry.path = join(root, name);
+    entry.committed = is_committed(entry.path);
+    out.steps.push_back(std::move(entry));
+  }
+  if (ec)
+    return io_error("cannot list checkpoint root " + root, ec);
+  std::sort(out.steps.begin(), out.steps.end(),
+            [](const step_entry& x, const step_entry& y) {
+              return std::tie(x.step, x.path) < std::tie(y.step, y.path);
+            });
+  std::sort(out.trash.begin(), out.trash.end());
+  return {};
+}
+
+caf::error fsync_directory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return io_error("cannot open " + dir + " to fsync it", errno);
+  int rc;
+  do {
+    rc = ::fsync(fd);
+  } while (rc != 0 && errno == EINTR);
+  auto err = errno;
+  ::close(fd);
+  if (rc != 0)
+    return io_error("cannot fsync " + dir, err);
+  return {};
+}
+
+caf::error remove_tree(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec)
+    return io_error("cannot remove " + path, ec);
+  return {};
+}
+
+} // namespace
+
+std::string step_name(uint64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%09llu",
+                static_cast<unsigned long long>(step));
+  return std::string{step_prefix} + buf;
+}
+
+std::string step_directory(const std::string& root, uint64_t step) {
+  return join(root, step_name(step));
+}
+
+std::optional<uint64_t> parse_step_name(std::string_view name) {
+  if (!starts_with(name, step_prefix))
+    return std::nullopt;
+  auto digits = name.substr(step_prefix.size());
+  if (digits.empty())
+    return std::nullopt;
+  uint64_t result = 0;
+  for (auto ch : digits) {
+    if (ch < '0' || ch > '9')
+      return std::nullopt;
+    auto digit = static_cast<uint64_t>(ch - '0');
+    if (result > (UINT64_MAX - digit) / 10)
+      return std::nullopt;
+    result = result * 10 + digit;
+  }
+  return result;
+}
+
+bool is_committed(const std::string& dir) {
+  struct stat st;
+  if (::lstat(join(dir, ".metadata").c_str(), &st) != 0)
+    return false;
+  return S_ISREG(st.st_mode) && st.st_size > 0;
+}
+
+caf::expected<std::vector<step_entry>> list_steps(const std::string& root) {
+  root_content content;
+  if (auto err = scan(root, content))
+    return err;
+  return std::move(content.steps);
+}
+
+caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root) {
+  auto steps = list_steps(root);
+  if (!steps)
+    return std::move(steps.error());
+  std::vector<uint64_t> result;
+  for (const auto& entry : *steps)
+    if (entry.committed && (result.empty() || result.back() != entry.step))
+      result.push_back(entry.step);
+  return result;
+}
+
+caf::expected<step_entry> latest_committed(const std::string& root) {
+  auto steps = list_steps(root);
+  if (!steps)
+    return std::move(steps.error());
+  for (auto i = steps->rbegin(); i != steps->rend(); ++i)
+    if (i->committed)
+      return std::move(*i);
+  return make_error(errc::not_found,
+                    "no committed checkpoint under " + root);
+}
+
+caf::expected<uint64_t> latest_committed_step(const std::string& root) {
+  auto entry = latest_committed(root);
+  if (!entry)
+    return std::move(entry.error());
+  return entry->step;
+}
+
+caf::expected<std::vector<std::string>> prune(const std::string& root,
+                                              size_t keep) {
+  if (keep == 0)
+    return make_error(errc::invalid_argument,
+                      "prune " + root
+                        + ": keep must be at least 1 (keeping nothing would "
+                          "remove the latest checkpoint)");
+  root_content content;
+  if (auto err = scan(root, content))
+    return err;
+  std::vector<std::string> removed;
+  // Leftovers of a prune that crashed: already hidden, remove them first so
+  // that their names are free again.
+  for (const auto& path : content.trash) {
+    if (auto err = remove_tree(path))
+      return err;
+    removed.push_back(path);
+  }
+  // Victims: committed entries but the newest `keep`, and uncommitted
+  // entries of steps older than the newest committed one.
+  std::vector<const step_entry*> committed;
+  for (const auto& entry : content.steps)
+    if (entry.committed)
+      committed.push_back(&entry);
+  if (committed.empty())
+    return removed;
+  auto newest = committed.back()->step;
+  std::vector<const step_entry*> victims;
+  auto first_kept = committed.size() > keep ? committed.size() - keep : 0;
+  for (size_t i = 0; i < first_kept; ++i)
+    victims.push_back(committed[i]);
+  for (const auto& entry : content.steps)
+    if (!entry.committed && entry.step < newest)
+      victims.push_back(&entry);
+  if (victims.empty())
+    return removed;
+  // 1. Hide every victim.
+  std::vector<std::string> hidden;
+  for (auto victim : victims) {
+    auto name = fs::path{victim->path}.filename().string();
+    auto trash = join(root, std::string{trash_prefix} + name);
+    if (::rename(victim->path.c_str(), trash.c_str()) != 0)
+      return io_error("cannot rename " + victim->path + " to " + trash,
+                      errno);
+    hidden.push_back(std::move(trash));
+  }
+  // 2. Make the renames durable before any byte of a victim disappears.
+  if (auto err = fsync_directory(root))
+    return err;
+  // 3. Remove.
+  for (size_t i = 0; i < victims.size(); ++i) {
+    if (auto err = remove_tree(hidden[i]))
+      return err;
+    removed.push_back(victims[i]->path);
+  }
+  return removed;
+}
+
+} // namespace dcpp

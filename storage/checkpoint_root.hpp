@@ -1,0 +1,101 @@
+#pragma once
+
+// A checkpoint root: a directory that holds one checkpoint per training step,
+//
+//   ROOT/step_000000100/.metadata, __0_0.distcp, ...
+//   ROOT/step_000000200/...
+//
+// A step directory is committed when it holds `.metadata` (the commit
+// record, written last by the file-system writer); a directory without it
+// is a save in flight or one that died. This file finds the newest committed
+// checkpoint and prunes old ones.
+//
+// Names: `step_` followed by decimal digits. `step_directory` pads to 9
+// digits (more for larger steps); any number of digits is accepted on read,
+// as long as the value fits in 64 bits. Everything else in the root is
+// ignored and never removed: other names, regular files named like steps,
+// and symbolic links (even to step directories), so a link can never make
+// `prune` delete what it points to.
+//
+// Crash safety of `prune`: every victim is first renamed to a hidden name
+// (`.trash-<name>`), then the root is fsynced, and only then is the victim
+// removed recursively. A crash at any point leaves each step directory
+// either whole under its own name or (partly) removed under a hidden name
+// that no lookup considers; the next `prune` removes such leftovers.
+//
+// Not safe against a concurrent save into a step older than the newest
+// committed one (prune would see it as an aborted save); saves into newer
+// steps are never touched.
+
+#include <caf/expected.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dcpp {
+
+/// The prefix of step directory names.
+inline constexpr std::string_view step_prefix = "step_";
+
+/// The prefix that `prune` gives directories it is removing.
+inline constexpr std::string_view trash_prefix = ".trash-";
+
+/// The name of a step's directory: "step_000000100" (at least 9 digits).
+std::string step_name(uint64_t step);
+
+/// `root` + "/" + `step_name(step)`.
+std::string step_directory(const std::string& root, uint64_t step);
+
+/// The step of a directory name ("step_7", "step_000000007" -> 7), or
+/// nothing if `name` is not `step_` followed by only digits whose value fits
+/// in 64 bits.
+std::optional<uint64_t> parse_step_name(std::string_view name);
+
+/// True if `dir` holds a committed checkpoint: its `.metadata` is a regular,
+/// non-empty file (not a symbolic link). Unreadable means not committed.
+bool is_committed(const std::string& dir);
+
+/// A step directory found in a root.
+struct step_entry {
+  uint64_t step = 0;
+  /// The directory's path (`root` + "/" + its name as found).
+  std::string path;
+  bool committed = false;
+};
+
+/// Every step directory in `root` (real directories only), ordered by step,
+/// then by name (so "step_7" and "step_000000007" both appear, in a fixed
+/// order). A missing root has no steps; any other failure to list it is an
+/// `errc::io_error` naming the root.
+caf::expected<std::vector<step_entry>> list_steps(const std::string& root);
+
+/// The steps whose directory is committed, ascending, without duplicates.
+/// Directories without a committed `.metadata` are ignored.
+caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root);
+
+/// The newest committed checkpoint (its step and directory), or
+/// `errc::not_found` naming the root (also when the root does not exist).
+caf::expected<step_entry> latest_committed(const std::string& root);
+
+/// The newest committed step (see `latest_committed`).
+caf::expected<uint64_t> latest_committed_step(const std::string& root);
+
+/// Removes, crash-safely (see above):
+/// - all committed step directories but the newest `keep`,
+/// - uncommitted step directories of steps older than the newest committed
+///   one (leftovers of aborted saves; newer ones may be saves in flight),
+/// - `.trash-*` leftovers of an earlier prune that crashed.
+/// Never removes the newest committed step: `keep == 0` is an
+/// `errc::invalid_argument`. Without any committed step, removes only
+/// leftovers. Returns the paths it removed: step directories under their
+/// original names, leftovers under their hidden names. Fails with
+/// `errc::io_error` naming the path that could not be renamed or removed;
+/// what was renamed before is removed by the next call.
+caf::expected<std::vector<std::string>> prune(const std::string& root,
+                                              size_t keep);
+
+} // namespace dcpp

@@ -1,0 +1,317 @@
+#include "storage/checkpoint_root.hpp"
+
+#include "core/error.hpp"
+#include "tests/storage_format/test_data.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+using namespace dcpp;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// A checkpoint root in a fresh temporary directory.
+struct root_fixture {
+  test::temp_dir tmp;
+  std::string root = tmp.path().string();
+
+  std::string path(const std::string& name) const {
+    return (tmp.path() / name).string();
+  }
+
+  /// A step directory with a data file and, if `committed`, a `.metadata`.
+  std::string add_step(const std::string& name, bool committed) {
+    auto dir = path(name);
+    fs::create_directories(dir);
+    test::write_file(dir + "/__0_0.distcp", "data");
+    if (committed)
+      test::write_file(dir + "/.metadata", "metadata");
+    return dir;
+  }
+
+  std::string add_step(uint64_t step, bool committed) {
+    return add_step(step_name(step), committed);
+  }
+
+  bool exists(const std::string& name) const {
+    std::error_code ec;
+    return fs::exists(fs::symlink_status(path(name), ec));
+  }
+
+  /// Names of everything in the root, sorted.
+  std::vector<std::string> names() const {
+    std::vector<std::string> result;
+    for (const auto& entry : fs::directory_iterator{tmp.path()})
+      result.push_back(entry.path().filename().string());
+    std::sort(result.begin(), result.end());
+    return result;
+  }
+};
+
+std::vector<uint64_t> steps_of(const std::string& root) {
+  auto steps = committed_steps(root);
+  REQUIRE(steps);
+  return *steps;
+}
+
+std::vector<std::string> sorted(std::vector<std::string> xs) {
+  std::sort(xs.begin(), xs.end());
+  return xs;
+}
+
+} // namespace
+
+TEST_CASE("step directory names are zero-padded to nine digits",
+          "[checkpoint_root]") {
+  CHECK(step_name(0) == "step_000000000");
+  CHECK(step_name(100) == "step_000000100");
+  CHECK(step_name(999999999) == "step_999999999");
+  CHECK(step_name(1000000000) == "step_1000000000");
+  CHECK(step_name(UINT64_MAX) == "step_18446744073709551615");
+  CHECK(step_directory("/ckpt", 100) == "/ckpt/step_000000100");
+  CHECK(step_directory("/ckpt/", 100) == "/ckpt/step_000000100");
+  CHECK(step_directory("rel", 7) == "rel/step_000000007");
+}
+
+TEST_CASE("step names parse with any number of digits", "[checkpoint_root]") {
+  CHECK(parse_step_name("step_7") == 7u);
+  CHECK(parse_step_name("step_000000100") == 100u);
+  CHECK(parse_step_name("step_0") == 0u);
+  CHECK(parse_step_name("step_00000000000000000000000000042") == 42u);
+  CHECK(parse_step_name("step_18446744073709551615") == UINT64_MAX);
+  for (const char* bad : {"step_", "step_abc", "step_12a", "step_-1",
+                          "step_+1", "step_ 1", "Step_1", "step-1", "step1",
+                          ".trash-step_000000001", "step_1/", "step_0x10",
+                          "step_18446744073709551616",
+                          "step_99999999999999999999", ""}) {
+    INFO(bad);
+    CHECK(!parse_step_name(bad));
+  }
+  for (uint64_t step : {uint64_t{0}, uint64_t{1}, uint64_t{123456789},
+                        uint64_t{1} << 40, UINT64_MAX - 1, UINT64_MAX})
+    CHECK(parse_step_name(step_name(step)) == step);
+}
+
+TEST_CASE("a step is committed by a regular non-empty .metadata",
+          "[checkpoint_root]") {
+  root_fixture f;
+  CHECK(is_committed(f.add_step(1, true)));
+  CHECK(!is_committed(f.add_step(2, false)));
+  auto empty = f.add_step(3, false);
+  test::write_file(empty + "/.metadata", "");
+  CHECK(!is_committed(empty));
+  auto dir_md = f.add_step(4, false);
+  fs::create_directory(dir_md + "/.metadata");
+  CHECK(!is_committed(dir_md));
+  auto link_md = f.add_step(5, false);
+  fs::create_symlink(f.path(step_name(1)) + "/.metadata",
+                     link_md + "/.metadata");
+  CHECK(!is_committed(link_md));
+  CHECK(!is_committed(f.path("missing")));
+}
+
+TEST_CASE("committed steps ignore garbage, files, links and saves in flight",
+          "[checkpoint_root]") {
+  root_fixture f;
+  f.add_step(300, true);
+  f.add_step("step_99", true);           // fewer digits: still step 99
+  f.add_step("step_0000000000100", true); // more digits: step 100
+  f.add_step(400, false);                 // in flight
+  f.add_step("step_abc", true);
+  f.add_step("checkpoint_500", true);
+  f.add_step(".trash-step_000000600", true);
+  test::write_file(f.path(step_name(700)), "a file named like a step");
+  fs::create_symlink(f.path(step_name(300)), f.path(step_name(800)));
+  fs::create_symlink("/nonexistent", f.path(step_name(900)));
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{99, 100, 300});
+  auto latest = latest_committed(f.root);
+  REQUIRE(latest);
+  CHECK(latest->step == 300);
+  CHECK(latest->path == f.path(step_name(300)));
+  CHECK(latest->committed);
+  CHECK(latest_committed_step(f.root) == 300u);
+  auto all = list_steps(f.root);
+  REQUIRE(all);
+  REQUIRE(all->size() == 4);
+  CHECK((*all)[0].path == f.path("step_99"));
+  CHECK((*all)[3].step == 400);
+  CHECK(!(*all)[3].committed);
+}
+
+TEST_CASE("the same step spelled twice is listed once", "[checkpoint_root]") {
+  root_fixture f;
+  f.add_step("step_7", true);
+  f.add_step(7, true);
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{7});
+  auto all = list_steps(f.root);
+  REQUIRE(all);
+  CHECK(all->size() == 2);
+}
+
+TEST_CASE("no committed step is not_found naming the root",
+          "[checkpoint_root]") {
+  root_fixture f;
+  SECTION("empty root") {
+    CHECK(steps_of(f.root).empty());
+  }
+  SECTION("only saves in flight") {
+    f.add_step(1, false);
+    CHECK(steps_of(f.root).empty());
+  }
+  SECTION("missing root") {
+    f.root += "/missing";
+    CHECK(steps_of(f.root).empty());
+  }
+  auto latest = latest_committed_step(f.root);
+  REQUIRE(!latest);
+  CHECK(code_of(latest.error()) == errc::not_found);
+  CHECK(context_of(latest.error()).find(f.root) != std::string::npos);
+}
+
+TEST_CASE("a root that is not a directory is an io_error",
+          "[checkpoint_root]") {
+  root_fixture f;
+  test::write_file(f.path("file"), "x");
+  auto steps = committed_steps(f.path("file"));
+  REQUIRE(!steps);
+  CHECK(code_of(steps.error()) == errc::io_error);
+  CHECK(context_of(steps.error()).find(f.path("file")) != std::string::npos);
+  auto pruned = prune(f.path("file"), 1);
+  REQUIRE(!pruned);
+  CHECK(code_of(pruned.error()) == errc::io_error);
+}
+
+TEST_CASE("prune refuses to keep nothing", "[checkpoint_root]") {
+  root_fixture f;
+  f.add_step(1, true);
+  auto pruned = prune(f.root, 0);
+  REQUIRE(!pruned);
+  CHECK(code_of(pruned.error()) == errc::invalid_argument);
+  CHECK(f.exists(step_name(1)));
+}
+
+TEST_CASE("prune keeps the newest K and saves in flight",
+          "[checkpoint_root]") {
+  root_fixture f;
+  for (uint64_t step : {100, 200, 300, 400, 500})
+    f.add_step(step, true);
+  f.add_step(150, false); // aborted save: older than the newest commit
+  f.add_step(600, false); // save in flight: newer than the newest commit
+  f.add_step("step_abc", true);
+  test::write_file(f.path(step_name(50)), "a file named like a step");
+  // A link to a victim: the link stays and so does what it points to
+  // (through its own name, it is not a step).
+  fs::create_directory(f.path("elsewhere"));
+  test::write_file(f.path("elsewhere") + "/.metadata", "md");
+  fs::create_directory_symlink(f.path("elsewhere"), f.path(step_name(10)));
+  auto pruned = prune(f.root, 2);
+  REQUIRE(pruned);
+  CHECK(sorted(*pruned)
+        == sorted({f.path(step_name(100)), f.path(step_name(150)),
+                   f.path(step_name(200)), f.path(step_name(300))}));
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{400, 500});
+  CHECK(f.names()
+        == std::vector<std::string>{"elsewhere", "step_000000010",
+                                    "step_000000050", "step_000000400",
+                                    "step_000000500", "step_000000600",
+                                    "step_abc"});
+  CHECK(fs::exists(f.path("elsewhere") + "/.metadata"));
+  // Pruning again removes nothing.
+  auto again = prune(f.root, 2);
+  REQUIRE(again);
+  CHECK(again->empty());
+  // keep = 1 leaves only the newest commit (and the save in flight).
+  auto last = prune(f.root, 1);
+  REQUIRE(last);
+  CHECK(*last == std::vector<std::string>{f.path(step_name(400))});
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{500});
+  CHECK(f.exists(step_name(600)));
+}
+
+TEST_CASE("prune with more to keep than exists removes only aborted saves",
+          "[checkpoint_root]") {
+  root_fixture f;
+  f.add_step(1, false);
+  f.add_step(2, true);
+  f.add_step(3, true);
+  auto pruned = prune(f.root, 100);
+  REQUIRE(pruned);
+  CHECK(*pruned == std::vector<std::string>{f.path(step_name(1))});
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{2, 3});
+}
+
+TEST_CASE("prune without any commit removes nothing", "[checkpoint_root]") {
+  root_fixture f;
+  f.add_step(1, false);
+  f.add_step(2, false);
+  auto pruned = prune(f.root, 1);
+  REQUIRE(pruned);
+  CHECK(pruned->empty());
+  CHECK(f.exists(step_name(1)));
+  CHECK(f.exists(step_name(2)));
+  SECTION("nor does a missing root") {
+    auto missing = prune(f.root + "/missing", 1);
+    REQUIRE(missing);
+    CHECK(missing->empty());
+  }
+}
+
+TEST_CASE("prune orders big step numbers numerically", "[checkpoint_root]") {
+  root_fixture f;
+  const uint64_t big = UINT64_MAX;
+  f.add_step(big, true);
+  f.add_step(big - 1, true);
+  f.add_step(1000000000000, true); // 13 digits
+  f.add_step(999999999, true);     // 9 digits
+  f.add_step("step_5", true);
+  CHECK(steps_of(f.root)
+        == std::vector<uint64_t>{5, 999999999, 1000000000000, big - 1, big});
+  CHECK(latest_committed_step(f.root) == big);
+  auto pruned = prune(f.root, 2);
+  REQUIRE(pruned);
+  CHECK(pruned->size() == 3);
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{big - 1, big});
+}
+
+TEST_CASE("prune cleans the leftovers of a prune that crashed",
+          "[checkpoint_root]") {
+  root_fixture f;
+  f.add_step(1, true);
+  f.add_step(2, true);
+  // A crash after the rename: a whole victim under its hidden name, one
+  // half removed, and a stray file. None of them counts as a commit.
+  f.add_step(".trash-step_000000000", true);
+  auto half = f.add_step(".trash-step_000000001", false);
+  test::write_file(f.path(".trash-x"), "stray");
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{1, 2});
+  auto pruned = prune(f.root, 1);
+  REQUIRE(pruned);
+  CHECK(sorted(*pruned)
+        == sorted({f.path(".trash-step_000000000"), half, f.path(".trash-x"),
+                   f.path(step_name(1))}));
+  CHECK(f.names() == std::vector<std::string>{"step_000000002"});
+}
+
+TEST_CASE("prune leaves no hidden directory behind", "[checkpoint_root]") {
+  root_fixture f;
+  for (uint64_t step = 1; step <= 20; ++step) {
+    auto dir = f.add_step(step, step % 3 != 0);
+    fs::create_directories(dir + "/nested/deeper");
+    test::write_file(dir + "/nested/deeper/file", "x");
+  }
+  auto pruned = prune(f.root, 3);
+  REQUIRE(pruned);
+  // Committed: all but 3, 6, ..., 18; the newest three are 17, 19, 20.
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{17, 19, 20});
+  CHECK(f.names()
+        == std::vector<std::string>{"step_000000017", "step_000000019",
+                                    "step_000000020"});
+  CHECK(pruned->size() == 17);
+}
