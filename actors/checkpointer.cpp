@@ -146,6 +146,7 @@ job_options job_options_of(const checkpointer_options& o) {
   job_options jo;
   jo.coordinator_rank = o.coordinator_rank;
   jo.step_timeout = o.step_timeout;
+  jo.io_threads = std::max<uint32_t>(o.io_threads, 1);
   jo.save_planner = o.save_planner;
   jo.load_planner = o.load_planner;
   return jo;

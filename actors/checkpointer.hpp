@@ -36,6 +36,10 @@ struct checkpointer_options {
   /// This rank's membership in a group of ranks (in one process, or across
   /// processes). Required unless `no_dist`.
   std::shared_ptr<dcpp::process_group> process_group;
+  /// Writer (reader) actors of this rank working in parallel on parts of
+  /// its plan (`storage_writer::split_plan`); with a process group only.
+  /// The file-system storage also has its own `thread_count`.
+  uint32_t io_threads = 1;
   /// Deadline of each collective step (plan, write, commit, read).
   std::chrono::milliseconds step_timeout = std::chrono::seconds(300);
 };
