@@ -8,6 +8,10 @@
 // Both list the same fields in the same order as the structs declare them.
 // `caf::error` gets cereal `save`/`load` in namespace cereal (it is CAF's
 // type): code, category and the context rendered as one string.
+// Bool and enum fields are wrapped in `wire_field` (a `cereal::make_nvp`):
+// the portable binary encoding ignores the name, the wire decoder
+// (`messages.cpp`) uses it to name the field when it refuses an out-of-range
+// value.
 
 #include "core/metadata.hpp"
 #include "core/plan.hpp"
@@ -28,6 +32,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace dcpp {
 
@@ -126,9 +131,26 @@ typename Inspector::result_type inspect(Inspector& f, global_save_plan& x) {
 
 // -- cereal -------------------------------------------------------------------
 
+/// Names a field for cereal archives (the wire decoder reports it when it
+/// refuses a value; the portable binary encoding ignores names). CAF also
+/// calls these `serialize` functions and gets the bare field.
+template <class Archive, class T>
+decltype(auto) wire_field(const char* name, T& x) {
+  if constexpr (std::is_base_of<cereal::detail::InputArchiveBase,
+                                Archive>::value
+                || std::is_base_of<cereal::detail::OutputArchiveBase,
+                                   Archive>::value)
+    return cereal::make_nvp(name, x);
+  else
+    return (x);
+}
+
 template <class Archive>
 void serialize(Archive& ar, tensor_properties& x) {
-  ar(x.type, x.layout, x.requires_grad, x.format, x.pin_memory);
+  ar(wire_field<Archive>("tensor_properties.type", x.type), x.layout,
+     wire_field<Archive>("tensor_properties.requires_grad", x.requires_grad),
+     wire_field<Archive>("tensor_properties.format", x.format),
+     wire_field<Archive>("tensor_properties.pin_memory", x.pin_memory));
 }
 
 template <class Archive>
@@ -148,12 +170,13 @@ void serialize(Archive&, bytes_storage_metadata&) {
 
 template <class Archive>
 void serialize(Archive& ar, item_metadata& x) {
-  ar(x.kind, x.tensor);
+  ar(wire_field<Archive>("item_metadata.kind", x.kind), x.tensor);
 }
 
 template <class Archive>
 void serialize(Archive& ar, metadata_index& x) {
-  ar(x.fqn, x.has_offset, x.offset, x.index);
+  ar(x.fqn, wire_field<Archive>("metadata_index.has_offset", x.has_offset),
+     x.offset, x.index);
 }
 
 template <class Archive>
@@ -174,18 +197,20 @@ void serialize(Archive& ar, tensor_write_data& x) {
 
 template <class Archive>
 void serialize(Archive& ar, write_item& x) {
-  ar(x.index, x.type, x.tensor_data, x.bytes_size);
+  ar(x.index, wire_field<Archive>("write_item.type", x.type), x.tensor_data,
+     x.bytes_size);
 }
 
 template <class Archive>
 void serialize(Archive& ar, read_item& x) {
-  ar(x.type, x.dest_index, x.dest_offsets, x.storage_index, x.storage_offsets,
-     x.lengths);
+  ar(wire_field<Archive>("read_item.type", x.type), x.dest_index,
+     x.dest_offsets, x.storage_index, x.storage_offsets, x.lengths);
 }
 
 template <class Archive>
 void serialize(Archive& ar, save_plan& x) {
-  ar(x.items, x.storage_data, x.planner_data, x.usable);
+  ar(x.items, x.storage_data, x.planner_data,
+     wire_field<Archive>("save_plan.usable", x.usable));
 }
 
 template <class Archive>
@@ -231,11 +256,21 @@ void load(Archive& ar, caf::error& x) {
   std::string category;
   std::string context;
   ar(code, category, context);
-  if (code == 0 || category.empty() || category.size() > 10) {
+  // Only what `save` produces is accepted: "no error" is all empty, an error
+  // has a nonzero code and a category that is an atom's exact text (anything
+  // else would decode into a different error, or into none at all).
+  if (code == 0) {
+    if (!category.empty() || !context.empty())
+      throw cereal::Exception("caf::error: code 0 with category or context");
     x = caf::error{};
     return;
   }
+  if (category.empty() || category.size() > 10)
+    throw cereal::Exception("caf::error: invalid category of "
+                            + std::to_string(category.size()) + " bytes");
   auto cat = caf::atom_from_string(category);
+  if (caf::to_string(cat) != category)
+    throw cereal::Exception("caf::error: category is not an atom");
   if (context.empty())
     x = caf::error{code, cat};
   else

@@ -7,9 +7,14 @@
 
 #include <cereal/archives/portable_binary.hpp>
 
+#include <algorithm>
+#include <cstring>
 #include <exception>
 #include <sstream>
+#include <stdexcept>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace dcpp {
 
@@ -51,6 +56,220 @@ std::string to_string(wire_tag x) {
 
 namespace {
 
+// -- bounded input archive ----------------------------------------------------
+
+/// Frames above this size are refused before decoding anything.
+constexpr size_t max_frame_size = size_t{64} << 20;
+
+/// Thrown by `bounded_input_archive`; `decode` turns it into
+/// `errc::corrupt_item`.
+struct wire_decode_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Reads cereal's portable binary encoding from a byte range it never reads
+/// past, and never trusts the input for an allocation: every size prefix is
+/// checked against the bytes that remain before anything is resized, vectors
+/// of non-arithmetic elements grow only as their elements are actually read,
+/// bools and enums are read as integers and range-checked. Fields wrapped in
+/// `cereal::make_nvp` (see `messages/inspect.hpp`) name themselves in errors.
+class bounded_input_archive
+  : public cereal::InputArchive<bounded_input_archive,
+                                cereal::AllowEmptyClassElision> {
+public:
+  bounded_input_archive(const char* first, const char* last)
+    : InputArchive(this), pos_(first), end_(last) {
+    uint8_t little = 0;
+    load_binary<1>(&little, 1);
+    if (little > 1)
+      throw wire_decode_error("invalid endianness flag "
+                              + std::to_string(little));
+    convert_ = (little == 1)
+               != cereal::portable_binary_detail::is_little_endian();
+  }
+
+  size_t remaining() const noexcept {
+    return static_cast<size_t>(end_ - pos_);
+  }
+
+  template <size_t DataSize>
+  void load_binary(void* data, size_t size) {
+    if (size > remaining())
+      throw wire_decode_error("truncated frame: need " + std::to_string(size)
+                              + " bytes, " + std::to_string(remaining())
+                              + " left");
+    std::memcpy(data, pos_, size);
+    pos_ += size;
+    if (convert_ && DataSize > 1) {
+      auto ptr = static_cast<uint8_t*>(data);
+      for (size_t i = 0; i + DataSize <= size; i += DataSize)
+        cereal::portable_binary_detail::swap_bytes<DataSize>(ptr + i);
+    }
+  }
+
+  /// Checks a size prefix of `count` elements of at least `min_bytes` bytes
+  /// each against the bytes that remain.
+  void check_size(uint64_t count, size_t min_bytes) const {
+    if (min_bytes == 0)
+      min_bytes = 1;
+    if (count > remaining() / min_bytes)
+      throw wire_decode_error("size prefix " + std::to_string(count)
+                              + " exceeds the " + std::to_string(remaining())
+                              + " bytes left" + field_suffix());
+  }
+
+  /// " in field F" for the innermost named field being read, if any.
+  std::string field_suffix() const {
+    if (fields_.empty())
+      return {};
+    return std::string{" in field "} + fields_.back();
+  }
+
+  void push_field(const char* name) {
+    fields_.push_back(name);
+  }
+
+  void pop_field() {
+    fields_.pop_back();
+  }
+
+private:
+  const char* pos_;
+  const char* end_;
+  bool convert_ = false;
+  std::vector<const char*> fields_;
+};
+
+} // namespace
+} // namespace dcpp
+
+namespace cereal::traits::detail {
+
+// Pairs the archive with its output counterpart for cereal's trait checks.
+template <>
+struct get_output_from_input<dcpp::bounded_input_archive> {
+  using type = cereal::PortableBinaryOutputArchive;
+};
+
+} // namespace cereal::traits::detail
+
+namespace dcpp {
+namespace {
+
+template <class T>
+std::enable_if_t<std::is_arithmetic<T>::value && !std::is_same<T, bool>::value>
+CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, T& x) {
+  ar.template load_binary<sizeof(T)>(&x, sizeof(T));
+}
+
+void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, bool& x) {
+  uint8_t raw = 0;
+  ar.load_binary<1>(&raw, 1);
+  if (raw > 1)
+    throw wire_decode_error("invalid bool value " + std::to_string(raw)
+                            + ar.field_suffix());
+  x = raw != 0;
+}
+
+// The largest valid value of each enum that crosses the wire.
+constexpr int max_value(dtype) {
+  return static_cast<int>(dtype::num_values) - 1;
+}
+constexpr int max_value(memory_format) {
+  return static_cast<int>(memory_format::preserve);
+}
+constexpr int max_value(item_kind) {
+  return static_cast<int>(item_kind::bytes);
+}
+constexpr int max_value(write_item_type) {
+  return static_cast<int>(write_item_type::bytes);
+}
+constexpr int max_value(load_item_type) {
+  return static_cast<int>(load_item_type::bytes);
+}
+constexpr int max_value(op_kind) {
+  return static_cast<int>(op_kind::load);
+}
+
+/// Enums (cereal loads them through their underlying type, see
+/// cereal/types/common.hpp; this overload is the more specialized one).
+template <class T>
+std::enable_if_t<std::is_enum<std::decay_t<T>>::value>
+CEREAL_LOAD_MINIMAL_FUNCTION_NAME(
+  const bounded_input_archive& ar, T&& x,
+  const std::underlying_type_t<std::decay_t<T>>& raw) {
+  using enum_type = std::decay_t<T>;
+  static_assert(std::is_unsigned<std::underlying_type_t<enum_type>>::value,
+                "wire enums must have an unsigned underlying type");
+  if (static_cast<uint64_t>(raw)
+      > static_cast<uint64_t>(max_value(enum_type{})))
+    throw wire_decode_error("invalid enum value " + std::to_string(raw)
+                            + ar.field_suffix());
+  x = static_cast<enum_type>(raw);
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
+                               cereal::NameValuePair<T>& x) {
+  ar.push_field(x.name);
+  ar(x.value);
+  ar.pop_field();
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
+                               cereal::SizeTag<T>& x) {
+  ar(x.size);
+  // Every element takes at least one byte; containers check more precisely.
+  ar.check_size(static_cast<uint64_t>(x.size), 1);
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
+                               cereal::BinaryData<T>& x) {
+  using elem = std::remove_pointer_t<T>;
+  ar.template load_binary<sizeof(elem)>(x.data, static_cast<size_t>(x.size));
+}
+
+/// Vectors: arithmetic elements are checked against their encoded size and
+/// read in one go; any other element type grows the vector one decoded
+/// element at a time, so a lying size prefix cannot allocate more than the
+/// frame holds.
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
+                               std::vector<T, A>& xs) {
+  cereal::size_type n = 0;
+  ar(cereal::make_size_tag(n));
+  xs.clear();
+  if constexpr (std::is_arithmetic<T>::value && !std::is_same<T, bool>::value) {
+    ar.check_size(n, sizeof(T));
+    xs.resize(static_cast<size_t>(n));
+    if (n > 0)
+      ar.template load_binary<sizeof(T)>(xs.data(),
+                                         static_cast<size_t>(n) * sizeof(T));
+  } else {
+    xs.reserve(static_cast<size_t>(std::min<cereal::size_type>(n, 64)));
+    for (cereal::size_type i = 0; i < n; ++i) {
+      T x{};
+      ar(x);
+      xs.push_back(std::move(x));
+    }
+  }
+}
+
+template <class A>
+void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar,
+                               std::vector<bool, A>& xs) {
+  cereal::size_type n = 0;
+  ar(cereal::make_size_tag(n));
+  xs.clear();
+  for (cereal::size_type i = 0; i < n; ++i) {
+    bool x = false;
+    ar(x);
+    xs.push_back(x);
+  }
+}
+
 template <class T>
 std::string encode(const T& x) {
   std::ostringstream out{std::ios::binary};
@@ -65,6 +284,11 @@ std::string encode(const T& x) {
 caf::expected<wire_tag> tag_of(const std::string& frame) {
   if (frame.empty())
     return make_error(errc::protocol_error, "empty frame");
+  if (frame.size() > max_frame_size)
+    return make_error(errc::protocol_error,
+                      "frame of " + std::to_string(frame.size())
+                        + " bytes exceeds the maximum of "
+                        + std::to_string(max_frame_size));
   auto raw = static_cast<uint8_t>(frame[0]);
   if (raw < static_cast<uint8_t>(wire_tag::local_save_plan)
       || raw > static_cast<uint8_t>(wire_tag::op_outcome))
@@ -83,9 +307,11 @@ caf::error decode(const std::string& frame, T& out) {
                       "expected a " + to_string(wire_tag_of<T>::value)
                         + " frame, got " + to_string(*tag));
   try {
-    std::istringstream in{frame.substr(1), std::ios::binary};
-    cereal::PortableBinaryInputArchive ar{in};
+    bounded_input_archive ar{frame.data() + 1, frame.data() + frame.size()};
     ar(out);
+    if (ar.remaining() != 0)
+      throw wire_decode_error(std::to_string(ar.remaining())
+                              + " trailing bytes");
   } catch (const std::exception& ex) {
     return make_error(errc::corrupt_item, "cannot decode "
                                             + to_string(*tag)
@@ -147,8 +373,7 @@ caf::expected<envelope> envelope_from_wire(const std::string& frame) {
   // Every message starts with its envelope: decode just that prefix.
   envelope hdr;
   try {
-    std::istringstream in{frame.substr(1), std::ios::binary};
-    cereal::PortableBinaryInputArchive ar{in};
+    bounded_input_archive ar{frame.data() + 1, frame.data() + frame.size()};
     ar(hdr);
   } catch (const std::exception& ex) {
     return make_error(errc::corrupt_item,

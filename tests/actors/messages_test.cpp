@@ -206,3 +206,136 @@ TEST_CASE("the system config renders dcpp errors", "[messages]") {
   CHECK(sys.render(make_error(errc::missing_key, "model.w"))
         == "dcpp::missing_key: model.w");
 }
+
+// -- hardening of the wire decoder (fuzzer findings) --------------------------
+
+namespace {
+
+std::string from_hex(const std::string& hex) {
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("size prefixes larger than the frame are refused before any "
+          "allocation",
+          "[messages][wire]") {
+  // A 31-byte write_done frame whose vector claims ~2.6 GB.
+  auto huge_vector = from_hex("0501010000000003000000000000000100000000000000"
+                              "0000000100000000");
+  auto msg = message_from_wire(huge_vector);
+  REQUIRE_FALSE(msg);
+  CHECK(code_of(msg.error()) == errc::corrupt_item);
+  CHECK(context_of(msg.error()).find("size prefix") != std::string::npos);
+  // A 32-byte frame whose string claims 1 GB.
+  auto huge_string = from_hex("0c0101000000000300000000000000010000000000000"
+                              "0010000004000000000");
+  msg = message_from_wire(huge_string);
+  REQUIRE_FALSE(msg);
+  CHECK(code_of(msg.error()) == errc::corrupt_item);
+  // Every truncation of a valid frame fails cleanly; trailing bytes too.
+  auto frame = to_wire(local_save_plan_msg{sample_header(), 10,
+                                           sample_save_plan(), caf::error{}});
+  for (size_t n = 1; n < frame.size(); ++n) {
+    local_save_plan_msg x;
+    CHECK(code_of(from_wire(frame.substr(0, n), x)) == errc::corrupt_item);
+  }
+  local_save_plan_msg x;
+  CHECK(code_of(from_wire(frame + "x", x)) == errc::corrupt_item);
+  CHECK_FALSE(from_wire(frame, x));
+}
+
+TEST_CASE("frames beyond the maximum frame size are refused up front",
+          "[messages][wire]") {
+  auto frame = to_wire(commit_done_msg{sample_header(), caf::error{}});
+  frame.resize((size_t{64} << 20) + 1, '\0');
+  auto msg = message_from_wire(frame);
+  REQUIRE_FALSE(msg);
+  CHECK(code_of(msg.error()) == errc::protocol_error);
+  CHECK_FALSE(envelope_from_wire(frame));
+}
+
+TEST_CASE("bools and enums out of range are refused, naming the field",
+          "[messages][wire]") {
+  // The fuzzer's frame: a bool of 13.
+  auto bad_bool = from_hex(
+    "0101010000000003000000000000000100000000000000e8030000000000000000000000"
+    "000000000000000000000000000000000000000d00000000000000000000000000000000"
+    "00");
+  auto msg = message_from_wire(bad_bool);
+  REQUIRE_FALSE(msg);
+  CHECK(code_of(msg.error()) == errc::corrupt_item);
+  CHECK(context_of(msg.error()).find("invalid bool value 13 in field "
+                                     "save_plan.usable")
+        != std::string::npos);
+  // Enums: the op kind of the envelope (tag, endianness flag, version u32,
+  // then op.kind) and the type of a write item.
+  auto frame = to_wire(local_save_plan_msg{sample_header(), 10,
+                                           sample_save_plan(), caf::error{}});
+  auto bad_kind = frame;
+  bad_kind[6] = '\x07';
+  msg = message_from_wire(bad_kind);
+  REQUIRE_FALSE(msg);
+  CHECK(code_of(msg.error()) == errc::corrupt_item);
+  CHECK(context_of(msg.error()).find("invalid enum value 7")
+        != std::string::npos);
+  auto hdr = envelope_from_wire(bad_kind);
+  CHECK_FALSE(hdr);
+  // write_item.type: flip the encoded `shard` (1) of the first item to 9.
+  auto plan = sample_save_plan();
+  plan.items[0].type = write_item_type::tensor;
+  auto with_tensor = to_wire(local_save_plan_msg{sample_header(), 10, plan,
+                                                 caf::error{}});
+  REQUIRE(with_tensor.size() == frame.size());
+  size_t diff = 0;
+  for (size_t i = 0; i < frame.size(); ++i)
+    if (frame[i] != with_tensor[i])
+      diff = i;
+  REQUIRE(diff > 0);
+  auto bad_type = frame;
+  bad_type[diff] = '\x09';
+  msg = message_from_wire(bad_type);
+  REQUIRE_FALSE(msg);
+  CHECK(context_of(msg.error()).find("in field write_item.type")
+        != std::string::npos);
+}
+
+TEST_CASE("errors whose category is no atom's text are refused",
+          "[messages][wire]") {
+  // The fuzzer's frame: category "\0", code 13.
+  auto nul_category = from_hex(
+    "0101010000000003000000000000000100000000000000e8030000000000000000000000"
+    "00000000000000000000000000000000000001010100000000000000000d000000000000"
+    "0072616e6b2031206661696c6564");
+  auto msg = message_from_wire(nul_category);
+  REQUIRE_FALSE(msg);
+  CHECK(code_of(msg.error()) == errc::corrupt_item);
+  // Built by hand: code, category, context after an op_outcome's envelope.
+  auto with_category = [](const std::string& category, uint8_t code) {
+    op_outcome_msg out{sample_header(), make_error(errc::timeout, "ctx"),
+                       metadata{}};
+    auto frame = to_wire(out);
+    auto pos = frame.find("dcpp");
+    REQUIRE(pos != std::string::npos);
+    // u64 size of the category precedes it, the code precedes that.
+    std::string len(8, '\0');
+    len[0] = static_cast<char>(category.size());
+    return frame.substr(0, pos - 9) + static_cast<char>(code) + len
+           + category + frame.substr(pos + 4);
+  };
+  op_outcome_msg in;
+  CHECK_FALSE(from_wire(with_category("dcpp", 1), in));
+  CHECK(code_of(in.error) == errc{1});
+  for (auto category : {std::string(1, '\0'), std::string{}, std::string{"a.b"},
+                        std::string{"elevenchars"}}) {
+    CAPTURE(category);
+    CHECK(code_of(from_wire(with_category(category, 1), in))
+          == errc::corrupt_item);
+  }
+  // Code 0 means "no error": nothing else may come with it.
+  CHECK(code_of(from_wire(with_category("dcpp", 0), in))
+        == errc::corrupt_item);
+}
