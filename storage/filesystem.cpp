@@ -1,43 +1,65 @@
 // Durability protocol of the file-system storage.
 //
-// A checkpoint directory holds data files `__<rank>_<n>.distcp` and one
-// `.metadata`. `.metadata` is the commit record: the directory holds a
-// checkpoint if and only if `.metadata` exists, and every byte it points to
-// was durable before it appeared. A save runs these steps:
+// A checkpoint directory holds one `.metadata` and data files
+// `__<rank>_<n>.<tag>.distcp`. `.metadata` is the commit record: the
+// directory holds the checkpoint that `.metadata` describes, and every byte
+// it points to was durable before it appeared. `<tag>` (16 hex digits) is
+// drawn by the coordinator in prepare_global_plan and travels to every rank
+// in its plan's storage_data, so all files of one save share it and no save
+// ever writes a file another save wrote. (PyTorch DCP readers only follow
+// `relative_path` in the metadata, so they load these names; DCP's own
+// `__<rank>_<n>.distcp`, written by PyTorch, loads here as well.) A save,
+// possibly over an existing checkpoint, runs these steps:
 //
 // 1. set_up (every rank): `mkdir -p` the directory, fsyncing the parent of
-//    every directory it creates. The coordinator then withdraws an earlier
-//    checkpoint in the same directory: it unlinks `.metadata` (and any stale
-//    `.metadata.tmp`) and fsyncs the directory. This happens before any rank
-//    opens a data file (ranks write only after the global plan, which comes
-//    after the coordinator's set_up), so a crash during this save can never
-//    leave an old `.metadata` pointing into half-overwritten data files.
-// 2. write_data (every rank): create each data file (O_TRUNC), append its
-//    items, fsync it, close it (close errors count: network file systems
-//    report write errors there); then fsync the directory so the new names
-//    are durable. With `direct_io`, large files are written with O_DIRECT
-//    (the last block padded, then the file truncated to its size, before
-//    the fsync, which then also makes the size and extents durable);
-//    otherwise writeback is started early (sync_file_range) so that the
-//    final fsync has little left to wait for.
+//    every directory it creates. An existing checkpoint is left alone.
+// 2. write_data (every rank): create each data file of this save (a fresh
+//    name), append its items, fsync it, close it (close errors count:
+//    network file systems report write errors there); then fsync the
+//    directory so the new names are durable. With `direct_io`, large files
+//    are written with O_DIRECT (the last block padded, then the file
+//    truncated to its size, before the fsync, which then also makes the
+//    size and extents durable); otherwise writeback is started early
+//    (sync_file_range) so that the final fsync has little left to wait for.
 // 3. finish (coordinator, only after every rank's step 2 succeeded): encode
-//    the metadata, write it to `.metadata.tmp`, fsync that file, rename it
-//    to `.metadata` (atomic: readers see the old name or the complete new
-//    file, never a partial one), then fsync the directory. The rename is the
-//    commit point; the directory fsync makes the commit durable.
-// 4. abort (any rank, on failure): unlink the data files this writer
-//    created for the current save, and the coordinator's `.metadata.tmp`.
-//    It never touches `.metadata`, and removes no data file once
-//    `.metadata` exists (the save was committed after all).
+//    the metadata, write it to `.metadata.tmp` (O_TRUNC: a leftover of an
+//    aborted save is overwritten), fsync that file, rename it over
+//    `.metadata` (atomic: readers see the complete old or the complete new
+//    file, never a partial one or none), then fsync the directory. The
+//    rename is the commit point; the directory fsync makes it durable.
+// 4. garbage collection (coordinator, at the end of finish): remove every
+//    `__*.distcp` that the new `.metadata` does not name (the replaced
+//    checkpoint's data and leftovers of aborted saves); nothing else is
+//    ever removed. Best effort: failures are reported on stderr, and what
+//    remains is collected by the next commit.
+// 5. abort (any rank, on failure): unlink the data files this writer created
+//    for the current save, unless the current `.metadata` names them (the
+//    save did commit, e.g. only the final directory fsync failed) or cannot
+//    be read; the coordinator also unlinks its `.metadata.tmp`. The old
+//    checkpoint's files are never touched.
 //
-// Crash analysis. Before the rename in step 3 there is no `.metadata`: the
-// directory holds no checkpoint (load fails with errc::not_found) and the
-// leftover data files are overwritten by the next save. After the rename,
-// a power loss before the directory fsync yields either no checkpoint or the
-// complete new one. With `sync_files = false` steps 1 and 2 skip their
-// fsyncs (step 3 keeps them): a crash shortly after the commit may then
-// leave `.metadata` pointing at data that never reached the disk; the
-// checksums recorded in `.metadata` detect that on load.
+// Crash analysis (O = the old checkpoint, if any; N = the new one):
+//
+//   crash point                          | a reader loads | left behind
+//   -------------------------------------+----------------+----------------
+//   during / after set_up                | O (or nothing) | nothing
+//   during write_data, some ranks done   | O              | N's data files
+//   all ranks wrote, before finish       | O              | N's data files
+//   `.metadata.tmp` written, no rename   | O              | N's data, tmp
+//   rename done, before the dir fsync    | O or N         | the other's data
+//   rename and fsync done, before GC     | N              | O's data files
+//   during / after GC                    | N              | part of O's data
+//
+// O's files are never modified before the commit, and N's `.metadata`
+// names only N's files, so whichever `.metadata` the directory holds points
+// at complete, durable data. Everything "left behind" is a `__*.distcp` not
+// named by `.metadata` (the next commit's GC removes it) or a
+// `.metadata.tmp` (never read, truncated by the next finish). With a fresh
+// directory "O" is "no checkpoint" (load fails with errc::not_found). With
+// `sync_files = false` step 2 skips its fsyncs (step 3 keeps them): a crash
+// shortly after the commit may then leave `.metadata` pointing at data that
+// never reached the disk; the checksums recorded in `.metadata` detect that
+// on load.
 //
 // Reading trusts nothing in `.metadata`: relative paths must be plain file
 // names inside the directory, items must lie inside their files, and every
@@ -56,9 +78,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <set>
+#include <string_view>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -82,8 +111,77 @@ constexpr uint64_t max_metadata_size = uint64_t{1} << 30;
 constexpr uint64_t direct_min_item = uint64_t{16} << 20;
 
 /// Separates a plan part's file prefix from its first file number in
-/// `save_plan::storage_data` ("__3_" "\n" "2"); a prefix has no newline.
+/// `save_plan::storage_data` ("__3_" "\t" "5f0c..." "\n" "2"); a prefix has
+/// no newline.
 constexpr char part_separator = '\n';
+
+/// Separates the file prefix from the save tag in `save_plan::storage_data`.
+constexpr char tag_separator = '\t';
+
+/// Characters of a save tag (lowercase hex).
+constexpr size_t save_tag_size = 16;
+
+/// A fresh save tag: 64 random bits, hex. Unique per save (with
+/// overwhelming probability), so a save never reuses a data file name of an
+/// earlier save in the same directory.
+std::string make_save_tag() {
+  uint64_t x = 0;
+  try {
+    std::random_device rd;
+    x = (uint64_t{rd()} << 32) ^ uint64_t{rd()};
+  } catch (const std::exception&) {
+    // No entropy source: the clock and the process id below still differ
+    // between saves.
+  }
+  x ^= static_cast<uint64_t>(
+    std::chrono::steady_clock::now().time_since_epoch().count());
+  x ^= static_cast<uint64_t>(::getpid()) << 17;
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string result(save_tag_size, '0');
+  for (size_t i = 0; i < save_tag_size; ++i) {
+    result[save_tag_size - 1 - i] = digits[x & 0xf];
+    x >>= 4;
+  }
+  return result;
+}
+
+/// The name of data file `n` of a save: `<prefix><n>.<tag>.distcp`, or
+/// `<prefix><n>.distcp` without a tag (DCP's own naming).
+std::string data_file_name(const std::string& prefix, const std::string& tag,
+                           uint64_t n) {
+  auto result = prefix + std::to_string(n);
+  if (!tag.empty()) {
+    result += '.';
+    result += tag;
+  }
+  result += ".distcp";
+  return result;
+}
+
+/// The save tag in a data file name (`<prefix><n>.<tag>.distcp`), or "".
+std::string tag_of_file(const std::string& name) {
+  static constexpr std::string_view suffix = ".distcp";
+  if (name.size() <= suffix.size())
+    return {};
+  auto end = name.size() - suffix.size();
+  auto dot = name.rfind('.', end - 1);
+  if (dot == std::string::npos || dot + 1 >= end)
+    return {};
+  auto tag = name.substr(dot + 1, end - dot - 1);
+  if (tag.find_first_not_of("0123456789abcdef") != std::string::npos)
+    return {};
+  return tag;
+}
+
+/// Data files as any writer names them (`__*.distcp`): the only files the
+/// garbage collection after a commit may remove.
+bool is_data_file_name(const std::string& name) {
+  static constexpr std::string_view suffix = ".distcp";
+  return name.size() > 2 + suffix.size() && name.compare(0, 2, "__") == 0
+         && name.compare(name.size() - suffix.size(), suffix.size(), suffix)
+              == 0
+         && name.find('/') == std::string::npos;
+}
 
 // -- helpers ------------------------------------------------------------------
 
@@ -282,11 +380,62 @@ caf::error run_parallel(size_t n, size_t threads,
   return first;
 }
 
+/// Reads and decodes `<dir>/.metadata`: errc::not_found without one.
+caf::expected<metadata> read_metadata_file(const std::string& dir) {
+  auto path = join(dir, metadata_name);
+  fd_guard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (fd.get() < 0) {
+    auto err = errno;
+    if (err == ENOENT) {
+      struct stat st;
+      if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        return make_error(errc::not_found,
+                          dir + ": no such checkpoint directory");
+      return make_error(errc::not_found,
+                        dir + ": no committed checkpoint (" + metadata_name
+                          + " is missing)");
+    }
+    return os_error("open", path, err);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0)
+    return os_error("stat", path, errno);
+  auto size = static_cast<uint64_t>(st.st_size);
+  if (size > max_metadata_size)
+    return make_error(errc::too_large,
+                      path + ": " + std::to_string(size)
+                        + " bytes exceed the 1 GiB limit for metadata");
+  std::string bytes(static_cast<size_t>(size), '\0');
+  size_t done = 0;
+  while (done < bytes.size()) {
+    auto res = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (res < 0) {
+      if (errno == EINTR)
+        continue;
+      return os_error("read", path, errno);
+    }
+    if (res == 0)
+      break;
+    done += static_cast<size_t>(res);
+  }
+  bytes.resize(done);
+  try {
+    auto md = decode_metadata(bytes);
+    if (!md)
+      return with_context(md.error(), path, errc::corrupt_metadata);
+    return md;
+  } catch (const std::exception& ex) {
+    return make_error(errc::corrupt_metadata, path + ": " + ex.what());
+  }
+}
+
 // -- writer -------------------------------------------------------------------
 
 /// Where a plan (or a part of one) writes.
 struct plan_target {
   std::string prefix;
+  /// Unique to the save; part of every data file name.
+  std::string tag;
   bool is_part = false;
   uint64_t first_file = 0;
 };
@@ -306,22 +455,13 @@ public:
       std::lock_guard<std::mutex> guard{mx_};
       created_.clear();
     }
+    local_tag_ = make_save_tag();
     if (auto err = make_directories(dir_, opts_.sync_files))
       return with_context(err, "set_up");
-    if (!is_coordinator)
-      return {};
-    // Withdraw an earlier checkpoint before any data file is overwritten.
-    bool removed = false;
-    for (auto name : {metadata_name, metadata_tmp_name}) {
-      auto path = join(dir_, name);
-      if (::unlink(path.c_str()) == 0)
-        removed = true;
-      else if (errno != ENOENT)
-        return with_context(os_error("unlink", path, errno), "set_up");
-    }
-    if (removed)
-      if (auto err = fsync_path(dir_, true))
-        return with_context(err, "set_up");
+    // An earlier checkpoint in the directory stays as it is: this save
+    // writes files of its own and replaces `.metadata` only in `finish`.
+    // A stale `.metadata.tmp` of an aborted save is never read; `finish`
+    // truncates it.
     return {};
   }
 
@@ -331,8 +471,11 @@ public:
 
   caf::expected<std::vector<save_plan>>
   prepare_global_plan(std::vector<save_plan> plans) override {
+    // One tag for the whole save, the same on every rank.
+    auto tag = make_save_tag();
     for (size_t i = 0; i < plans.size(); ++i)
-      plans[i].storage_data = "__" + std::to_string(i) + "_";
+      plans[i].storage_data = "__" + std::to_string(i) + "_" + tag_separator
+                              + tag;
     return plans;
   }
 
@@ -340,7 +483,7 @@ public:
     auto target = parse_target(plan);
     if (!target || target->is_part)
       return {plan};
-    return split(plan, target->prefix, std::max<size_t>(n, 1));
+    return split(plan, *target, std::max<size_t>(n, 1));
   }
 
   caf::expected<std::vector<write_result>>
@@ -354,7 +497,7 @@ public:
         if (auto err = write_part(plan, *target, source, results))
           return with_context(err, "write_data");
       } else {
-        auto parts = split(plan, target->prefix, opts_.thread_count);
+        auto parts = split(plan, *target, opts_.thread_count);
         std::vector<std::vector<write_result>> part_results(parts.size());
         auto err = run_parallel(parts.size(), opts_.thread_count,
                                 [&](size_t i) -> caf::error {
@@ -426,6 +569,7 @@ public:
         if (fd.close() != 0)
           return with_context(os_error("close", tmp, errno), "finish");
       }
+      // The commit: the old `.metadata` (if any) stays valid up to here.
       if (::rename(tmp.c_str(), final_path.c_str()) != 0)
         return with_context(os_error("rename to " + final_path, tmp, errno),
                             "finish");
@@ -436,6 +580,7 @@ public:
       }
       if (auto err = fsync_path(dir_, true))
         return with_context(err, "finish");
+      collect_garbage(out);
       return {};
     } catch (const std::exception& ex) {
       return make_error(errc::invalid_argument,
@@ -453,24 +598,87 @@ public:
       tmp = tmp_created_;
       tmp_created_ = false;
     }
-    // The coordinator removed any older `.metadata` before data files were
-    // written; if one exists now, this save was committed and its files
-    // belong to the checkpoint.
-    struct stat st;
-    if (::stat(join(dir_, metadata_name).c_str(), &st) == 0)
-      files.clear();
-    for (const auto& path : files)
-      ::unlink(path.c_str());
     if (tmp)
       ::unlink(join(dir_, metadata_tmp_name).c_str());
+    if (files.empty())
+      return;
+    // This save's files have names no other save uses. They are removed
+    // unless `.metadata` refers to them (the save was committed after all,
+    // e.g. when only the directory fsync after the rename failed). If
+    // `.metadata` exists but cannot be read, they stay: the garbage
+    // collection of the next commit removes them.
+    std::set<std::string> referenced;
+    auto md = read_metadata_file(dir_);
+    if (md) {
+      for (const auto& [idx, info] : md->storage_data)
+        referenced.insert(info.relative_path);
+    } else if (code_of(md.error()) != errc::not_found) {
+      return;
+    }
+    for (const auto& path : files) {
+      auto pos = path.find_last_of('/');
+      auto name = pos == std::string::npos ? path : path.substr(pos + 1);
+      if (referenced.count(name) == 0)
+        ::unlink(path.c_str());
+    }
   }
 
 private:
+  /// After a commit: removes every data file (`__*.distcp`, nothing else)
+  /// that the new metadata does not refer to, i.e. the files of the
+  /// replaced checkpoint and of aborted saves. Files of the committed save
+  /// itself stay even where no item points into them (the empty per-rank
+  /// files of idle writer threads). Best effort: failures are reported on
+  /// stderr and leave garbage, never a broken checkpoint.
+  void collect_garbage(const metadata& md) {
+    std::set<std::string> keep;
+    std::set<std::string> keep_tags;
+    for (const auto& [idx, info] : md.storage_data) {
+      keep.insert(info.relative_path);
+      if (auto tag = tag_of_file(info.relative_path); !tag.empty())
+        keep_tags.insert(std::move(tag));
+    }
+    DIR* d = ::opendir(dir_.c_str());
+    if (d == nullptr) {
+      std::fprintf(stderr, "dcpp: %s: cannot list for garbage collection: %s\n",
+                   dir_.c_str(), errno_text(errno).c_str());
+      return;
+    }
+    std::vector<std::string> garbage;
+    while (auto entry = ::readdir(d)) {
+      std::string name = entry->d_name;
+      if (is_data_file_name(name) && keep.count(name) == 0
+          && keep_tags.count(tag_of_file(name)) == 0)
+        garbage.push_back(std::move(name));
+    }
+    ::closedir(d);
+    for (const auto& name : garbage) {
+      auto path = join(dir_, name);
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+        std::fprintf(stderr, "dcpp: %s: cannot remove old data file: %s\n",
+                     path.c_str(), errno_text(errno).c_str());
+    }
+    if (!garbage.empty() && opts_.sync_files)
+      if (auto err = fsync_path(dir_, true))
+        std::fprintf(stderr, "dcpp: %s: fsync after garbage collection: %s\n",
+                     dir_.c_str(), context_of(err).c_str());
+  }
+
   caf::expected<plan_target> parse_target(const save_plan& plan) const {
     plan_target result;
     const auto& sd = plan.storage_data;
     auto sep = sd.find(part_separator);
     result.prefix = sd.substr(0, sep);
+    if (auto tpos = result.prefix.find(tag_separator);
+        tpos != std::string::npos) {
+      result.tag = result.prefix.substr(tpos + 1);
+      result.prefix.erase(tpos);
+      if (result.tag.empty() || result.tag.size() > 64
+          || result.tag.find_first_not_of("0123456789abcdef")
+               != std::string::npos)
+        return make_error(errc::invalid_argument,
+                          "bad save tag in storage_data");
+    }
     if (sep != std::string::npos) {
       result.is_part = true;
       auto num = sd.substr(sep + 1);
@@ -482,7 +690,11 @@ private:
     }
     if (result.prefix.empty())
       result.prefix = "__" + std::to_string(rank_) + "_";
-    if (!plain_file_name(result.prefix + "0.distcp"))
+    // A plan that did not pass through prepare_global_plan still writes
+    // names of its own (unique to this writer's save).
+    if (result.tag.empty())
+      result.tag = local_tag_;
+    if (!plain_file_name(data_file_name(result.prefix, result.tag, 0)))
       return make_error(errc::path_escape, "file prefix '" + result.prefix
                                              + "' leaves the directory");
     return result;
@@ -496,12 +708,13 @@ private:
 
   /// Newest DCP's `_split_by_size_and_type` (single_file_per_rank) or
   /// consecutive runs of items (one file per item).
-  std::vector<save_plan> split(const save_plan& plan, const std::string& prefix,
-                               size_t n) const {
+  std::vector<save_plan> split(const save_plan& plan,
+                               const plan_target& target, size_t n) const {
     n = std::max<size_t>(n, 1);
     auto make_part = [&](uint64_t first) {
       save_plan part;
-      part.storage_data = prefix + part_separator + std::to_string(first);
+      part.storage_data = target.prefix + tag_separator + target.tag
+                          + part_separator + std::to_string(first);
       part.planner_data = plan.planner_data;
       part.usable = plan.usable;
       return part;
@@ -568,7 +781,7 @@ private:
 
   caf::error open_file(data_file& f, const plan_target& target, uint64_t n,
                        bool large) {
-    f.name = target.prefix + std::to_string(n) + ".distcp";
+    f.name = data_file_name(target.prefix, target.tag, n);
     f.path = join(dir_, f.name);
     auto flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
     bool direct = large && opts_.direct_io && opts_.sync_files;
@@ -683,6 +896,8 @@ private:
   std::mutex mx_;
   std::vector<std::string> created_;
   bool tmp_created_ = false;
+  /// Tag of plans without one (set_up draws a fresh one per save).
+  std::string local_tag_ = make_save_tag();
 };
 
 // -- reader -------------------------------------------------------------------
@@ -696,51 +911,7 @@ public:
   }
 
   caf::expected<metadata> read_metadata() override {
-    auto path = join(dir_, metadata_name);
-    fd_guard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-    if (fd.get() < 0) {
-      auto err = errno;
-      if (err == ENOENT) {
-        struct stat st;
-        if (::stat(dir_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-          return make_error(errc::not_found,
-                            dir_ + ": no such checkpoint directory");
-        return make_error(errc::not_found,
-                          dir_ + ": no committed checkpoint (" + metadata_name
-                            + " is missing)");
-      }
-      return os_error("open", path, err);
-    }
-    struct stat st;
-    if (::fstat(fd.get(), &st) != 0)
-      return os_error("stat", path, errno);
-    auto size = static_cast<uint64_t>(st.st_size);
-    if (size > max_metadata_size)
-      return make_error(errc::too_large,
-                        path + ": " + std::to_string(size)
-                          + " bytes exceed the 1 GiB limit for metadata");
-    std::string bytes(static_cast<size_t>(size), '\0');
-    size_t done = 0;
-    while (done < bytes.size()) {
-      auto res = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
-      if (res < 0) {
-        if (errno == EINTR)
-          continue;
-        return os_error("read", path, errno);
-      }
-      if (res == 0)
-        break;
-      done += static_cast<size_t>(res);
-    }
-    bytes.resize(done);
-    try {
-      auto md = decode_metadata(bytes);
-      if (!md)
-        return with_context(md.error(), path, errc::corrupt_metadata);
-      return md;
-    } catch (const std::exception& ex) {
-      return make_error(errc::corrupt_metadata, path + ": " + ex.what());
-    }
+    return read_metadata_file(dir_);
   }
 
   caf::error set_up(const metadata& md, bool, int32_t) override {

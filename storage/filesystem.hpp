@@ -1,9 +1,12 @@
 #pragma once
 
 // The file-system storage of DCP (`filesystem.py`): a checkpoint is a
-// directory with data files `__<rank>_<n>.distcp` (items are torch.save
-// archives appended back to back, see storage/tensor_codec.hpp) and one
-// `.metadata` file, written last, whose presence commits the checkpoint.
+// directory with data files `__<rank>_<n>.<tag>.distcp` (items are
+// torch.save archives appended back to back, see storage/tensor_codec.hpp;
+// `<tag>` is unique to one save) and one `.metadata` file, replaced
+// atomically last, which commits the checkpoint. Saving over a checkpoint
+// keeps the old one loadable until the new one commits, then removes the
+// old data files.
 // Checkpoints cross between dcpp and PyTorch DCP in both directions. The
 // durability protocol is spelled out at the top of filesystem.cpp.
 
@@ -21,7 +24,8 @@ struct filesystem_writer_options {
   bool single_file_per_rank = true;
   /// Threads `write_data` uses for a whole plan; with
   /// `single_file_per_rank` also the number of data files per rank
-  /// (`__<rank>_0` ... `__<rank>_<thread_count - 1>`, created even if empty).
+  /// (`__<rank>_0.<tag>` ... `__<rank>_<thread_count - 1>.<tag>`, created
+  /// even if empty).
   size_t thread_count = 1;
   /// fsync every data file (and the directory) before `write_data`
   /// returns. Without it a crash after the commit may lose data that
@@ -43,11 +47,12 @@ struct filesystem_writer_options {
 /// A writer for one rank. `split_plan(plan, n)` (after the global plan)
 /// yields parts that write disjoint files, so concurrent `write_data` calls
 /// on the parts never share a file: with `single_file_per_rank` exactly `n`
-/// parts, part k writing `__<rank>_<k>.distcp` (items bucketed as newest
-/// DCP does: bytes items round-robin, tensors by size, largest first, onto
-/// the lightest bucket); otherwise up to `n` parts of consecutive items, one
-/// file per item numbered in plan order. `write_data` of a whole plan splits
-/// it into `thread_count` parts itself and writes them on as many threads.
+/// parts, part k writing `__<rank>_<k>.<tag>.distcp` (items bucketed as
+/// newest DCP does: bytes items round-robin, tensors by size, largest first,
+/// onto the lightest bucket); otherwise up to `n` parts of consecutive
+/// items, one file per item numbered in plan order. `write_data` of a whole
+/// plan splits it into `thread_count` parts itself and writes them on as
+/// many threads.
 /// All errors are `errc::io_error` / `errc::storage_failure` (with path and
 /// errno text), `errc::path_escape`, `errc::invalid_argument`,
 /// `errc::dtype_mismatch` or `errc::missing_key`; nothing throws.

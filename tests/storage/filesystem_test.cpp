@@ -251,6 +251,42 @@ std::set<std::string> list_dir(const std::string& dir) {
   return out;
 }
 
+/// A data file name without its save tag: "__0_1.<tag>.distcp" ->
+/// "__0_1.distcp".
+std::string untag(const std::string& name) {
+  auto last = name.rfind(".distcp");
+  if (last == std::string::npos || last == 0)
+    return name;
+  auto dot = name.rfind('.', last - 1);
+  if (dot == std::string::npos || dot + 1 == last)
+    return name;
+  return name.substr(0, dot) + name.substr(last);
+}
+
+/// The save tag of a data file name ("" without one).
+std::string tag_of(const std::string& name) {
+  auto stripped = untag(name);
+  if (stripped == name)
+    return {};
+  return name.substr(stripped.size() - 7 + 1,
+                     name.size() - stripped.size() - 1);
+}
+
+std::set<std::string> untag(const std::set<std::string>& names) {
+  std::set<std::string> out;
+  for (const auto& name : names)
+    out.insert(untag(name));
+  return out;
+}
+
+/// The data file whose untagged name is `name` (e.g. "__1_0.distcp").
+std::string data_file(const std::string& dir, const std::string& name) {
+  for (const auto& x : list_dir(dir))
+    if (untag(x) == name)
+      return dir + "/" + x;
+  return dir + "/" + name;
+}
+
 at::Tensor key(map_target& t, const std::string& fqn, size_t ndim) {
   return t.tensors.at(metadata_index{fqn, shape_t(ndim, 0)});
 }
@@ -331,7 +367,14 @@ TEST_CASE("round trip: single file per rank on and off, 1 and 3 threads",
           expected.insert("__0_" + std::to_string(n) + ".distcp");
         expected.insert("__1_0.distcp");
       }
-      CHECK(files == expected);
+      // Data files carry the save's tag, one for all ranks and files.
+      CHECK(untag(files) == expected);
+      std::set<std::string> tags;
+      for (const auto& name : files)
+        if (name != ".metadata")
+          tags.insert(tag_of(name));
+      CHECK(tags.size() == 1);
+      CHECK(tags.count("") == 0);
       for (size_t reader_threads : {size_t{1}, size_t{3}}) {
         map_target target;
         filesystem_reader_options ropts;
@@ -359,13 +402,13 @@ TEST_CASE("per-item layout numbers files in plan order, bytes and tensors",
   FS_REQUIRE(md);
   // Plan order: bytes items first (as make_setup builds the plan), then
   // tensors; every item alone in its file at offset 0.
-  CHECK(md->storage_data.at(metadata_index{"epoch"}).relative_path
+  CHECK(untag(md->storage_data.at(metadata_index{"epoch"}).relative_path)
         == "__0_0.distcp");
-  CHECK(md->storage_data.at(metadata_index{"cfg"}).relative_path
+  CHECK(untag(md->storage_data.at(metadata_index{"cfg"}).relative_path)
         == "__0_1.distcp");
-  CHECK(md->storage_data.at(metadata_index{"f32", {0, 0}}).relative_path
+  CHECK(untag(md->storage_data.at(metadata_index{"f32", {0, 0}}).relative_path)
         == "__0_2.distcp");
-  CHECK(md->storage_data.at(metadata_index{"st", {2, 0}}).relative_path
+  CHECK(untag(md->storage_data.at(metadata_index{"st", {2, 0}}).relative_path)
         == "__1_0.distcp");
   for (const auto& [idx, info] : md->storage_data)
     CHECK(info.offset == 0);
@@ -382,14 +425,14 @@ TEST_CASE("single file per rank: bytes first, then tensors",
   auto cfg = md->storage_data.at(metadata_index{"cfg"});
   CHECK(cfg.offset == std::string{"epoch-bytes"}.size());
   for (const auto& [idx, info] : md->storage_data)
-    if (idx.has_offset && info.relative_path == "__0_0.distcp")
+    if (idx.has_offset && untag(info.relative_path) == "__0_0.distcp")
       CHECK(info.offset >= cfg.offset + cfg.length);
   // Items tile the file exactly.
   uint64_t total = 0;
   for (const auto& [idx, info] : md->storage_data)
-    if (info.relative_path == "__0_0.distcp")
+    if (untag(info.relative_path) == "__0_0.distcp")
       total += info.length;
-  CHECK(total == read_file(dir + "/__0_0.distcp").size());
+  CHECK(total == read_file(data_file(dir, "__0_0.distcp")).size());
 }
 
 TEST_CASE(".metadata appears only after finish", "[filesystem][durability]") {
@@ -404,15 +447,18 @@ TEST_CASE(".metadata appears only after finish", "[filesystem][durability]") {
   FS_REQUIRE(local);
   auto central = w->prepare_global_plan({*local, s.local_plans[1]});
   FS_REQUIRE(central);
-  CHECK((*central)[0].storage_data == "__0_");
-  CHECK((*central)[1].storage_data == "__1_");
+  // Prefix and the save's tag, the same for every rank.
+  auto tag0 = (*central)[0].storage_data.substr(5);
+  CHECK((*central)[0].storage_data.substr(0, 5) == "__0_\t");
+  CHECK((*central)[1].storage_data == "__1_\t" + tag0);
+  CHECK(tag0.size() == 16);
   auto r0 = w->write_data((*central)[0], s.sources[0]);
   FS_REQUIRE(r0);
   auto w1 = make_filesystem_writer(dir);
   FS_REQUIRE(w1->set_up(false, 1));
   auto r1 = w1->write_data((*central)[1], s.sources[1]);
   FS_REQUIRE(r1);
-  CHECK(exists(dir + "/__0_0.distcp"));
+  CHECK(exists(dir + "/__0_0." + tag0 + ".distcp"));
   CHECK(!exists(dir + "/.metadata"));
   // A reader sees no checkpoint yet.
   auto reader = make_filesystem_reader(dir);
@@ -421,10 +467,11 @@ TEST_CASE(".metadata appears only after finish", "[filesystem][durability]") {
   CHECK(exists(dir + "/.metadata"));
   CHECK(!exists(dir + "/.metadata.tmp"));
   CHECK(ok(reader->read_metadata()));
-  // A new save into the same directory withdraws the old commit first.
+  // A new save into the same directory keeps the old commit until its own.
   auto again = make_filesystem_writer(dir);
   FS_REQUIRE(again->set_up(true, 0));
-  CHECK(!exists(dir + "/.metadata"));
+  CHECK(exists(dir + "/.metadata"));
+  CHECK(ok(reader->read_metadata()));
 }
 
 TEST_CASE("abort removes the files of the current save", "[filesystem]") {
@@ -714,7 +761,7 @@ TEST_CASE("bad inputs fail with named errors", "[filesystem][errors]") {
   SECTION("data file shorter than its items") {
     auto dir = tmp / "ckpt";
     FS_REQUIRE(save_all(dir, {}, two_ranks()));
-    auto file = dir + "/__1_0.distcp";
+    auto file = data_file(dir, "__1_0.distcp");
     auto bytes = read_file(file);
     write_file(file, bytes.substr(0, bytes.size() - 10));
     auto r = make_filesystem_reader(dir);
@@ -722,7 +769,7 @@ TEST_CASE("bad inputs fail with named errors", "[filesystem][errors]") {
     FS_REQUIRE(md);
     auto err = r->set_up(*md, true, 0);
     CHECK(code_of(err) == errc::corrupt_item);
-    CHECK(context_of(err).find("__1_0.distcp") != std::string::npos);
+    CHECK(context_of(err).find("__1_0.") != std::string::npos);
     CHECK(context_of(err).find("st@[2, 0]") != std::string::npos);
   }
   SECTION("relative paths leaving the directory") {
@@ -828,4 +875,198 @@ TEST_CASE("a full disk is a storage failure naming the file",
   CHECK(code_of(res.error()) == errc::storage_failure);
   CHECK(context_of(res.error()).find("/dev/full") != std::string::npos);
   ::close(fd);
+}
+
+// -- overwriting a checkpoint (issue 6) ---------------------------------------
+
+namespace {
+
+/// Two ranks whose every value depends on `version`, so that a load tells
+/// which save it came from.
+std::vector<rank_values> versioned_ranks(int version) {
+  std::vector<rank_values> ranks(2);
+  auto v = static_cast<double>(version);
+  ranks[0].plain("w", at::arange(6, at::kFloat).reshape({2, 3}) + 100 * v);
+  ranks[0].plain("i", at::arange(4, at::kLong) + version);
+  ranks[0].blobs.emplace_back("epoch", "epoch-" + std::to_string(version));
+  auto st = at::arange(12, at::kFloat).reshape({4, 3}) + 1000 * v;
+  ranks[0].shard("st", st.narrow(0, 0, 2), {0, 0}, {4, 3});
+  ranks[1].shard("st", st.narrow(0, 2, 2), {2, 0}, {4, 3});
+  ranks[1].blobs.emplace_back("extra", "extra-" + std::to_string(version));
+  return ranks;
+}
+
+/// Loads `dir` with a fresh reader; returns the version all values agree
+/// on, or -1 (a failed load or a mix of versions).
+int loaded_version(const std::string& dir) {
+  map_target t;
+  if (auto err = load_all(dir, {}, t)) {
+    UNSCOPED_INFO("load failed: " << describe(err));
+    return -1;
+  }
+  auto epoch = t.blobs.at("epoch");
+  auto version = std::stoi(epoch.substr(6));
+  auto ranks = versioned_ranks(version);
+  bool same = key(t, "w", 2).equal(ranks[0].tensors[0].tensor)
+              && key(t, "i", 1).equal(ranks[0].tensors[1].tensor)
+              && t.blobs.at("extra") == "extra-" + std::to_string(version)
+              && key(t, "st", 2).equal(
+                at::arange(12, at::kFloat).reshape({4, 3})
+                + 1000 * static_cast<double>(version));
+  return same ? version : -1;
+}
+
+/// The files a committed checkpoint consists of: `.metadata` and the data
+/// files of its save (named in it, or carrying the same tag).
+std::set<std::string> committed_files(const std::string& dir) {
+  std::set<std::string> out{".metadata"};
+  std::set<std::string> tags;
+  auto md = decode_metadata(read_file(dir + "/.metadata"));
+  if (md)
+    for (const auto& [idx, info] : md->storage_data) {
+      out.insert(info.relative_path);
+      tags.insert(tag_of(info.relative_path));
+    }
+  for (const auto& name : list_dir(dir))
+    if (name.rfind("__", 0) == 0 && tags.count(tag_of(name)) > 0)
+      out.insert(name);
+  return out;
+}
+
+/// Where a simulated crash stops a save.
+enum class crash_point {
+  after_set_up,
+  after_some_writes,
+  after_all_writes,
+  after_metadata_tmp,
+  after_rename,
+  none,
+};
+
+/// Runs the save protocol for `ranks` step by step, as the coordinator and
+/// the ranks would, and stops (as if every process died) at `stop`.
+void save_until(const std::string& dir, const std::vector<rank_values>& ranks,
+                crash_point stop, const filesystem_writer_options& opts) {
+  auto s = make_setup(ranks);
+  std::vector<storage_writer_ptr> writers;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    writers.push_back(make_filesystem_writer(dir, opts));
+    FS_REQUIRE(writers[r]->set_up(r == 0, static_cast<int32_t>(r)));
+  }
+  if (stop == crash_point::after_set_up)
+    return;
+  auto central = writers[0]->prepare_global_plan(s.local_plans);
+  FS_REQUIRE(central);
+  std::vector<std::vector<write_result>> results;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    auto res = writers[r]->write_data((*central)[r], s.sources[r]);
+    FS_REQUIRE(res);
+    results.push_back(*res);
+    if (stop == crash_point::after_some_writes)
+      return;
+  }
+  if (stop == crash_point::after_all_writes)
+    return;
+  if (stop == crash_point::none) {
+    FS_REQUIRE(writers[0]->finish(s.md, results));
+    return;
+  }
+  // finish up to the crash: the same `.metadata.tmp` it writes, then
+  // possibly the rename, but not the garbage collection after it.
+  metadata out = s.md;
+  for (const auto& rank_results : results)
+    for (const auto& r : rank_results)
+      out.storage_data[r.index] = r.storage_data;
+  write_file(dir + "/.metadata.tmp", encode_metadata(out, opts.flavor));
+  if (stop == crash_point::after_metadata_tmp)
+    return;
+  REQUIRE(::rename((dir + "/.metadata.tmp").c_str(),
+                   (dir + "/.metadata").c_str())
+          == 0);
+}
+
+} // namespace
+
+TEST_CASE("a crash at any step of an overwrite leaves the old or the new "
+          "checkpoint",
+          "[filesystem][durability]") {
+  struct expectation {
+    crash_point stop;
+    const char* name;
+    int version; // the checkpoint a reader sees afterwards
+  };
+  std::vector<expectation> cases{
+    {crash_point::after_set_up, "after set_up", 1},
+    {crash_point::after_some_writes, "after rank 0 wrote", 1},
+    {crash_point::after_all_writes, "after all ranks wrote", 1},
+    {crash_point::after_metadata_tmp, "after .metadata.tmp", 1},
+    {crash_point::after_rename, "after the rename, before GC", 2},
+    {crash_point::none, "no crash", 2},
+  };
+  for (bool single : {true, false})
+    for (const auto& c : cases) {
+      INFO(c.name << ", single_file_per_rank " << single);
+      temp_dir tmp;
+      auto dir = tmp / "ckpt";
+      filesystem_writer_options opts;
+      opts.single_file_per_rank = single;
+      opts.thread_count = 2;
+      FS_REQUIRE(save_all(dir, opts, versioned_ranks(1)));
+      REQUIRE(loaded_version(dir) == 1);
+      auto old_files = committed_files(dir);
+      save_until(dir, versioned_ranks(2), c.stop, opts);
+      CHECK(loaded_version(dir) == c.version);
+      if (c.version == 1) {
+        // The old checkpoint is untouched, file by file.
+        auto files = list_dir(dir);
+        for (const auto& name : old_files)
+          CHECK(files.count(name) == 1);
+      }
+      // The next save commits, loads and collects every leftover.
+      FS_REQUIRE(save_all(dir, opts, versioned_ranks(3)));
+      CHECK(loaded_version(dir) == 3);
+      CHECK(list_dir(dir) == committed_files(dir));
+    }
+}
+
+TEST_CASE("garbage collection after a commit removes only data files",
+          "[filesystem][durability]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(1)));
+  // Leftovers of older saves and files that belong to someone else.
+  write_file(dir + "/__7_0.distcp", "stale");
+  write_file(dir + "/__7_1.0123456789abcdef.distcp", "stale");
+  write_file(dir + "/notes.txt", "keep");
+  write_file(dir + "/__keep.bin", "keep");
+  write_file(dir + "/model.distcp", "keep");
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(2)));
+  CHECK(loaded_version(dir) == 2);
+  auto expected = committed_files(dir);
+  expected.insert("notes.txt");
+  expected.insert("__keep.bin");
+  expected.insert("model.distcp");
+  CHECK(list_dir(dir) == expected);
+}
+
+TEST_CASE("abort of an overwrite removes only the files of its save",
+          "[filesystem][durability]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(1)));
+  auto before = list_dir(dir);
+  auto s = make_setup(versioned_ranks(2));
+  auto w0 = make_filesystem_writer(dir);
+  auto w1 = make_filesystem_writer(dir);
+  FS_REQUIRE(w0->set_up(true, 0));
+  FS_REQUIRE(w1->set_up(false, 1));
+  auto central = w0->prepare_global_plan(s.local_plans);
+  FS_REQUIRE(central);
+  FS_REQUIRE(w0->write_data((*central)[0], s.sources[0]));
+  FS_REQUIRE(w1->write_data((*central)[1], s.sources[1]));
+  CHECK(list_dir(dir).size() > before.size());
+  w0->abort();
+  w1->abort();
+  CHECK(list_dir(dir) == before);
+  CHECK(loaded_version(dir) == 1);
 }
