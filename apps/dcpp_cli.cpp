@@ -1,0 +1,653 @@
+// The `dcpp` command-line tool: inspect, export, import and verify DCP
+// checkpoint directories (the on-disk format of PyTorch DCP's file system
+// storage, docs/dcp-format.md).
+//
+// Every failure ends as one line `dcpp: <what>: <error>` on stderr with exit
+// code 1 (2 for usage errors); nothing escapes main as an exception. This is
+// the only TU that includes libtorch's pickle header (slow to compile).
+
+#include "actors/checkpointer.hpp"
+#include "core/error.hpp"
+#include "core/metadata.hpp"
+#include "core/planner.hpp"
+#include "storage/filesystem.hpp"
+#include "storage/metadata_codec.hpp"
+#include "storage/state_dict.hpp"
+#include "storage/tensor_codec.hpp"
+
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace dcpp {
+namespace {
+
+// -- helpers ------------------------------------------------------------------
+
+/// Prints `dcpp: <what>: <error>` and returns exit code 1.
+int fail(const std::string& what, const caf::error& err) {
+  std::cerr << "dcpp: " << what << ": " << describe(err) << std::endl;
+  return 1;
+}
+
+void warn(const std::string& msg) {
+  std::cerr << "dcpp: warning: " << msg << std::endl;
+}
+
+caf::error os_error(const std::string& op, const std::string& path,
+                    int err) {
+  return make_error(errc::io_error,
+                    op + " " + path + ": " + std::strerror(err));
+}
+
+caf::expected<std::string> read_whole_file(const std::string& path,
+                                           uint64_t limit) {
+  std::error_code ec;
+  auto size = fs::file_size(path, ec);
+  if (ec)
+    return make_error(errc::io_error, path + ": " + ec.message());
+  if (size > limit)
+    return make_error(errc::too_large, path + " holds "
+                                         + std::to_string(size) + " bytes");
+  std::ifstream in{path, std::ios::binary};
+  if (!in)
+    return os_error("open", path, errno);
+  std::string buf(size, '\0');
+  in.read(buf.data(), static_cast<std::streamsize>(size));
+  if (static_cast<uint64_t>(in.gcount()) != size)
+    return make_error(errc::io_error, "short read of " + path);
+  return buf;
+}
+
+/// A checkpoint's decoded `.metadata` plus the raw bytes (for the flavor).
+struct checkpoint_info {
+  metadata md;
+  std::string raw;
+};
+
+caf::expected<checkpoint_info> load_metadata(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    return make_error(errc::not_found, "no such directory: " + dir);
+  auto path = (fs::path{dir} / ".metadata").string();
+  if (!fs::exists(path, ec))
+    return make_error(errc::not_found, "no .metadata in " + dir);
+  auto raw = read_whole_file(path, uint64_t{1} << 30);
+  if (!raw)
+    return raw.error();
+  auto md = decode_metadata(*raw);
+  if (!md)
+    return with_context(md.error(), path, errc::corrupt_metadata);
+  return checkpoint_info{std::move(*md), std::move(*raw)};
+}
+
+/// Which torch the `.metadata` was written for, from its class paths.
+std::string flavor_guess(const checkpoint_info& ci) {
+  if (ci.raw.find("torch.distributed._shard.checkpoint") != std::string::npos)
+    return "1.13";
+  if (ci.raw.find("torch.distributed.checkpoint") != std::string::npos)
+    return "2";
+  return "unknown";
+}
+
+bool is_plain_name(const std::string& p) {
+  return !p.empty() && p != "." && p != ".." && p.find('/') == std::string::npos
+         && p.find('\0') == std::string::npos;
+}
+
+std::string join_shape(const shape_t& xs) {
+  return to_string(xs);
+}
+
+/// The storage entry of one chunk (tensor) or item (bytes), or nullptr.
+const storage_info* find_storage(const metadata& md, const std::string& fqn,
+                                 const chunk_storage_metadata* chunk) {
+  auto idx = chunk ? metadata_index{fqn, chunk->offsets} : metadata_index{fqn};
+  auto i = md.storage_data.find(idx);
+  return i == md.storage_data.end() ? nullptr : &i->second;
+}
+
+/// An open file descriptor, closed on destruction.
+struct fd_guard {
+  int fd = -1;
+  ~fd_guard() {
+    if (fd >= 0)
+      ::close(fd);
+  }
+};
+
+// -- inspect ------------------------------------------------------------------
+
+struct row {
+  std::vector<std::string> cells;
+};
+
+void print_table(const std::vector<std::string>& header,
+                 const std::vector<row>& rows) {
+  std::vector<size_t> widths(header.size());
+  for (size_t i = 0; i < header.size(); ++i)
+    widths[i] = header[i].size();
+  for (const auto& r : rows)
+    for (size_t i = 0; i < r.cells.size(); ++i)
+      widths[i] = std::max(widths[i], r.cells[i].size());
+  auto print_row = [&](const std::vector<std::string>& cells) {
+    std::string line;
+    for (size_t i = 0; i < cells.size(); ++i) {
+      line += cells[i];
+      if (i + 1 < cells.size())
+        line += std::string(widths[i] - cells[i].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ')
+      line.pop_back();
+    std::cout << line << '\n';
+  };
+  print_row(header);
+  for (const auto& r : rows)
+    print_row(r.cells);
+}
+
+int run_inspect(const std::string& dir, bool as_json) {
+  auto ci = load_metadata(dir);
+  if (!ci)
+    return fail("inspect " + dir, ci.error());
+  const auto& md = ci->md;
+  nlohmann::ordered_json items = nlohmann::ordered_json::object();
+  std::vector<row> rows;
+  std::map<std::string, uint64_t> files; // file -> bytes referenced
+  size_t n_tensors = 0;
+  size_t n_bytes = 0;
+  size_t n_checksums = 0;
+  size_t n_entries = 0;
+  auto add_storage = [&](nlohmann::ordered_json& j, row& r,
+                         const storage_info* si) {
+    if (!si) {
+      j["file"] = nullptr;
+      r.cells.insert(r.cells.end(), {"(missing)", "-", "-", "-"});
+      return;
+    }
+    ++n_entries;
+    files[si->relative_path] += si->length;
+    j["file"] = si->relative_path;
+    j["offset"] = si->offset;
+    j["length"] = si->length;
+    j["checksum"] = si->checksum.empty() ? nlohmann::ordered_json(nullptr)
+                                         : nlohmann::ordered_json(si->checksum);
+    if (!si->checksum.empty())
+      ++n_checksums;
+    r.cells.insert(r.cells.end(),
+                   {si->relative_path, std::to_string(si->offset),
+                    std::to_string(si->length),
+                    si->checksum.empty() ? "-" : si->checksum});
+  };
+  for (const auto& [fqn, item] : md.state_dict_metadata) {
+    nlohmann::ordered_json j;
+    if (item.kind == item_kind::bytes) {
+      ++n_bytes;
+      j["kind"] = "bytes";
+      row r{{fqn, "bytes", "-", "-", "-", "-", "-"}};
+      nlohmann::ordered_json s;
+      add_storage(s, r, find_storage(md, fqn, nullptr));
+      j["storage"] = s;
+      rows.push_back(std::move(r));
+      items[fqn] = std::move(j);
+      continue;
+    }
+    ++n_tensors;
+    const auto& t = item.tensor;
+    j["kind"] = "tensor";
+    j["dtype"] = to_string(t.properties.type);
+    j["shape"] = t.size;
+    j["bytes"] = numel(t.size) * element_size(t.properties.type);
+    auto chunks = nlohmann::ordered_json::array();
+    auto n = t.chunks.size();
+    for (size_t k = 0; k < n; ++k) {
+      const auto& c = t.chunks[k];
+      nlohmann::ordered_json cj;
+      cj["offsets"] = c.offsets;
+      cj["sizes"] = c.sizes;
+      row r{{k == 0 ? fqn : "", k == 0 ? "tensor" : "",
+             k == 0 ? to_string(t.properties.type) : "",
+             k == 0 ? join_shape(t.size) : "",
+             std::to_string(k + 1) + "/" + std::to_string(n),
+             join_shape(c.offsets), join_shape(c.sizes)}};
+      add_storage(cj, r, find_storage(md, fqn, &c));
+      chunks.push_back(std::move(cj));
+      rows.push_back(std::move(r));
+    }
+    j["chunks"] = std::move(chunks);
+    items[fqn] = std::move(j);
+  }
+  uint64_t file_bytes = 0;
+  for (const auto& [name, len] : files)
+    file_bytes += len;
+  auto version = md.version.empty() ? std::string{"(none)"} : md.version;
+  if (as_json) {
+    nlohmann::ordered_json out;
+    out["directory"] = dir;
+    out["items"] = std::move(items);
+    nlohmann::ordered_json s;
+    s["keys"] = md.state_dict_metadata.size();
+    s["tensors"] = n_tensors;
+    s["bytes_items"] = n_bytes;
+    s["tensor_bytes"] = tensor_bytes(md);
+    s["storage_entries"] = n_entries;
+    s["entries_with_checksum"] = n_checksums;
+    s["files"] = files;
+    s["item_bytes"] = file_bytes;
+    s["version"] = md.version.empty() ? nlohmann::ordered_json(nullptr)
+                                      : nlohmann::ordered_json(md.version);
+    s["flavor"] = flavor_guess(*ci);
+    out["summary"] = std::move(s);
+    std::cout << out.dump(2) << std::endl;
+    return 0;
+  }
+  print_table({"KEY", "KIND", "DTYPE", "SHAPE", "CHUNK", "OFFSETS", "SIZES",
+               "FILE", "OFFSET", "LENGTH", "CHECKSUM"},
+              rows);
+  std::cout << "\nkeys: " << md.state_dict_metadata.size() << " ("
+            << n_tensors << " tensors, " << n_bytes << " bytes items)\n"
+            << "tensor bytes: " << tensor_bytes(md) << "\n"
+            << "files: " << files.size() << " (" << file_bytes
+            << " bytes of items, " << n_entries << " entries, "
+            << n_checksums << " with checksum)\n"
+            << "format: version " << version << ", flavor "
+            << flavor_guess(*ci) << std::endl;
+  return 0;
+}
+
+// -- export -------------------------------------------------------------------
+
+/// Writes `data` to `path` atomically: `path.tmp`, fsync, rename, fsync dir.
+caf::error write_atomically(const std::string& path,
+                            const std::vector<char>& data) {
+  auto tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return os_error("open", tmp, errno);
+  size_t done = 0;
+  while (done < data.size()) {
+    auto n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      auto err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return make_error(errc::storage_failure, "write " + tmp + ": "
+                                                 + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    auto err = errno;
+    ::unlink(tmp.c_str());
+    return os_error("fsync", tmp, err);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    auto err = errno;
+    ::unlink(tmp.c_str());
+    return os_error("rename", tmp, err);
+  }
+  auto parent = fs::path{path}.parent_path().string();
+  if (parent.empty())
+    parent = ".";
+  int dfd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
+/// Turns a bytes item into the Python object it holds (int, float, str, or
+/// anything libtorch's unpickler decodes); raw bytes as a uint8 tensor else.
+c10::IValue decode_bytes(const std::string& key, const bytes_value& b) {
+  if (auto i = b.to_int())
+    return c10::IValue{*i};
+  if (auto d = b.to_double())
+    return c10::IValue{*d};
+  if (auto s = b.to_string())
+    return c10::IValue{*s};
+  try {
+    return torch::jit::pickle_load(std::vector<char>(b.data.begin(), b.data.end()));
+  } catch (const std::exception&) {
+    // fall through to raw bytes
+  }
+  warn("bytes item '" + key + "' cannot be decoded; exported as raw "
+       "torch.save bytes in a uint8 tensor (torch.load(io.BytesIO("
+       "t.numpy().tobytes())) reads it)");
+  auto t = at::empty({static_cast<int64_t>(b.data.size())}, at::kByte);
+  if (!b.data.empty())
+    std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
+  return c10::IValue{t};
+}
+
+int run_export(const std::string& dir, const std::string& out) {
+  auto what = "export " + dir;
+  auto ci = load_metadata(dir);
+  if (!ci)
+    return fail(what, ci.error());
+  auto sd = make_state_dict_for(ci->md);
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
+                  opts};
+  if (auto err = cp.load(sd))
+    return fail(what, err);
+  auto flat = flatten(sd);
+  if (!flat)
+    return fail(what, flat.error());
+  c10::impl::GenericDict dict{c10::StringType::get(), c10::AnyType::get()};
+  for (auto& [key, v] : flat->items) {
+    if (auto* t = std::get_if<at::Tensor>(v)) {
+      auto x = t->contiguous();
+      if (x.storage().nbytes() != x.nbytes())
+        x = x.clone();
+      dict.insert_or_assign(key, c10::IValue{x});
+    } else if (auto* b = std::get_if<bytes_value>(v)) {
+      dict.insert_or_assign(key, decode_bytes(key, *b));
+    } else {
+      return fail(what, make_error(errc::unsupported,
+                                   "unexpected value kind for " + key));
+    }
+  }
+  auto data = torch::jit::pickle_save(c10::IValue{dict});
+  if (auto err = write_atomically(out, data))
+    return fail("export " + out, err);
+  std::cout << "exported " << flat->items.size() << " keys ("
+            << tensor_bytes(ci->md) << " tensor bytes) to " << out
+            << std::endl;
+  return 0;
+}
+
+// -- import -------------------------------------------------------------------
+
+caf::expected<std::string> key_string(const c10::IValue& k) {
+  if (k.isString())
+    return k.toStringRef();
+  if (k.isInt())
+    return std::to_string(k.toInt());
+  return make_error(errc::invalid_argument,
+                    "dict key of type " + k.tagKind() + " (want str or int)");
+}
+
+caf::error fill_state_dict(state_dict& sd, const c10::impl::GenericDict& d,
+                           const std::string& prefix) {
+  for (const auto& e : d) {
+    auto key = key_string(e.key());
+    if (!key)
+      return with_context(key.error(), prefix.empty() ? "<top>" : prefix,
+                          errc::invalid_argument);
+    auto path = prefix.empty() ? *key : prefix + "." + *key;
+    const auto& v = e.value();
+    if (v.isTensor()) {
+      sd.set(*key, v.toTensor());
+    } else if (v.isGenericDict()) {
+      if (auto err = fill_state_dict(sd.nested(*key), v.toGenericDict(), path))
+        return err;
+    } else if (v.isInt()) {
+      sd.set(*key, bytes_value::from_int(v.toInt()));
+    } else if (v.isDouble()) {
+      sd.set(*key, bytes_value::from_double(v.toDouble()));
+    } else if (v.isString()) {
+      sd.set(*key, bytes_value::from_string(v.toStringRef()));
+    } else {
+      // Lists, tuples, bools, None: kept as a torch.save archive.
+      auto bytes = torch::jit::pickle_save(v);
+      sd.set(*key, bytes_value::raw(std::string(bytes.begin(), bytes.end())));
+    }
+  }
+  return {};
+}
+
+int run_import(const std::string& in, const std::string& dir,
+               const std::string& flavor_str, bool force) {
+  auto what = "import " + in;
+  auto flavor = parse_metadata_flavor(flavor_str);
+  if (!flavor)
+    return fail(what, flavor.error());
+  auto raw = read_whole_file(in, uint64_t{1} << 40);
+  if (!raw)
+    return fail(what, raw.error());
+  // libtorch's unpickler cannot build a collections.OrderedDict (what
+  // model.state_dict() returns); name the fix instead of its opcode error.
+  std::string hint;
+  if (raw->find("OrderedDict") != std::string::npos)
+    hint = " (an OrderedDict? save dict(state_dict) instead)";
+  c10::IValue obj;
+  try {
+    obj = torch::jit::pickle_load(std::vector<char>(raw->begin(), raw->end()));
+  } catch (const c10::Error& e) {
+    std::string msg = e.what_without_backtrace();
+    msg = msg.substr(0, msg.find('\n'));
+    return fail(what, make_error(errc::corrupt_item,
+                                 "not a readable torch.save file: " + msg
+                                   + hint));
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    msg = msg.substr(0, msg.find('\n'));
+    return fail(what, make_error(errc::corrupt_item,
+                                 "not a readable torch.save file: " + msg
+                                   + hint));
+  }
+  if (!obj.isGenericDict())
+    return fail(what, make_error(errc::invalid_argument,
+                                 "top-level object is a " + obj.tagKind()
+                                   + ", not a dict"));
+  state_dict sd;
+  if (auto err = fill_state_dict(sd, obj.toGenericDict(), ""))
+    return fail(what, err);
+  std::error_code ec;
+  if (!force && fs::exists(fs::path{dir} / ".metadata", ec))
+    return fail("import " + dir,
+                make_error(errc::invalid_argument,
+                           "already holds a checkpoint (use --force)"));
+  filesystem_writer_options wopts;
+  wopts.flavor = *flavor;
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir, wopts),
+                  make_filesystem_reader(dir), opts};
+  auto md = cp.save(sd);
+  if (!md)
+    return fail("import " + dir, md.error());
+  std::cout << "imported " << md->state_dict_metadata.size() << " keys ("
+            << tensor_bytes(*md) << " tensor bytes) into " << dir
+            << std::endl;
+  return 0;
+}
+
+// -- verify -------------------------------------------------------------------
+
+struct verify_stats {
+  size_t items = 0;
+  size_t broken = 0;
+  size_t checksummed = 0;
+  size_t without_checksum = 0;
+};
+
+/// Checks one stored item; returns the error that breaks it, if any.
+caf::error check_item(const std::string& dir, const storage_info& si,
+                      const item_metadata& item,
+                      const chunk_storage_metadata* chunk,
+                      verify_stats& stats) {
+  if (!is_plain_name(si.relative_path))
+    return make_error(errc::path_escape,
+                      "'" + si.relative_path + "' leaves " + dir);
+  auto path = (fs::path{dir} / si.relative_path).string();
+  fd_guard f;
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.fd < 0)
+    return os_error("open", path, errno);
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0)
+    return os_error("stat", path, errno);
+  auto end = si.offset + si.length;
+  if (end < si.offset || static_cast<uint64_t>(st.st_size) < end)
+    return make_error(errc::corrupt_item,
+                      "file holds " + std::to_string(st.st_size)
+                        + " bytes, item ends at " + std::to_string(end));
+  if (si.checksum.empty())
+    ++stats.without_checksum;
+  else
+    ++stats.checksummed;
+  item_location loc{f.fd, path, si.offset, si.length};
+  if (!chunk) {
+    auto bytes = read_item_bytes(loc, si.checksum);
+    return bytes ? caf::error{} : bytes.error();
+  }
+  auto rd = tensor_item_reader::open(loc);
+  if (!rd)
+    return rd.error();
+  if (auto err = rd->expect(item.tensor.properties.type, chunk->sizes))
+    return err;
+  auto t = rd->read_tensor(si.checksum);
+  return t ? caf::error{} : t.error();
+}
+
+int run_verify(const std::string& dir) {
+  auto ci = load_metadata(dir);
+  if (!ci)
+    return fail("verify " + dir, ci.error());
+  const auto& md = ci->md;
+  verify_stats stats;
+  auto report = [&](const std::string& key, const std::string& chunk,
+                    const std::string& file, const caf::error& err) {
+    ++stats.broken;
+    std::cout << "BROKEN " << key << " chunk " << chunk << " file " << file
+              << ": " << describe(err) << std::endl;
+  };
+  bool coverage_ok = true;
+  if (auto err = validate_metadata(md)) {
+    coverage_ok = false;
+    ++stats.broken;
+    std::cout << "BROKEN metadata: " << describe(err) << std::endl;
+  }
+  for (const auto& entry : md.state_dict_metadata) {
+    const auto& fqn = entry.first;
+    const auto& item = entry.second;
+    auto check = [&](const chunk_storage_metadata* c) {
+      ++stats.items;
+      auto chunk = c ? to_string(c->offsets) : std::string{"-"};
+      auto si = find_storage(md, fqn, c);
+      if (!si) {
+        report(fqn, chunk, "-",
+               make_error(errc::corrupt_metadata, "no storage entry"));
+        return;
+      }
+      if (auto err = check_item(dir, *si, item, c, stats))
+        report(fqn, chunk, si->relative_path, err);
+    };
+    if (item.kind == item_kind::bytes) {
+      check(nullptr);
+      continue;
+    }
+    for (const auto& c : item.tensor.chunks)
+      check(&c);
+  }
+  std::cout << "verify " << dir << ": " << stats.items << " items, "
+            << stats.broken << " broken; " << stats.checksummed
+            << " checksums checked, " << stats.without_checksum
+            << " items without checksum; chunk coverage "
+            << (coverage_ok ? "ok" : "BROKEN") << std::endl;
+  return stats.broken == 0 ? 0 : 1;
+}
+
+// -- main ---------------------------------------------------------------------
+
+std::string first_line(std::string msg) {
+  auto pos = msg.find('\n');
+  if (pos != std::string::npos)
+    msg.erase(pos);
+  return msg;
+}
+
+int run_main(int argc, char** argv) {
+  CLI::App app{"dcpp: inspect, export, import and verify PyTorch DCP "
+               "checkpoint directories"};
+  app.require_subcommand(1);
+  bool as_json = false;
+  std::string dir;
+  std::string file;
+  std::string flavor = "2";
+  bool force = false;
+  auto* inspect = app.add_subcommand(
+    "inspect", "List every key (kind, dtype, shape, chunks and where each "
+               "chunk's bytes live) and a summary");
+  inspect->add_option("DIR", dir, "checkpoint directory")->required();
+  inspect->add_flag("--json", as_json, "machine-readable output");
+  auto* exp = app.add_subcommand(
+    "export", "Consolidate into one torch.save file of full tensors, a dict "
+              "{flattened dotted key: tensor or decoded value} that Python "
+              "torch.load opens (like DCP's dcp_to_torch_save)");
+  exp->add_option("DIR", dir, "checkpoint directory")->required();
+  exp->add_option("FILE", file, "output .pt file")->required();
+  auto* imp = app.add_subcommand(
+    "import", "Write a torch.save'd dict (str -> tensor, nested dicts become "
+              "dotted keys, int/float/str become bytes items) as a DCP "
+              "checkpoint (like DCP's torch_save_to_dcp). The top level "
+              "must be a plain dict (use dict(model.state_dict()))");
+  imp->add_option("FILE", file, "input .pt file")->required();
+  imp->add_option("DIR", dir, "checkpoint directory to create")->required();
+  imp->add_option("--flavor", flavor, ".metadata flavor: 1.13 or 2")
+    ->check(CLI::IsMember({"1.13", "2"}));
+  imp->add_flag("--force", force, "overwrite an existing checkpoint");
+  auto* ver = app.add_subcommand(
+    "verify", "Check checksums, chunk coverage, file sizes and that every "
+              "tensor item decodes to its metadata's dtype and shape");
+  ver->add_option("DIR", dir, "checkpoint directory")->required();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "dcpp: usage: " << first_line(e.what())
+              << " (see dcpp --help)" << std::endl;
+    return 2;
+  }
+  if (inspect->parsed())
+    return run_inspect(dir, as_json);
+  if (exp->parsed())
+    return run_export(dir, file);
+  if (imp->parsed())
+    return run_import(file, dir, flavor, force);
+  return run_verify(dir);
+}
+
+} // namespace
+} // namespace dcpp
+
+int main(int argc, char** argv) {
+  try {
+    return dcpp::run_main(argc, argv);
+  } catch (const c10::Error& e) {
+    std::cerr << "dcpp: torch: "
+              << dcpp::first_line(e.what_without_backtrace()) << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "dcpp: " << dcpp::first_line(e.what()) << std::endl;
+  } catch (...) {
+    std::cerr << "dcpp: unknown error" << std::endl;
+  }
+  return 1;
+}

@@ -1,0 +1,428 @@
+// The `dcpp` CLI run as a real process (the binary at DCPP_CLI) in scratch
+// directories: inspect, export, import, verify, and every bad input ending
+// in one line on stderr with exit code 1 (2 for usage errors).
+
+#include "actors/checkpointer.hpp"
+#include "core/error.hpp"
+#include "storage/filesystem.hpp"
+#include "storage/metadata_codec.hpp"
+#include "storage/state_dict.hpp"
+
+#include <ATen/ops/arange.h>
+#include <ATen/ops/equal.h>
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+
+namespace fs = std::filesystem;
+using namespace dcpp;
+
+namespace {
+
+const char* python = "/usr/bin/python3";
+
+struct cli_result {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in{p, std::ios::binary};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void spit(const fs::path& p, const std::string& data) {
+  std::ofstream out{p, std::ios::binary | std::ios::trunc};
+  out << data;
+}
+
+int run_shell(const std::string& cmd) {
+  auto rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+bool python_has_torch() {
+  static int rc = run_shell(std::string{python}
+                            + " -c 'import torch' >/dev/null 2>&1");
+  return rc == 0;
+}
+
+/// A scratch directory removed at the end of a test.
+struct scratch {
+  fs::path root;
+
+  scratch() {
+    static std::atomic<int> n{0};
+    root = fs::temp_directory_path()
+           / ("dcpp_cli_test_" + std::to_string(::getpid()) + "_"
+              + std::to_string(n++));
+    fs::remove_all(root);
+    fs::create_directories(root);
+  }
+
+  ~scratch() {
+    std::error_code ec;
+    fs::remove_all(root, ec);
+  }
+
+  std::string path(const std::string& name) const {
+    return (root / name).string();
+  }
+
+  cli_result cli(const std::string& args) const {
+    cli_result r;
+    auto out = root / "stdout.txt";
+    auto err = root / "stderr.txt";
+    r.code = run_shell(std::string{DCPP_CLI} + " " + args + " >" + out.string()
+                       + " 2>" + err.string());
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  /// Runs a Python script (written to a file) with /usr/bin/python3.
+  int py(const std::string& script) const {
+    auto file = root / "script.py";
+    spit(file, script);
+    return run_shell(std::string{python} + " " + file.string());
+  }
+};
+
+/// Writes the test checkpoint: `w` (3, 4) float32, `big` 4096 float32,
+/// `opt.step` = 7, `opt.name` = "hello" (bytes items).
+void write_checkpoint(const std::string& dir) {
+  state_dict sd;
+  sd.set("w", at::arange(12, at::kFloat).reshape({3, 4}));
+  sd.set("big", at::arange(4096, at::kFloat));
+  auto& opt = sd.nested("opt");
+  opt.set("step", bytes_value::from_int(7));
+  opt.set("name", bytes_value::from_string("hello"));
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
+                  opts};
+  auto md = cp.save(sd);
+  REQUIRE(md);
+}
+
+metadata read_md(const std::string& dir) {
+  auto md = decode_metadata(slurp(fs::path{dir} / ".metadata"));
+  REQUIRE(md);
+  return *md;
+}
+
+/// Loads a whole checkpoint; returns flattened key -> value.
+struct loaded {
+  state_dict sd;
+  std::map<std::string, value*> items;
+};
+
+void load_all(const std::string& dir, loaded& out) {
+  out.sd = make_state_dict_for(read_md(dir));
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
+                  opts};
+  auto err = cp.load(out.sd);
+  INFO(describe(err));
+  REQUIRE(!err);
+  auto flat = flatten(out.sd);
+  REQUIRE(flat);
+  for (auto& [k, v] : flat->items)
+    out.items[k] = v;
+}
+
+const at::Tensor& tensor_at(loaded& l, const std::string& key) {
+  INFO(key);
+  REQUIRE(l.items.count(key) == 1);
+  auto* t = std::get_if<at::Tensor>(l.items[key]);
+  REQUIRE(t);
+  return *t;
+}
+
+const bytes_value& bytes_at(loaded& l, const std::string& key) {
+  INFO(key);
+  REQUIRE(l.items.count(key) == 1);
+  auto* b = std::get_if<bytes_value>(l.items[key]);
+  REQUIRE(b);
+  return *b;
+}
+
+/// One line on stderr starting with "dcpp: ".
+void check_one_line_error(const cli_result& r, int code = 1) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.code == code);
+  CHECK(r.err.rfind("dcpp: ", 0) == 0);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+}
+
+std::string fixture_113() {
+  return std::string{DCPP_TEST_DATA_DIR} + "/dcp-1.13/ckpt_113_per_rank";
+}
+
+} // namespace
+
+TEST_CASE("inspect lists keys, shapes and chunks of a dcpp checkpoint") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto r = s.cli("inspect --json " + dir);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  auto j = nlohmann::json::parse(r.out);
+  auto& items = j["items"];
+  CHECK(items.size() == 4);
+  CHECK(items["w"]["kind"] == "tensor");
+  CHECK(items["w"]["dtype"] == "float32");
+  CHECK(items["w"]["shape"] == nlohmann::json::array({3, 4}));
+  CHECK(items["w"]["chunks"].size() == 1);
+  CHECK(items["w"]["chunks"][0]["sizes"] == nlohmann::json::array({3, 4}));
+  CHECK(items["w"]["chunks"][0]["length"].get<uint64_t>() > 48);
+  CHECK(items["w"]["chunks"][0]["checksum"].get<std::string>().rfind("xxh64:",
+                                                                     0)
+        == 0);
+  CHECK(items["big"]["shape"] == nlohmann::json::array({4096}));
+  CHECK(items["opt.step"]["kind"] == "bytes");
+  CHECK(items["opt.name"]["kind"] == "bytes");
+  CHECK(j["summary"]["keys"] == 4);
+  CHECK(j["summary"]["tensors"] == 2);
+  CHECK(j["summary"]["tensor_bytes"] == 4 * (12 + 4096));
+  CHECK(j["summary"]["flavor"] == "2");
+  auto t = s.cli("inspect " + dir);
+  REQUIRE(t.code == 0);
+  CHECK(t.out.find("KEY") != std::string::npos);
+  CHECK(t.out.find("[3, 4]") != std::string::npos);
+  CHECK(t.out.find("opt.step") != std::string::npos);
+  CHECK(t.out.find("keys: 4 (2 tensors, 2 bytes items)") != std::string::npos);
+}
+
+TEST_CASE("inspect shows the shards of a torch 1.13 checkpoint") {
+  scratch s;
+  auto r = s.cli("inspect --json " + fixture_113());
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  auto j = nlohmann::json::parse(r.out);
+  auto& st = j["items"]["st"];
+  CHECK(st["shape"] == nlohmann::json::array({4, 3}));
+  REQUIRE(st["chunks"].size() == 2);
+  CHECK(st["chunks"][1]["offsets"] == nlohmann::json::array({2, 0}));
+  CHECK(st["chunks"][0]["checksum"].is_null());
+  CHECK(j["items"]["epoch"]["kind"] == "bytes");
+  CHECK(j["summary"]["flavor"] == "1.13");
+  CHECK(j["summary"]["files"].size() == 2);
+  auto t = s.cli("inspect " + fixture_113());
+  REQUIRE(t.code == 0);
+  CHECK(t.out.find("2/2") != std::string::npos);
+}
+
+TEST_CASE("export writes a torch.save file that Python loads") {
+  if (!python_has_torch()) {
+    WARN("SKIP: /usr/bin/python3 lacks torch");
+    return;
+  }
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto pt = s.path("out.pt");
+  auto r = s.cli("export " + dir + " " + pt);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(!fs::exists(pt + ".tmp"));
+  CHECK(s.py("import torch\n"
+             "d = torch.load('" + pt + "')\n"
+             "assert isinstance(d, dict), type(d)\n"
+             "assert sorted(d) == ['big', 'opt.name', 'opt.step', 'w'], d\n"
+             "assert torch.equal(d['w'], torch.arange(12.).reshape(3, 4))\n"
+             "assert torch.equal(d['big'], torch.arange(4096.))\n"
+             "assert d['opt.step'] == 7 and d['opt.name'] == 'hello'\n")
+        == 0);
+  auto pt2 = s.path("fixture.pt");
+  auto r2 = s.cli("export " + fixture_113() + " " + pt2);
+  INFO(r2.err);
+  REQUIRE(r2.code == 0);
+  CHECK(s.py("import torch\n"
+             "d = torch.load('" + pt2 + "')\n"
+             "assert torch.equal(d['st'], "
+             "torch.arange(12.).reshape(4, 3) + 0.5)\n"
+             "assert d['bf16'].dtype == torch.bfloat16\n"
+             "assert torch.equal(d['f32_t'], "
+             "torch.arange(12.).reshape(3, 4).t())\n"
+             "assert d['epoch'] == 3\n"
+             "assert d['cfg'] == {'lr': 0.1, 'name': 'dcp'}, d['cfg']\n")
+        == 0);
+}
+
+TEST_CASE("import converts a Python torch.save file") {
+  if (!python_has_torch()) {
+    WARN("SKIP: /usr/bin/python3 lacks torch");
+    return;
+  }
+  scratch s;
+  auto pt = s.path("in.pt");
+  REQUIRE(s.py("import torch\n"
+               "torch.save({'a': torch.arange(6.).reshape(2, 3),\n"
+               "            'nested': {'b': torch.tensor([1, 2, 3]),\n"
+               "                       'bf': torch.tensor([1.5, -2.],"
+               " dtype=torch.bfloat16)},\n"
+               "            'step': 5, 'lr': 0.5, 'name': 'x'}, '"
+               + pt + "')\n")
+          == 0);
+  for (auto flavor : {"1.13", "2"}) {
+    auto dir = s.path(std::string{"ckpt_"} + flavor);
+    auto r = s.cli("import --flavor " + std::string{flavor} + " " + pt + " "
+                   + dir);
+    INFO(r.err);
+    REQUIRE(r.code == 0);
+    loaded l;
+    load_all(dir, l);
+    CHECK(at::equal(tensor_at(l, "a"), at::arange(6, at::kFloat).reshape({2, 3})));
+    CHECK(at::equal(tensor_at(l, "nested.b"), at::arange(1, 4, at::kLong)));
+    CHECK(tensor_at(l, "nested.bf").scalar_type() == at::kBFloat16);
+    CHECK(*bytes_at(l, "step").to_int() == 5);
+    CHECK(*bytes_at(l, "lr").to_double() == 0.5);
+    CHECK(*bytes_at(l, "name").to_string() == "x");
+    CHECK(s.cli("verify " + dir).code == 0);
+  }
+  auto again = s.cli("import " + pt + " " + s.path("ckpt_2"));
+  check_one_line_error(again);
+  // model.state_dict() is an OrderedDict, which libtorch cannot unpickle.
+  auto od = s.path("od.pt");
+  REQUIRE(s.py("import torch, collections\n"
+               "torch.save(collections.OrderedDict(a=torch.ones(2)), '"
+               + od + "')\n")
+          == 0);
+  auto r = s.cli("import " + od + " " + s.path("ckpt_od"));
+  check_one_line_error(r);
+  CHECK(r.err.find("dict(state_dict)") != std::string::npos);
+}
+
+TEST_CASE("export then import round-trips a checkpoint") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto pt = s.path("out.pt");
+  REQUIRE(s.cli("export " + dir + " " + pt).code == 0);
+  auto dir2 = s.path("ckpt2");
+  auto r = s.cli("import " + pt + " " + dir2);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  loaded l;
+  load_all(dir2, l);
+  CHECK(at::equal(tensor_at(l, "w"), at::arange(12, at::kFloat).reshape({3, 4})));
+  CHECK(at::equal(tensor_at(l, "big"), at::arange(4096, at::kFloat)));
+  CHECK(*bytes_at(l, "opt.step").to_int() == 7);
+  CHECK(*bytes_at(l, "opt.name").to_string() == "hello");
+  auto a = nlohmann::json::parse(s.cli("inspect --json " + dir).out);
+  auto b = nlohmann::json::parse(s.cli("inspect --json " + dir2).out);
+  for (auto key : {"w", "big"})
+    CHECK(a["items"][key]["shape"] == b["items"][key]["shape"]);
+}
+
+TEST_CASE("verify accepts good checkpoints and names a flipped byte") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto ok = s.cli("verify " + dir);
+  INFO(ok.out << ok.err);
+  CHECK(ok.code == 0);
+  CHECK(ok.out.find("4 items, 0 broken") != std::string::npos);
+  CHECK(ok.out.find("4 checksums checked") != std::string::npos);
+  auto fx = s.cli("verify " + fixture_113());
+  CHECK(fx.code == 0);
+  CHECK(fx.out.find("items without checksum") != std::string::npos);
+  // Flip one byte in the middle of `big`'s data.
+  auto md = read_md(dir);
+  auto& si = md.storage_data.at(metadata_index{"big", shape_t{0}});
+  auto file = fs::path{dir} / si.relative_path;
+  auto data = slurp(file);
+  auto pos = si.offset + si.length / 2;
+  data[pos] = static_cast<char>(data[pos] ^ 0x40);
+  spit(file, data);
+  auto bad = s.cli("verify " + dir);
+  INFO(bad.out);
+  CHECK(bad.code == 1);
+  CHECK(bad.out.find("BROKEN big chunk [0] file " + si.relative_path)
+        != std::string::npos);
+  CHECK(bad.out.find("checksum_mismatch") != std::string::npos);
+  CHECK(bad.out.find("1 broken") != std::string::npos);
+}
+
+TEST_CASE("a truncated data file is reported") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto md = read_md(dir);
+  auto& si = md.storage_data.at(metadata_index{"big", shape_t{0}});
+  auto file = fs::path{dir} / si.relative_path;
+  fs::resize_file(file, si.offset + si.length - 100);
+  auto bad = s.cli("verify " + dir);
+  INFO(bad.out);
+  CHECK(bad.code == 1);
+  CHECK(bad.out.find("BROKEN big") != std::string::npos);
+  check_one_line_error(s.cli("export " + dir + " " + s.path("x.pt")));
+  CHECK(!fs::exists(s.path("x.pt")));
+}
+
+TEST_CASE("bad inputs end in one line and exit code 1") {
+  scratch s;
+  auto missing = s.path("nope");
+  for (auto cmd : {"inspect ", "verify ", "inspect --json "})
+    check_one_line_error(s.cli(cmd + missing));
+  check_one_line_error(s.cli("export " + missing + " " + s.path("x.pt")));
+  // A truncated `.metadata`.
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto mdfile = fs::path{dir} / ".metadata";
+  auto good_md = slurp(mdfile);
+  spit(mdfile, good_md.substr(0, good_md.size() / 2));
+  for (auto cmd : {"inspect ", "verify "})
+    check_one_line_error(s.cli(cmd + dir));
+  check_one_line_error(s.cli("export " + dir + " " + s.path("x.pt")));
+  // Garbage instead of a pickle.
+  spit(mdfile, "this is not a pickle at all");
+  check_one_line_error(s.cli("inspect " + dir));
+  // A relative path that leaves the directory.
+  auto md = decode_metadata(good_md);
+  REQUIRE(md);
+  for (auto& [idx, si] : md->storage_data)
+    si.relative_path = "../" + si.relative_path;
+  spit(mdfile, encode_metadata(*md));
+  check_one_line_error(s.cli("export " + dir + " " + s.path("x.pt")));
+  auto v = s.cli("verify " + dir);
+  CHECK(v.code == 1);
+  CHECK(v.out.find("path_escape") != std::string::npos);
+  // Unreadable and garbage .pt files.
+  check_one_line_error(s.cli("import " + s.path("none.pt") + " "
+                             + s.path("c1")));
+  spit(s.path("garbage.pt"), std::string(1000, 'x'));
+  check_one_line_error(s.cli("import " + s.path("garbage.pt") + " "
+                             + s.path("c2")));
+  spit(s.path("empty.pt"), "");
+  check_one_line_error(s.cli("import " + s.path("empty.pt") + " "
+                             + s.path("c3")));
+  CHECK(!fs::exists(fs::path{s.path("c2")} / ".metadata"));
+}
+
+TEST_CASE("usage errors exit with code 2") {
+  scratch s;
+  check_one_line_error(s.cli(""), 2);
+  check_one_line_error(s.cli("frobnicate"), 2);
+  check_one_line_error(s.cli("export onlyone"), 2);
+  check_one_line_error(s.cli("import --flavor 3 a b"), 2);
+  auto help = s.cli("export --help");
+  CHECK(help.code == 0);
+  CHECK(help.out.find("flattened") != std::string::npos);
+}
