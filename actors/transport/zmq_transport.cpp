@@ -1,0 +1,783 @@
+#include "actors/transport/zmq_transport.hpp"
+
+#include "actors/coordinator.hpp"
+#include "actors/peers.hpp"
+#include "actors/rank_agent.hpp"
+#include "core/error.hpp"
+#include "messages/wire.hpp"
+
+#include <caf/all.hpp>
+
+#include <spdlog/spdlog.h>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace dcpp {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+// Control frames: one tag byte outside the range of wire_tag.
+constexpr char tag_hello = static_cast<char>(0xA0);
+constexpr char tag_welcome = static_cast<char>(0xA1);
+constexpr char tag_refuse = static_cast<char>(0xA2);
+constexpr char tag_heartbeat = static_cast<char>(0xA3);
+constexpr char tag_bye = static_cast<char>(0xA4);
+
+constexpr const char* hello_magic = "dcpp-zmq-1";
+
+// Refusal reasons (first byte after the tag).
+constexpr char refuse_unauthorized = 'U';
+constexpr char refuse_protocol = 'P';
+
+std::string control(char tag, const std::string& body = {}) {
+  std::string out;
+  out.reserve(body.size() + 1);
+  out.push_back(tag);
+  out += body;
+  return out;
+}
+
+bool same_secret(const std::string& a, const std::string& b) {
+  // Length leaks; the contents do not (no early exit).
+  if (a.size() != b.size())
+    return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+std::string endpoint_of(const std::string& addr, uint16_t port) {
+  return "tcp://" + addr + ":" + std::to_string(port);
+}
+
+/// Frames from bridge actors (any thread) to the I/O thread.
+struct outbox {
+  std::mutex mx;
+  std::deque<std::pair<int32_t, std::string>> items;
+  std::unique_ptr<zmq::socket_t> wake;
+  bool closed = false;
+  size_t max_frame = 0;
+
+  void post(int32_t peer, std::string frame) {
+    if (frame.size() > max_frame) {
+      spdlog::error("dcpp zmq: dropped an outbound frame of {} bytes for "
+                    "peer {} (limit {} bytes)",
+                    frame.size(), peer, max_frame);
+      return;
+    }
+    std::lock_guard<std::mutex> guard{mx};
+    if (closed)
+      return;
+    items.emplace_back(peer, std::move(frame));
+    wake->send(zmq::buffer("w", 1), zmq::send_flags::dontwait);
+  }
+
+  std::deque<std::pair<int32_t, std::string>> take() {
+    std::lock_guard<std::mutex> guard{mx};
+    std::deque<std::pair<int32_t, std::string>> out;
+    out.swap(items);
+    return out;
+  }
+
+  void close() {
+    std::lock_guard<std::mutex> guard{mx};
+    closed = true;
+    if (wake)
+      wake->close();
+  }
+};
+
+template <class... Ts>
+caf::behavior bridge_behavior(std::shared_ptr<outbox> box, int32_t peer) {
+  return caf::behavior{
+    [box, peer](const Ts& msg) { box->post(peer, to_wire(msg)); }...};
+}
+
+/// Stands in for a remote coordinator or rank agent: encodes every protocol
+/// message and hands it to the I/O thread. Quits (with errc::rank_lost)
+/// when the transport loses its peer.
+caf::behavior bridge_actor(caf::event_based_actor*, std::shared_ptr<outbox> box,
+                           int32_t peer) {
+  return bridge_behavior<
+    local_save_plan_msg, global_save_step_msg, global_save_step_done_msg,
+    central_save_plan_msg, write_done_msg, commit_msg, commit_done_msg,
+    local_load_plan_msg, global_load_step_msg, global_load_step_done_msg,
+    central_load_plan_msg, read_done_msg, op_outcome_msg>(std::move(box),
+                                                          peer);
+}
+
+enum class peer_state { waiting, connected, gone };
+
+/// One process's end of the star: the ROUTER (hub) or a DEALER (spoke),
+/// owned by one I/O thread.
+class zmq_link {
+public:
+  zmq_link(caf::actor_system& sys, bool hub, const launch_env& env,
+           const zmq_options& opts)
+    : sys_(sys), hub_(hub), env_(env), opts_(opts), ctx_(1) {
+    static std::atomic<uint64_t> instances{0};
+    wake_endpoint_ = "inproc://dcpp-zmq-wake-" + std::to_string(++instances);
+    box_ = std::make_shared<outbox>();
+    box_->max_frame = opts.max_frame_bytes;
+    int32_t n = hub ? env.world_size : 1;
+    peers_.resize(static_cast<size_t>(n));
+  }
+
+  ~zmq_link() {
+    stop();
+  }
+
+  zmq_link(const zmq_link&) = delete;
+  zmq_link& operator=(const zmq_link&) = delete;
+
+  /// Spawns a bridge toward `peer` (a rank for the hub, -1 = the hub for a
+  /// spoke).
+  caf::actor spawn_bridge(int32_t peer) {
+    auto hdl = sys_.spawn(bridge_actor, box_, peer);
+    if (hub_)
+      peers_[static_cast<size_t>(peer)].bridge = hdl;
+    else
+      peers_[0].bridge = hdl;
+    return hdl;
+  }
+
+  /// Where inbound protocol messages go (the local coordinator for the hub,
+  /// the local agent for a spoke).
+  void set_target(caf::actor target) {
+    target_ = std::move(target);
+  }
+
+  /// Binds or connects, then starts the I/O thread.
+  caf::error start() {
+    try {
+      wake_pull_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pull);
+      wake_pull_->bind(wake_endpoint_);
+      box_->wake = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::push);
+      box_->wake->connect(wake_endpoint_);
+      auto ep = endpoint_of(env_.master_addr, env_.master_port);
+      if (hub_) {
+        sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::router);
+        sock_->set(zmq::sockopt::linger, 2000);
+        sock_->bind(ep);
+        spdlog::debug("dcpp zmq: coordinator listening on {} for {} ranks", ep,
+                     env_.world_size);
+      } else {
+        sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
+        sock_->set(zmq::sockopt::linger, 2000);
+        sock_->connect(ep);
+        std::ostringstream hello;
+        hello << hello_magic << '\n'
+              << env_.rank << '\n'
+              << env_.world_size << '\n'
+              << env_.secret;
+        sock_->send(zmq::buffer(control(tag_hello, hello.str())),
+                    zmq::send_flags::dontwait);
+      }
+    } catch (const zmq::error_t& e) {
+      return make_error(errc::io_error,
+                        std::string{"zmq endpoint "}
+                          + endpoint_of(env_.master_addr, env_.master_port)
+                          + ": " + e.what());
+    }
+    io_ = std::thread{[this] { run(); }};
+    return caf::none;
+  }
+
+  /// Spoke: waits for the hub's answer to the hello.
+  caf::error await_welcome() {
+    std::unique_lock<std::mutex> guard{mx_};
+    auto ok = cv_.wait_for(guard, opts_.connect_timeout,
+                           [&] { return welcome_ != 0; });
+    if (!ok)
+      return make_error(errc::timeout,
+                        "rank " + std::to_string(env_.rank)
+                          + ": no answer from the coordinator at "
+                          + endpoint_of(env_.master_addr, env_.master_port)
+                          + " within "
+                          + std::to_string(opts_.connect_timeout.count())
+                          + " ms");
+    if (welcome_ == 1)
+      return caf::none;
+    return refusal_;
+  }
+
+  /// Hub: waits until no rank is connected any more (and, if `once`, at
+  /// least one rank connected before), or until `pred_stop` or the timeout.
+  /// A collective operation cannot end before all its ranks joined, so
+  /// "some rank came, none is left" means the job is over.
+  bool await_ranks_gone(std::chrono::milliseconds timeout, bool once,
+                        const std::atomic<bool>* pred_stop = nullptr) {
+    std::unique_lock<std::mutex> guard{mx_};
+    auto done = [&] {
+      if (pred_stop && pred_stop->load())
+        return true;
+      bool any = false;
+      for (auto& p : peers_) {
+        if (p.state == peer_state::connected)
+          return false;
+        if (p.state == peer_state::gone)
+          any = true;
+      }
+      return any || !once;
+    };
+    if (timeout.count() <= 0) {
+      while (!done())
+        cv_.wait_for(guard, std::chrono::milliseconds(100));
+      return true;
+    }
+    auto deadline = clock_type::now() + timeout;
+    while (!done()) {
+      if (clock_type::now() >= deadline)
+        return false;
+      cv_.wait_for(guard, std::chrono::milliseconds(100));
+    }
+    return true;
+  }
+
+  /// Stops the I/O thread (a spoke says goodbye first) and quits bridges.
+  void stop() {
+    if (stopped_.exchange(true))
+      return;
+    stop_flag_ = true;
+    if (io_.joinable()) {
+      box_->post(-2, std::string{}); // wake the loop
+      io_.join();
+    }
+    box_->close();
+    for (auto& p : peers_)
+      if (p.bridge)
+        caf::anon_send_exit(p.bridge, caf::exit_reason::user_shutdown);
+    sock_.reset();
+    wake_pull_.reset();
+  }
+
+private:
+  struct peer {
+    peer_state state = peer_state::waiting;
+    std::string rid;
+    clock_type::time_point last_seen;
+    caf::actor bridge;
+  };
+
+  // -- I/O thread -------------------------------------------------------------
+
+  void run() {
+    std::vector<zmq::pollitem_t> items{{sock_->handle(), 0, ZMQ_POLLIN, 0},
+                                       {wake_pull_->handle(), 0, ZMQ_POLLIN, 0}};
+    auto tick = std::min(opts_.heartbeat_interval,
+                         std::chrono::milliseconds(100));
+    auto last_beat = clock_type::now();
+    while (!stop_flag_.load()) {
+      try {
+        zmq::poll(items, tick);
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR)
+          continue;
+        spdlog::error("dcpp zmq: poll failed: {}", e.what());
+        break;
+      }
+      if (items[0].revents & ZMQ_POLLIN)
+        read_all();
+      if (items[1].revents & ZMQ_POLLIN) {
+        zmq::message_t token;
+        while (wake_pull_->recv(token, zmq::recv_flags::dontwait)) {
+          // drain
+        }
+      }
+      flush();
+      auto now = clock_type::now();
+      if (now - last_beat >= opts_.heartbeat_interval) {
+        last_beat = now;
+        beat();
+      }
+      check_timeouts(now);
+    }
+    flush();
+    if (!hub_)
+      send_to_hub(control(tag_bye));
+    else
+      for (auto& p : peers_)
+        if (p.state == peer_state::connected)
+          send_to_rid(p.rid, control(tag_bye));
+  }
+
+  void send_to_rid(const std::string& rid, const std::string& frame) {
+    try {
+      sock_->send(zmq::buffer(rid), zmq::send_flags::sndmore);
+      sock_->send(zmq::buffer(frame), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      spdlog::error("dcpp zmq: send failed: {}", e.what());
+    }
+  }
+
+  void send_to_hub(const std::string& frame) {
+    try {
+      sock_->send(zmq::buffer(frame), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      spdlog::error("dcpp zmq: send failed: {}", e.what());
+    }
+  }
+
+  void flush() {
+    for (auto& [to, frame] : box_->take()) {
+      if (to == -2)
+        continue; // wake-up only
+      if (!hub_) {
+        send_to_hub(frame);
+        continue;
+      }
+      std::string rid;
+      {
+        std::lock_guard<std::mutex> guard{mx_};
+        auto& p = peers_[static_cast<size_t>(to)];
+        if (p.state == peer_state::connected)
+          rid = p.rid;
+      }
+      if (rid.empty()) {
+        spdlog::warn("dcpp zmq: dropped a frame for rank {} (not connected)",
+                     to);
+        continue;
+      }
+      send_to_rid(rid, frame);
+    }
+  }
+
+  void beat() {
+    if (!hub_) {
+      send_to_hub(control(tag_heartbeat));
+      return;
+    }
+    std::vector<std::string> rids;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      for (auto& p : peers_)
+        if (p.state == peer_state::connected)
+          rids.push_back(p.rid);
+    }
+    for (auto& rid : rids)
+      send_to_rid(rid, control(tag_heartbeat));
+  }
+
+  void check_timeouts(clock_type::time_point now) {
+    std::vector<int32_t> lost;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      for (size_t i = 0; i < peers_.size(); ++i) {
+        auto& p = peers_[i];
+        if (p.state == peer_state::connected
+            && now - p.last_seen > opts_.peer_timeout)
+          lost.push_back(static_cast<int32_t>(i));
+      }
+    }
+    for (auto i : lost)
+      lose(i, "silent for more than "
+                + std::to_string(opts_.peer_timeout.count()) + " ms");
+  }
+
+  /// Marks peer slot `i` gone and quits its bridge.
+  void lose(int32_t i, const std::string& why) {
+    caf::actor bridge;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      auto& p = peers_[static_cast<size_t>(i)];
+      if (p.state == peer_state::gone)
+        return;
+      p.state = peer_state::gone;
+      rid_to_rank_.erase(p.rid);
+      bridge = p.bridge;
+    }
+    cv_.notify_all();
+    std::string who = hub_ ? "rank " + std::to_string(i) : "the coordinator";
+    if (why == "said goodbye")
+      spdlog::debug("dcpp zmq: {} {}", who, why);
+    else
+      spdlog::error("dcpp zmq: lost {}: {}", who, why);
+    if (bridge)
+      caf::anon_send(bridge, caf::exit_msg{caf::actor_addr{},
+                                           make_error(errc::rank_lost,
+                                                      who + " " + why)});
+  }
+
+  void read_all() {
+    for (;;) {
+      std::vector<zmq::message_t> frames;
+      std::optional<size_t> got;
+      try {
+        got = zmq::recv_multipart(*sock_, std::back_inserter(frames),
+                                  zmq::recv_flags::dontwait);
+      } catch (const zmq::error_t& e) {
+        spdlog::error("dcpp zmq: receive failed: {}", e.what());
+        return;
+      }
+      if (!got)
+        return;
+      if (hub_) {
+        if (frames.size() != 2) {
+          spdlog::error("dcpp zmq: dropped a message of {} parts",
+                        frames.size());
+          continue;
+        }
+        on_hub_frame(frames[0].to_string(), frames[1]);
+      } else {
+        if (frames.size() != 1) {
+          spdlog::error("dcpp zmq: dropped a message of {} parts",
+                        frames.size());
+          continue;
+        }
+        on_spoke_frame(frames[0]);
+      }
+    }
+  }
+
+  void refuse(const std::string& rid, char code, const std::string& why) {
+    spdlog::error("dcpp zmq: refused a rank: {}", why);
+    send_to_rid(rid, control(tag_refuse, std::string(1, code) + why));
+  }
+
+  void on_hello(const std::string& rid, const std::string& body) {
+    std::istringstream in{body};
+    std::string magic, rank_str, world_str, secret;
+    std::getline(in, magic);
+    std::getline(in, rank_str);
+    std::getline(in, world_str);
+    std::getline(in, secret, '\0');
+    if (magic != hello_magic) {
+      refuse(rid, refuse_protocol, "unknown hello (protocol mismatch)");
+      return;
+    }
+    if (!same_secret(secret, env_.secret)) {
+      refuse(rid, refuse_unauthorized,
+             "rank " + rank_str + " presented a wrong secret (DCPP_SECRET)");
+      return;
+    }
+    int32_t rank = -1;
+    int32_t world = -1;
+    try {
+      rank = std::stoi(rank_str);
+      world = std::stoi(world_str);
+    } catch (...) {
+      refuse(rid, refuse_protocol, "malformed hello");
+      return;
+    }
+    if (world != env_.world_size) {
+      refuse(rid, refuse_protocol,
+             "rank " + rank_str + " has world size " + world_str
+               + ", the coordinator " + std::to_string(env_.world_size));
+      return;
+    }
+    if (rank < 0 || rank >= env_.world_size) {
+      refuse(rid, refuse_protocol, "rank " + rank_str + " out of range");
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      auto& p = peers_[static_cast<size_t>(rank)];
+      if (p.state != peer_state::waiting || !p.bridge) {
+        // fall through to the refusal below, outside the lock
+        rank = -rank - 1;
+      } else {
+        p.state = peer_state::connected;
+        p.rid = rid;
+        p.last_seen = clock_type::now();
+        rid_to_rank_[rid] = rank;
+      }
+    }
+    if (rank < 0) {
+      refuse(rid, refuse_protocol,
+             "rank " + rank_str + " is already connected, gone or local");
+      return;
+    }
+    cv_.notify_all();
+    spdlog::debug("dcpp zmq: rank {} connected", rank);
+    send_to_rid(rid, control(tag_welcome));
+  }
+
+  void on_hub_frame(const std::string& rid, const zmq::message_t& msg) {
+    if (msg.size() == 0)
+      return;
+    auto tag = static_cast<const char*>(msg.data())[0];
+    if (tag == tag_hello) {
+      on_hello(rid, std::string{static_cast<const char*>(msg.data()) + 1,
+                                msg.size() - 1});
+      return;
+    }
+    int32_t rank = -1;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      auto i = rid_to_rank_.find(rid);
+      if (i != rid_to_rank_.end()) {
+        rank = i->second;
+        peers_[static_cast<size_t>(rank)].last_seen = clock_type::now();
+      }
+    }
+    if (rank < 0) {
+      if (tag != tag_heartbeat && tag != tag_bye)
+        spdlog::error("dcpp zmq: dropped a frame from an unauthenticated "
+                      "peer");
+      return;
+    }
+    if (tag == tag_heartbeat)
+      return;
+    if (tag == tag_bye) {
+      lose(rank, "said goodbye");
+      return;
+    }
+    deliver(msg, rank, true);
+  }
+
+  void on_spoke_frame(const zmq::message_t& msg) {
+    if (msg.size() == 0)
+      return;
+    auto data = static_cast<const char*>(msg.data());
+    auto tag = data[0];
+    if (tag == tag_welcome || tag == tag_refuse) {
+      {
+        std::lock_guard<std::mutex> guard{mx_};
+        if (welcome_ != 0)
+          return;
+        if (tag == tag_welcome) {
+          welcome_ = 1;
+          peers_[0].state = peer_state::connected;
+          peers_[0].last_seen = clock_type::now();
+        } else {
+          welcome_ = 2;
+          peers_[0].state = peer_state::gone;
+          std::string why{data + std::min<size_t>(2, msg.size()),
+                          msg.size() - std::min<size_t>(2, msg.size())};
+          auto code = msg.size() > 1 && data[1] == refuse_unauthorized
+                        ? errc::unauthorized
+                        : errc::protocol_error;
+          refusal_ = make_error(code, "rank " + std::to_string(env_.rank)
+                                        + " refused by the coordinator: "
+                                        + why);
+        }
+      }
+      cv_.notify_all();
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      if (peers_[0].state != peer_state::connected)
+        return;
+      peers_[0].last_seen = clock_type::now();
+    }
+    if (tag == tag_heartbeat)
+      return;
+    if (tag == tag_bye) {
+      lose(0, "closed the connection");
+      return;
+    }
+    deliver(msg, env_.rank, false);
+  }
+
+  /// Decodes a protocol frame and sends it to the local target.
+  void deliver(const zmq::message_t& msg, int32_t peer_rank, bool from_rank) {
+    if (msg.size() > opts_.max_frame_bytes) {
+      spdlog::error("dcpp zmq: dropped an inbound frame of {} bytes (limit "
+                    "{} bytes)",
+                    msg.size(), opts_.max_frame_bytes);
+      return;
+    }
+    std::string frame = msg.to_string();
+    auto hdr = envelope_from_wire(frame);
+    if (!hdr) {
+      spdlog::error("dcpp zmq: dropped an undecodable frame: {}",
+                    describe(hdr.error()));
+      return;
+    }
+    if (from_rank ? hdr->from != peer_rank : hdr->to != peer_rank) {
+      spdlog::error("dcpp zmq: dropped a misrouted frame ({})",
+                    to_string(*hdr));
+      return;
+    }
+    if (from_rank && hdr->to != opts_.coordinator_rank) {
+      spdlog::error("dcpp zmq: dropped a frame for coordinator rank {}; this "
+                    "group's coordinator is rank {}",
+                    hdr->to, opts_.coordinator_rank);
+      return;
+    }
+    auto m = message_from_wire(frame);
+    if (!m) {
+      spdlog::error("dcpp zmq: dropped an undecodable frame: {}",
+                    describe(m.error()));
+      return;
+    }
+    if (target_)
+      caf::anon_send(target_, std::move(*m));
+  }
+
+  caf::actor_system& sys_;
+  bool hub_;
+  launch_env env_;
+  zmq_options opts_;
+  zmq::context_t ctx_;
+  std::string wake_endpoint_;
+  std::shared_ptr<outbox> box_;
+  std::unique_ptr<zmq::socket_t> wake_pull_;
+  std::unique_ptr<zmq::socket_t> sock_;
+  std::thread io_;
+  std::atomic<bool> stop_flag_{false};
+  std::atomic<bool> stopped_{false};
+  caf::actor target_;
+
+  // Guarded by mx_ (read without it only by the I/O thread where noted).
+  std::mutex mx_;
+  std::condition_variable cv_;
+  std::vector<peer> peers_;
+  std::map<std::string, int32_t> rid_to_rank_;
+  int welcome_ = 0; // 0: waiting, 1: welcome, 2: refused
+  caf::error refusal_;
+};
+
+class zmq_process_group final : public process_group {
+public:
+  zmq_process_group(caf::actor_system& sys, int32_t rank, zmq_options opts)
+    : sys_(sys), rank_(rank), opts_(std::move(opts)) {
+    // nop
+  }
+
+  ~zmq_process_group() override {
+    if (link_ && hosts_hub_) {
+      // Let the remote ranks receive the outcome of the last operation and
+      // say goodbye before the coordinator goes.
+      link_->await_ranks_gone(opts_.drain_timeout, false);
+    }
+    if (link_)
+      link_->stop();
+    for (auto& a : local_)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  }
+
+  int32_t rank() const override {
+    return rank_;
+  }
+
+  int32_t world_size() const override {
+    return peers_->world_size();
+  }
+
+  caf::actor_system& system() const override {
+    return sys_;
+  }
+
+  rank_agent_actor agent() const override {
+    return agent_;
+  }
+
+  coordinator_actor coordinator() const override {
+    return peers_->coordinators[static_cast<size_t>(rank_)];
+  }
+
+  caf::actor_system& sys_;
+  int32_t rank_;
+  zmq_options opts_;
+  bool hosts_hub_ = false;
+  peer_table_ptr peers_;
+  std::unique_ptr<zmq_link> link_;
+  rank_agent_actor agent_;
+  std::vector<caf::actor> local_;
+};
+
+} // namespace
+
+caf::expected<process_group_ptr>
+make_zmq_process_group(caf::actor_system& sys, const launch_env& env,
+                       zmq_options opts) {
+  auto n = env.world_size;
+  if (n < 1 || env.rank < 0 || env.rank >= n)
+    return make_error(errc::invalid_argument,
+                      "rank " + std::to_string(env.rank) + " of world size "
+                        + std::to_string(n));
+  if (opts.coordinator_rank < 0 || opts.coordinator_rank >= n)
+    return make_error(errc::invalid_argument,
+                      "coordinator rank "
+                        + std::to_string(opts.coordinator_rank)
+                        + " out of range");
+  auto group = std::make_shared<zmq_process_group>(sys, env.rank, opts);
+  auto peers = std::make_shared<peer_table>();
+  group->peers_ = peers;
+  bool hub = !opts.external_coordinator && env.rank == opts.coordinator_rank;
+  group->hosts_hub_ = hub;
+  group->link_ = std::make_unique<zmq_link>(sys, hub, env, opts);
+  auto& link = *group->link_;
+  auto agent = spawn_rank_agent(sys, env.rank, peers, opts.group.agent);
+  group->agent_ = agent;
+  group->local_.push_back(caf::actor_cast<caf::actor>(agent));
+  if (hub) {
+    auto coord = spawn_coordinator(sys, opts.coordinator_rank, peers);
+    group->local_.push_back(caf::actor_cast<caf::actor>(coord));
+    for (int32_t r = 0; r < n; ++r) {
+      peers->coordinators.push_back(coord);
+      if (r == env.rank)
+        peers->ranks.push_back(agent);
+      else
+        peers->ranks.push_back(
+          caf::actor_cast<rank_endpoint_actor>(link.spawn_bridge(r)));
+    }
+    // The local rank's slot has no bridge: a hello for it is refused.
+    link.set_target(caf::actor_cast<caf::actor>(coord));
+  } else {
+    auto bridge = link.spawn_bridge(-1);
+    for (int32_t r = 0; r < n; ++r) {
+      peers->coordinators.push_back(
+        caf::actor_cast<coordinator_actor>(bridge));
+      if (r == env.rank)
+        peers->ranks.push_back(agent);
+      else
+        peers->ranks.push_back(caf::actor_cast<rank_endpoint_actor>(bridge));
+    }
+    link.set_target(caf::actor_cast<caf::actor>(agent));
+  }
+  if (auto err = link.start())
+    return err; // the group's destructor stops what was spawned
+  if (!hub)
+    if (auto err = link.await_welcome())
+      return err;
+  return process_group_ptr{std::move(group)};
+}
+
+caf::error serve_zmq_coordinator(caf::actor_system& sys, const launch_env& env,
+                                 zmq_options opts,
+                                 const std::atomic<bool>& stop) {
+  auto n = env.world_size;
+  if (n < 1 || opts.coordinator_rank < 0 || opts.coordinator_rank >= n)
+    return make_error(errc::invalid_argument,
+                      "coordinator rank "
+                        + std::to_string(opts.coordinator_rank)
+                        + " of world size " + std::to_string(n));
+  auto peers = std::make_shared<peer_table>();
+  zmq_link link{sys, true, env, opts};
+  auto coord = spawn_coordinator(sys, opts.coordinator_rank, peers);
+  for (int32_t r = 0; r < n; ++r) {
+    peers->coordinators.push_back(coord);
+    peers->ranks.push_back(
+      caf::actor_cast<rank_endpoint_actor>(link.spawn_bridge(r)));
+  }
+  link.set_target(caf::actor_cast<caf::actor>(coord));
+  caf::error result;
+  if (auto err = link.start()) {
+    result = std::move(err);
+  } else {
+    link.await_ranks_gone(std::chrono::milliseconds(0), true, &stop);
+    if (stop.load())
+      result = make_error(errc::aborted, "coordinator stopped by a signal");
+  }
+  link.stop();
+  caf::anon_send_exit(coord, caf::exit_reason::user_shutdown);
+  return result;
+}
+
+} // namespace dcpp
