@@ -22,6 +22,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP = 77
 
 
+# Loads the exported .pt and checks every tensor of the synthetic model in
+# full, and the two bytes values.
+EXPORT_CHECK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch, synthetic
+d = torch.load(sys.argv[2])
+seed, size = int(sys.argv[3]), float(sys.argv[4])
+bad = []
+for key, shape, dtype, _ in synthetic.specs(size, sys.argv[5]):
+    want = synthetic.expected_box(key, shape, [0] * len(shape), list(shape), dtype, seed)
+    if key not in d or not torch.equal(d[key], want):
+        bad.append(key)
+if d.get("step") != synthetic.STEP_BASE + seed:
+    bad.append("step")
+if d.get("optim.param_groups") != synthetic.PARAM_GROUPS:
+    bad.append("optim.param_groups")
+print("export check:", len(d), "keys,", "bad:", bad[:5])
+sys.exit(1 if bad else 0)
+"""
+
+
 def run(cmd, what):
     print("$", " ".join(cmd), flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
@@ -40,7 +62,12 @@ def main():
     ap.add_argument("--tool", required=True)
     ap.add_argument("--python", default="/usr/bin/python3")
     ap.add_argument("--scratch", required=True)
-    ap.add_argument("--writer", choices=["dcpp", "torch"], required=True)
+    ap.add_argument("--writer", choices=["dcpp", "torch", "workers"], required=True,
+                    help="workers: dcpp-launch + dcpp-worker processes over ZeroMQ")
+    ap.add_argument("--launch", help="dcpp-launch binary (writer 'workers')")
+    ap.add_argument("--worker", help="dcpp-worker binary (writer 'workers')")
+    ap.add_argument("--cli", help="dcpp binary: also export the checkpoint and "
+                    "check the .pt with torch.load")
     ap.add_argument("--reader", choices=["dcpp", "torch"], required=True)
     ap.add_argument("--save-world", type=int, required=True)
     ap.add_argument("--load-world", type=int, required=True)
@@ -70,6 +97,10 @@ def main():
         run([args.tool, "save", ckpt, "--world", str(args.save_world), "--layout", args.save_layout,
              "--flavor", args.flavor, "--threads", str(args.threads),
              "--coordinator", str(args.coordinator)] + common, "dcpp save")
+    elif args.writer == "workers":
+        run([args.launch, "--nproc", str(args.save_world), "--", args.worker, "save", "--dir", ckpt,
+             "--layout", args.save_layout, "--coordinator-rank", str(args.coordinator),
+             "--threads", str(args.threads)] + common, "dcpp-worker save")
     else:
         run([args.python, os.path.join(HERE, "peer.py"), "save", ckpt, "--world", str(args.save_world),
              "--layout", args.save_layout] + ([] if args.per_item else ["--per-rank"]) + common,
@@ -85,6 +116,11 @@ def main():
     else:
         run([args.python, os.path.join(HERE, "peer.py"), "load", ckpt, "--world", str(args.load_world),
              "--layout", args.load_layout] + common, "torch load")
+    if args.cli:
+        pt = os.path.join(args.scratch, "export.pt")
+        run([args.cli, "export", ckpt, pt], "dcpp export")
+        run([args.python, "-c", EXPORT_CHECK, HERE, pt, str(args.seed), str(args.size_mb),
+             args.save_layout], "torch.load of the export")
     print(f"PASSED: {args.writer} w{args.save_world} {args.save_layout} -> "
           f"{args.reader} w{args.load_world} {args.load_layout}")
 
