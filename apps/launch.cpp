@@ -84,9 +84,11 @@ std::string describe_status(int status) {
   return "stopped";
 }
 
+/// Signals the process group of every rank, also of ranks that already
+/// exited: what they left behind (a background process) goes too.
 void signal_all(std::vector<child>& children, int sig) {
   for (auto& c : children)
-    if (c.running)
+    if (c.pid > 0)
       ::kill(-c.pid, sig); // the child's whole process group
 }
 
