@@ -81,6 +81,7 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -440,6 +441,52 @@ struct plan_target {
   uint64_t first_file = 0;
 };
 
+/// Fault injection for tests and for `dcpp-worker`, off unless the
+/// environment variable DCPP_FAULT is set when a write step starts:
+///   write:exit@R     rank R's process dies (exit 137, like kill -9) after
+///                    writing its data files and before reporting them
+///   write:fail@R     rank R's write step fails with storage_failure
+///   write:slow@R:MS  rank R's write step first sleeps MS milliseconds
+/// Several faults may be given, separated by ','.
+enum fault_point { before_write, after_write };
+
+caf::error inject_write_fault(int32_t rank, fault_point point) {
+  const char* spec = std::getenv("DCPP_FAULT");
+  if (spec == nullptr || *spec == '\0')
+    return caf::none;
+  std::string all{spec};
+  size_t pos = 0;
+  while (pos <= all.size()) {
+    auto end = all.find(',', pos);
+    auto item = all.substr(pos, end == std::string::npos ? end : end - pos);
+    pos = end == std::string::npos ? all.size() + 1 : end + 1;
+    auto at = item.find('@');
+    if (at == std::string::npos)
+      continue;
+    auto what = item.substr(0, at);
+    auto rest = item.substr(at + 1);
+    auto colon = rest.find(':');
+    auto target = std::atoi(rest.substr(0, colon).c_str());
+    if (target != rank)
+      continue;
+    if (what == "write:exit" && point == after_write) {
+      std::fprintf(stderr, "dcpp: injected fault: rank %d exits in write\n",
+                   rank);
+      std::fflush(stderr);
+      std::_Exit(137);
+    }
+    if (what == "write:fail" && point == before_write)
+      return make_error(errc::storage_failure,
+                        "injected fault: rank " + std::to_string(rank)
+                          + " fails its write step");
+    if (what == "write:slow" && point == before_write
+        && colon != std::string::npos)
+      std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::atoi(rest.substr(colon + 1).c_str())));
+  }
+  return caf::none;
+}
+
 class filesystem_writer final : public storage_writer {
 public:
   filesystem_writer(std::string dir, filesystem_writer_options opts)
@@ -488,6 +535,16 @@ public:
 
   caf::expected<std::vector<write_result>>
   write_data(const save_plan& plan, const item_source& source) override {
+    if (auto err = inject_write_fault(rank_, before_write))
+      return err;
+    auto results = write_data_impl(plan, source);
+    if (auto err = inject_write_fault(rank_, after_write))
+      return err;
+    return results;
+  }
+
+  caf::expected<std::vector<write_result>>
+  write_data_impl(const save_plan& plan, const item_source& source) {
     try {
       auto target = parse_target(plan);
       if (!target)

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Injected faults in real rank processes (DCPP_FAULT, see
+# storage/filesystem.cpp): a rank that dies in the write step, and one whose
+# write fails. The surviving ranks must exit non-zero on their own within
+# the peer timeout (no launcher kills them), no `.metadata` of the aborted
+# save may appear, and the previous checkpoint must still load and verify.
+#   fault_test.sh BUILD_APPS_DIR
+set -uo pipefail
+apps="$1"
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+dir="$tmp/ckpt"
+fail() { echo "FAILED: $*"; exit 1; }
+export DCPP_SECRET=fault-test-secret
+common=(--dir "$dir" --size-mb 2 --layout mixed --step-timeout 20 --peer-timeout-ms 1500)
+
+"$apps/dcpp-launch" --nproc 2 -- "$apps/dcpp-worker" save "${common[@]}" --seed 1 \
+  || fail "the first save must succeed"
+md_before=$(sha256sum "$dir/.metadata")
+
+# 1. Rank 1 dies (exit 137) after writing its data, before reporting it.
+#    Start the ranks by hand so only dcpp's own liveness stops rank 0.
+port=$(( 20000 + RANDOM % 20000 ))
+start=$(date +%s)
+for r in 0 1; do
+  RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+  DCPP_FAULT="write:exit@1" \
+    "$apps/dcpp-worker" save "${common[@]}" --seed 2 > "$tmp/out.$r" 2>&1 &
+  eval "pid$r=\$!"
+done
+wait "$pid1"; rc1=$?
+wait "$pid0"; rc0=$?
+elapsed=$(( $(date +%s) - start ))
+[ "$rc1" = 137 ] || fail "rank 1 should have died with 137, got $rc1"
+[ "$rc0" != 0 ] || fail "rank 0 must fail when rank 1 dies: $(cat "$tmp/out.0")"
+[ "$elapsed" -lt 30 ] || fail "rank 0 took ${elapsed}s to notice"
+grep -q -E "rank_lost|timeout" "$tmp/out.0" \
+  || fail "rank 0 should name the lost rank: $(cat "$tmp/out.0")"
+[ "$(sha256sum "$dir/.metadata")" = "$md_before" ] \
+  || fail ".metadata changed by an aborted save"
+[ ! -e "$dir/.metadata.tmp" ] || fail ".metadata.tmp left by an aborted save"
+echo "rank 1 died in write: rank 0 exited $rc0 after ${elapsed}s; old commit intact"
+
+# 2. Rank 0's write fails: every rank fails with the step named.
+DCPP_FAULT="write:fail@0" "$apps/dcpp-launch" --nproc 2 -- \
+  "$apps/dcpp-worker" save "${common[@]}" --seed 3 > "$tmp/out.fail" 2>&1 \
+  && fail "a save with a failing write must fail"
+grep -q "storage_failure" "$tmp/out.fail" || fail "no storage_failure: $(cat "$tmp/out.fail")"
+[ "$(sha256sum "$dir/.metadata")" = "$md_before" ] || fail ".metadata changed"
+echo "rank 0 failed its write: the save failed, old commit intact"
+
+# 3. The previous checkpoint still loads (on 3 ranks) and verifies.
+"$apps/dcpp-launch" --nproc 3 -- "$apps/dcpp-worker" load "${common[@]}" --seed 1 --verify \
+  || fail "the previous checkpoint must still load and verify"
+"$apps/dcpp" verify "$dir" || fail "dcpp verify must pass on the previous checkpoint"
+
+# 4. A new save over it still commits and cleans up the leftovers.
+"$apps/dcpp-launch" --nproc 2 -- "$apps/dcpp-worker" save "${common[@]}" --seed 4 \
+  || fail "a save after the faults must succeed"
+"$apps/dcpp-launch" --nproc 1 -- "$apps/dcpp-worker" load "${common[@]}" --seed 4 --verify \
+  || fail "the new checkpoint must load and verify"
+echo "fault_test: all checks passed"
