@@ -23,6 +23,15 @@ caf::error in_step(const char* step, const caf::error& err) {
   return with_context(err, std::string{"step '"} + step + "'");
 }
 
+/// A world of one rank has exactly one plan after global planning.
+caf::error require_one_plan(size_t n) {
+  if (n == 1)
+    return caf::none;
+  return make_error(errc::protocol_error,
+                    "global plan has " + std::to_string(n)
+                      + " plans for a world of 1");
+}
+
 std::shared_ptr<save_planner> save_planner_of(const checkpointer_options& o) {
   return o.save_planner ? o.save_planner : make_default_save_planner();
 }
@@ -58,11 +67,8 @@ save_result save_no_dist(storage_writer& writer, const save_planner& planner,
   auto plans = writer.prepare_global_plan(std::move(global->plans));
   if (!plans)
     return in_step("plan", plans.error());
-  if (plans->size() != 1)
-    return in_step("plan", make_error(errc::protocol_error,
-                                      "global plan has "
-                                        + std::to_string(plans->size())
-                                        + " plans for a world of 1"));
+  if (auto err = require_one_plan(plans->size()))
+    return in_step("plan", err);
   auto central = planner.finish_plan(std::move(plans->front()));
   if (!central)
     return in_step("plan", central.error());
@@ -112,11 +118,8 @@ caf::error load_no_dist(storage_reader& reader, const load_planner& planner,
   auto plans = reader.prepare_global_plan(std::move(*global));
   if (!plans)
     return in_step("plan", plans.error());
-  if (plans->size() != 1)
-    return in_step("plan", make_error(errc::protocol_error,
-                                      "global plan has "
-                                        + std::to_string(plans->size())
-                                        + " plans for a world of 1"));
+  if (auto err = require_one_plan(plans->size()))
+    return in_step("plan", err);
   auto central = planner.finish_plan(std::move(plans->front()));
   if (!central)
     return in_step("plan", central.error());
