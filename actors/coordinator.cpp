@@ -1,5 +1,6 @@
 #include "actors/coordinator.hpp"
 
+#include "actors/delivery.hpp"
 #include "actors/failure.hpp"
 #include "core/error.hpp"
 
@@ -97,6 +98,13 @@ struct coordinator_state {
 
 using coord_ptr = coordinator_actor::stateful_pointer<coordinator_state>;
 
+/// Sends `msg` to rank `r`'s agent (through the fault layer's message
+/// rules).
+template <class Msg>
+void send_to_rank(coord_ptr self, int32_t r, Msg&& msg) {
+  deliver(self, self->state.peers->ranks[r], r, false, std::forward<Msg>(msg));
+}
+
 int32_t world_size(coord_ptr self) {
   return self->state.peers ? self->state.peers->world_size() : 0;
 }
@@ -138,7 +146,7 @@ void fail(coord_ptr self, coord_op& op) {
   spdlog::debug("dcpp coordinator {}: {}", self->state.rank, describe(err));
   auto n = world_size(self);
   for (int32_t r = 0; r < n; ++r)
-    self->send(self->state.peers->ranks[r],
+    send_to_rank(self, r,
                op_outcome_msg{reply_header(self, op.id, r), err, metadata{}});
   ++self->state.stats.ops_failed;
   close(self, op.id.seq);
@@ -148,7 +156,7 @@ void fail(coord_ptr self, coord_op& op) {
 void succeed(coord_ptr self, coord_op& op) {
   auto n = world_size(self);
   for (int32_t r = 0; r < n; ++r)
-    self->send(self->state.peers->ranks[r],
+    send_to_rank(self, r,
                op_outcome_msg{reply_header(self, op.id, r), caf::error{},
                               op.md});
   ++self->state.stats.ops_committed;
@@ -278,11 +286,11 @@ void on_plans_complete(coord_ptr self, coord_op& op) {
   op.cur = step::global_plan;
   arm(self, op);
   if (op.id.kind == op_kind::save)
-    self->send(self->state.peers->ranks[r],
+    send_to_rank(self, r,
                global_save_step_msg{reply_header(self, op.id, r),
                                     std::move(op.save_plans)});
   else
-    self->send(self->state.peers->ranks[r],
+    send_to_rank(self, r,
                global_load_step_msg{reply_header(self, op.id, r),
                                     std::move(op.load_plans)});
 }
@@ -374,7 +382,7 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
       op->results.assign(static_cast<size_t>(n), {});
       arm(self, *op);
       for (int32_t r = 0; r < n; ++r)
-        self->send(self->state.peers->ranks[r],
+        send_to_rank(self, r,
                    central_save_plan_msg{reply_header(self, op->id, r),
                                          std::move(msg.global.plans[r])});
     },
@@ -403,7 +411,7 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
       op->cur = step::commit;
       arm(self, *op);
       auto r = self->state.rank;
-      self->send(self->state.peers->ranks[r],
+      send_to_rank(self, r,
                  commit_msg{reply_header(self, op->id, r), op->md,
                             std::move(op->results)});
     },
@@ -455,7 +463,7 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
       start_gathering(*op, step::read, n);
       arm(self, *op);
       for (int32_t r = 0; r < n; ++r)
-        self->send(self->state.peers->ranks[r],
+        send_to_rank(self, r,
                    central_load_plan_msg{reply_header(self, op->id, r),
                                          std::move(msg.plans[r])});
     },

@@ -1,9 +1,11 @@
 #include "actors/rank_agent.hpp"
 
+#include "actors/delivery.hpp"
 #include "actors/planner_actor.hpp"
 #include "actors/reader_actor.hpp"
 #include "actors/writer_actor.hpp"
 #include "core/error.hpp"
+#include "core/fault.hpp"
 
 #include <caf/all.hpp>
 
@@ -109,6 +111,28 @@ envelope header_to(agent_ptr self, const agent_op& op, int32_t to) {
 
 coordinator_actor coordinator_of(agent_ptr self, const agent_op& op) {
   return self->state.peers->coordinators[op.coordinator];
+}
+
+/// Sends `msg` to the operation's coordinator (through the fault layer's
+/// message rules).
+template <class Msg>
+void send_to_coordinator(agent_ptr self, const agent_op& op, Msg&& msg) {
+  deliver(self, coordinator_of(self, op), self->state.rank, true,
+          std::forward<Msg>(msg));
+}
+
+/// The fault layer's hook of step `s` (core/fault.hpp). Returns true if
+/// the rank must stop here (an injected hang: it sends nothing more for
+/// this operation, and only deadlines end it); an injected failure
+/// replaces `err`.
+bool injected(agent_ptr self, const agent_op& op, fault::step s,
+              caf::error& err) {
+  if (err)
+    return false;
+  auto v = fault::at_step(s, self->state.rank, op.id.seq);
+  if (v.what == fault::action::fail)
+    err = std::move(v.error);
+  return v.what == fault::action::hang;
 }
 
 /// Turns the error of a request to a local actor into the error this rank
@@ -245,23 +269,34 @@ agent_op* check_from_coordinator(agent_ptr self, const envelope& hdr,
 
 void send_local_save_plan(agent_ptr self, agent_op& op, save_plan plan,
                           caf::error err) {
+  if (injected(self, op, fault::step::plan, err)) {
+    op.sent_local = true;
+    arm(self, op, "the central plan");
+    return;
+  }
   local_save_plan_msg msg;
   msg.hdr = header_to(self, op, op.coordinator);
   msg.step_timeout_ms = op.timeout.count();
   msg.plan = std::move(plan);
   msg.error = std::move(err);
-  self->send(coordinator_of(self, op), std::move(msg));
+  send_to_coordinator(self, op, std::move(msg));
   op.sent_local = true;
   arm(self, op, "the central plan");
 }
 
 void send_write_done(agent_ptr self, agent_op& op,
                      std::vector<write_result> results, caf::error err) {
+  if (injected(self, op, fault::step::write, err)) {
+    arm(self, op, "the outcome");
+    return;
+  }
+  if (err)
+    results.clear();
   write_done_msg msg;
   msg.hdr = header_to(self, op, op.coordinator);
   msg.results = std::move(results);
   msg.error = std::move(err);
-  self->send(coordinator_of(self, op), std::move(msg));
+  send_to_coordinator(self, op, std::move(msg));
   arm(self, op, "the outcome");
 }
 
@@ -428,7 +463,7 @@ void on_global_save_step(agent_ptr self, global_save_step_msg& msg) {
   auto hdr = header_to(self, *op, op->coordinator);
   auto fail_global = [self, seq, hdr](caf::error& err, const char* what) {
     if (auto op = on_reply(self, seq))
-      self->send(coordinator_of(self, *op),
+      send_to_coordinator(self, *op,
                  global_save_step_done_msg{
                    hdr, global_save_plan{},
                    local_error(self, *op, std::move(err), what)});
@@ -448,7 +483,7 @@ void on_global_save_step(agent_ptr self, global_save_step_msg& msg) {
           .then(
             [=](std::vector<save_plan>& plans) {
               if (auto op = on_reply(self, seq))
-                self->send(coordinator_of(self, *op),
+                send_to_coordinator(self, *op,
                            global_save_step_done_msg{
                              hdr, global_save_plan{std::move(plans),
                                                    std::move(*md)},
@@ -470,18 +505,26 @@ void on_commit(agent_ptr self, commit_msg& msg) {
   op->commit_started = true;
   auto seq = op->id.seq;
   auto hdr = header_to(self, *op, op->coordinator);
+  caf::error injected_error;
+  if (injected(self, *op, fault::step::commit, injected_error))
+    return; // the coordinator's commit deadline ends the operation
+  if (injected_error) {
+    send_to_coordinator(self, *op,
+                        commit_done_msg{hdr, std::move(injected_error)});
+    return;
+  }
   ++op->inflight;
   self->request(op->writer, op->timeout, finish_atom::value, std::move(msg.md),
                 std::move(msg.results))
     .then(
       [=](caf::ok_atom) {
         if (auto op = on_reply(self, seq))
-          self->send(coordinator_of(self, *op),
+          send_to_coordinator(self, *op,
                      commit_done_msg{hdr, caf::error{}});
       },
       [=](caf::error& err) {
         if (auto op = on_reply(self, seq))
-          self->send(coordinator_of(self, *op),
+          send_to_coordinator(self, *op,
                      commit_done_msg{hdr, local_error(self, *op,
                                                       std::move(err),
                                                       "finish")});
@@ -492,18 +535,27 @@ void on_commit(agent_ptr self, commit_msg& msg) {
 
 void send_local_load_plan(agent_ptr self, agent_op& op, load_plan plan,
                           caf::error err) {
+  if (injected(self, op, fault::step::plan, err)) {
+    op.sent_local = true;
+    arm(self, op, "the central plan");
+    return;
+  }
   local_load_plan_msg msg;
   msg.hdr = header_to(self, op, op.coordinator);
   msg.step_timeout_ms = op.timeout.count();
   msg.plan = std::move(plan);
   msg.error = std::move(err);
-  self->send(coordinator_of(self, op), std::move(msg));
+  send_to_coordinator(self, op, std::move(msg));
   op.sent_local = true;
   arm(self, op, "the central plan");
 }
 
 void send_read_done(agent_ptr self, agent_op& op, caf::error err) {
-  self->send(coordinator_of(self, op),
+  if (injected(self, op, fault::step::read, err)) {
+    arm(self, op, "the outcome");
+    return;
+  }
+  send_to_coordinator(self, op,
              read_done_msg{header_to(self, op, op.coordinator),
                            std::move(err)});
   arm(self, op, "the outcome");
@@ -671,7 +723,7 @@ void on_global_load_step(agent_ptr self, global_load_step_msg& msg) {
   auto hdr = header_to(self, *op, op->coordinator);
   auto fail_global = [self, seq, hdr](caf::error& err, const char* what) {
     if (auto op = on_reply(self, seq))
-      self->send(coordinator_of(self, *op),
+      send_to_coordinator(self, *op,
                  global_load_step_done_msg{
                    hdr, {}, local_error(self, *op, std::move(err), what)});
   };
@@ -689,7 +741,7 @@ void on_global_load_step(agent_ptr self, global_load_step_msg& msg) {
           .then(
             [=](std::vector<load_plan>& prepared) {
               if (auto op = on_reply(self, seq))
-                self->send(coordinator_of(self, *op),
+                send_to_coordinator(self, *op,
                            global_load_step_done_msg{hdr, std::move(prepared),
                                                      caf::error{}});
             },

@@ -19,6 +19,7 @@
 #include "actors/transport/zmq_transport.hpp"
 #include "apps/synthetic.hpp"
 #include "core/error.hpp"
+#include "core/fault.hpp"
 #include "storage/filesystem.hpp"
 
 #include <caf/actor_system.hpp>
@@ -80,6 +81,7 @@ int main(int argc, char** argv) {
   bool external = false;
   double step_timeout_s = 120;
   int64_t peer_timeout_ms = 5000;
+  std::string fault_spec;
   app.add_option("mode", mode, "save or load")
     ->required()
     ->check(CLI::IsMember({"save", "load"}));
@@ -98,6 +100,9 @@ int main(int argc, char** argv) {
                  "deadline of each collective step (seconds)");
   app.add_option("--peer-timeout-ms", peer_timeout_ms,
                  "a silent peer is lost after this long");
+  app.add_option("--fault", fault_spec,
+                 "inject faults, e.g. write:hang@1 or io:enospc@0:3 (see "
+                 "core/fault.hpp; also: DCPP_FAULT)");
   CLI11_PARSE(app, argc, argv);
   if (const char* c = std::getenv("DCPP_COORDINATOR"))
     if (std::string{c} == "external")
@@ -109,6 +114,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   reporter rep{env->rank, env->world_size};
+  if (!fault_spec.empty())
+    if (auto err = fault::install(fault_spec))
+      return rep.fail("arguments", describe(err));
   auto layout = synthetic::parse_layout(layout_name);
   if (!layout)
     return rep.fail("arguments", describe(layout.error()));

@@ -33,6 +33,7 @@ std::string to_string(errc x) {
     case errc::storage_failure: return "storage_failure";
     case errc::aborted: return "aborted";
     case errc::unsupported: return "unsupported";
+    case errc::injected_fault: return "injected_fault";
     case errc::num_values: break;
   }
   return "<invalid errc " + std::to_string(static_cast<int>(x)) + ">";

@@ -72,6 +72,8 @@ enum class errc : uint8_t {
   aborted,
   /// A feature that this build or this format version does not support.
   unsupported,
+  /// A fault injected on purpose (core/fault.hpp): tests and the soak test.
+  injected_fault,
   /// The number of values; not an error.
   num_values,
 };

@@ -68,6 +68,7 @@
 #include "storage/filesystem.hpp"
 
 #include "core/error.hpp"
+#include "core/fault.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/tensor_codec.hpp"
 #include "storage/state_dict.hpp"
@@ -317,7 +318,7 @@ caf::error write_whole(int fd, const std::string& path, const char* data,
                        size_t size) {
   uint64_t done = 0;
   while (size > 0) {
-    auto res = ::write(fd, data, std::min(size, size_t{1} << 30));
+    auto res = fault::write(fd, data, std::min(size, size_t{1} << 30));
     if (res < 0) {
       if (errno == EINTR)
         continue;
@@ -342,7 +343,9 @@ caf::error run_parallel(size_t n, size_t threads,
   std::atomic<bool> failed{false};
   std::mutex mx;
   caf::error first;
+  auto io_rank = fault::io_rank();
   auto work = [&] {
+    fault::io_scope scope{io_rank};
     for (;;) {
       if (failed.load(std::memory_order_relaxed))
         return;
@@ -441,52 +444,6 @@ struct plan_target {
   uint64_t first_file = 0;
 };
 
-/// Fault injection for tests and for `dcpp-worker`, off unless the
-/// environment variable DCPP_FAULT is set when a write step starts:
-///   write:exit@R     rank R's process dies (exit 137, like kill -9) after
-///                    writing its data files and before reporting them
-///   write:fail@R     rank R's write step fails with storage_failure
-///   write:slow@R:MS  rank R's write step first sleeps MS milliseconds
-/// Several faults may be given, separated by ','.
-enum fault_point { before_write, after_write };
-
-caf::error inject_write_fault(int32_t rank, fault_point point) {
-  const char* spec = std::getenv("DCPP_FAULT");
-  if (spec == nullptr || *spec == '\0')
-    return caf::none;
-  std::string all{spec};
-  size_t pos = 0;
-  while (pos <= all.size()) {
-    auto end = all.find(',', pos);
-    auto item = all.substr(pos, end == std::string::npos ? end : end - pos);
-    pos = end == std::string::npos ? all.size() + 1 : end + 1;
-    auto at = item.find('@');
-    if (at == std::string::npos)
-      continue;
-    auto what = item.substr(0, at);
-    auto rest = item.substr(at + 1);
-    auto colon = rest.find(':');
-    auto target = std::atoi(rest.substr(0, colon).c_str());
-    if (target != rank)
-      continue;
-    if (what == "write:exit" && point == after_write) {
-      std::fprintf(stderr, "dcpp: injected fault: rank %d exits in write\n",
-                   rank);
-      std::fflush(stderr);
-      std::_Exit(137);
-    }
-    if (what == "write:fail" && point == before_write)
-      return make_error(errc::storage_failure,
-                        "injected fault: rank " + std::to_string(rank)
-                          + " fails its write step");
-    if (what == "write:slow" && point == before_write
-        && colon != std::string::npos)
-      std::this_thread::sleep_for(
-        std::chrono::milliseconds(std::atoi(rest.substr(colon + 1).c_str())));
-  }
-  return caf::none;
-}
-
 class filesystem_writer final : public storage_writer {
 public:
   filesystem_writer(std::string dir, filesystem_writer_options opts)
@@ -535,12 +492,8 @@ public:
 
   caf::expected<std::vector<write_result>>
   write_data(const save_plan& plan, const item_source& source) override {
-    if (auto err = inject_write_fault(rank_, before_write))
-      return err;
-    auto results = write_data_impl(plan, source);
-    if (auto err = inject_write_fault(rank_, after_write))
-      return err;
-    return results;
+    fault::io_scope scope{rank_};
+    return write_data_impl(plan, source);
   }
 
   caf::expected<std::vector<write_result>>
@@ -584,6 +537,7 @@ public:
   caf::error finish(const metadata& md,
                     const std::vector<std::vector<write_result>>& results)
     override {
+    fault::io_scope scope{rank_};
     try {
       metadata out = md;
       for (const auto& rank_results : results)
@@ -625,6 +579,17 @@ public:
           return with_context(os_error("fsync", tmp, errno), "finish");
         if (fd.close() != 0)
           return with_context(os_error("close", tmp, errno), "finish");
+      }
+      switch (auto v = fault::at_step(fault::step::rename, rank_,
+                                          ++commit_count_); v.what) {
+        case fault::action::fail:
+          return with_context(v.error, "finish");
+        case fault::action::hang:
+          fault::block_until_released();
+          return make_error(errc::aborted, "finish: released from an "
+                                           "injected hang before the rename");
+        default:
+          break;
       }
       // The commit: the old `.metadata` (if any) stays valid up to here.
       if (::rename(tmp.c_str(), final_path.c_str()) != 0)
@@ -950,6 +915,9 @@ private:
   filesystem_writer_options opts_;
   bool is_coordinator_ = false;
   int32_t rank_ = 0;
+  /// Commits attempted by this writer (tells operations apart for fault
+  /// rules, which fire once per operation).
+  std::atomic<uint64_t> commit_count_{0};
   std::mutex mx_;
   std::vector<std::string> created_;
   bool tmp_created_ = false;

@@ -3,6 +3,7 @@
 #include "storage/state_dict.hpp"
 
 #include "core/error.hpp"
+#include "core/fault.hpp"
 #include "storage/pickle.hpp"
 #include "storage/state_dict.hpp"
 
@@ -824,7 +825,7 @@ private:
 /// -1 for a short write that cannot be continued.
 int pwrite_fully(int fd, const char* data, size_t size, uint64_t offset) {
   while (size > 0) {
-    auto res = ::pwrite(fd, data, std::min(size, size_t{1} << 30),
+    auto res = fault::pwrite(fd, data, std::min(size, size_t{1} << 30),
                         static_cast<off_t>(offset));
     if (res < 0) {
       if (errno == EINTR)
@@ -948,7 +949,10 @@ struct file_sink::direct_state {
       ++pending;
     }
     if (!io.joinable())
-      io = std::thread{[this] { run(); }};
+      io = std::thread{[this, rank = fault::io_rank()] {
+        fault::io_scope scope{rank};
+        run();
+      }};
     cv.notify_all();
   }
 
@@ -993,7 +997,7 @@ file_sink::~file_sink() {
 caf::error file_sink::write_all(const char* data, size_t size) {
   while (size > 0) {
     auto n = std::min(size, size_t{1} << 30);
-    auto res = ::write(fd_, data, n);
+    auto res = fault::write(fd_, data, n);
     if (res < 0) {
       if (errno == EINTR)
         continue;

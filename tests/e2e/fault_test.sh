@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Injected faults in real rank processes (DCPP_FAULT, see
-# storage/filesystem.cpp): a rank that dies in the write step, and one whose
+# core/fault.hpp): a rank that dies in the write step, and one whose
 # write fails. The surviving ranks must exit non-zero on their own within
 # the peer timeout (no launcher kills them), no `.metadata` of the aborted
 # save may appear, and the previous checkpoint must still load and verify.
@@ -45,7 +45,7 @@ echo "rank 1 died in write: rank 0 exited $rc0 after ${elapsed}s; old commit int
 DCPP_FAULT="write:fail@0" "$apps/dcpp-launch" --nproc 2 -- \
   "$apps/dcpp-worker" save "${common[@]}" --seed 3 > "$tmp/out.fail" 2>&1 \
   && fail "a save with a failing write must fail"
-grep -q "storage_failure" "$tmp/out.fail" || fail "no storage_failure: $(cat "$tmp/out.fail")"
+grep -q "injected_fault" "$tmp/out.fail" || fail "no injected_fault: $(cat "$tmp/out.fail")"
 [ "$(sha256sum "$dir/.metadata")" = "$md_before" ] || fail ".metadata changed"
 echo "rank 0 failed its write: the save failed, old commit intact"
 
