@@ -583,7 +583,7 @@ public:
       switch (auto v = fault::at_step(fault::step::rename, rank_,
                                           ++commit_count_); v.what) {
         case fault::action::fail:
-          return with_context(v.error, "finish");
+          return v.error;
         case fault::action::hang:
           fault::block_until_released();
           return make_error(errc::aborted, "finish: released from an "

@@ -1,0 +1,1 @@
+# (filled in by the soak_processes work)
