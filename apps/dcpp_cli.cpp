@@ -1,6 +1,7 @@
 // The `dcpp` command-line tool: inspect, export, import and verify DCP
 // checkpoint directories (the on-disk format of PyTorch DCP's file system
-// storage, docs/dcp-format.md).
+// storage, docs/dcp-format.md), and find or prune the step directories of a
+// checkpoint root (storage/checkpoint_root.hpp).
 //
 // Every failure ends as one line `dcpp: <what>: <error>` on stderr with exit
 // code 1 (2 for usage errors); nothing escapes main as an exception. This is
@@ -10,6 +11,7 @@
 #include "core/error.hpp"
 #include "core/metadata.hpp"
 #include "core/planner.hpp"
+#include "storage/checkpoint_root.hpp"
 #include "storage/filesystem.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/state_dict.hpp"
@@ -581,9 +583,30 @@ std::string first_line(std::string msg) {
   return msg;
 }
 
+int run_latest(const std::string& root, bool step_only) {
+  auto latest = latest_committed(root);
+  if (!latest)
+    return fail("latest", latest.error());
+  if (step_only)
+    std::cout << latest->step << std::endl;
+  else
+    std::cout << latest->path << std::endl;
+  return 0;
+}
+
+int run_prune(const std::string& root, size_t keep) {
+  auto removed = prune(root, keep);
+  if (!removed)
+    return fail("prune", removed.error());
+  for (const auto& path : *removed)
+    std::cout << "removed " << path << "\n";
+  std::cout << std::flush;
+  return 0;
+}
+
 int run_main(int argc, char** argv) {
   CLI::App app{"dcpp: inspect, export, import and verify PyTorch DCP "
-               "checkpoint directories"};
+               "checkpoint directories; find and prune step directories"};
   app.require_subcommand(1);
   bool as_json = false;
   std::string dir;
@@ -615,6 +638,20 @@ int run_main(int argc, char** argv) {
     "verify", "Check checksums, chunk coverage, file sizes and that every "
               "tensor item decodes to its metadata's dtype and shape");
   ver->add_option("DIR", dir, "checkpoint directory")->required();
+  bool step_only = false;
+  auto* latest = app.add_subcommand(
+    "latest", "Print the newest committed step directory of a checkpoint "
+              "root (ROOT/step_NNNNNNNNN/ holding .metadata); exit 1 if none");
+  latest->add_option("ROOT", dir, "checkpoint root")->required();
+  latest->add_flag("--step", step_only, "print only the step number");
+  size_t keep = 0;
+  auto* prn = app.add_subcommand(
+    "prune", "Remove all but the newest KEEP committed step directories of "
+             "a checkpoint root, and leftovers of aborted saves older than "
+             "the newest commit (crash-safe)");
+  prn->add_option("ROOT", dir, "checkpoint root")->required();
+  prn->add_option("--keep", keep, "committed steps to keep (>= 1)")
+    ->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -632,6 +669,10 @@ int run_main(int argc, char** argv) {
     return run_export(dir, file);
   if (imp->parsed())
     return run_import(file, dir, flavor, force);
+  if (latest->parsed())
+    return run_latest(dir, step_only);
+  if (prn->parsed())
+    return run_prune(dir, keep);
   return run_verify(dir);
 }
 

@@ -376,6 +376,39 @@ TEST_CASE("a truncated data file is reported") {
   CHECK(!fs::exists(s.path("x.pt")));
 }
 
+TEST_CASE("latest finds the newest committed step; prune keeps the last K") {
+  scratch s;
+  auto root = s.path("root");
+  // No root yet: nothing committed.
+  check_one_line_error(s.cli("latest " + root));
+  write_checkpoint(root + "/step_000000100");
+  write_checkpoint(root + "/step_000000200");
+  write_checkpoint(root + "/step_000000300");
+  // An aborted save: data but no `.metadata`, newer than every commit.
+  fs::create_directories(root + "/step_000000400");
+  spit(root + "/step_000000400/__0_0.distcp", "partial");
+  auto latest = s.cli("latest " + root);
+  INFO(latest.out << latest.err);
+  CHECK(latest.code == 0);
+  CHECK(latest.out == root + "/step_000000300\n");
+  auto step = s.cli("latest --step " + root);
+  CHECK(step.out == "300\n");
+  // The step found loads.
+  loaded l;
+  load_all(root + "/step_000000300", l);
+  CHECK(at::equal(tensor_at(l, "w"), at::arange(12, at::kFloat).reshape({3, 4})));
+  auto pruned = s.cli("prune " + root + " --keep 2");
+  INFO(pruned.out << pruned.err);
+  CHECK(pruned.code == 0);
+  CHECK(pruned.out.find("removed " + root + "/step_000000100")
+        != std::string::npos);
+  CHECK(!fs::exists(root + "/step_000000100"));
+  CHECK(fs::exists(root + "/step_000000200/.metadata"));
+  CHECK(fs::exists(root + "/step_000000400")); // may be a save in flight
+  check_one_line_error(s.cli("prune " + root + " --keep 0"));
+  CHECK(s.cli("latest --step " + root).out == "300\n");
+}
+
 TEST_CASE("bad inputs end in one line and exit code 1") {
   scratch s;
   auto missing = s.path("nope");
