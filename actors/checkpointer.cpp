@@ -3,9 +3,11 @@
 #include "actors/jobs.hpp"
 #include "actors/process_group.hpp"
 #include "core/error.hpp"
+#include "core/fault.hpp"
 
 #include <caf/all.hpp>
 
+#include <atomic>
 #include <algorithm>
 #include <chrono>
 #include <future>
@@ -40,6 +42,23 @@ std::shared_ptr<load_planner> load_planner_of(const checkpointer_options& o) {
   return o.load_planner ? o.load_planner : make_default_load_planner();
 }
 
+/// The fault layer's hook of step `s` for a world of one rank (rank 0):
+/// an injected failure or hang (which blocks here until the rules are
+/// cleared: no deadline watches a world of one) ends the step.
+caf::error injected(fault::step s) {
+  static std::atomic<uint64_t> ops{0};
+  auto v = fault::at_step(s, 0, ++ops);
+  if (v.what == fault::action::fail)
+    return std::move(v.error);
+  if (v.what == fault::action::hang) {
+    fault::block_until_released();
+    return make_error(errc::aborted,
+                      std::string{"released from an injected hang in step "}
+                        + fault::to_string(s));
+  }
+  return {};
+}
+
 /// The SPMD save of DCP's `_save_state_dict` for a world of one rank:
 /// local plan -> global plan -> write -> commit.
 save_result save_no_dist(storage_writer& writer, const save_planner& planner,
@@ -72,15 +91,23 @@ save_result save_no_dist(storage_writer& writer, const save_planner& planner,
   auto central = planner.finish_plan(std::move(plans->front()));
   if (!central)
     return in_step("plan", central.error());
+  if (auto err = injected(fault::step::plan))
+    return in_step("plan", err);
   auto source = make_item_source(*flat);
   auto results = writer.write_data(*central, *source);
+  if (results)
+    if (auto err = injected(fault::step::write))
+      results = std::move(err);
   if (!results) {
     writer.abort();
     return in_step("write", results.error());
   }
   std::vector<std::vector<write_result>> all_results;
   all_results.push_back(std::move(*results));
-  if (auto err = writer.finish(global->md, all_results)) {
+  auto err = injected(fault::step::commit);
+  if (!err)
+    err = writer.finish(global->md, all_results);
+  if (err) {
     writer.abort();
     return in_step("commit", err);
   }
@@ -123,8 +150,12 @@ caf::error load_no_dist(storage_reader& reader, const load_planner& planner,
   auto central = planner.finish_plan(std::move(plans->front()));
   if (!central)
     return in_step("plan", central.error());
+  if (auto err = injected(fault::step::plan))
+    return in_step("plan", err);
   auto target = make_load_target(*flat);
   if (auto err = reader.read_data(*central, *target))
+    return in_step("read", err);
+  if (auto err = injected(fault::step::read))
     return in_step("read", err);
   return caf::none;
 }
