@@ -306,12 +306,29 @@ private:
       check_timeouts(now);
     }
     flush();
-    if (!hub_)
+    // Say goodbye to the peers still there. Frames for peers known to be
+    // gone must not hold up closing the socket (its linger): a rank that
+    // lost its coordinator exits at once instead of after the linger.
+    bool anyone_left = false;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      for (auto& p : peers_)
+        if (p.state == peer_state::connected)
+          anyone_left = true;
+    }
+    if (!anyone_left) {
+      try {
+        sock_->set(zmq::sockopt::linger, 0);
+      } catch (const zmq::error_t&) {
+        // keep the default linger
+      }
+    } else if (!hub_) {
       send_to_hub(control(tag_bye));
-    else
+    } else {
       for (auto& p : peers_)
         if (p.state == peer_state::connected)
           send_to_rid(p.rid, control(tag_bye));
+    }
   }
 
   void send_to_rid(const std::string& rid, const std::string& frame) {
