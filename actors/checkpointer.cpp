@@ -46,8 +46,7 @@ std::shared_ptr<load_planner> load_planner_of(const checkpointer_options& o) {
 /// an injected failure or hang (which blocks here until the rules are
 /// cleared: no deadline watches a world of one) ends the step.
 caf::error injected(fault::step s) {
-  static std::atomic<uint64_t> ops{0};
-  auto v = fault::at_step(s, 0, ++ops);
+  auto v = fault::at_step(s, 0, fault::next_op());
   if (v.what == fault::action::fail)
     return std::move(v.error);
   if (v.what == fault::action::hang) {
@@ -204,27 +203,58 @@ save_job save_job_for(caf::expected<save_job> job,
   return std::move(*job);
 }
 
-/// Runs `job` on this rank's agent and waits for the reply.
+/// Runs `job` on this rank's agent and waits for the reply. A helper actor
+/// monitors the agent: if the agent stops before it replies (killed, or
+/// ended by an exception), its response promise is never delivered, and
+/// the caller learns that at once (errc::rank_lost) instead of waiting for
+/// the whole operation deadline.
 template <class Job, class Atom>
 caf::expected<metadata> run_on_agent(const checkpointer_options& o, Atom atom,
                                      Job job) {
   auto& group = *o.process_group;
-  caf::expected<metadata> result{
-    make_error(errc::timeout, "no answer from the rank agent")};
-  caf::scoped_actor self{group.system()};
-  self->request(group.agent(), operation_deadline(o), atom, std::move(job))
-    .receive([&](metadata& md) { result = std::move(md); },
-             [&](caf::error& err) {
-               if (err == caf::sec::request_timeout)
-                 err = make_error(errc::timeout,
-                                  "rank " + std::to_string(group.rank())
-                                    + ": the operation did not end within "
-                                    + std::to_string(
-                                      operation_deadline(o).count())
-                                    + " ms");
-               result = std::move(err);
-             });
-  return result;
+  auto rank = group.rank();
+  auto agent = group.agent();
+  auto deadline = operation_deadline(o);
+  auto done = std::make_shared<std::promise<caf::expected<metadata>>>();
+  auto result = done->get_future();
+  group.system().spawn([=](caf::event_based_actor* self) mutable {
+    auto answered = std::make_shared<bool>(false);
+    auto answer = [self, done, answered](caf::expected<metadata> x) {
+      if (*answered)
+        return;
+      *answered = true;
+      done->set_value(std::move(x));
+      self->quit();
+    };
+    self->set_down_handler([=](caf::down_msg& dm) {
+      answer(make_error(errc::rank_lost,
+                        "rank " + std::to_string(rank)
+                          + ": the rank agent stopped ("
+                          + describe(dm.reason)
+                          + ") before the operation ended"));
+    });
+    self->monitor(agent);
+    self->request(agent, deadline, atom, std::move(job))
+      .then([=](metadata& md) { answer(std::move(md)); },
+            [=](caf::error& err) {
+              if (err == caf::sec::request_timeout)
+                err = make_error(errc::timeout,
+                                 "rank " + std::to_string(rank)
+                                   + ": the operation did not end within "
+                                   + std::to_string(deadline.count())
+                                   + " ms");
+              answer(std::move(err));
+            });
+  });
+  try {
+    return result.get();
+  } catch (const std::future_error&) {
+    // The helper actor went away unanswered: the actor system stopped.
+    return make_error(errc::aborted,
+                      "rank " + std::to_string(rank)
+                        + ": the actor system stopped before the operation "
+                          "ended");
+  }
 }
 
 save_result save_in_group(const checkpointer_options& o,

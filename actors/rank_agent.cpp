@@ -42,6 +42,9 @@ struct pending_job {
 /// The operation this agent runs now.
 struct agent_op {
   op_id id;
+  /// The operation's number for the fault layer's step rules (unique in
+  /// the process; `id.seq` restarts at 1 in every process group).
+  uint64_t fault_op = 0;
   int32_t coordinator = 0;
   std::chrono::milliseconds timeout{0};
   save_job save;
@@ -129,7 +132,7 @@ bool injected(agent_ptr self, const agent_op& op, fault::step s,
               caf::error& err) {
   if (err)
     return false;
-  auto v = fault::at_step(s, self->state.rank, op.id.seq);
+  auto v = fault::at_step(s, self->state.rank, op.fault_op);
   if (v.what == fault::action::fail)
     err = std::move(v.error);
   return v.what == fault::action::hang;
@@ -798,6 +801,7 @@ void start_next(agent_ptr self) {
   st.queue.pop_front();
   auto op = std::make_unique<agent_op>();
   op->id = op_id{job.kind, st.next_seq++};
+  op->fault_op = fault::next_op();
   op->rp = std::move(job.rp);
   if (job.kind == op_kind::save) {
     op->coordinator = job.save.coordinator_rank;

@@ -391,6 +391,11 @@ verdict at_step(step s, int32_t rank, uint64_t op) {
   }
 }
 
+uint64_t next_op() {
+  static std::atomic<uint64_t> ops{0};
+  return ++ops;
+}
+
 void block_until_released() {
   auto& g = reg();
   std::unique_lock<std::mutex> guard{g.mx};

@@ -97,9 +97,16 @@ struct verdict {
   caf::error error;
 };
 
-/// The hook of `s` on `rank` in operation `op` (any number that tells
-/// operations apart, e.g. the op sequence; rules fire once per operation).
+/// The hook of `s` on `rank` in operation `op` (a number that tells
+/// operations apart in this process: take it from `next_op()`; rules fire
+/// once per operation).
 verdict at_step(step s, int32_t rank, uint64_t op);
+
+/// A fresh operation number for `at_step`, unique in this process (1, 2,
+/// ...). Numbers that restart elsewhere (an agent's op sequence in a new
+/// process group, a counter per storage writer) would collide with an
+/// earlier operation's, and a rule would not fire again.
+uint64_t next_op();
 
 /// For hooks that cannot return early (a storage thread): blocks the
 /// calling thread until `clear()` or `install()`.

@@ -581,7 +581,7 @@ public:
           return with_context(os_error("close", tmp, errno), "finish");
       }
       switch (auto v = fault::at_step(fault::step::rename, rank_,
-                                          ++commit_count_); v.what) {
+                                          fault::next_op()); v.what) {
         case fault::action::fail:
           return v.error;
         case fault::action::hang:
@@ -915,9 +915,6 @@ private:
   filesystem_writer_options opts_;
   bool is_coordinator_ = false;
   int32_t rank_ = 0;
-  /// Commits attempted by this writer (tells operations apart for fault
-  /// rules, which fire once per operation).
-  std::atomic<uint64_t> commit_count_{0};
   std::mutex mx_;
   std::vector<std::string> created_;
   bool tmp_created_ = false;
