@@ -822,7 +822,8 @@ private:
 };
 
 /// pwrite of whole aligned blocks (O_DIRECT); returns 0 or an errno, with
-/// -1 for a short write that cannot be continued.
+/// -1 for a write that stores nothing. An unaligned short write switches
+/// the file to buffered writes and goes on.
 int pwrite_fully(int fd, const char* data, size_t size, uint64_t offset) {
   while (size > 0) {
     auto res = fault::pwrite(fd, data, std::min(size, size_t{1} << 30),
@@ -832,8 +833,16 @@ int pwrite_fully(int fd, const char* data, size_t size, uint64_t offset) {
         continue;
       return errno;
     }
-    if (res == 0 || static_cast<size_t>(res) % direct_align != 0)
+    if (res == 0)
       return -1;
+    if (static_cast<size_t>(res) % direct_align != 0) {
+      // A short write of an unaligned count: O_DIRECT cannot go on from
+      // there, so this file continues buffered (the final fsync still
+      // makes it durable).
+      auto flags = ::fcntl(fd, F_GETFL);
+      if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) != 0)
+        return -1;
+    }
     data += res;
     size -= static_cast<size_t>(res);
     offset += static_cast<uint64_t>(res);

@@ -1,6 +1,7 @@
 #include "storage/filesystem.hpp"
 
 #include "core/error.hpp"
+#include "core/fault.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/tensor_codec.hpp"
 #include "storage/state_dict.hpp"
@@ -875,6 +876,38 @@ TEST_CASE("a full disk is a storage failure naming the file",
   CHECK(code_of(res.error()) == errc::storage_failure);
   CHECK(context_of(res.error()).find("/dev/full") != std::string::npos);
   ::close(fd);
+}
+
+TEST_CASE("short writes are continued, buffered and O_DIRECT",
+          "[filesystem][errors]") {
+  // io:short makes the K-th write system call of a rank store only half of
+  // its bytes (an unaligned count on O_DIRECT files, which must then go on
+  // buffered). Every K up to the last write of the save, on both ranks.
+  struct clear_rules {
+    ~clear_rules() { fault::clear(); }
+  } guard;
+  for (bool direct : {false, true})
+    for (int k = 1;; ++k) {
+      INFO("direct_io " << direct << ", short write " << k);
+      temp_dir tmp;
+      auto dir = tmp / "ckpt";
+      filesystem_writer_options wopts;
+      wopts.direct_io = direct;
+      auto ranks = two_ranks();
+      auto big = ranks[0].tensors[15].tensor;
+      REQUIRE(!fault::install("io:short@0:" + std::to_string(k)
+                              + ",io:short@1:" + std::to_string(k)));
+      FS_REQUIRE(save_all(dir, wopts, ranks));
+      auto fired = fault::fired();
+      fault::clear();
+      map_target target;
+      FS_REQUIRE(load_all(dir, {}, target, nullptr));
+      check_two_ranks(target);
+      CHECK(key(target, "big", 2).equal(big));
+      if (fired == 0)
+        break; // past the last write of both ranks
+      REQUIRE(k < 64);
+    }
 }
 
 // -- overwriting a checkpoint (issue 6) ---------------------------------------
