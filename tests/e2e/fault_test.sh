@@ -4,6 +4,8 @@
 # write fails. The surviving ranks must exit non-zero on their own within
 # the peer timeout (no launcher kills them), no `.metadata` of the aborted
 # save may appear, and the previous checkpoint must still load and verify.
+# Last, a flipped bit in a data file fails the load and `dcpp verify`,
+# both naming the key.
 #   fault_test.sh BUILD_APPS_DIR
 set -uo pipefail
 apps="$1"
@@ -59,4 +61,29 @@ echo "rank 0 failed its write: the save failed, old commit intact"
   || fail "a save after the faults must succeed"
 "$apps/dcpp-launch" --nproc 1 -- "$apps/dcpp-worker" load "${common[@]}" --seed 4 --verify \
   || fail "the new checkpoint must load and verify"
+# 5. A flipped bit in a data file: the load on every rank count fails naming
+#    the key, and `dcpp verify` names it too. Flip the middle byte of the
+#    first chunk of model.embedding.weight.
+read -r key file pos < <("$apps/dcpp" inspect --json "$dir" | /usr/bin/python3 -c '
+import json, sys
+items = json.load(sys.stdin)["items"]
+c = items["model.embedding.weight"]["chunks"][0]
+print("model.embedding.weight", c["file"], c["offset"] + c["length"] // 2)')
+cp -a "$dir" "$tmp/flipped"
+/usr/bin/python3 - "$tmp/flipped/$file" "$pos" <<'PY'
+import sys
+path, pos = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(pos); b = f.read(1); f.seek(pos); f.write(bytes([b[0] ^ 0x10]))
+PY
+"$apps/dcpp-launch" --nproc 2 -- "$apps/dcpp-worker" load --dir "$tmp/flipped" \
+  --size-mb 2 --layout mixed --seed 4 --verify > "$tmp/out.flip" 2>&1 \
+  && fail "a load of a flipped bit must fail"
+grep -q "checksum_mismatch" "$tmp/out.flip" && grep -q "$key" "$tmp/out.flip" \
+  || fail "the load must name the checksum mismatch and $key: $(cat "$tmp/out.flip")"
+"$apps/dcpp" verify "$tmp/flipped" > "$tmp/out.verify" 2>&1 \
+  && fail "dcpp verify must fail on a flipped bit"
+grep -q "BROKEN $key" "$tmp/out.verify" \
+  || fail "dcpp verify must name $key: $(cat "$tmp/out.verify")"
+echo "a flipped bit in $file: load and dcpp verify name $key"
 echo "fault_test: all checks passed"
