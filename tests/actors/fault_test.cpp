@@ -833,6 +833,49 @@ TEST_CASE("a rank agent killed during the write fails the save in time",
   check_loads(rs.sys, dir.path, 2, A);
 }
 
+TEST_CASE("the coordinator killed before and during the commit fails the "
+          "save in time", "[fault]") {
+  // In-process counterpart of kill_test.sh's kill -9 of the coordinator:
+  // the coordinator actor is killed while its rank waits at the commit
+  // (before `.metadata.tmp`), or while its storage thread is blocked with
+  // `.metadata.tmp` written (before the rename).
+  for (const char* spec : {"commit:hang@1", "rename:hang@1"}) {
+    INFO(spec);
+    real_system rs;
+    checkpoint_dir dir{"coord_killed"};
+    auto grp = make_local_process_group(rs.sys, world);
+    const auto step_timeout = ms{1000};
+    auto st = commit_a(grp, dir, step_timeout);
+    {
+      INSTALL_FAULT(rules, spec);
+      auto rt = start_save(grp, dir.path, coord, step_timeout, B);
+      auto until = steady::now() + 10s;
+      while (fault::fired() == 0 && steady::now() < until)
+        std::this_thread::sleep_for(1ms);
+      REQUIRE(fault::fired() > 0);
+      auto killed_at = steady::now();
+      caf::anon_send_exit(grp[coord]->coordinator(), caf::exit_reason::kill);
+      CHECK(rt->wait_for({0, 1, 2}, hang_bound(step_timeout)));
+      CHECK(steady::now() - killed_at < hang_bound(step_timeout));
+      // Release a storage thread blocked before the rename; its finish
+      // must not commit after all.
+      fault::clear();
+      rt->wait();
+      for (int32_t r = 0; r < world; ++r) {
+        INFO("rank " << r << ": " << text_of(rt->out[r].res));
+        REQUIRE_FALSE(rt->out[r].res);
+        auto text = describe(rt->out[r].res.error());
+        CHECK((text.find("rank_lost") != std::string::npos
+               || text.find("timeout") != std::string::npos));
+        CHECK(text.find("coordinator") != std::string::npos);
+      }
+      std::this_thread::sleep_for(200ms); // a late rename would show now
+      CHECK(dir.metadata_bytes() == st.md);
+    }
+    check_loads(rs.sys, dir.path, 2, A);
+  }
+}
+
 // -- 8. nothing left behind -----------------------------------------------------------
 
 TEST_CASE("after faults, saves without faults commit in the same group and "
