@@ -203,13 +203,22 @@ int main(int argc, char** argv) {
       const auto& c = children[static_cast<size_t>(f)];
       std::fprintf(stderr, "dcpp-launch: rank %d %s; stopping the others\n",
                    c.rank, describe_status(c.status).c_str());
-      signal_all(children, SIGTERM);
-      auto deadline = std::chrono::steady_clock::now()
-                      + std::chrono::duration<double>(grace_s);
-      while (count_running(children) > 0
-             && std::chrono::steady_clock::now() < deadline) {
-        reap(children, false);
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      auto wait_grace = [&] {
+        auto deadline = std::chrono::steady_clock::now()
+                        + std::chrono::duration<double>(grace_s);
+        while (count_running(children) > 0
+               && std::chrono::steady_clock::now() < deadline) {
+          reap(children, false);
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+      };
+      // After a forwarded Ctrl-C every rank is handling that signal: a
+      // SIGTERM now could cut its handler short (seen as a lost SIGINT).
+      if (forwarded != 0)
+        wait_grace();
+      if (count_running(children) > 0) {
+        signal_all(children, SIGTERM);
+        wait_grace();
       }
       signal_all(children, SIGKILL);
       reap(children, true);
