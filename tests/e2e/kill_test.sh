@@ -10,6 +10,9 @@
 #   4. an external dcpp-coordinator killed while every rank hangs after its
 #      write (write:hang@*)
 #   5. (no kill) a disk that fills up on rank 1 (io:enospc@1:1)
+#   6. a worker stopped with SIGSTOP in the write step (no heartbeats)
+#   7. (no kill) a worker stalled in the write step that still heartbeats:
+#      only the step deadline (2 s here) can end the save
 #
 # The ranks are started by hand, without a launcher, so only dcpp's own
 # liveness (ZeroMQ heartbeats, --peer-timeout-ms 1500; the step deadline is
@@ -259,6 +262,43 @@ grep -q "No space left on device" "$tmp/out.enospc" \
   || fail "the failed save left data files behind: $(ls -a "$dir")"
 check_old_commit
 echo "scenario 5 (io:enospc@1:1): the save failed with ENOSPC, removed its files; old commit intact"
+
+# -- 6. a stalled worker: SIGSTOP (no heartbeats) ----------------------------
+scenario=worker_stopped
+reset_outputs
+port=$(free_port)
+for r in 0 1; do start_rank $r 2 "$port" --seed 7 --fault 'write:hang@1'; done
+wait_line "$tmp/out.1" "rank 1 hangs in step write" 30 \
+  || fail "rank 1 never reached its hang in the write step"
+t_kill=$(now)
+kill -STOP "${pid[1]}" || fail "cannot stop rank 1"
+await_survivors "$t_kill" "rank0:${pid[0]}"
+grep -q -E 'rank 1 silent' "$tmp/out.0" \
+  || fail "rank 0 does not say that rank 1 went silent"
+kill9 "rank 1 (stopped)" "${pid[1]}"
+check_old_commit
+echo "scenario 6 (SIGSTOP of worker rank 1 in write): rank 0 exited after ${detect}s; old commit intact"
+
+# -- 7. a stalled worker that still heartbeats: only the step deadline -------
+scenario=worker_stalled
+reset_outputs
+port=$(free_port)
+common_saved=("${common[@]}")
+common=(--dir "$dir" --size-mb 2 --layout mixed --step-timeout 2
+        --peer-timeout-ms 1500)
+for r in 0 1; do start_rank $r 2 "$port" --seed 8 --fault 'write:hang@1'; done
+wait_line "$tmp/out.1" "rank 1 hangs in step write" 30 \
+  || fail "rank 1 never reached its hang in the write step"
+t_kill=$(now)
+# Nobody is killed: rank 1 stays alive and silent in the protocol only.
+await_survivors "$t_kill" "rank0:${pid[0]}" "rank1:${pid[1]}"
+for r in 0 1; do
+  grep -q -E 'timeout' "$tmp/out.$r" || fail "rank $r does not say timeout"
+  grep -q -E 'rank 1\b' "$tmp/out.$r" || fail "rank $r does not name rank 1"
+done
+common=("${common_saved[@]}")
+check_old_commit
+echo "scenario 7 (rank 1 stalls in write, still heartbeating; step timeout 2 s): both ranks exited after ${detect}s; old commit intact"
 
 # -- a fresh save over the leftovers ------------------------------------------
 scenario=fresh_save
