@@ -7,12 +7,12 @@
 
 #include <caf/all.hpp>
 
-#include <atomic>
 #include <algorithm>
 #include <chrono>
 #include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 
 namespace dcpp {
@@ -42,11 +42,14 @@ std::shared_ptr<load_planner> load_planner_of(const checkpointer_options& o) {
   return o.load_planner ? o.load_planner : make_default_load_planner();
 }
 
-/// The fault layer's hook of step `s` for a world of one rank (rank 0):
-/// an injected failure or hang (which blocks here until the rules are
-/// cleared: no deadline watches a world of one) ends the step.
+/// The fault layer's hook of step `s` for a world of one rank (rank 0),
+/// on the caller's thread: an injected failure or hang (which blocks here
+/// until the rules are cleared: no deadline watches a world of one) ends
+/// the step; a slow step sleeps.
 caf::error injected(fault::step s) {
   auto v = fault::at_step(s, 0, fault::next_op());
+  if (v.what == fault::action::slow)
+    std::this_thread::sleep_for(v.delay);
   if (v.what == fault::action::fail)
     return std::move(v.error);
   if (v.what == fault::action::hang) {

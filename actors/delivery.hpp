@@ -7,21 +7,25 @@
 
 #include "core/fault.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <utility>
 
 namespace dcpp {
 
 /// Sends `msg` from `self` to `dest`: a message between rank `rank` and
-/// the coordinator, in the direction `to_coordinator` says.
+/// the coordinator, in the direction `to_coordinator` says, at least
+/// `late` late (an injected slow step).
 template <class Self, class Dest, class Msg>
 void deliver(Self self, const Dest& dest, int32_t rank, bool to_coordinator,
-             Msg&& msg) {
+             Msg&& msg,
+             std::chrono::milliseconds late = std::chrono::milliseconds{0}) {
   auto fate = fault::on_message(rank, to_coordinator);
   if (fate.drop)
     return;
-  if (fate.delay.count() > 0) {
-    self->delayed_send(dest, fate.delay, std::forward<Msg>(msg));
+  auto delay = fate.delay + late;
+  if (delay.count() > 0) {
+    self->delayed_send(dest, delay, std::forward<Msg>(msg));
     return;
   }
   self->send(dest, std::forward<Msg>(msg));

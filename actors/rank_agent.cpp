@@ -117,25 +117,33 @@ coordinator_actor coordinator_of(agent_ptr self, const agent_op& op) {
 }
 
 /// Sends `msg` to the operation's coordinator (through the fault layer's
-/// message rules).
+/// message rules), at least `late` late.
 template <class Msg>
-void send_to_coordinator(agent_ptr self, const agent_op& op, Msg&& msg) {
+void send_to_coordinator(agent_ptr self, const agent_op& op, Msg&& msg,
+                         std::chrono::milliseconds late = {}) {
   deliver(self, coordinator_of(self, op), self->state.rank, true,
-          std::forward<Msg>(msg));
+          std::forward<Msg>(msg), late);
 }
 
-/// The fault layer's hook of step `s` (core/fault.hpp). Returns true if
-/// the rank must stop here (an injected hang: it sends nothing more for
-/// this operation, and only deadlines end it); an injected failure
-/// replaces `err`.
-bool injected(agent_ptr self, const agent_op& op, fault::step s,
-              caf::error& err) {
+/// What an injected fault (core/fault.hpp) does to this rank's report of a
+/// step.
+struct injection {
+  /// An injected hang: the rank sends nothing more for this operation, and
+  /// only deadlines end it.
+  bool stop = false;
+  /// An injected slow step: the report goes this late (no thread sleeps).
+  std::chrono::milliseconds late{0};
+};
+
+/// The fault layer's hook of step `s`; an injected failure replaces `err`.
+injection injected(agent_ptr self, const agent_op& op, fault::step s,
+                   caf::error& err) {
   if (err)
-    return false;
+    return {};
   auto v = fault::at_step(s, self->state.rank, op.fault_op);
   if (v.what == fault::action::fail)
     err = std::move(v.error);
-  return v.what == fault::action::hang;
+  return {v.what == fault::action::hang, v.delay};
 }
 
 /// Turns the error of a request to a local actor into the error this rank
@@ -272,34 +280,30 @@ agent_op* check_from_coordinator(agent_ptr self, const envelope& hdr,
 
 void send_local_save_plan(agent_ptr self, agent_op& op, save_plan plan,
                           caf::error err) {
-  if (injected(self, op, fault::step::plan, err)) {
-    op.sent_local = true;
-    arm(self, op, "the central plan");
-    return;
+  auto inj = injected(self, op, fault::step::plan, err);
+  if (!inj.stop) {
+    local_save_plan_msg msg;
+    msg.hdr = header_to(self, op, op.coordinator);
+    msg.step_timeout_ms = op.timeout.count();
+    msg.plan = std::move(plan);
+    msg.error = std::move(err);
+    send_to_coordinator(self, op, std::move(msg), inj.late);
   }
-  local_save_plan_msg msg;
-  msg.hdr = header_to(self, op, op.coordinator);
-  msg.step_timeout_ms = op.timeout.count();
-  msg.plan = std::move(plan);
-  msg.error = std::move(err);
-  send_to_coordinator(self, op, std::move(msg));
   op.sent_local = true;
   arm(self, op, "the central plan");
 }
 
 void send_write_done(agent_ptr self, agent_op& op,
                      std::vector<write_result> results, caf::error err) {
-  if (injected(self, op, fault::step::write, err)) {
-    arm(self, op, "the outcome");
-    return;
+  auto inj = injected(self, op, fault::step::write, err);
+  if (!inj.stop) {
+    write_done_msg msg;
+    msg.hdr = header_to(self, op, op.coordinator);
+    if (!err)
+      msg.results = std::move(results);
+    msg.error = std::move(err);
+    send_to_coordinator(self, op, std::move(msg), inj.late);
   }
-  if (err)
-    results.clear();
-  write_done_msg msg;
-  msg.hdr = header_to(self, op, op.coordinator);
-  msg.results = std::move(results);
-  msg.error = std::move(err);
-  send_to_coordinator(self, op, std::move(msg));
   arm(self, op, "the outcome");
 }
 
@@ -467,9 +471,9 @@ void on_global_save_step(agent_ptr self, global_save_step_msg& msg) {
   auto fail_global = [self, seq, hdr](caf::error& err, const char* what) {
     if (auto op = on_reply(self, seq))
       send_to_coordinator(self, *op,
-                 global_save_step_done_msg{
-                   hdr, global_save_plan{},
-                   local_error(self, *op, std::move(err), what)});
+                          global_save_step_done_msg{
+                            hdr, global_save_plan{},
+                            local_error(self, *op, std::move(err), what)});
   };
   ++op->inflight;
   self->request(op->planner, op->timeout, global_plan_atom::value,
@@ -487,10 +491,10 @@ void on_global_save_step(agent_ptr self, global_save_step_msg& msg) {
             [=](std::vector<save_plan>& plans) {
               if (auto op = on_reply(self, seq))
                 send_to_coordinator(self, *op,
-                           global_save_step_done_msg{
-                             hdr, global_save_plan{std::move(plans),
-                                                   std::move(*md)},
-                             caf::error{}});
+                                    global_save_step_done_msg{
+                                      hdr, global_save_plan{std::move(plans),
+                                                            std::move(*md)},
+                                      caf::error{}});
             },
             [=](caf::error& err) { fail_global(err, "prepare_global_plan"); });
       },
@@ -509,28 +513,32 @@ void on_commit(agent_ptr self, commit_msg& msg) {
   auto seq = op->id.seq;
   auto hdr = header_to(self, *op, op->coordinator);
   caf::error injected_error;
-  if (injected(self, *op, fault::step::commit, injected_error))
+  auto inj = injected(self, *op, fault::step::commit, injected_error);
+  if (inj.stop)
     return; // the coordinator's commit deadline ends the operation
   if (injected_error) {
     send_to_coordinator(self, *op,
                         commit_done_msg{hdr, std::move(injected_error)});
     return;
   }
+  auto late = inj.late;
   ++op->inflight;
   self->request(op->writer, op->timeout, finish_atom::value, std::move(msg.md),
                 std::move(msg.results))
     .then(
       [=](caf::ok_atom) {
         if (auto op = on_reply(self, seq))
-          send_to_coordinator(self, *op,
-                     commit_done_msg{hdr, caf::error{}});
+          send_to_coordinator(self, *op, commit_done_msg{hdr, caf::error{}},
+                              late);
       },
       [=](caf::error& err) {
         if (auto op = on_reply(self, seq))
           send_to_coordinator(self, *op,
-                     commit_done_msg{hdr, local_error(self, *op,
-                                                      std::move(err),
-                                                      "finish")});
+                              commit_done_msg{hdr,
+                                              local_error(self, *op,
+                                                          std::move(err),
+                                                          "finish")},
+                              late);
       });
 }
 
@@ -538,29 +546,26 @@ void on_commit(agent_ptr self, commit_msg& msg) {
 
 void send_local_load_plan(agent_ptr self, agent_op& op, load_plan plan,
                           caf::error err) {
-  if (injected(self, op, fault::step::plan, err)) {
-    op.sent_local = true;
-    arm(self, op, "the central plan");
-    return;
+  auto inj = injected(self, op, fault::step::plan, err);
+  if (!inj.stop) {
+    local_load_plan_msg msg;
+    msg.hdr = header_to(self, op, op.coordinator);
+    msg.step_timeout_ms = op.timeout.count();
+    msg.plan = std::move(plan);
+    msg.error = std::move(err);
+    send_to_coordinator(self, op, std::move(msg), inj.late);
   }
-  local_load_plan_msg msg;
-  msg.hdr = header_to(self, op, op.coordinator);
-  msg.step_timeout_ms = op.timeout.count();
-  msg.plan = std::move(plan);
-  msg.error = std::move(err);
-  send_to_coordinator(self, op, std::move(msg));
   op.sent_local = true;
   arm(self, op, "the central plan");
 }
 
 void send_read_done(agent_ptr self, agent_op& op, caf::error err) {
-  if (injected(self, op, fault::step::read, err)) {
-    arm(self, op, "the outcome");
-    return;
-  }
-  send_to_coordinator(self, op,
-             read_done_msg{header_to(self, op, op.coordinator),
-                           std::move(err)});
+  auto inj = injected(self, op, fault::step::read, err);
+  if (!inj.stop)
+    send_to_coordinator(self, op,
+                        read_done_msg{header_to(self, op, op.coordinator),
+                                      std::move(err)},
+                        inj.late);
   arm(self, op, "the outcome");
 }
 
@@ -727,8 +732,9 @@ void on_global_load_step(agent_ptr self, global_load_step_msg& msg) {
   auto fail_global = [self, seq, hdr](caf::error& err, const char* what) {
     if (auto op = on_reply(self, seq))
       send_to_coordinator(self, *op,
-                 global_load_step_done_msg{
-                   hdr, {}, local_error(self, *op, std::move(err), what)});
+                          global_load_step_done_msg{
+                            hdr, {},
+                            local_error(self, *op, std::move(err), what)});
   };
   ++op->inflight;
   self->request(op->planner, op->timeout, global_plan_atom::value,
@@ -745,8 +751,8 @@ void on_global_load_step(agent_ptr self, global_load_step_msg& msg) {
             [=](std::vector<load_plan>& prepared) {
               if (auto op = on_reply(self, seq))
                 send_to_coordinator(self, *op,
-                           global_load_step_done_msg{hdr, std::move(prepared),
-                                                     caf::error{}});
+                                    global_load_step_done_msg{
+                                      hdr, std::move(prepared), caf::error{}});
             },
             [=](caf::error& err) { fail_global(err, "prepare_global_plan"); });
       },

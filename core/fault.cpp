@@ -382,10 +382,9 @@ verdict at_step(step s, int32_t rank, uint64_t op) {
                          "injected fault: " + rank_text(rank)
                            + " fails in step " + to_string(s))};
     case what_kind::slow:
-      announce(rank_text(rank) + " sleeps " + std::to_string(arg)
-               + " ms in step " + to_string(s));
-      std::this_thread::sleep_for(std::chrono::milliseconds(arg));
-      return {};
+      announce(rank_text(rank) + " is " + std::to_string(arg)
+               + " ms late in step " + to_string(s));
+      return {action::slow, {}, std::chrono::milliseconds(arg)};
     default:
       return {};
   }

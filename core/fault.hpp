@@ -15,7 +15,8 @@
 //   WHERE:WHAT[@WHO][:ARG]
 //
 // Steps (WHO: a rank, or '*' / absent for every rank):
-//   plan:WHAT     the rank made its local plan (save or load), before sending it
+//   plan:WHAT     the rank made its local plan (save or load), before it
+//                 sends it
 //   write:WHAT    the rank wrote its data, before reporting its write results
 //   read:WHAT     the rank read its data, before reporting
 //   commit:WHAT   the coordinator's rank got the commit order, before it
@@ -29,7 +30,9 @@
 //                 only deadlines notice); in `rename` the writing thread
 //                 blocks until `fault::clear()` (in a process: forever)
 //   fail          the step fails on that rank with errc::injected_fault
-//   slow:MS       the rank sleeps MS milliseconds there, then goes on
+//   slow:MS       the rank is MS milliseconds late there: the rank agent
+//                 sends its report that much later (no thread sleeps); in
+//                 `rename` and in a world of one the calling thread sleeps
 // Every step rule fires at most once per operation and rank, any number of
 // times over a process's life.
 //
@@ -88,13 +91,15 @@ enum class step : uint8_t { plan, write, read, commit, rename };
 
 const char* to_string(step x);
 
-/// What a hook tells its caller to do (`exit` and `slow` happen inside).
-enum class action : uint8_t { none, fail, hang };
+/// What a hook tells its caller to do (`exit` happens inside).
+enum class action : uint8_t { none, fail, hang, slow };
 
 struct verdict {
   action what = action::none;
   /// For `fail`: errc::injected_fault naming the rank and the step.
   caf::error error;
+  /// For `slow`: how late the rank goes on.
+  std::chrono::milliseconds delay{0};
 };
 
 /// The hook of `s` on `rank` in operation `op` (a number that tells

@@ -588,6 +588,9 @@ public:
           fault::block_until_released();
           return make_error(errc::aborted, "finish: released from an "
                                            "injected hang before the rename");
+        case fault::action::slow:
+          std::this_thread::sleep_for(v.delay);
+          break;
         default:
           break;
       }

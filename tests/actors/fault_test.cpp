@@ -694,6 +694,39 @@ TEST_CASE("msg:delay within the deadline: the save commits", "[fault]") {
   check_loads(rs.sys, dir.path, 2, A);
 }
 
+TEST_CASE("slow steps: a late report within the deadline commits, one "
+          "beyond it fails in time naming the rank",
+          "[fault]") {
+  // A slow step delays the rank's report (no scheduler thread sleeps).
+  real_system rs;
+  checkpoint_dir dir{"slow"};
+  auto grp = make_local_process_group(rs.sys, world);
+  const auto step_timeout = ms{1000};
+  {
+    INSTALL_FAULT(rules, "plan:slow@0:300,write:slow@2:300");
+    auto t0 = steady::now();
+    auto out = save_all(grp, dir.path, coord, step_timeout, A);
+    auto took = steady::now() - t0;
+    require_saved(out);
+    CHECK(fault::fired() == 2);
+    CHECK(took >= 600ms);
+  }
+  check_loads(rs.sys, dir.path, 2, A);
+  auto st = committed_state{dir.metadata_bytes(), dir.data_files()};
+  {
+    INSTALL_FAULT(rules, "write:slow@2:2500");
+    auto out = save_all(grp, dir.path, coord, step_timeout, B);
+    for (int32_t r = 0; r < world; ++r) {
+      INFO("rank " << r << " returned after " << out[r].took.count() << " ms");
+      CHECK(out[r].took < hang_bound(step_timeout));
+    }
+    auto failure = require_failed_everywhere(out, "write", {2});
+    CHECK(failure.failures[2].find("dcpp::timeout") != std::string::npos);
+    check_unchanged(dir, st);
+  }
+  check_loads(rs.sys, dir.path, 2, A);
+}
+
 TEST_CASE("msg:drop of the outcome to one rank: it commits, that rank times "
           "out",
           "[fault]") {
