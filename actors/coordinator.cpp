@@ -147,7 +147,7 @@ void fail(coord_ptr self, coord_op& op) {
   auto n = world_size(self);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
-               op_outcome_msg{reply_header(self, op.id, r), err, metadata{}});
+                 op_outcome_msg{reply_header(self, op.id, r), err, metadata{}});
   ++self->state.stats.ops_failed;
   close(self, op.id.seq);
 }
@@ -157,8 +157,8 @@ void succeed(coord_ptr self, coord_op& op) {
   auto n = world_size(self);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
-               op_outcome_msg{reply_header(self, op.id, r), caf::error{},
-                              op.md});
+                 op_outcome_msg{reply_header(self, op.id, r), caf::error{},
+                                op.md});
   ++self->state.stats.ops_committed;
   close(self, op.id.seq);
 }
@@ -287,12 +287,12 @@ void on_plans_complete(coord_ptr self, coord_op& op) {
   arm(self, op);
   if (op.id.kind == op_kind::save)
     send_to_rank(self, r,
-               global_save_step_msg{reply_header(self, op.id, r),
-                                    std::move(op.save_plans)});
+                 global_save_step_msg{reply_header(self, op.id, r),
+                                      std::move(op.save_plans)});
   else
     send_to_rank(self, r,
-               global_load_step_msg{reply_header(self, op.id, r),
-                                    std::move(op.load_plans)});
+                 global_load_step_msg{reply_header(self, op.id, r),
+                                      std::move(op.load_plans)});
 }
 
 /// The global step's answer must come from the coordinator's own rank.
@@ -383,8 +383,8 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
       arm(self, *op);
       for (int32_t r = 0; r < n; ++r)
         send_to_rank(self, r,
-                   central_save_plan_msg{reply_header(self, op->id, r),
-                                         std::move(msg.global.plans[r])});
+                     central_save_plan_msg{reply_header(self, op->id, r),
+                                           std::move(msg.global.plans[r])});
     },
     [=](write_done_msg& msg) {
       const auto& hdr = msg.hdr;
@@ -412,8 +412,8 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
       arm(self, *op);
       auto r = self->state.rank;
       send_to_rank(self, r,
-                 commit_msg{reply_header(self, op->id, r), op->md,
-                            std::move(op->results)});
+                   commit_msg{reply_header(self, op->id, r), op->md,
+                              std::move(op->results)});
     },
     [=](commit_done_msg& msg) {
       auto op = find_global(self, msg.hdr, step::commit, "commit result");
@@ -464,8 +464,8 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
       arm(self, *op);
       for (int32_t r = 0; r < n; ++r)
         send_to_rank(self, r,
-                   central_load_plan_msg{reply_header(self, op->id, r),
-                                         std::move(msg.plans[r])});
+                     central_load_plan_msg{reply_header(self, op->id, r),
+                                           std::move(msg.plans[r])});
     },
     [=](read_done_msg& msg) {
       const auto& hdr = msg.hdr;
