@@ -58,7 +58,8 @@ std::string context_of(const caf::error& err) {
   if (!err)
     return {};
   const auto& ctx = err.context();
-  if (ctx.size() == 1 && ctx.match_element<std::string>(0))
+  // The rendered text comes first; structured data may follow it.
+  if (!ctx.empty() && ctx.match_element<std::string>(0))
     return ctx.get_as<std::string>(0);
   if (ctx.empty())
     return {};
@@ -90,6 +91,35 @@ caf::error with_context(const caf::error& err, const std::string& prefix,
                       ctx.empty() ? prefix : prefix + ": " + ctx);
   }
   return make_error(fallback, prefix + ": " + describe(err));
+}
+
+std::string to_string(const checkpoint_failure& x) {
+  std::string out = x.op + " failed in step " + x.step + ":";
+  bool first = true;
+  for (const auto& [rank, err] : x.failures) {
+    out += first ? " " : "; ";
+    first = false;
+    out += "rank " + std::to_string(rank) + ": " + describe(err);
+  }
+  if (x.failures.empty())
+    out += " (no rank reported an error)";
+  return out;
+}
+
+caf::error make_checkpoint_failure(checkpoint_failure x) {
+  auto text = to_string(x);
+  return caf::error{static_cast<uint8_t>(errc::checkpoint_failed),
+                    error_category,
+                    caf::make_message(std::move(text), std::move(x))};
+}
+
+const checkpoint_failure* checkpoint_failure_of(const caf::error& err) {
+  if (code_of(err) != errc::checkpoint_failed)
+    return nullptr;
+  const auto& ctx = err.context();
+  if (ctx.size() != 2 || !ctx.match_element<checkpoint_failure>(1))
+    return nullptr;
+  return &ctx.get_as<checkpoint_failure>(1);
 }
 
 } // namespace dcpp

@@ -12,8 +12,10 @@
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 #include <caf/make_message.hpp>
+#include <caf/meta/type_name.hpp>
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace dcpp {
@@ -104,5 +106,37 @@ std::string describe(const caf::error& err);
 /// code). Non-dcpp errors are turned into dcpp errors of code `fallback`.
 caf::error with_context(const caf::error& err, const std::string& prefix,
                         errc fallback = errc::checkpoint_failed);
+
+/// DCP's `CheckpointException` as data: the collective operation that
+/// failed, the step it failed in, and every failing rank's own error (with
+/// its own code). Carried inside an `errc::checkpoint_failed` error; text is
+/// made only when the error is rendered (`describe`).
+struct checkpoint_failure {
+  /// "save 3", "load 4".
+  std::string op;
+  /// "plan", "write", "commit" or "read".
+  std::string step;
+  /// rank -> that rank's error.
+  std::map<int32_t, caf::error> failures;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, checkpoint_failure& x) {
+  return f(caf::meta::type_name("dcpp.checkpoint_failure"), x.op, x.step,
+           x.failures);
+}
+
+/// Renders a failure as one line: "save 3 failed in step write: rank 1:
+/// dcpp::storage_failure: disk full; rank 3: ...".
+std::string to_string(const checkpoint_failure& x);
+
+/// An `errc::checkpoint_failed` error that carries `x` (its context holds
+/// the rendered text first, then the data).
+caf::error make_checkpoint_failure(checkpoint_failure x);
+
+/// The failure carried by an `errc::checkpoint_failed` error made by
+/// `make_checkpoint_failure`; nullptr for any other error. The pointer lives
+/// as long as `err` (or a copy of it) does.
+const checkpoint_failure* checkpoint_failure_of(const caf::error& err);
 
 } // namespace dcpp

@@ -13,6 +13,7 @@
 // (`messages.cpp`) uses it to name the field when it refuses an out-of-range
 // value.
 
+#include "core/error.hpp"
 #include "core/metadata.hpp"
 #include "core/plan.hpp"
 #include "core/planner.hpp"
@@ -228,6 +229,11 @@ void serialize(Archive& ar, global_save_plan& x) {
   ar(x.plans, x.md);
 }
 
+template <class Archive>
+void serialize(Archive& ar, checkpoint_failure& x) {
+  ar(x.op, x.step, x.failures);
+}
+
 } // namespace dcpp
 
 namespace cereal {
@@ -242,7 +248,8 @@ void save(Archive& ar, const caf::error& x) {
   std::string context;
   if (x && !x.context().empty()) {
     const auto& ctx = x.context();
-    if (ctx.size() == 1 && ctx.match_element<std::string>(0))
+    // dcpp errors carry their text first (data may follow it).
+    if (ctx.match_element<std::string>(0))
       context = ctx.get_as<std::string>(0);
     else
       context = caf::to_string(ctx);

@@ -47,7 +47,7 @@ namespace dcpp {
 /// Version of the coordinator <-> rank protocol. A message with another
 /// version is rejected (the sending rank's step fails with
 /// `errc::protocol_error`).
-inline constexpr uint32_t protocol_version = 1;
+inline constexpr uint32_t protocol_version = 2;
 
 /// The two kinds of collective operations.
 enum class op_kind : uint8_t {
@@ -176,11 +176,14 @@ struct read_done_msg {
 
 /// The end of an operation, sent by the coordinator to every rank: the
 /// committed metadata of a save (empty for a load), or the error that every
-/// rank reports.
+/// rank reports. A failed step's error is `errc::checkpoint_failed` and
+/// `failure` holds its data (step, rank -> error), so that it survives a
+/// transport that renders error contexts as text.
 struct op_outcome_msg {
   envelope hdr;
   caf::error error;
   metadata md;
+  checkpoint_failure failure;
 };
 
 // -- introspection (local) ----------------------------------------------------
@@ -296,7 +299,8 @@ typename Inspector::result_type inspect(Inspector& f, read_done_msg& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_outcome_msg& x) {
-  return f(caf::meta::type_name("dcpp.op_outcome_msg"), x.hdr, x.error, x.md);
+  return f(caf::meta::type_name("dcpp.op_outcome_msg"), x.hdr, x.error, x.md,
+           x.failure);
 }
 
 template <class Inspector>
@@ -385,7 +389,7 @@ void serialize(Archive& ar, read_done_msg& x) {
 
 template <class Archive>
 void serialize(Archive& ar, op_outcome_msg& x) {
-  ar(x.hdr, x.error, x.md);
+  ar(x.hdr, x.error, x.md, x.failure);
 }
 
 template <class Archive>
