@@ -1,7 +1,6 @@
 #include "actors/coordinator.hpp"
 
 #include "actors/delivery.hpp"
-#include "actors/failure.hpp"
 #include "core/error.hpp"
 
 #include <caf/all.hpp>
@@ -142,12 +141,15 @@ void close(coord_ptr self, uint64_t seq) {
 
 /// Ends `op` with errc::checkpoint_failed on every rank.
 void fail(coord_ptr self, coord_op& op) {
-  auto err = make_checkpoint_failure(op.id, step_name(op.cur), op.failures);
+  checkpoint_failure failure{to_string(op.id), step_name(op.cur),
+                             std::move(op.failures)};
+  auto err = make_checkpoint_failure(failure);
   spdlog::debug("dcpp coordinator {}: {}", self->state.rank, describe(err));
   auto n = world_size(self);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
-                 op_outcome_msg{reply_header(self, op.id, r), err, metadata{}});
+                 op_outcome_msg{reply_header(self, op.id, r), err, metadata{},
+                                failure});
   ++self->state.stats.ops_failed;
   close(self, op.id.seq);
 }
@@ -158,7 +160,7 @@ void succeed(coord_ptr self, coord_op& op) {
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
                  op_outcome_msg{reply_header(self, op.id, r), caf::error{},
-                                op.md});
+                                op.md, checkpoint_failure{}});
   ++self->state.stats.ops_committed;
   close(self, op.id.seq);
 }

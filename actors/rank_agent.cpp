@@ -796,6 +796,11 @@ void on_outcome(agent_ptr self, op_outcome_msg& msg) {
   }
   if (!msg.error && op.id.kind == op_kind::save)
     op.md = std::move(msg.md);
+  // A transport renders error contexts as text: the failure's data travels
+  // beside the error and is put back into it here.
+  if (code_of(msg.error) == errc::checkpoint_failed
+      && !checkpoint_failure_of(msg.error) && !msg.failure.op.empty())
+    msg.error = make_checkpoint_failure(std::move(msg.failure));
   end_with(self, std::move(msg.error));
 }
 

@@ -9,7 +9,7 @@
 //
 // Usage: dcpp_embed_example [checkpoint-dir] [world-size]
 
-#include "actors/failure.hpp"
+#include "core/error.hpp"
 #include "actors/jobs.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
@@ -129,9 +129,13 @@ void app_actor(caf::event_based_actor* self,
           }
         },
         [=](caf::error& err) {
-          // Every rank sees the same checkpoint_failed error.
-          if (auto f = dcpp::parse_checkpoint_failure(err))
-            std::cerr << "save failed in step " << f->step << '\n';
+          // Every rank sees the same checkpoint_failed error, carrying the
+          // step and each failing rank's own error as data.
+          if (auto f = dcpp::checkpoint_failure_of(err))
+            for (const auto& [rank, e] : f->failures)
+              std::cerr << "save failed in step " << f->step << " on rank "
+                        << rank << " (" << dcpp::to_string(
+                             dcpp::code_of(e)) << ")\n";
           report("save", r, err);
           if (--*pending == 0)
             out->done.set_value(false);

@@ -9,7 +9,7 @@
 // exit (also when a REQUIRE fails) and uses short step deadlines.
 
 #include "actors/checkpointer.hpp"
-#include "actors/failure.hpp"
+#include "tests/actors/failure_util.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
 
@@ -359,7 +359,7 @@ void check_loads(caf::actor_system& sys, const fs::path& dir, int32_t n,
 
 /// Every rank failed with the same checkpoint_failed error of step `step`
 /// that names exactly the ranks in `ranks`; returns the parsed failure.
-checkpoint_failure
+failure_text
 require_failed_everywhere(const std::vector<save_outcome>& out,
                           const std::string& step,
                           const std::set<int32_t>& ranks) {
@@ -370,7 +370,7 @@ require_failed_everywhere(const std::vector<save_outcome>& out,
     CHECK(describe(out[r].res.error()) == describe(out[0].res.error()));
   }
   INFO(describe(out[0].res.error()));
-  auto failure = parse_checkpoint_failure(out[0].res.error());
+  auto failure = failure_text_of(out[0].res.error());
   REQUIRE(failure);
   CHECK(failure->step == step);
   std::set<int32_t> named;
@@ -780,7 +780,7 @@ TEST_CASE("read:fail and read:hang end a load on every rank", "[fault]") {
       REQUIRE(out[r].err);
       CHECK(describe(out[r].err) == describe(out[0].err));
     }
-    auto failure = parse_checkpoint_failure(out[0].err);
+    auto failure = failure_text_of(out[0].err);
     REQUIRE(failure);
     CHECK(failure->step == "read");
     REQUIRE(failure->failures.size() == 1);
@@ -798,7 +798,7 @@ TEST_CASE("read:fail and read:hang end a load on every rank", "[fault]") {
       CHECK(out[r].took < hang_bound(step_timeout));
       CHECK(describe(out[r].err) == describe(out[0].err));
     }
-    auto failure = parse_checkpoint_failure(out[0].err);
+    auto failure = failure_text_of(out[0].err);
     REQUIRE(failure);
     CHECK(failure->step == "read");
     REQUIRE(failure->failures.size() == 1);
@@ -849,7 +849,7 @@ TEST_CASE("a rank agent killed during the write fails the save in time",
       REQUIRE_FALSE(rt->out[r].res);
       CHECK(describe(rt->out[r].res.error())
             == describe(rt->out[0].res.error()));
-      auto failure = parse_checkpoint_failure(rt->out[r].res.error());
+      auto failure = failure_text_of(rt->out[r].res.error());
       REQUIRE(failure);
       CHECK(failure->step == "write");
       REQUIRE(failure->failures.count(victim) == 1);

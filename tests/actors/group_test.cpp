@@ -12,7 +12,7 @@
 // for the PyTorch DCP harness to load (see `expected_value` for the values).
 
 #include "actors/checkpointer.hpp"
-#include "actors/failure.hpp"
+#include "tests/actors/failure_util.hpp"
 #include "actors/jobs.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
@@ -529,7 +529,7 @@ TEST_CASE("a rank that fails to write aborts the save on every rank",
     REQUIRE_FALSE(results[r]);
     CHECK(describe(results[r].error()) == describe(results[0].error()));
   }
-  auto failure = parse_checkpoint_failure(results[0].error());
+  auto failure = failure_text_of(results[0].error());
   REQUIRE(failure);
   CHECK(failure->step == "write");
   REQUIRE(failure->failures.size() == 1);
@@ -558,7 +558,7 @@ TEST_CASE("a rank whose state dict is broken fails the save everywhere",
   });
   for (int32_t r = 0; r < n; ++r)
     REQUIRE_FALSE(results[r]);
-  auto failure = parse_checkpoint_failure(results[2].error());
+  auto failure = failure_text_of(results[2].error());
   REQUIRE(failure);
   CHECK(failure->step == "plan");
   REQUIRE(failure->failures.count(1) == 1);

@@ -3,7 +3,6 @@
 
 #include "messages/wire.hpp"
 
-#include "actors/failure.hpp"
 #include "actors/system.hpp"
 #include "core/error.hpp"
 
@@ -87,9 +86,10 @@ std::vector<write_result> sample_results() {
 }
 
 caf::error sample_error() {
-  return make_checkpoint_failure(op_id{op_kind::save, 42}, "write",
-                                 {{1, make_error(errc::io_error, "disk full")},
-                                  {3, make_error(errc::timeout, "late")}});
+  return make_checkpoint_failure(
+    {"save 42", "write",
+     {{1, make_error(errc::io_error, "disk full")},
+      {3, make_error(errc::timeout, "late")}}});
 }
 
 template <class T>
@@ -190,14 +190,16 @@ TEST_CASE("checkpoint failures name the step and every failing rank",
   CHECK(context_of(err)
         == "save 42 failed in step write: rank 1: dcpp::io_error: disk full; "
            "rank 3: dcpp::timeout: late");
-  auto parsed = parse_checkpoint_failure(err);
-  REQUIRE(parsed);
-  CHECK(parsed->op == "save 42");
-  CHECK(parsed->step == "write");
-  REQUIRE(parsed->failures.size() == 2);
-  CHECK(parsed->failures.at(1) == "dcpp::io_error: disk full");
-  CHECK(parsed->failures.at(3) == "dcpp::timeout: late");
-  CHECK_FALSE(parse_checkpoint_failure(make_error(errc::timeout, "x")));
+  auto failure = checkpoint_failure_of(err);
+  REQUIRE(failure);
+  CHECK(failure->op == "save 42");
+  CHECK(failure->step == "write");
+  REQUIRE(failure->failures.size() == 2);
+  CHECK(code_of(failure->failures.at(1)) == errc::io_error);
+  CHECK(describe(failure->failures.at(1)) == "dcpp::io_error: disk full");
+  CHECK(code_of(failure->failures.at(3)) == errc::timeout);
+  CHECK(describe(failure->failures.at(3)) == "dcpp::timeout: late");
+  CHECK_FALSE(checkpoint_failure_of(make_error(errc::timeout, "x")));
 }
 
 TEST_CASE("the system config renders dcpp errors", "[messages]") {

@@ -4,7 +4,7 @@
 // (tests/actors/fakes.hpp); planning is the default planner.
 
 #include "actors/coordinator.hpp"
-#include "actors/failure.hpp"
+#include "tests/actors/failure_util.hpp"
 #include "actors/process_group.hpp"
 #include "actors/rank_agent.hpp"
 #include "actors/system.hpp"
@@ -100,7 +100,7 @@ std::vector<reply_ptr> load_on(deterministic_fixture& fx,
 
 /// Every reply is the same checkpoint_failed error of `step`, naming exactly
 /// `ranks`; returns the parsed failure.
-checkpoint_failure require_failed(const std::vector<reply_ptr>& replies,
+failure_text require_failed(const std::vector<reply_ptr>& replies,
                                   const std::string& step,
                                   const std::vector<int32_t>& ranks) {
   REQUIRE(!replies.empty());
@@ -117,7 +117,7 @@ checkpoint_failure require_failed(const std::vector<reply_ptr>& replies,
     else
       CHECK(text == first); // one error, the same on every rank
   }
-  auto parsed = parse_checkpoint_failure(replies[0]->error);
+  auto parsed = failure_text_of(replies[0]->error);
   REQUIRE(parsed);
   CHECK(parsed->step == step);
   std::vector<int32_t> got;
@@ -550,7 +550,7 @@ TEST_CASE_METHOD(coordinator_fixture,
   plan(1, 1, protocol_version + 1);
   auto outcomes = all_of<op_outcome_msg>(take());
   REQUIRE(outcomes.size() == 2);
-  auto failure = parse_checkpoint_failure(outcomes[0].error);
+  auto failure = failure_text_of(outcomes[0].error);
   REQUIRE(failure);
   CHECK(failure->step == "plan");
   REQUIRE(failure->failures.count(1) == 1);
@@ -584,7 +584,7 @@ TEST_CASE_METHOD(coordinator_fixture,
   sched.advance_time(1s);
   auto outcomes = all_of<op_outcome_msg>(take());
   REQUIRE(outcomes.size() == 2);
-  auto failure = parse_checkpoint_failure(outcomes[1].error);
+  auto failure = failure_text_of(outcomes[1].error);
   REQUIRE(failure);
   CHECK(failure->step == "write");
   REQUIRE(failure->failures.size() == 1);
@@ -612,7 +612,7 @@ TEST_CASE_METHOD(coordinator_fixture,
   sched.advance_time(1s);
   auto outcomes = all_of<op_outcome_msg>(take());
   REQUIRE(outcomes.size() == 2);
-  auto failure = parse_checkpoint_failure(outcomes[0].error);
+  auto failure = failure_text_of(outcomes[0].error);
   REQUIRE(failure);
   CHECK(failure->step == "commit");
   CHECK(failure->failures.at(0).find("no commit result within 2000 ms")
