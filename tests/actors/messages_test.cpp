@@ -166,6 +166,8 @@ void round_trip(const T& x) {
   REQUIRE_FALSE(source(w));
   CHECK(caf::deep_to_string(w) == caf::deep_to_string(x));
   CHECK(caf::deep_to_string(x).find("unprintable") == std::string::npos);
+  // wire_name annotations name fields for the wire decoder only.
+  CHECK(caf::deep_to_string(x).find("save_plan.usable") == std::string::npos);
 }
 
 } // namespace
