@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace dcpp {
@@ -35,6 +36,36 @@ size_t committed_items(const memory_store& store) {
   auto& self = const_cast<memory_store&>(store);
   std::lock_guard<std::mutex> guard{self.mx};
   return self.committed.size();
+}
+
+std::set<std::string> stored_keys(const memory_store& store) {
+  auto& self = const_cast<memory_store&>(store);
+  std::lock_guard<std::mutex> guard{self.mx};
+  std::set<std::string> keys;
+  for (const auto& [key, item] : self.staged)
+    keys.insert(key);
+  for (const auto& [key, item] : self.committed)
+    keys.insert(key);
+  return keys;
+}
+
+bool corrupt_stored_item(memory_store& store, const std::string& key) {
+  std::lock_guard<std::mutex> guard{store.mx};
+  auto i = store.committed.find(key);
+  if (i == store.committed.end())
+    return false;
+  auto& item = i->second;
+  if (item.tensor.defined()) {
+    if (item.tensor.nbytes() == 0)
+      return false;
+    auto* data = static_cast<unsigned char*>(item.tensor.data_ptr());
+    data[item.tensor.nbytes() / 2] ^= 0x20;
+    return true;
+  }
+  if (item.bytes.empty())
+    return false;
+  item.bytes[item.bytes.size() / 2] ^= 0x20;
+  return true;
 }
 
 namespace {

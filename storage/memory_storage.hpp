@@ -8,6 +8,8 @@
 #include "storage/storage.hpp"
 
 #include <memory>
+#include <set>
+#include <string>
 
 namespace dcpp {
 
@@ -24,5 +26,14 @@ storage_reader_ptr make_memory_reader(std::shared_ptr<memory_store> store);
 
 /// Number of items committed to `store` (for tests).
 size_t committed_items(const memory_store& store);
+
+/// Keys (`storage_info::relative_path`) of every item `store` holds, written
+/// by a save in progress or committed (for tests).
+std::set<std::string> stored_keys(const memory_store& store);
+
+/// Test hook: changes one byte of the data of the committed item stored
+/// under `key`, as a bit flip in memory would, and nothing else. Returns
+/// false if no committed item has that key.
+bool corrupt_stored_item(memory_store& store, const std::string& key);
 
 } // namespace dcpp
