@@ -3,7 +3,13 @@
 // An in-process storage backend: items live in memory, shared by the
 // writers and readers of one `memory_store`. For tests of planning and
 // actors that should not touch the disk; it follows the same call order and
-// commit rule as the file system (metadata visible only after `finish`).
+// commit rule as the file system and passes the same conformance suite
+// (tests/storage/conformance.hpp): metadata visible only after `finish`;
+// `finish` refuses results that leave a chunk without data or whose data is
+// gone, and keeps the old checkpoint until the new one has validated; the
+// commit then drops the old checkpoint's items and those of older
+// unfinished saves; every save writes keys of its own; every item carries
+// an xxHash64 checksum that the reader verifies.
 
 #include "storage/storage.hpp"
 
