@@ -174,6 +174,8 @@ caf::expected<std::vector<write_result>>
 write_parts(storage_writer& writer, const save_plan& plan,
             const item_source& source, size_t threads) {
   auto parts = writer.split_plan(plan, threads);
+  REQUIRE(!parts.empty());
+  REQUIRE(parts.size() <= threads);
   std::vector<caf::expected<std::vector<write_result>>> part_results(
     parts.size(), std::vector<write_result>{});
   std::vector<std::thread> workers;
@@ -367,6 +369,8 @@ caf::error load(storage_under_test& storage,
     return central.error();
   for (size_t r = 0; r < requests.size(); ++r) {
     auto parts = readers[r]->split_plan((*central)[r], threads);
+    REQUIRE(!parts.empty());
+    REQUIRE(parts.size() <= threads);
     std::vector<caf::error> errs(parts.size());
     std::vector<std::thread> workers;
     for (size_t i = 0; i < parts.size(); ++i)
