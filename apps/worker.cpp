@@ -65,17 +65,17 @@ struct reporter {
   }
 
   /// A failed save or load: the error, then one line per failing rank from
-  /// the failure's data ("... rank 3 failed in step write: storage_failure:
-  /// ..."), so that scripts need not parse the summary.
+  /// the failure's data ("... rank 3 failed in step write:
+  /// dcpp::storage_failure: ..."), so that scripts need not parse the
+  /// summary.
   int fail_op(const char* op, const caf::error& err) const {
     fail(op, describe(err));
     if (auto f = checkpoint_failure_of(err))
       for (const auto& [r, e] : f->failures)
         std::fprintf(stderr,
                      "dcpp-worker: rank %d/%d: rank %d failed in step %s: "
-                     "%s: %s\n",
-                     rank, world, r, f->step.c_str(),
-                     to_string(code_of(e)).c_str(), describe(e).c_str());
+                     "%s\n",
+                     rank, world, r, f->step.c_str(), describe(e).c_str());
     return 1;
   }
 };

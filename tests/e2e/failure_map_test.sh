@@ -24,9 +24,9 @@ for r in 0 1 2 3; do
           | tr '\n' ' ')
   [ "$ranks" = "1 3 " ] \
     || fail "rank $r reports failing ranks '$ranks', want '1 3': $(cat "$tmp/out")"
-  echo "$lines" | grep -q "rank 1 failed in step write: injected_fault: " \
+  echo "$lines" | grep -q "rank 1 failed in step write: dcpp::injected_fault: " \
     || fail "rank $r: rank 1's own code is lost: $lines"
-  echo "$lines" | grep -q "rank 3 failed in step write: storage_failure: " \
+  echo "$lines" | grep -q "rank 3 failed in step write: dcpp::storage_failure: " \
     || fail "rank $r: rank 3's own code is lost: $lines"
 done
 echo "failure_map_test: every rank names exactly ranks 1 (injected_fault) and 3 (storage_failure)"
