@@ -1,7 +1,7 @@
 // `.metadata` written by dcpp, read by the real PyTorch DCP (Debian's
 // /usr/bin/python3 with python3-torch 1.13, or $DCPP_TEST_PYTHON, through
-// scripts/interop/check_metadata_with_torch.py). When that interpreter or torch is
-// missing, each test reports SKIP with the reason (tests/support/skip.hpp).
+// scripts/interop/check_metadata_with_torch.py). When that interpreter or torch
+// is missing, each test reports SKIP with the reason (tests/support/skip.hpp).
 
 #include "storage/metadata_codec.hpp"
 
