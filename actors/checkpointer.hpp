@@ -25,6 +25,10 @@ namespace dcpp {
 
 class process_group;
 
+namespace detail {
+struct solo_world;
+} // namespace detail
+
 struct checkpointer_options {
   /// The rank that builds the global plan and commits the metadata.
   int32_t coordinator_rank = 0;
@@ -75,11 +79,22 @@ public:
   }
 
 private:
+  /// `opts_`, or with `no_dist` the options of the private world of one
+  /// rank (made on first use) that runs the same steps as a group.
+  const checkpointer_options& group_options();
+
+  /// Waits for a background save, then checks that an operation can run
+  /// (it has its `storage`, and a group or no_dist).
+  caf::error begin(bool has_storage, const char* storage);
+
   storage_writer_ptr writer_;
   storage_reader_ptr reader_;
   checkpointer_options opts_;
   /// The background save in flight, if any.
   std::shared_future<void> pending_;
+  /// With `no_dist`: the world of one rank, and the options that name it.
+  std::unique_ptr<detail::solo_world> solo_;
+  checkpointer_options solo_opts_;
 };
 
 } // namespace dcpp

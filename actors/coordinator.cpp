@@ -1,6 +1,7 @@
 #include "actors/coordinator.hpp"
 
 #include "actors/delivery.hpp"
+#include "actors/operation.hpp"
 #include "core/error.hpp"
 
 #include <caf/all.hpp>
@@ -13,11 +14,16 @@
 #include <map>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace dcpp {
 
 namespace {
+
+using detail::is_save;
+using detail::load_op;
+using detail::save_op;
 
 /// The steps of an operation as the coordinator runs them.
 enum class step : uint8_t {
@@ -25,40 +31,37 @@ enum class step : uint8_t {
   plan,
   /// Waiting for its own rank's agent to build the global plan.
   global_plan,
-  /// Gathering write results from every rank.
-  write,
-  /// Waiting for its own rank's agent to commit.
+  /// Gathering every rank's write results (save) or read outcome (load).
+  data,
+  /// Waiting for its own rank's agent to commit (save only).
   commit,
-  /// Gathering read outcomes from every rank.
-  read,
 };
 
 /// The step name every rank sees in a failure.
-const char* step_name(step x) {
+const char* step_name(step x, op_kind kind) {
   switch (x) {
     case step::plan:
     case step::global_plan: return "plan";
-    case step::write: return "write";
+    case step::data: return kind == op_kind::save ? "write" : "read";
     case step::commit: return "commit";
-    case step::read: return "read";
   }
   return "?";
 }
 
-/// What a rank still owes in a gathering step (for timeout messages).
-const char* owed(step x) {
+/// What a rank still owes in a step (for timeout messages).
+std::string owed(step x, op_kind kind) {
   switch (x) {
     case step::plan: return "no local plan";
     case step::global_plan: return "no global plan";
-    case step::write: return "no write result";
+    case step::data: return std::string{"no "} + step_name(x, kind)
+                            + " result";
     case step::commit: return "no commit result";
-    case step::read: return "no read result";
   }
   return "nothing";
 }
 
 bool gathering(step x) {
-  return x == step::plan || x == step::write || x == step::read;
+  return x == step::plan || x == step::data;
 }
 
 /// One open operation.
@@ -74,11 +77,18 @@ struct coord_op {
   size_t received = 0;
   /// rank -> error of the current step.
   std::map<int32_t, caf::error> failures;
-  std::vector<save_plan> save_plans;
-  std::vector<load_plan> load_plans;
+  /// Step "plan": every rank's local plan (index = rank).
+  std::variant<std::vector<save_plan>, std::vector<load_plan>> plans;
+  /// A save's metadata, from the global plan on.
   metadata md;
+  /// A save's write results (index = rank).
   std::vector<std::vector<write_result>> results;
 };
+
+template <class Op>
+std::vector<typename Op::plan>& plans_of(coord_op& op) {
+  return std::get<std::vector<typename Op::plan>>(op.plans);
+}
 
 struct coordinator_state {
   int32_t rank = 0;
@@ -141,7 +151,7 @@ void close(coord_ptr self, uint64_t seq) {
 
 /// Ends `op` with errc::checkpoint_failed on every rank.
 void fail(coord_ptr self, coord_op& op) {
-  checkpoint_failure failure{to_string(op.id), step_name(op.cur),
+  checkpoint_failure failure{to_string(op.id), step_name(op.cur, op.id.kind),
                              std::move(op.failures)};
   auto err = make_checkpoint_failure(failure);
   spdlog::debug("dcpp coordinator {}: {}", self->state.rank, describe(err));
@@ -219,10 +229,11 @@ coord_op* find_op(coord_ptr self, const envelope& hdr, const char* what,
   op.id = hdr.op;
   op.timeout = std::chrono::milliseconds{open_timeout_ms};
   start_gathering(op, step::plan, world_size(self));
+  auto n = static_cast<size_t>(world_size(self));
   if (hdr.op.kind == op_kind::save)
-    op.save_plans.resize(static_cast<size_t>(world_size(self)));
+    op.plans = std::vector<save_plan>(n);
   else
-    op.load_plans.resize(static_cast<size_t>(world_size(self)));
+    op.plans = std::vector<load_plan>(n);
   st.stats.open_ops = st.ops.size();
   arm(self, op);
   // A rank that already stopped cannot take part.
@@ -277,26 +288,6 @@ bool check_version(coord_ptr self, const envelope& hdr) {
   return false;
 }
 
-// -- save -----------------------------------------------------------------
-
-void on_plans_complete(coord_ptr self, coord_op& op) {
-  if (!op.failures.empty()) {
-    fail(self, op);
-    return;
-  }
-  auto r = self->state.rank;
-  op.cur = step::global_plan;
-  arm(self, op);
-  if (op.id.kind == op_kind::save)
-    send_to_rank(self, r,
-                 global_save_step_msg{reply_header(self, op.id, r),
-                                      std::move(op.save_plans)});
-  else
-    send_to_rank(self, r,
-                 global_load_step_msg{reply_header(self, op.id, r),
-                                      std::move(op.load_plans)});
-}
-
 /// The global step's answer must come from the coordinator's own rank.
 coord_op* find_global(coord_ptr self, const envelope& hdr, step expected,
                       const char* what) {
@@ -310,6 +301,118 @@ coord_op* find_global(coord_ptr self, const envelope& hdr, step expected,
     return nullptr;
   }
   return op;
+}
+
+// -- the steps, written once for save and load ------------------------------
+
+/// Step "plan": rank `from`'s local plan (or its failure); once every rank
+/// reported, the coordinator's own rank makes the global plan.
+template <class Op>
+void on_local_plan(coord_ptr self, typename Op::local_msg& msg) {
+  const auto& hdr = msg.hdr;
+  if (!check_envelope(self, hdr, "local plan") || !check_version(self, hdr))
+    return;
+  auto timeout = msg.step_timeout_ms > 0 ? msg.step_timeout_ms : 1;
+  auto op = find_op(self, hdr, "local plan", timeout);
+  if (!op || !accept_part(self, *op, hdr, step::plan, "local plan"))
+    return;
+  if (msg.error)
+    op->failures[hdr.from] = std::move(msg.error);
+  else
+    plans_of<Op>(*op)[hdr.from] = std::move(msg.plan);
+  if (!complete(self, *op))
+    return;
+  if (!op->failures.empty()) {
+    fail(self, *op);
+    return;
+  }
+  auto r = self->state.rank;
+  op->cur = step::global_plan;
+  arm(self, *op);
+  send_to_rank(self, r,
+               typename Op::global_msg{reply_header(self, op->id, r),
+                                       std::move(plans_of<Op>(*op))});
+}
+
+/// Step "plan", end: the global plan from the own rank; scatter each rank's
+/// central plan, which starts the data step.
+template <class Op>
+void on_global_plan(coord_ptr self, typename Op::global_done_msg& msg) {
+  auto op = find_global(self, msg.hdr, step::global_plan, "global plan");
+  if (!op)
+    return;
+  auto n = world_size(self);
+  auto& global = Op::global_of(msg);
+  auto& plans = Op::plans_of(global);
+  if (!msg.error && plans.size() != static_cast<size_t>(n))
+    msg.error = make_error(errc::protocol_error,
+                           "global " + to_string(Op::kind) + " plan has "
+                             + std::to_string(plans.size()) + " plans for "
+                             + std::to_string(n) + " ranks");
+  if (msg.error) {
+    op->failures[self->state.rank] = std::move(msg.error);
+    fail(self, *op);
+    return;
+  }
+  if constexpr (is_save<Op>)
+    op->md = std::move(global.md);
+  start_gathering(*op, step::data, n);
+  op->results.assign(is_save<Op> ? static_cast<size_t>(n) : 0, {});
+  arm(self, *op);
+  for (int32_t r = 0; r < n; ++r)
+    send_to_rank(self, r,
+                 typename Op::central_msg{reply_header(self, op->id, r),
+                                          std::move(plans[r])});
+}
+
+/// Step "write" / "read": rank `from`'s outcome; once every rank reported,
+/// a save commits and a load ends.
+template <class Op>
+void on_data_done(coord_ptr self, typename Op::data_done_msg& msg) {
+  const auto& hdr = msg.hdr;
+  auto what = std::string{Op::data_step} + " result";
+  if (!check_envelope(self, hdr, what.c_str()) || !check_version(self, hdr))
+    return;
+  auto op = find_op(self, hdr, what.c_str());
+  if (!op || !accept_part(self, *op, hdr, step::data, what.c_str()))
+    return;
+  if (msg.error)
+    op->failures[hdr.from] = std::move(msg.error);
+  else if constexpr (is_save<Op>)
+    op->results[hdr.from] = std::move(Op::results_of(msg));
+  if (!complete(self, *op))
+    return;
+  if (!op->failures.empty()) {
+    fail(self, *op);
+    return;
+  }
+  if constexpr (is_save<Op>) {
+    // The commit record: where every item ended up.
+    for (auto& per_rank : op->results)
+      for (auto& res : per_rank)
+        op->md.storage_data[res.index] = res.storage_data;
+    op->cur = step::commit;
+    arm(self, *op);
+    auto r = self->state.rank;
+    send_to_rank(self, r,
+                 commit_msg{reply_header(self, op->id, r), op->md,
+                            std::move(op->results)});
+  } else {
+    succeed(self, *op);
+  }
+}
+
+/// Step "commit", end (a save only).
+void on_commit_done(coord_ptr self, commit_done_msg& msg) {
+  auto op = find_global(self, msg.hdr, step::commit, "commit result");
+  if (!op)
+    return;
+  if (msg.error) {
+    op->failures[self->state.rank] = std::move(msg.error);
+    fail(self, *op);
+    return;
+  }
+  succeed(self, *op);
 }
 
 // -- behavior -------------------------------------------------------------
@@ -345,147 +448,17 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
     }
   });
   return {
-    // -- save ---------------------------------------------------------------
-    [=](local_save_plan_msg& msg) {
-      const auto& hdr = msg.hdr;
-      if (!check_envelope(self, hdr, "local save plan")
-          || !check_version(self, hdr))
-        return;
-      auto timeout = msg.step_timeout_ms > 0 ? msg.step_timeout_ms : 1;
-      auto op = find_op(self, hdr, "local save plan", timeout);
-      if (!op || !accept_part(self, *op, hdr, step::plan, "local save plan"))
-        return;
-      if (msg.error)
-        op->failures[hdr.from] = std::move(msg.error);
-      else
-        op->save_plans[hdr.from] = std::move(msg.plan);
-      if (complete(self, *op))
-        on_plans_complete(self, *op);
-    },
+    [=](local_save_plan_msg& msg) { on_local_plan<save_op>(self, msg); },
     [=](global_save_step_done_msg& msg) {
-      auto op = find_global(self, msg.hdr, step::global_plan,
-                            "global save plan");
-      if (!op)
-        return;
-      auto n = world_size(self);
-      if (!msg.error && msg.global.plans.size() != static_cast<size_t>(n))
-        msg.error = make_error(errc::protocol_error,
-                               "global plan has "
-                                 + std::to_string(msg.global.plans.size())
-                                 + " plans for " + std::to_string(n)
-                                 + " ranks");
-      if (msg.error) {
-        op->failures[self->state.rank] = std::move(msg.error);
-        fail(self, *op);
-        return;
-      }
-      op->md = std::move(msg.global.md);
-      start_gathering(*op, step::write, n);
-      op->results.assign(static_cast<size_t>(n), {});
-      arm(self, *op);
-      for (int32_t r = 0; r < n; ++r)
-        send_to_rank(self, r,
-                     central_save_plan_msg{reply_header(self, op->id, r),
-                                           std::move(msg.global.plans[r])});
+      on_global_plan<save_op>(self, msg);
     },
-    [=](write_done_msg& msg) {
-      const auto& hdr = msg.hdr;
-      if (!check_envelope(self, hdr, "write result")
-          || !check_version(self, hdr))
-        return;
-      auto op = find_op(self, hdr, "write result");
-      if (!op || !accept_part(self, *op, hdr, step::write, "write result"))
-        return;
-      if (msg.error)
-        op->failures[hdr.from] = std::move(msg.error);
-      else
-        op->results[hdr.from] = std::move(msg.results);
-      if (!complete(self, *op))
-        return;
-      if (!op->failures.empty()) {
-        fail(self, *op);
-        return;
-      }
-      // The commit record: where every item ended up.
-      for (auto& per_rank : op->results)
-        for (auto& res : per_rank)
-          op->md.storage_data[res.index] = res.storage_data;
-      op->cur = step::commit;
-      arm(self, *op);
-      auto r = self->state.rank;
-      send_to_rank(self, r,
-                   commit_msg{reply_header(self, op->id, r), op->md,
-                              std::move(op->results)});
-    },
-    [=](commit_done_msg& msg) {
-      auto op = find_global(self, msg.hdr, step::commit, "commit result");
-      if (!op)
-        return;
-      if (msg.error) {
-        op->failures[self->state.rank] = std::move(msg.error);
-        fail(self, *op);
-        return;
-      }
-      succeed(self, *op);
-    },
-    // -- load ---------------------------------------------------------------
-    [=](local_load_plan_msg& msg) {
-      const auto& hdr = msg.hdr;
-      if (!check_envelope(self, hdr, "local load plan")
-          || !check_version(self, hdr))
-        return;
-      auto timeout = msg.step_timeout_ms > 0 ? msg.step_timeout_ms : 1;
-      auto op = find_op(self, hdr, "local load plan", timeout);
-      if (!op || !accept_part(self, *op, hdr, step::plan, "local load plan"))
-        return;
-      if (msg.error)
-        op->failures[hdr.from] = std::move(msg.error);
-      else
-        op->load_plans[hdr.from] = std::move(msg.plan);
-      if (complete(self, *op))
-        on_plans_complete(self, *op);
-    },
+    [=](write_done_msg& msg) { on_data_done<save_op>(self, msg); },
+    [=](commit_done_msg& msg) { on_commit_done(self, msg); },
+    [=](local_load_plan_msg& msg) { on_local_plan<load_op>(self, msg); },
     [=](global_load_step_done_msg& msg) {
-      auto op = find_global(self, msg.hdr, step::global_plan,
-                            "global load plan");
-      if (!op)
-        return;
-      auto n = world_size(self);
-      if (!msg.error && msg.plans.size() != static_cast<size_t>(n))
-        msg.error = make_error(errc::protocol_error,
-                               "global load plan has "
-                                 + std::to_string(msg.plans.size())
-                                 + " plans for " + std::to_string(n)
-                                 + " ranks");
-      if (msg.error) {
-        op->failures[self->state.rank] = std::move(msg.error);
-        fail(self, *op);
-        return;
-      }
-      start_gathering(*op, step::read, n);
-      arm(self, *op);
-      for (int32_t r = 0; r < n; ++r)
-        send_to_rank(self, r,
-                     central_load_plan_msg{reply_header(self, op->id, r),
-                                           std::move(msg.plans[r])});
+      on_global_plan<load_op>(self, msg);
     },
-    [=](read_done_msg& msg) {
-      const auto& hdr = msg.hdr;
-      if (!check_envelope(self, hdr, "read result")
-          || !check_version(self, hdr))
-        return;
-      auto op = find_op(self, hdr, "read result");
-      if (!op || !accept_part(self, *op, hdr, step::read, "read result"))
-        return;
-      if (msg.error)
-        op->failures[hdr.from] = std::move(msg.error);
-      if (!complete(self, *op))
-        return;
-      if (!op->failures.empty())
-        fail(self, *op);
-      else
-        succeed(self, *op);
-    },
+    [=](read_done_msg& msg) { on_data_done<load_op>(self, msg); },
     // -- deadlines ----------------------------------------------------------
     [=](deadline_atom, uint64_t seq, uint64_t gen) {
       auto& st = self->state;
@@ -499,11 +472,12 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
           if (!op.have[r])
             op.failures[r] = make_error(
               errc::timeout, "rank " + std::to_string(r) + " sent "
-                               + owed(op.cur) + " within " + ms + " ms");
+                               + owed(op.cur, op.id.kind) + " within " + ms
+                               + " ms");
       } else {
         op.failures[st.rank] = make_error(
           errc::timeout, "the coordinator's rank " + std::to_string(st.rank)
-                           + " sent " + owed(op.cur) + " within "
+                           + " sent " + owed(op.cur, op.id.kind) + " within "
                            + std::to_string(op.timeout.count() * 2) + " ms");
       }
       fail(self, op);

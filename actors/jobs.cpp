@@ -21,6 +21,26 @@ struct load_holder {
   std::unique_ptr<load_target> target;
 };
 
+/// What save and load jobs share: the planner's view of `flat`, the
+/// planner (the default one when none is given) and the options.
+template <class Job, class Planner, class Default>
+caf::error fill(Job& job, const flat_state_dict& flat,
+                std::shared_ptr<const Planner> planner, Default make_default,
+                const job_options& opts) {
+  auto view = make_view(flat);
+  if (!view)
+    return std::move(view.error());
+  job.view = std::make_shared<const state_dict_view>(std::move(*view));
+  if (planner)
+    job.planner = std::move(planner);
+  else
+    job.planner = make_default();
+  job.coordinator_rank = opts.coordinator_rank;
+  job.step_timeout = opts.step_timeout;
+  job.io_threads = opts.io_threads;
+  return caf::none;
+}
+
 caf::expected<save_job> build(const state_dict& sd,
                               std::shared_ptr<const state_dict> keep_alive,
                               std::shared_ptr<storage_writer> writer,
@@ -29,23 +49,17 @@ caf::expected<save_job> build(const state_dict& sd,
   auto flat = flatten(const_cast<state_dict&>(sd));
   if (!flat)
     return std::move(flat.error());
-  auto view = make_view(*flat);
-  if (!view)
-    return std::move(view.error());
   auto holder = std::make_shared<save_holder>();
   holder->keep_alive = std::move(keep_alive);
   holder->flat = std::move(*flat);
-  holder->source = make_item_source(holder->flat);
   save_job job;
-  job.view = std::make_shared<const state_dict_view>(std::move(*view));
+  if (auto err = fill(job, holder->flat, opts.save_planner,
+                      [] { return make_default_save_planner(); }, opts))
+    return err;
+  holder->source = make_item_source(holder->flat);
   job.source = std::shared_ptr<const item_source>(holder,
                                                   holder->source.get());
-  job.planner = opts.save_planner ? opts.save_planner
-                                  : make_default_save_planner();
   job.writer = std::move(writer);
-  job.coordinator_rank = opts.coordinator_rank;
-  job.step_timeout = opts.step_timeout;
-  job.io_threads = opts.io_threads;
   return job;
 }
 
@@ -70,21 +84,15 @@ caf::expected<load_job> make_load_job(state_dict& sd,
   auto flat = flatten(sd);
   if (!flat)
     return std::move(flat.error());
-  auto view = make_view(*flat);
-  if (!view)
-    return std::move(view.error());
   auto holder = std::make_shared<load_holder>();
   holder->flat = std::move(*flat);
-  holder->target = make_load_target(holder->flat);
   load_job job;
-  job.view = std::make_shared<const state_dict_view>(std::move(*view));
+  if (auto err = fill(job, holder->flat, opts.load_planner,
+                      [] { return make_default_load_planner(); }, opts))
+    return err;
+  holder->target = make_load_target(holder->flat);
   job.target = std::shared_ptr<load_target>(holder, holder->target.get());
-  job.planner = opts.load_planner ? opts.load_planner
-                                  : make_default_load_planner();
   job.reader = std::move(reader);
-  job.coordinator_rank = opts.coordinator_rank;
-  job.step_timeout = opts.step_timeout;
-  job.io_threads = opts.io_threads;
   return job;
 }
 

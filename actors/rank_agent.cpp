@@ -1,6 +1,7 @@
 #include "actors/rank_agent.hpp"
 
 #include "actors/delivery.hpp"
+#include "actors/operation.hpp"
 #include "actors/planner_actor.hpp"
 #include "actors/reader_actor.hpp"
 #include "actors/writer_actor.hpp"
@@ -18,7 +19,9 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace dcpp {
@@ -31,11 +34,16 @@ namespace {
 /// backstop for a coordinator that stopped answering).
 constexpr int coordinator_wait_factor = 3;
 
+using detail::is_save;
+using detail::load_op;
+using detail::save_op;
+
+/// A save or a load, as the caller asked for it.
+using any_job = std::variant<save_job, load_job>;
+
 /// A caller's request waiting for its turn.
 struct pending_job {
-  op_kind kind = op_kind::save;
-  save_job save;
-  load_job load;
+  any_job job;
   caf::typed_response_promise<metadata> rp;
 };
 
@@ -47,13 +55,13 @@ struct agent_op {
   uint64_t fault_op = 0;
   int32_t coordinator = 0;
   std::chrono::milliseconds timeout{0};
-  save_job save;
-  load_job load;
+  any_job job;
   caf::typed_response_promise<metadata> rp;
   // per-operation actors
   planner_actor planner;
-  writer_actor writer;
-  reader_actor reader;
+  /// The writer (save) or reader (load) that runs the storage's calls.
+  caf::actor io;
+  /// Further writers (readers) of the data step.
   std::vector<caf::actor> workers;
   /// Requests to per-operation actors still unanswered.
   int inflight = 0;
@@ -65,7 +73,7 @@ struct agent_op {
   /// The deadline armed last (0: none).
   uint64_t gen = 0;
   std::string waiting_for;
-  // write / read step
+  // data step
   size_t parts_pending = 0;
   std::vector<std::vector<write_result>> part_results;
   caf::error part_error;
@@ -192,8 +200,7 @@ void finalize(agent_ptr self, uint64_t seq) {
       caf::anon_send_exit(hdl, caf::exit_reason::user_shutdown);
   };
   stop(op->planner);
-  stop(op->writer);
-  stop(op->reader);
+  stop(op->io);
   for (auto& w : op->workers)
     stop(w);
   if (op->coordinator >= 0 && op->coordinator < st.peers->world_size())
@@ -208,9 +215,10 @@ void try_finish(agent_ptr self) {
   if (!op.outcome_known || op.inflight > 0 || op.aborting)
     return;
   auto seq = op.id.seq;
-  if (op.error && op.id.kind == op_kind::save && op.writer) {
+  if (op.error && op.id.kind == op_kind::save && op.io) {
     op.aborting = true;
-    self->request(op.writer, op.timeout, abort_atom::value)
+    self->request(caf::actor_cast<writer_actor>(op.io), op.timeout,
+                  abort_atom::value)
       .then([=](caf::ok_atom) { finalize(self, seq); },
             [=](caf::error&) { finalize(self, seq); });
     return;
@@ -276,101 +284,207 @@ agent_op* check_from_coordinator(agent_ptr self, const envelope& hdr,
   return op.get();
 }
 
-// -- save -----------------------------------------------------------------
-
-void send_local_save_plan(agent_ptr self, agent_op& op, save_plan plan,
-                          caf::error err) {
-  auto inj = injected(self, op, fault::step::plan, err);
-  if (!inj.stop) {
-    local_save_plan_msg msg;
-    msg.hdr = header_to(self, op, op.coordinator);
-    msg.step_timeout_ms = op.timeout.count();
-    msg.plan = std::move(plan);
-    msg.error = std::move(err);
-    send_to_coordinator(self, op, std::move(msg), inj.late);
+/// The operation that a coordinator's order of a step (global plan,
+/// commit) is for, marked as started; nullptr for messages to ignore and
+/// for repeats (counted).
+agent_op* begin_step(agent_ptr self, const envelope& hdr, const char* what,
+                     bool agent_op::*started) {
+  auto op = check_from_coordinator(self, hdr, what);
+  if (!op)
+    return nullptr;
+  if (op->*started) {
+    ++self->state.stats.duplicates;
+    return nullptr;
   }
+  op->*started = true;
+  return op;
+}
+
+// -- the steps, written once for save and load ------------------------------
+
+template <class Op>
+typename Op::job& job_of(agent_op& op) {
+  return std::get<typename Op::job>(op.job);
+}
+
+/// The writer (save) or reader (load) actor that runs the operation's
+/// storage calls.
+template <class Op>
+typename Op::io_actor io_of(const agent_op& op) {
+  return caf::actor_cast<typename Op::io_actor>(op.io);
+}
+
+template <class Op>
+caf::actor spawn_io(agent_ptr self, const typename Op::job& job) {
+  auto& sys = self->system();
+  if constexpr (is_save<Op>)
+    return caf::actor_cast<caf::actor>(
+      spawn_writer(sys, job.writer, job.source, mode_of(self)));
+  else
+    return caf::actor_cast<caf::actor>(
+      spawn_reader(sys, job.reader, job.target, mode_of(self)));
+}
+
+/// Asks `hdl`, an actor of the current operation, within the step timeout.
+/// `next(op, answer)` runs if the operation still wants the answer;
+/// `fail(op, error)` gets the error, named after `what` (the storage or
+/// planner call). Every request of the agent goes through here.
+template <class Result, class Handle, class Next, class Fail, class... Ts>
+void ask(agent_ptr self, agent_op& op, const Handle& hdl, std::string what,
+         Next next, Fail fail, Ts&&... xs) {
+  // Atom constants (ok_atom) are matched by value, everything else by
+  // reference.
+  using arg = std::conditional_t<caf::is_atom_constant<Result>::value, Result,
+                                 Result&>;
+  auto seq = op.id.seq;
+  ++op.inflight;
+  self->request(hdl, op.timeout, std::forward<Ts>(xs)...)
+    .then(
+      [=](arg x) mutable {
+        if (auto op = on_reply(self, seq))
+          next(*op, x);
+      },
+      [=](caf::error& err) mutable {
+        if (auto op = on_reply(self, seq))
+          fail(*op, local_error(self, *op, std::move(err), what));
+      });
+}
+
+/// Reports this rank's local plan (or why it has none) to the coordinator.
+template <class Op>
+void send_local_plan(agent_ptr self, agent_op& op, typename Op::plan plan,
+                     caf::error err) {
+  auto inj = injected(self, op, fault::step::plan, err);
+  if (!inj.stop)
+    send_to_coordinator(self, op,
+                        typename Op::local_msg{header_to(self, op,
+                                                         op.coordinator),
+                                               op.timeout.count(),
+                                               std::move(plan),
+                                               std::move(err)},
+                        inj.late);
   op.sent_local = true;
   arm(self, op, "the central plan");
 }
 
-void send_write_done(agent_ptr self, agent_op& op,
-                     std::vector<write_result> results, caf::error err) {
-  auto inj = injected(self, op, fault::step::write, err);
+/// Reports this rank's data step (what it wrote, or that it read).
+template <class Op>
+void send_data_done(agent_ptr self, agent_op& op,
+                    std::vector<write_result> results, caf::error err) {
+  auto inj = injected(self, op, Op::data_fault, err);
   if (!inj.stop) {
-    write_done_msg msg;
-    msg.hdr = header_to(self, op, op.coordinator);
-    if (!err)
-      msg.results = std::move(results);
-    msg.error = std::move(err);
-    send_to_coordinator(self, op, std::move(msg), inj.late);
+    if (err)
+      results.clear();
+    send_to_coordinator(self, op,
+                        Op::data_done(header_to(self, op, op.coordinator),
+                                      std::move(results), std::move(err)),
+                        inj.late);
   }
   arm(self, op, "the outcome");
 }
 
-void start_save(agent_ptr self) {
-  auto& op = *self->state.op;
-  auto seq = op.id.seq;
-  auto rank = self->state.rank;
-  const auto& job = op.save;
-  if (job.error) {
-    send_local_save_plan(self, op, {}, job.error);
-    return;
-  }
-  if (!job.view || !job.planner || !job.writer) {
-    send_local_save_plan(self, op, {},
-                         make_error(errc::invalid_argument,
-                                    "save_job without view, planner or "
-                                    "writer"));
-    return;
-  }
-  auto& sys = self->system();
-  op.planner = spawn_planner(sys, job.planner, nullptr, job.view);
-  op.writer = spawn_writer(sys, job.writer, job.source, mode_of(self));
-  bool is_coordinator = rank == op.coordinator;
-  auto fail_local = [self, seq](caf::error& err, const char* what) {
-    if (auto op = on_reply(self, seq))
-      send_local_save_plan(self, *op, {},
-                           local_error(self, *op, std::move(err), what));
+/// Step "plan", every rank: set up the storage (a load reads the metadata
+/// first), make the local plan, let the storage annotate it, report it.
+template <class Op>
+void start(agent_ptr self, agent_op& op) {
+  using plan = typename Op::plan;
+  auto report = [self](agent_op& op, caf::error err) {
+    send_local_plan<Op>(self, op, {}, std::move(err));
   };
-  ++op.inflight;
-  self->request(op.writer, op.timeout, set_up_atom::value, is_coordinator, rank)
-    .then(
-      [=](caf::ok_atom) {
-        auto op = on_reply(self, seq);
-        if (!op)
-          return;
-        ++op->inflight;
-        self->request(op->planner, op->timeout, local_plan_atom::value,
-                      is_coordinator)
-          .then(
-            [=](save_plan& plan) {
-              auto op = on_reply(self, seq);
-              if (!op)
-                return;
-              ++op->inflight;
-              self->request(op->writer, op->timeout,
-                            prepare_local_atom::value, std::move(plan))
-                .then(
-                  [=](save_plan& prepared) {
-                    if (auto op = on_reply(self, seq))
-                      send_local_save_plan(self, *op, std::move(prepared),
-                                           caf::error{});
-                  },
-                  [=](caf::error& err) {
-                    fail_local(err, "prepare_local_plan");
-                  });
-            },
-            [=](caf::error& err) { fail_local(err, "create_local_plan"); });
+  const auto& job = job_of<Op>(op);
+  if (job.error)
+    return report(op, job.error);
+  bool has_storage;
+  if constexpr (is_save<Op>)
+    has_storage = job.writer != nullptr;
+  else
+    has_storage = job.reader != nullptr;
+  if (!job.view || !job.planner || !has_storage)
+    return report(op, make_error(errc::invalid_argument,
+                                 to_string(Op::kind)
+                                   + " job without view, planner or "
+                                     "storage"));
+  if constexpr (is_save<Op>)
+    op.planner = spawn_planner(self->system(), job.planner, nullptr, job.view);
+  else
+    op.planner = spawn_planner(self->system(), nullptr, job.planner, job.view);
+  op.io = spawn_io<Op>(self, job);
+  auto rank = self->state.rank;
+  bool coord = rank == op.coordinator;
+  auto local_plan = [=](agent_op& op) {
+    auto prepare = [=](agent_op& op, plan& local) {
+      ask<plan>(
+        self, op, io_of<Op>(op), "prepare_local_plan",
+        [=](agent_op& op, plan& prepared) {
+          send_local_plan<Op>(self, op, std::move(prepared), caf::error{});
+        },
+        report, prepare_local_atom::value, std::move(local));
+    };
+    if constexpr (is_save<Op>)
+      ask<plan>(self, op, op.planner, "create_local_plan", prepare, report,
+                local_plan_atom::value, coord);
+    else
+      ask<plan>(self, op, op.planner, "create_local_plan", prepare, report,
+                local_plan_atom::value, op.md, coord);
+  };
+  auto set_up_done = [=](agent_op& op, caf::ok_atom) { local_plan(op); };
+  if constexpr (is_save<Op>) {
+    ask<caf::ok_atom>(self, op, io_of<Op>(op), "set_up", set_up_done, report,
+                      set_up_atom::value, coord, rank);
+  } else {
+    ask<metadata>(
+      self, op, io_of<Op>(op), "read_metadata",
+      [=](agent_op& op, metadata& md) {
+        op.md = std::move(md);
+        ask<caf::ok_atom>(self, op, io_of<Op>(op), "set_up", set_up_done,
+                          report, set_up_atom::value, op.md, coord, rank);
       },
-      [=](caf::error& err) { fail_local(err, "set_up"); });
+      report, read_metadata_atom::value);
+  }
 }
 
-/// One part of the write step finished (or failed).
-void write_part_done(agent_ptr self, agent_op& op) {
+/// Step "plan", the coordinator's own rank: the global plan from every
+/// rank's local plan, annotated by the storage.
+template <class Op>
+void on_global_step(agent_ptr self, typename Op::global_msg& msg) {
+  using global_plan = typename Op::global_plan;
+  using plans = std::vector<typename Op::plan>;
+  auto op = begin_step(self, msg.hdr, "global plan step",
+                       &agent_op::global_started);
+  if (!op)
+    return;
+  auto hdr = header_to(self, *op, op->coordinator);
+  auto reply = [self, hdr](agent_op& op, global_plan global, caf::error err) {
+    send_to_coordinator(self, op,
+                        typename Op::global_done_msg{hdr, std::move(global),
+                                                     std::move(err)});
+  };
+  auto fail = [reply](agent_op& op, caf::error err) {
+    reply(op, global_plan{}, std::move(err));
+  };
+  ask<global_plan>(
+    self, *op, op->planner, "create_global_plan",
+    [=](agent_op& op, global_plan& planned) {
+      auto global = std::make_shared<global_plan>(std::move(planned));
+      auto local_plans = std::move(Op::plans_of(*global));
+      ask<plans>(
+        self, op, io_of<Op>(op), "prepare_global_plan",
+        [=](agent_op& op, plans& prepared) {
+          Op::plans_of(*global) = std::move(prepared);
+          reply(op, std::move(*global), caf::error{});
+        },
+        fail, prepare_global_atom::value, std::move(local_plans));
+    },
+    fail, global_plan_atom::value, std::move(msg.plans));
+}
+
+/// One part of the data step finished (or failed); the last one reports.
+template <class Op>
+void part_done(agent_ptr self, agent_op& op) {
   if (--op.parts_pending > 0)
     return;
   if (op.part_error) {
-    send_write_done(self, op, {}, std::move(op.part_error));
+    send_data_done<Op>(self, op, {}, std::move(op.part_error));
     return;
   }
   std::vector<write_result> all;
@@ -378,49 +492,53 @@ void write_part_done(agent_ptr self, agent_op& op) {
     all.insert(all.end(), std::make_move_iterator(part.begin()),
                std::make_move_iterator(part.end()));
   op.part_results.clear();
-  send_write_done(self, op, std::move(all), caf::error{});
+  send_data_done<Op>(self, op, std::move(all), caf::error{});
 }
 
-/// Writes the parts of this rank's plan in parallel, one writer each.
-void write_parts(agent_ptr self, agent_op& op, std::vector<save_plan> parts) {
-  auto seq = op.id.seq;
+/// Step "write" / "read", every rank: the parts of this rank's plan in
+/// parallel, one writer (reader) actor each.
+template <class Op>
+void run_parts(agent_ptr self, agent_op& op,
+               std::vector<typename Op::plan> parts) {
   if (parts.empty()) {
-    send_write_done(self, op, {}, caf::error{});
+    send_data_done<Op>(self, op, {}, caf::error{});
     return;
   }
   auto k = parts.size();
   op.parts_pending = k;
   op.part_results.assign(k, {});
   for (size_t i = 0; i < k; ++i) {
-    writer_actor hdl = op.writer;
+    auto hdl = io_of<Op>(op);
     if (i > 0) {
-      hdl = spawn_writer(self->system(), op.save.writer, op.save.source,
-                         mode_of(self));
-      op.workers.push_back(caf::actor_cast<caf::actor>(hdl));
+      auto worker = spawn_io<Op>(self, job_of<Op>(op));
+      op.workers.push_back(worker);
+      hdl = caf::actor_cast<typename Op::io_actor>(worker);
     }
-    auto what = "write_data (part " + std::to_string(i + 1) + " of "
+    auto what = std::string{is_save<Op> ? "write_data" : "read_data"}
+                + " (part " + std::to_string(i + 1) + " of "
                 + std::to_string(k) + ")";
-    ++op.inflight;
-    self->request(hdl, op.timeout, write_atom::value, std::move(parts[i]))
-      .then(
-        [=](std::vector<write_result>& results) {
-          if (auto op = on_reply(self, seq)) {
-            op->part_results[i] = std::move(results);
-            write_part_done(self, *op);
-          }
-        },
-        [=](caf::error& err) {
-          if (auto op = on_reply(self, seq)) {
-            if (!op->part_error)
-              op->part_error = local_error(self, *op, std::move(err), what);
-            write_part_done(self, *op);
-          }
-        });
+    ask<typename Op::part_result>(
+      self, op, hdl, std::move(what),
+      [=](agent_op& op, typename Op::part_result& res) {
+        if constexpr (is_save<Op>)
+          op.part_results[i] = std::move(res);
+        part_done<Op>(self, op);
+      },
+      [=](agent_op& op, caf::error err) {
+        if (!op.part_error)
+          op.part_error = std::move(err);
+        part_done<Op>(self, op);
+      },
+      typename Op::data_atom{}, std::move(parts[i]));
   }
 }
 
-void on_central_save_plan(agent_ptr self, central_save_plan_msg& msg) {
-  auto op = check_from_coordinator(self, msg.hdr, "central save plan");
+/// Every rank: the coordinator's central plan for this rank, finished by
+/// the planner and split by the storage, starts the data step.
+template <class Op>
+void on_central_plan(agent_ptr self, typename Op::central_msg& msg) {
+  using plan = typename Op::plan;
+  auto op = check_from_coordinator(self, msg.hdr, "central plan");
   if (!op)
     return;
   if (op->got_central || !op->sent_local) {
@@ -429,88 +547,29 @@ void on_central_save_plan(agent_ptr self, central_save_plan_msg& msg) {
   }
   op->got_central = true;
   disarm(*op);
-  auto seq = op->id.seq;
-  auto max_parts = io_parts(self, op->save.io_threads);
-  auto fail_write = [self, seq](caf::error& err, const char* what) {
-    if (auto op = on_reply(self, seq))
-      send_write_done(self, *op, {},
-                      local_error(self, *op, std::move(err), what));
+  auto max_parts = io_parts(self, job_of<Op>(*op).io_threads);
+  auto fail = [self](agent_op& op, caf::error err) {
+    send_data_done<Op>(self, op, {}, std::move(err));
   };
-  ++op->inflight;
-  self->request(op->planner, op->timeout, finish_plan_atom::value,
-                std::move(msg.plan))
-    .then(
-      [=](save_plan& plan) {
-        auto op = on_reply(self, seq);
-        if (!op)
-          return;
-        ++op->inflight;
-        self->request(op->writer, op->timeout, split_atom::value,
-                      std::move(plan), max_parts)
-          .then(
-            [=](std::vector<save_plan>& parts) {
-              if (auto op = on_reply(self, seq))
-                write_parts(self, *op, std::move(parts));
-            },
-            [=](caf::error& err) { fail_write(err, "split_plan"); });
-      },
-      [=](caf::error& err) { fail_write(err, "finish_plan"); });
+  ask<plan>(
+    self, *op, op->planner, "finish_plan",
+    [=](agent_op& op, plan& central) {
+      ask<std::vector<plan>>(
+        self, op, io_of<Op>(op), "split_plan",
+        [=](agent_op& op, std::vector<plan>& parts) {
+          run_parts<Op>(self, op, std::move(parts));
+        },
+        fail, split_atom::value, std::move(central), max_parts);
+    },
+    fail, finish_plan_atom::value, std::move(msg.plan));
 }
 
-void on_global_save_step(agent_ptr self, global_save_step_msg& msg) {
-  auto op = check_from_coordinator(self, msg.hdr, "global save step");
-  if (!op)
-    return;
-  if (op->global_started) {
-    ++self->state.stats.duplicates;
-    return;
-  }
-  op->global_started = true;
-  auto seq = op->id.seq;
-  auto hdr = header_to(self, *op, op->coordinator);
-  auto fail_global = [self, seq, hdr](caf::error& err, const char* what) {
-    if (auto op = on_reply(self, seq))
-      send_to_coordinator(self, *op,
-                          global_save_step_done_msg{
-                            hdr, global_save_plan{},
-                            local_error(self, *op, std::move(err), what)});
-  };
-  ++op->inflight;
-  self->request(op->planner, op->timeout, global_plan_atom::value,
-                std::move(msg.plans))
-    .then(
-      [=](global_save_plan& global) {
-        auto op = on_reply(self, seq);
-        if (!op)
-          return;
-        auto md = std::make_shared<metadata>(std::move(global.md));
-        ++op->inflight;
-        self->request(op->writer, op->timeout, prepare_global_atom::value,
-                      std::move(global.plans))
-          .then(
-            [=](std::vector<save_plan>& plans) {
-              if (auto op = on_reply(self, seq))
-                send_to_coordinator(self, *op,
-                                    global_save_step_done_msg{
-                                      hdr, global_save_plan{std::move(plans),
-                                                            std::move(*md)},
-                                      caf::error{}});
-            },
-            [=](caf::error& err) { fail_global(err, "prepare_global_plan"); });
-      },
-      [=](caf::error& err) { fail_global(err, "create_global_plan"); });
-}
-
+/// Step "commit" (a save only), the coordinator's own rank: the storage's
+/// `finish` writes the metadata last.
 void on_commit(agent_ptr self, commit_msg& msg) {
-  auto op = check_from_coordinator(self, msg.hdr, "commit");
+  auto op = begin_step(self, msg.hdr, "commit", &agent_op::commit_started);
   if (!op)
     return;
-  if (op->commit_started) {
-    ++self->state.stats.duplicates;
-    return;
-  }
-  op->commit_started = true;
-  auto seq = op->id.seq;
   auto hdr = header_to(self, *op, op->coordinator);
   caf::error injected_error;
   auto inj = injected(self, *op, fault::step::commit, injected_error);
@@ -521,242 +580,13 @@ void on_commit(agent_ptr self, commit_msg& msg) {
                         commit_done_msg{hdr, std::move(injected_error)});
     return;
   }
-  auto late = inj.late;
-  ++op->inflight;
-  self->request(op->writer, op->timeout, finish_atom::value, std::move(msg.md),
-                std::move(msg.results))
-    .then(
-      [=](caf::ok_atom) {
-        if (auto op = on_reply(self, seq))
-          send_to_coordinator(self, *op, commit_done_msg{hdr, caf::error{}},
-                              late);
-      },
-      [=](caf::error& err) {
-        if (auto op = on_reply(self, seq))
-          send_to_coordinator(self, *op,
-                              commit_done_msg{hdr,
-                                              local_error(self, *op,
-                                                          std::move(err),
-                                                          "finish")},
-                              late);
-      });
-}
-
-// -- load -----------------------------------------------------------------
-
-void send_local_load_plan(agent_ptr self, agent_op& op, load_plan plan,
-                          caf::error err) {
-  auto inj = injected(self, op, fault::step::plan, err);
-  if (!inj.stop) {
-    local_load_plan_msg msg;
-    msg.hdr = header_to(self, op, op.coordinator);
-    msg.step_timeout_ms = op.timeout.count();
-    msg.plan = std::move(plan);
-    msg.error = std::move(err);
-    send_to_coordinator(self, op, std::move(msg), inj.late);
-  }
-  op.sent_local = true;
-  arm(self, op, "the central plan");
-}
-
-void send_read_done(agent_ptr self, agent_op& op, caf::error err) {
-  auto inj = injected(self, op, fault::step::read, err);
-  if (!inj.stop)
-    send_to_coordinator(self, op,
-                        read_done_msg{header_to(self, op, op.coordinator),
-                                      std::move(err)},
-                        inj.late);
-  arm(self, op, "the outcome");
-}
-
-void start_load(agent_ptr self) {
-  auto& op = *self->state.op;
-  auto seq = op.id.seq;
-  auto rank = self->state.rank;
-  const auto& job = op.load;
-  if (job.error) {
-    send_local_load_plan(self, op, {}, job.error);
-    return;
-  }
-  if (!job.view || !job.planner || !job.reader) {
-    send_local_load_plan(self, op, {},
-                         make_error(errc::invalid_argument,
-                                    "load_job without view, planner or "
-                                    "reader"));
-    return;
-  }
-  auto& sys = self->system();
-  op.planner = spawn_planner(sys, nullptr, job.planner, job.view);
-  op.reader = spawn_reader(sys, job.reader, job.target, mode_of(self));
-  bool is_coordinator = rank == op.coordinator;
-  auto fail_local = [self, seq](caf::error& err, const char* what) {
-    if (auto op = on_reply(self, seq))
-      send_local_load_plan(self, *op, {},
-                           local_error(self, *op, std::move(err), what));
+  auto report = [self, hdr, late = inj.late](agent_op& op, caf::error err) {
+    send_to_coordinator(self, op, commit_done_msg{hdr, std::move(err)}, late);
   };
-  // read_metadata -> set_up -> create_local_plan -> prepare_local_plan
-  auto plan_step = [=](const metadata& md) {
-    auto op = self->state.op.get();
-    if (!op || op->id.seq != seq)
-      return;
-    ++op->inflight;
-    self->request(op->planner, op->timeout, local_plan_atom::value, md,
-                  is_coordinator)
-      .then(
-        [=](load_plan& plan) {
-          auto op = on_reply(self, seq);
-          if (!op)
-            return;
-          ++op->inflight;
-          self->request(op->reader, op->timeout, prepare_local_atom::value,
-                        std::move(plan))
-            .then(
-              [=](load_plan& prepared) {
-                if (auto op = on_reply(self, seq))
-                  send_local_load_plan(self, *op, std::move(prepared),
-                                       caf::error{});
-              },
-              [=](caf::error& err) { fail_local(err, "prepare_local_plan"); });
-        },
-        [=](caf::error& err) { fail_local(err, "create_local_plan"); });
-  };
-  ++op.inflight;
-  self->request(op.reader, op.timeout, read_metadata_atom::value)
-    .then(
-      [=](metadata& md) {
-        auto op = on_reply(self, seq);
-        if (!op)
-          return;
-        op->md = std::move(md);
-        ++op->inflight;
-        self->request(op->reader, op->timeout, set_up_atom::value, op->md,
-                      is_coordinator, rank)
-          .then(
-            [=](caf::ok_atom) {
-              if (auto op = on_reply(self, seq))
-                plan_step(op->md);
-            },
-            [=](caf::error& err) { fail_local(err, "set_up"); });
-      },
-      [=](caf::error& err) { fail_local(err, "read_metadata"); });
-}
-
-void read_part_done(agent_ptr self, agent_op& op) {
-  if (--op.parts_pending > 0)
-    return;
-  send_read_done(self, op, std::move(op.part_error));
-}
-
-void read_parts(agent_ptr self, agent_op& op, std::vector<load_plan> parts) {
-  auto seq = op.id.seq;
-  if (parts.empty()) {
-    send_read_done(self, op, caf::error{});
-    return;
-  }
-  auto k = parts.size();
-  op.parts_pending = k;
-  for (size_t i = 0; i < k; ++i) {
-    reader_actor hdl = op.reader;
-    if (i > 0) {
-      hdl = spawn_reader(self->system(), op.load.reader, op.load.target,
-                         mode_of(self));
-      op.workers.push_back(caf::actor_cast<caf::actor>(hdl));
-    }
-    auto what = "read_data (part " + std::to_string(i + 1) + " of "
-                + std::to_string(k) + ")";
-    ++op.inflight;
-    self->request(hdl, op.timeout, read_atom::value, std::move(parts[i]))
-      .then(
-        [=](caf::ok_atom) {
-          if (auto op = on_reply(self, seq))
-            read_part_done(self, *op);
-        },
-        [=](caf::error& err) {
-          if (auto op = on_reply(self, seq)) {
-            if (!op->part_error)
-              op->part_error = local_error(self, *op, std::move(err), what);
-            read_part_done(self, *op);
-          }
-        });
-  }
-}
-
-void on_central_load_plan(agent_ptr self, central_load_plan_msg& msg) {
-  auto op = check_from_coordinator(self, msg.hdr, "central load plan");
-  if (!op)
-    return;
-  if (op->got_central || !op->sent_local) {
-    ++self->state.stats.duplicates;
-    return;
-  }
-  op->got_central = true;
-  disarm(*op);
-  auto seq = op->id.seq;
-  auto max_parts = io_parts(self, op->load.io_threads);
-  auto fail_read = [self, seq](caf::error& err, const char* what) {
-    if (auto op = on_reply(self, seq))
-      send_read_done(self, *op, local_error(self, *op, std::move(err), what));
-  };
-  ++op->inflight;
-  self->request(op->planner, op->timeout, finish_plan_atom::value,
-                std::move(msg.plan))
-    .then(
-      [=](load_plan& plan) {
-        auto op = on_reply(self, seq);
-        if (!op)
-          return;
-        ++op->inflight;
-        self->request(op->reader, op->timeout, split_atom::value,
-                      std::move(plan), max_parts)
-          .then(
-            [=](std::vector<load_plan>& parts) {
-              if (auto op = on_reply(self, seq))
-                read_parts(self, *op, std::move(parts));
-            },
-            [=](caf::error& err) { fail_read(err, "split_plan"); });
-      },
-      [=](caf::error& err) { fail_read(err, "finish_plan"); });
-}
-
-void on_global_load_step(agent_ptr self, global_load_step_msg& msg) {
-  auto op = check_from_coordinator(self, msg.hdr, "global load step");
-  if (!op)
-    return;
-  if (op->global_started) {
-    ++self->state.stats.duplicates;
-    return;
-  }
-  op->global_started = true;
-  auto seq = op->id.seq;
-  auto hdr = header_to(self, *op, op->coordinator);
-  auto fail_global = [self, seq, hdr](caf::error& err, const char* what) {
-    if (auto op = on_reply(self, seq))
-      send_to_coordinator(self, *op,
-                          global_load_step_done_msg{
-                            hdr, {},
-                            local_error(self, *op, std::move(err), what)});
-  };
-  ++op->inflight;
-  self->request(op->planner, op->timeout, global_plan_atom::value,
-                std::move(msg.plans))
-    .then(
-      [=](std::vector<load_plan>& plans) {
-        auto op = on_reply(self, seq);
-        if (!op)
-          return;
-        ++op->inflight;
-        self->request(op->reader, op->timeout, prepare_global_atom::value,
-                      std::move(plans))
-          .then(
-            [=](std::vector<load_plan>& prepared) {
-              if (auto op = on_reply(self, seq))
-                send_to_coordinator(self, *op,
-                                    global_load_step_done_msg{
-                                      hdr, std::move(prepared), caf::error{}});
-            },
-            [=](caf::error& err) { fail_global(err, "prepare_global_plan"); });
-      },
-      [=](caf::error& err) { fail_global(err, "create_global_plan"); });
+  ask<caf::ok_atom>(
+    self, *op, io_of<save_op>(*op), "finish",
+    [=](agent_op& op, caf::ok_atom) { report(op, caf::error{}); }, report,
+    finish_atom::value, std::move(msg.md), std::move(msg.results));
 }
 
 // -- both -------------------------------------------------------------------
@@ -811,18 +641,19 @@ void start_next(agent_ptr self) {
   auto job = std::move(st.queue.front());
   st.queue.pop_front();
   auto op = std::make_unique<agent_op>();
-  op->id = op_id{job.kind, st.next_seq++};
+  std::visit(
+    [&](const auto& x) {
+      using job_type = std::decay_t<decltype(x)>;
+      auto kind = std::is_same_v<job_type, save_job> ? op_kind::save
+                                                      : op_kind::load;
+      op->id = op_id{kind, st.next_seq++};
+      op->coordinator = x.coordinator_rank;
+      op->timeout = x.step_timeout;
+    },
+    job.job);
   op->fault_op = fault::next_op();
   op->rp = std::move(job.rp);
-  if (job.kind == op_kind::save) {
-    op->coordinator = job.save.coordinator_rank;
-    op->timeout = job.save.step_timeout;
-    op->save = std::move(job.save);
-  } else {
-    op->coordinator = job.load.coordinator_rank;
-    op->timeout = job.load.step_timeout;
-    op->load = std::move(job.load);
-  }
+  op->job = std::move(job.job);
   if (op->timeout.count() <= 0)
     op->timeout = std::chrono::milliseconds{1};
   st.op = std::move(op);
@@ -848,9 +679,17 @@ void start_next(agent_ptr self) {
     return;
   }
   if (cur.id.kind == op_kind::save)
-    start_save(self);
+    start<save_op>(self, cur);
   else
-    start_load(self);
+    start<load_op>(self, cur);
+}
+
+/// Queues a caller's save or load; the reply comes when it ends.
+caf::result<metadata> enqueue(agent_ptr self, any_job job) {
+  auto rp = self->make_response_promise<metadata>();
+  self->state.queue.push_back(pending_job{std::move(job), rp});
+  start_next(self);
+  return rp;
 }
 
 rank_agent_actor::behavior_type agent_impl(agent_ptr self, int32_t rank,
@@ -873,32 +712,18 @@ rank_agent_actor::behavior_type agent_impl(agent_ptr self, int32_t rank,
   });
   return {
     // -- coordinator -> rank ------------------------------------------------
-    [=](global_save_step_msg& msg) { on_global_save_step(self, msg); },
-    [=](central_save_plan_msg& msg) { on_central_save_plan(self, msg); },
+    [=](global_save_step_msg& msg) { on_global_step<save_op>(self, msg); },
+    [=](central_save_plan_msg& msg) { on_central_plan<save_op>(self, msg); },
     [=](commit_msg& msg) { on_commit(self, msg); },
-    [=](global_load_step_msg& msg) { on_global_load_step(self, msg); },
-    [=](central_load_plan_msg& msg) { on_central_load_plan(self, msg); },
+    [=](global_load_step_msg& msg) { on_global_step<load_op>(self, msg); },
+    [=](central_load_plan_msg& msg) { on_central_plan<load_op>(self, msg); },
     [=](op_outcome_msg& msg) { on_outcome(self, msg); },
     // -- local API ----------------------------------------------------------
     [=](save_atom, save_job& job) -> caf::result<metadata> {
-      auto rp = self->make_response_promise<metadata>();
-      pending_job pj;
-      pj.kind = op_kind::save;
-      pj.save = std::move(job);
-      pj.rp = rp;
-      self->state.queue.push_back(std::move(pj));
-      start_next(self);
-      return rp;
+      return enqueue(self, std::move(job));
     },
     [=](load_atom, load_job& job) -> caf::result<metadata> {
-      auto rp = self->make_response_promise<metadata>();
-      pending_job pj;
-      pj.kind = op_kind::load;
-      pj.load = std::move(job);
-      pj.rp = rp;
-      self->state.queue.push_back(std::move(pj));
-      start_next(self);
-      return rp;
+      return enqueue(self, std::move(job));
     },
     // -- deadlines and stats --------------------------------------------------
     [=](deadline_atom, uint64_t seq, uint64_t gen) {

@@ -1,5 +1,6 @@
 #include "actors/reader_actor.hpp"
 
+#include "actors/guarded_call.hpp"
 #include "core/error.hpp"
 #include "storage/storage.hpp"
 
@@ -13,93 +14,56 @@ namespace dcpp {
 
 namespace {
 
-caf::error thrown(const char* where, const std::exception& ex) {
-  return make_error(errc::storage_failure,
-                    std::string{where} + " threw: " + ex.what());
-}
-
-caf::error no_reader() {
-  return make_error(errc::invalid_argument, "no storage reader");
+/// One call of the storage reader (actors/guarded_call.hpp).
+template <class R, class F>
+caf::result<R> call(const std::shared_ptr<storage_reader>& reader,
+                    const char* what, F&& f) {
+  return detail::guarded_call<R>(reader, "storage reader", what,
+                                 errc::storage_failure, std::forward<F>(f));
 }
 
 reader_actor::behavior_type
 reader_impl(reader_actor::pointer, std::shared_ptr<storage_reader> reader,
             std::shared_ptr<load_target> target) {
+  using plans = std::vector<load_plan>;
   return {
     [=](read_metadata_atom) -> caf::result<metadata> {
-      if (!reader)
-        return no_reader();
-      try {
-        auto md = reader->read_metadata();
-        if (!md)
-          return std::move(md.error());
-        return std::move(*md);
-      } catch (const std::exception& ex) {
-        return thrown("read_metadata", ex);
-      }
+      return call<metadata>(reader, "read_metadata", [&](storage_reader& r) {
+        return r.read_metadata();
+      });
     },
     [=](set_up_atom, const metadata& md, bool is_coordinator,
         int32_t rank) -> caf::result<caf::ok_atom> {
-      if (!reader)
-        return no_reader();
-      try {
-        if (auto err = reader->set_up(md, is_coordinator, rank))
-          return err;
-        return caf::ok_atom::value;
-      } catch (const std::exception& ex) {
-        return thrown("set_up", ex);
-      }
+      return call<caf::ok_atom>(reader, "set_up", [&](storage_reader& r) {
+        return r.set_up(md, is_coordinator, rank);
+      });
     },
     [=](prepare_local_atom, load_plan& plan) -> caf::result<load_plan> {
-      if (!reader)
-        return no_reader();
-      try {
-        auto res = reader->prepare_local_plan(std::move(plan));
-        if (!res)
-          return std::move(res.error());
-        return std::move(*res);
-      } catch (const std::exception& ex) {
-        return thrown("prepare_local_plan", ex);
-      }
+      return call<load_plan>(reader, "prepare_local_plan",
+                             [&](storage_reader& r) {
+                               return r.prepare_local_plan(std::move(plan));
+                             });
     },
-    [=](prepare_global_atom, std::vector<load_plan>& plans)
-      -> caf::result<std::vector<load_plan>> {
-      if (!reader)
-        return no_reader();
-      try {
-        auto res = reader->prepare_global_plan(std::move(plans));
-        if (!res)
-          return std::move(res.error());
-        return std::move(*res);
-      } catch (const std::exception& ex) {
-        return thrown("prepare_global_plan", ex);
-      }
+    [=](prepare_global_atom, plans& ps) -> caf::result<plans> {
+      return call<plans>(reader, "prepare_global_plan",
+                         [&](storage_reader& r) {
+                           return r.prepare_global_plan(std::move(ps));
+                         });
     },
     [=](split_atom, const load_plan& plan,
-        uint32_t n) -> caf::result<std::vector<load_plan>> {
-      if (!reader)
-        return no_reader();
-      try {
-        return reader->split_plan(plan, n == 0 ? 1 : n);
-      } catch (const std::exception& ex) {
-        return thrown("split_plan", ex);
-      }
+        uint32_t n) -> caf::result<plans> {
+      return call<plans>(reader, "split_plan", [&](storage_reader& r) {
+        return r.split_plan(plan, n == 0 ? 1 : n);
+      });
     },
     [=](read_atom, const load_plan& plan) -> caf::result<caf::ok_atom> {
-      if (!reader)
-        return no_reader();
-      if (!target) {
+      return call<caf::ok_atom>(reader, "read_data", [&](storage_reader& r) {
+        if (target)
+          return r.read_data(plan, *target);
         if (!plan.items.empty())
           return make_error(errc::invalid_argument, "no load target");
-        return caf::ok_atom::value;
-      }
-      try {
-        if (auto err = reader->read_data(plan, *target))
-          return err;
-        return caf::ok_atom::value;
-      } catch (const std::exception& ex) {
-        return thrown("read_data", ex);
-      }
+        return caf::error{};
+      });
     },
   };
 }

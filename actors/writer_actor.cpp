@@ -1,5 +1,6 @@
 #include "actors/writer_actor.hpp"
 
+#include "actors/guarded_call.hpp"
 #include "core/error.hpp"
 #include "storage/storage.hpp"
 
@@ -13,103 +14,68 @@ namespace dcpp {
 
 namespace {
 
-caf::error thrown(const char* where, const std::exception& ex) {
-  return make_error(errc::storage_failure,
-                    std::string{where} + " threw: " + ex.what());
-}
-
-caf::error no_writer() {
-  return make_error(errc::invalid_argument, "no storage writer");
+/// One call of the storage writer (actors/guarded_call.hpp).
+template <class R, class F>
+caf::result<R> call(const std::shared_ptr<storage_writer>& writer,
+                    const char* what, F&& f) {
+  return detail::guarded_call<R>(writer, "storage writer", what,
+                                 errc::storage_failure, std::forward<F>(f));
 }
 
 writer_actor::behavior_type
 writer_impl(writer_actor::pointer, std::shared_ptr<storage_writer> writer,
             std::shared_ptr<const item_source> source) {
+  using plans = std::vector<save_plan>;
+  using results = std::vector<write_result>;
   return {
     [=](set_up_atom, bool is_coordinator,
         int32_t rank) -> caf::result<caf::ok_atom> {
-      if (!writer)
-        return no_writer();
-      try {
-        if (auto err = writer->set_up(is_coordinator, rank))
-          return err;
-        return caf::ok_atom::value;
-      } catch (const std::exception& ex) {
-        return thrown("set_up", ex);
-      }
+      return call<caf::ok_atom>(writer, "set_up", [&](storage_writer& w) {
+        return w.set_up(is_coordinator, rank);
+      });
     },
     [=](prepare_local_atom, save_plan& plan) -> caf::result<save_plan> {
-      if (!writer)
-        return no_writer();
-      try {
-        auto res = writer->prepare_local_plan(std::move(plan));
-        if (!res)
-          return std::move(res.error());
-        return std::move(*res);
-      } catch (const std::exception& ex) {
-        return thrown("prepare_local_plan", ex);
-      }
+      return call<save_plan>(writer, "prepare_local_plan",
+                             [&](storage_writer& w) {
+                               return w.prepare_local_plan(std::move(plan));
+                             });
     },
-    [=](prepare_global_atom, std::vector<save_plan>& plans)
-      -> caf::result<std::vector<save_plan>> {
-      if (!writer)
-        return no_writer();
-      try {
-        auto res = writer->prepare_global_plan(std::move(plans));
-        if (!res)
-          return std::move(res.error());
-        return std::move(*res);
-      } catch (const std::exception& ex) {
-        return thrown("prepare_global_plan", ex);
-      }
+    [=](prepare_global_atom, plans& ps) -> caf::result<plans> {
+      return call<plans>(writer, "prepare_global_plan",
+                         [&](storage_writer& w) {
+                           return w.prepare_global_plan(std::move(ps));
+                         });
     },
     [=](split_atom, const save_plan& plan,
-        uint32_t n) -> caf::result<std::vector<save_plan>> {
-      if (!writer)
-        return no_writer();
-      try {
-        return writer->split_plan(plan, n == 0 ? 1 : n);
-      } catch (const std::exception& ex) {
-        return thrown("split_plan", ex);
-      }
+        uint32_t n) -> caf::result<plans> {
+      return call<plans>(writer, "split_plan", [&](storage_writer& w) {
+        return w.split_plan(plan, n == 0 ? 1 : n);
+      });
     },
-    [=](write_atom,
-        const save_plan& plan) -> caf::result<std::vector<write_result>> {
-      if (!writer)
-        return no_writer();
-      if (!source) {
-        if (!plan.items.empty())
-          return make_error(errc::invalid_argument, "no item source");
-        return std::vector<write_result>{};
-      }
-      try {
-        auto res = writer->write_data(plan, *source);
-        if (!res)
-          return std::move(res.error());
-        return std::move(*res);
-      } catch (const std::exception& ex) {
-        return thrown("write_data", ex);
-      }
+    [=](write_atom, const save_plan& plan) -> caf::result<results> {
+      return call<results>(
+        writer, "write_data",
+        [&](storage_writer& w) -> caf::expected<results> {
+          if (source)
+            return w.write_data(plan, *source);
+          if (!plan.items.empty())
+            return make_error(errc::invalid_argument, "no item source");
+          return results{};
+        });
     },
     [=](finish_atom, const metadata& md,
-        const std::vector<std::vector<write_result>>& results)
-      -> caf::result<caf::ok_atom> {
-      if (!writer)
-        return no_writer();
-      try {
-        if (auto err = writer->finish(md, results))
-          return err;
-        return caf::ok_atom::value;
-      } catch (const std::exception& ex) {
-        return thrown("finish", ex);
-      }
+        const std::vector<results>& all) -> caf::result<caf::ok_atom> {
+      return call<caf::ok_atom>(writer, "finish", [&](storage_writer& w) {
+        return w.finish(md, all);
+      });
     },
     [=](abort_atom) -> caf::result<caf::ok_atom> {
+      // Best effort: the operation has failed already.
       if (writer) {
         try {
           writer->abort();
         } catch (const std::exception&) {
-          // best effort
+          // nop
         }
       }
       return caf::ok_atom::value;

@@ -63,6 +63,21 @@ struct reporter {
                  rank, world, step, why.c_str());
     return 1;
   }
+
+  /// A failed save or load: the error, then one line per failing rank from
+  /// the failure's data ("... rank 3 failed in step write: storage_failure:
+  /// ..."), so that scripts need not parse the summary.
+  int fail_op(const char* op, const caf::error& err) const {
+    fail(op, describe(err));
+    if (auto f = checkpoint_failure_of(err))
+      for (const auto& [r, e] : f->failures)
+        std::fprintf(stderr,
+                     "dcpp-worker: rank %d/%d: rank %d failed in step %s: "
+                     "%s: %s\n",
+                     rank, world, r, f->step.c_str(),
+                     to_string(code_of(e)).c_str(), describe(e).c_str());
+    return 1;
+  }
 };
 
 } // namespace
@@ -169,9 +184,9 @@ int main(int argc, char** argv) {
     if (mode == "save") {
       auto md = cp.save(sd);
       if (!md)
-        rc = rep.fail("save", describe(md.error()));
+        rc = rep.fail_op("save", md.error());
     } else if (auto err = cp.load(sd)) {
-      rc = rep.fail("load", describe(err));
+      rc = rep.fail_op("load", err);
     }
     double t_op = seconds_since(t0);
 

@@ -21,6 +21,8 @@ struct save_plan;
 struct load_plan;
 struct write_result;
 struct global_save_plan;
+// core/error.hpp
+struct checkpoint_failure;
 
 // wire messages (defined in messages/messages.hpp)
 struct op_id;
@@ -51,6 +53,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(dcpp, caf::first_custom_type_id + 1000)
   CAF_ADD_TYPE_ID(dcpp, (dcpp::load_plan))
   CAF_ADD_TYPE_ID(dcpp, (dcpp::write_result))
   CAF_ADD_TYPE_ID(dcpp, (dcpp::global_save_plan))
+  CAF_ADD_TYPE_ID(dcpp, (dcpp::checkpoint_failure))
 
   // -- wire messages (coordinator <-> rank) ----------------------------------
   CAF_ADD_TYPE_ID(dcpp, (dcpp::op_id))

@@ -2,6 +2,7 @@
 #include "messages/wire.hpp"
 
 #include "core/error.hpp"
+#include "messages/cereal_inspect.hpp"
 
 #include <caf/make_message.hpp>
 
@@ -72,7 +73,8 @@ struct wire_decode_error : std::runtime_error {
 /// checked against the bytes that remain before anything is resized, vectors
 /// of non-arithmetic elements grow only as their elements are actually read,
 /// bools and enums are read as integers and range-checked. Fields wrapped in
-/// `cereal::make_nvp` (see `messages/inspect.hpp`) name themselves in errors.
+/// `cereal::make_nvp` (a `wire_name` in their `inspect` field list, see
+/// `messages/cereal_inspect.hpp`) name themselves in errors.
 class bounded_input_archive
   : public cereal::InputArchive<bounded_input_archive,
                                 cereal::AllowEmptyClassElision> {

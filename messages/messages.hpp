@@ -1,8 +1,9 @@
 #pragma once
 
 // The messages that cross ranks: plain value types, each with a CAF
-// `inspect` overload and a cereal `serialize` function. Tensor data never
-// travels in them; only plans, write results, metadata and control.
+// `inspect` overload that lists its fields once for every encoding (see
+// messages/inspect.hpp). Tensor data never travels in them; only plans,
+// write results, metadata and control.
 //
 // Every message starts with an `envelope`: the protocol version, the id of
 // the collective operation (save or load, and its sequence number in the
@@ -213,7 +214,7 @@ struct agent_stats {
   uint64_t rejected = 0;
 };
 
-// -- CAF inspect ----------------------------------------------------------------
+// -- fields -------------------------------------------------------------------
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_id& x) {
@@ -313,94 +314,6 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, agent_stats& x) {
   return f(caf::meta::type_name("dcpp.agent_stats"), x.ops_done, x.ops_failed,
            x.stale, x.duplicates, x.rejected);
-}
-
-// -- cereal -------------------------------------------------------------------
-
-template <class Archive>
-void serialize(Archive& ar, op_id& x) {
-  ar(x.kind, x.seq);
-}
-
-template <class Archive>
-void serialize(Archive& ar, envelope& x) {
-  ar(x.version, x.op, x.from, x.to);
-}
-
-template <class Archive>
-void serialize(Archive& ar, local_save_plan_msg& x) {
-  ar(x.hdr, x.step_timeout_ms, x.plan, x.error);
-}
-
-template <class Archive>
-void serialize(Archive& ar, global_save_step_msg& x) {
-  ar(x.hdr, x.plans);
-}
-
-template <class Archive>
-void serialize(Archive& ar, global_save_step_done_msg& x) {
-  ar(x.hdr, x.global, x.error);
-}
-
-template <class Archive>
-void serialize(Archive& ar, central_save_plan_msg& x) {
-  ar(x.hdr, x.plan);
-}
-
-template <class Archive>
-void serialize(Archive& ar, write_done_msg& x) {
-  ar(x.hdr, x.results, x.error);
-}
-
-template <class Archive>
-void serialize(Archive& ar, commit_msg& x) {
-  ar(x.hdr, x.md, x.results);
-}
-
-template <class Archive>
-void serialize(Archive& ar, commit_done_msg& x) {
-  ar(x.hdr, x.error);
-}
-
-template <class Archive>
-void serialize(Archive& ar, local_load_plan_msg& x) {
-  ar(x.hdr, x.step_timeout_ms, x.plan, x.error);
-}
-
-template <class Archive>
-void serialize(Archive& ar, global_load_step_msg& x) {
-  ar(x.hdr, x.plans);
-}
-
-template <class Archive>
-void serialize(Archive& ar, global_load_step_done_msg& x) {
-  ar(x.hdr, x.plans, x.error);
-}
-
-template <class Archive>
-void serialize(Archive& ar, central_load_plan_msg& x) {
-  ar(x.hdr, x.plan);
-}
-
-template <class Archive>
-void serialize(Archive& ar, read_done_msg& x) {
-  ar(x.hdr, x.error);
-}
-
-template <class Archive>
-void serialize(Archive& ar, op_outcome_msg& x) {
-  ar(x.hdr, x.error, x.md, x.failure);
-}
-
-template <class Archive>
-void serialize(Archive& ar, coordinator_stats& x) {
-  ar(x.ops_committed, x.ops_failed, x.stale, x.duplicates, x.rejected,
-     x.open_ops);
-}
-
-template <class Archive>
-void serialize(Archive& ar, agent_stats& x) {
-  ar(x.ops_done, x.ops_failed, x.stale, x.duplicates, x.rejected);
 }
 
 } // namespace dcpp

@@ -4,10 +4,16 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <xxhash.h>
 
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace dcpp {
@@ -17,24 +23,77 @@ namespace {
 struct stored_item {
   at::Tensor tensor;
   std::string bytes;
+  /// The save that wrote the item (`memory_store::saves` at its start).
+  uint64_t save = 0;
 };
+
+/// The item's bytes: the tensor's (contiguous) data or the bytes value.
+std::string_view data_of(const stored_item& item) {
+  if (item.tensor.defined())
+    return {static_cast<const char*>(item.tensor.data_ptr()),
+            item.tensor.nbytes()};
+  return item.bytes;
+}
+
+/// "xxh64:<16 hex digits>", as the file system records it.
+std::string checksum_of(const stored_item& item) {
+  auto data = data_of(item);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "xxh64:%016" PRIx64,
+                static_cast<uint64_t>(XXH64(data.data(), data.size(), 0)));
+  return buf;
+}
 
 } // namespace
 
 class memory_store {
 public:
   std::mutex mx;
-  /// Items written by the save in progress, by storage key "rank/serial".
+  /// Items written by saves in progress, by storage key
+  /// "s<save>/mem<rank>/<serial>".
   std::map<std::string, stored_item> staged;
   /// Items of the committed checkpoint.
   std::map<std::string, stored_item> committed;
   std::optional<metadata> md;
+  /// Saves started so far; numbers the next one, so that no two saves
+  /// share a key.
+  uint64_t saves = 0;
 };
 
 size_t committed_items(const memory_store& store) {
   auto& self = const_cast<memory_store&>(store);
   std::lock_guard<std::mutex> guard{self.mx};
   return self.committed.size();
+}
+
+std::set<std::string> stored_keys(const memory_store& store) {
+  auto& self = const_cast<memory_store&>(store);
+  std::lock_guard<std::mutex> guard{self.mx};
+  std::set<std::string> keys;
+  for (const auto& [key, item] : self.staged)
+    keys.insert(key);
+  for (const auto& [key, item] : self.committed)
+    keys.insert(key);
+  return keys;
+}
+
+bool corrupt_stored_item(memory_store& store, const std::string& key) {
+  std::lock_guard<std::mutex> guard{store.mx};
+  auto i = store.committed.find(key);
+  if (i == store.committed.end())
+    return false;
+  auto& item = i->second;
+  if (item.tensor.defined()) {
+    if (item.tensor.nbytes() == 0)
+      return false;
+    auto* data = static_cast<unsigned char*>(item.tensor.data_ptr());
+    data[item.tensor.nbytes() / 2] ^= 0x20;
+    return true;
+  }
+  if (item.bytes.empty())
+    return false;
+  item.bytes[item.bytes.size() / 2] ^= 0x20;
+  return true;
 }
 
 namespace {
@@ -48,6 +107,8 @@ public:
 
   caf::error set_up(bool, int32_t rank) override {
     rank_ = rank;
+    std::lock_guard<std::mutex> guard{store_->mx};
+    written_.clear();
     return caf::none;
   }
 
@@ -57,8 +118,14 @@ public:
 
   caf::expected<std::vector<save_plan>>
   prepare_global_plan(std::vector<save_plan> plans) override {
+    uint64_t save = 0;
+    {
+      std::lock_guard<std::mutex> guard{store_->mx};
+      save = ++store_->saves;
+    }
     for (size_t i = 0; i < plans.size(); ++i)
-      plans[i].storage_data = "mem" + std::to_string(i) + "/";
+      plans[i].storage_data = "s" + std::to_string(save) + "/mem"
+                              + std::to_string(i) + "/";
     return plans;
   }
 
@@ -87,10 +154,12 @@ public:
         }
         length = stored.tensor.nbytes();
       }
+      stored.save = save_of(plan.storage_data);
       write_result res;
       res.index = item.index;
       res.size_in_bytes = length;
       res.storage_data.length = length;
+      res.storage_data.checksum = checksum_of(stored);
       std::lock_guard<std::mutex> guard{store_->mx};
       auto key = plan.storage_data + std::to_string(serial_++);
       res.storage_data.relative_path = key;
@@ -101,24 +170,68 @@ public:
     return results;
   }
 
+  /// Commits, following the file system's rule: the old checkpoint stays
+  /// as it is until the new one has validated, then the new one replaces
+  /// it in one step (under the store's lock), then the items of the old
+  /// one and of older unfinished saves are dropped.
   caf::error
   finish(const metadata& md,
          const std::vector<std::vector<write_result>>& results) override {
     auto copy = md;
     for (const auto& per_rank : results)
-      for (const auto& res : per_rank)
-        copy.storage_data[res.index] = res.storage_data;
+      for (const auto& res : per_rank) {
+        copy.storage_data.erase(res.index);
+        copy.storage_data.emplace(res.index, res.storage_data);
+      }
+    // Commit only a checkpoint that can be loaded: every chunk and bytes
+    // value has storage ...
+    for (const auto& [fqn, item] : copy.state_dict_metadata) {
+      if (item.kind == item_kind::bytes) {
+        if (copy.storage_data.count(metadata_index{fqn}) == 0)
+          return make_error(errc::missing_key,
+                            "finish: no data was written for " + fqn);
+        continue;
+      }
+      for (const auto& chunk : item.tensor.chunks) {
+        metadata_index idx{fqn, chunk.offsets};
+        if (copy.storage_data.count(idx) == 0)
+          return make_error(errc::missing_key,
+                            "finish: no data was written for "
+                              + to_string(idx));
+      }
+    }
     std::lock_guard<std::mutex> guard{store_->mx};
-    store_->committed.clear();
+    // ... and every storage entry has its item (an abort may have
+    // dropped them).
+    uint64_t save = 0;
     for (const auto& [index, info] : copy.storage_data) {
       auto i = store_->staged.find(info.relative_path);
       if (i == store_->staged.end())
         return make_error(errc::storage_failure,
-                          "no data was written for " + to_string(index));
-      store_->committed[info.relative_path] = std::move(i->second);
-      store_->staged.erase(i);
+                          "finish: the data of " + to_string(index)
+                            + " is gone (" + info.relative_path + ")");
+      save = std::max(save, i->second.save);
     }
+    // The commit.
+    std::map<std::string, stored_item> committed;
+    for (const auto& [index, info] : copy.storage_data) {
+      auto i = store_->staged.find(info.relative_path);
+      if (i != store_->staged.end()) {
+        committed.emplace(info.relative_path, std::move(i->second));
+        store_->staged.erase(i);
+      }
+    }
+    store_->committed.swap(committed);
     store_->md = std::move(copy);
+    written_.clear();
+    // Garbage collection: the old checkpoint and leftovers of saves that
+    // started before this one; saves that started later keep their items.
+    for (auto i = store_->staged.begin(); i != store_->staged.end();) {
+      if (i->second.save <= save)
+        i = store_->staged.erase(i);
+      else
+        ++i;
+    }
     return caf::none;
   }
 
@@ -130,6 +243,13 @@ public:
   }
 
 private:
+  /// The save number in a plan's storage prefix "s<save>/mem<rank>/".
+  static uint64_t save_of(const std::string& prefix) {
+    if (prefix.size() < 2 || prefix[0] != 's')
+      return 0;
+    return std::strtoull(prefix.c_str() + 1, nullptr, 10);
+  }
+
   std::shared_ptr<memory_store> store_;
   int32_t rank_ = 0;
   uint64_t serial_ = 0;
@@ -169,6 +289,15 @@ public:
           return make_error(errc::corrupt_item,
                             "missing data for " + to_string(item.storage_index));
         stored = i->second;
+      }
+      const auto& expected = info->second.checksum;
+      if (!expected.empty()) {
+        auto actual = checksum_of(stored);
+        if (actual != expected)
+          return make_error(errc::checksum_mismatch,
+                            to_string(item.storage_index) + ": checksum "
+                              + actual + " of the stored data, "
+                              + expected + " recorded at save");
       }
       if (item.type == load_item_type::bytes) {
         if (auto err = target.set_bytes(item, std::move(stored.bytes)))

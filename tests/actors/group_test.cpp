@@ -184,7 +184,16 @@ filesystem_writer_options fast_writer_options() {
 class faulty_writer : public storage_writer {
 public:
   faulty_writer(storage_writer_ptr inner, bool fail_write)
-    : inner_(std::move(inner)), fail_write_(fail_write) {
+    : faulty_writer(std::move(inner),
+                    fail_write ? make_error(errc::storage_failure,
+                                            "injected: disk full")
+                               : caf::error{}) {
+    // nop
+  }
+
+  /// Fails write_data with `fail_with` (none: forwards).
+  faulty_writer(storage_writer_ptr inner, caf::error fail_with)
+    : inner_(std::move(inner)), fail_with_(std::move(fail_with)) {
     // nop
   }
 
@@ -201,8 +210,8 @@ public:
   caf::expected<std::vector<write_result>>
   write_data(const save_plan& p, const item_source& s) override {
     auto res = inner_->write_data(p, s); // the files exist afterwards
-    if (fail_write_)
-      return make_error(errc::storage_failure, "injected: disk full");
+    if (fail_with_)
+      return fail_with_;
     return res;
   }
   std::vector<save_plan> split_plan(const save_plan& p, size_t n) override {
@@ -218,7 +227,7 @@ public:
 
 private:
   storage_writer_ptr inner_;
-  bool fail_write_;
+  caf::error fail_with_;
 };
 
 /// A gate that test code opens and closes.
@@ -537,6 +546,51 @@ TEST_CASE("a rank that fails to write aborts the save on every rank",
   // No commit record, and every rank removed its data files.
   CHECK(dir.count(".metadata") == 0);
   CHECK(dir.count(".distcp") == 0);
+}
+
+TEST_CASE("a failure carries each failing rank with its own error code",
+          "[group]") {
+  real_system rs;
+  checkpoint_dir dir{"failure_map"};
+  constexpr int32_t n = 4;
+  auto grp = make_local_process_group(rs.sys, n);
+  std::vector<save_result> results(n, save_result{make_error(errc::aborted,
+                                                             "not run")});
+  auto error_of = [](int32_t r) {
+    if (r == 1)
+      return make_error(errc::storage_failure, "rank 1: disk full");
+    if (r == 3)
+      return make_error(errc::io_error, "rank 3: EIO on __3_0.distcp");
+    return caf::error{};
+  };
+  on_every_rank(n, [&](int32_t r) {
+    checkpointer_options opts;
+    opts.process_group = grp[r];
+    opts.step_timeout = 20s;
+    auto fs_writer = make_filesystem_writer(dir.path.string(),
+                                            fast_writer_options());
+    checkpointer cp{std::make_shared<faulty_writer>(fs_writer, error_of(r)),
+                    make_filesystem_reader(dir.path.string()), opts};
+    auto sd = make_rank_dict(r, n, false);
+    results[r] = cp.save(sd);
+  });
+  for (int32_t r = 0; r < n; ++r) {
+    INFO("rank " << r);
+    REQUIRE_FALSE(results[r]);
+    CHECK(code_of(results[r].error()) == errc::checkpoint_failed);
+    auto failure = checkpoint_failure_of(results[r].error());
+    REQUIRE(failure);
+    CHECK(failure->op == "save 1");
+    CHECK(failure->step == "write");
+    REQUIRE(failure->failures.size() == 2);
+    REQUIRE(failure->failures.count(1) == 1);
+    REQUIRE(failure->failures.count(3) == 1);
+    CHECK(code_of(failure->failures.at(1)) == errc::storage_failure);
+    CHECK(code_of(failure->failures.at(3)) == errc::io_error);
+    CHECK(describe(failure->failures.at(3)).find("__3_0.distcp")
+          != std::string::npos);
+  }
+  CHECK(dir.count(".metadata") == 0);
 }
 
 TEST_CASE("a rank whose state dict is broken fails the save everywhere",
