@@ -7,6 +7,7 @@
 #include "storage/filesystem.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/state_dict.hpp"
+#include "tests/support/skip.hpp"
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/equal.h>
@@ -228,11 +229,9 @@ TEST_CASE("inspect shows the shards of a torch 1.13 checkpoint") {
   CHECK(t.out.find("2/2") != std::string::npos);
 }
 
-TEST_CASE("export writes a torch.save file that Python loads") {
-  if (!python_has_torch()) {
-    WARN("SKIP: /usr/bin/python3 lacks torch");
-    return;
-  }
+TEST_CASE("export writes a torch.save file that Python loads", "[python]") {
+  if (!python_has_torch())
+    DCPP_SKIP(python << " cannot import torch");
   scratch s;
   auto dir = s.path("ckpt");
   write_checkpoint(dir);
@@ -265,11 +264,9 @@ TEST_CASE("export writes a torch.save file that Python loads") {
         == 0);
 }
 
-TEST_CASE("import converts a Python torch.save file") {
-  if (!python_has_torch()) {
-    WARN("SKIP: /usr/bin/python3 lacks torch");
-    return;
-  }
+TEST_CASE("import converts a Python torch.save file", "[python]") {
+  if (!python_has_torch())
+    DCPP_SKIP(python << " cannot import torch");
   scratch s;
   auto pt = s.path("in.pt");
   REQUIRE(s.py("import torch\n"

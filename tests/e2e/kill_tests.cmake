@@ -7,3 +7,4 @@ add_test(NAME fault.kill9_worker_and_coordinator
                  $<TARGET_FILE_DIR:dcpp-worker>)
 set_tests_properties(fault.kill9_worker_and_coordinator PROPERTIES
                      TIMEOUT 180)
+dcpp_test_labels(fault.kill9_worker_and_coordinator LABELS e2e)

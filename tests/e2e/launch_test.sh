@@ -31,9 +31,15 @@ grep -q "rank 2 exited with code 7" "$tmp/err" || fail "rank not named: $(cat "$
 [ "$elapsed" -lt 10 ] || fail "took ${elapsed}s to stop the other ranks"
 
 # 3. SIGINT to the launcher reaches every rank; nothing is left running.
-"$launch" --nproc 2 -- sh -c 'trap "echo got-int > '"$tmp"'/int.$RANK; exit 130" INT; sleep 60 & wait' &
+# Each rank says it is ready once its trap is set; the launcher is
+# interrupted only when both are (a bounded wait, not a fixed sleep).
+"$launch" --nproc 2 -- sh -c 'trap "echo got-int > '"$tmp"'/int.$RANK; exit 130" INT; : > '"$tmp"'/ready.$RANK; sleep 60 & wait' &
 pid=$!
-sleep 1
+deadline=$((SECONDS + 20))
+until [ -f "$tmp/ready.0" ] && [ -f "$tmp/ready.1" ]; do
+  [ "$SECONDS" -lt "$deadline" ] || { kill -9 "$pid"; fail "ranks not ready after 20 s"; }
+  sleep 0.05
+done
 kill -INT "$pid"
 wait "$pid"
 rc=$?

@@ -143,6 +143,9 @@ wrong_secret_direct)
 coordinator_lost)
   # World 3, only two ranks come: they wait in the plan step (deadline
   # 60 s); killing the coordinator must end them through the heartbeat.
+  # A 1 ms fault in the plan step makes each rank say when it got there
+  # ("dcpp: injected fault: rank R is 1 ms late in step plan"), i.e. past
+  # its connect step: the kill waits for both lines.
   export DCPP_SECRET=lost-test-secret
   port=$(free_port)
   "$coordinator" --port "$port" --world 3 >>"$log" 2>&1 &
@@ -153,18 +156,17 @@ coordinator_lost)
     RANK=$r WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
       DCPP_COORDINATOR=external timeout -k 5 60 "$worker" save \
       --dir "$scratch/ckpt" --size-mb 2 --step-timeout 60 \
-      --peer-timeout-ms 1500 >>"$log" 2>&1 &
+      --peer-timeout-ms 1500 --fault 'plan:slow@*:1' >>"$log" 2>&1 &
     pids+=($!)
   done
-  # Wait until both ranks hold a TCP connection to the coordinator (and a
-  # moment for the handshake), so they are past their connect step.
-  port_hex=$(printf '%04X' "$port")
-  for _ in $(seq 1 300); do
-    n=$(awk -v p=":$port_hex" '$2 ~ p"$" && $4 == "01"' /proc/net/tcp | wc -l)
-    [ "$n" -ge 2 ] && break
-    sleep 0.1
+  deadline=$((SECONDS + 30))
+  until [ "$(grep -c 'ms late in step plan' "$log")" -ge 2 ]; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      kill -9 "$cpid" "${pids[@]}" 2>/dev/null
+      fail "the ranks did not reach the plan step within 30 s"
+    fi
+    sleep 0.05
   done
-  sleep 1
   kill -9 "$cpid"
   for i in 0 1; do
     wait "${pids[$i]}"

@@ -6,3 +6,4 @@ add_test(NAME soak.processes
                  $<TARGET_FILE_DIR:dcpp-worker>
                  ${CMAKE_CURRENT_BINARY_DIR}/scratch/soak_processes 60)
 set_tests_properties(soak.processes PROPERTIES TIMEOUT 240)
+dcpp_test_labels(soak.processes LABELS soak)

@@ -88,9 +88,14 @@ while :; do
     [ "$rc" = 0 ] && { lost=$((lost + 1)); problem "the save reported success but nothing is committed"; }
   fi
   [ -e "$dir/.metadata.tmp" ] && [ "$rc" = 0 ] && problem ".metadata.tmp left by a successful save"
-  sleep 0.2
+  # The launcher has exited; its ranks must be gone too (within 2 s).
+  gone_by=$(( $(date +%s%N) / 1000000 + 2000 ))
+  while pgrep -f -- "--dir $dir " > /dev/null 2>&1 \
+        && [ "$(( $(date +%s%N) / 1000000 ))" -lt "$gone_by" ]; do
+    sleep 0.02
+  done
   if pgrep -f -- "--dir $dir " > /dev/null 2>&1; then
-    problem "rank processes of the save are still running"
+    problem "rank processes of the save are still running 2 s after it ended"
     pkill -9 -f -- "--dir $dir " 2>/dev/null
   fi
   # The newest committed step is the one the last successful commit left.

@@ -7,3 +7,4 @@ add_test(NAME soak.threads
                  --root ${CMAKE_CURRENT_BINARY_DIR}/scratch/soak_threads
                  --seconds 60)
 set_tests_properties(soak.threads PROPERTIES TIMEOUT 240)
+dcpp_test_labels(soak.threads LABELS soak)

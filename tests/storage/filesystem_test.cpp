@@ -6,6 +6,7 @@
 #include "storage/tensor_codec.hpp"
 #include "storage/state_dict.hpp"
 #include "tests/storage/fs_test_util.hpp"
+#include "tests/support/skip.hpp"
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
@@ -15,6 +16,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -686,10 +689,10 @@ TEST_CASE("PyTorch DCP 1.13 loads checkpoints dcpp wrote",
           "[filesystem][python]") {
   std::string checker = std::string{DCPP_SOURCE_DIR}
                         + "/scripts/interop/check_metadata_with_torch.py";
-  if (!have_torch_python() || !exists(checker)) {
-    WARN("skipped: no torch python or no " << checker);
-    return;
-  }
+  if (!exists(checker))
+    DCPP_SKIP("no " << checker);
+  if (!have_torch_python())
+    DCPP_SKIP(torch_python() << " cannot import torch");
   // The fixture's state dict; bytes items are its torch.save archives.
   auto fixture_file = read_file(fixture("ckpt_113_per_rank") + "/__0_0.distcp");
   std::vector<rank_values> ranks(2);
@@ -718,10 +721,8 @@ TEST_CASE("PyTorch DCP 1.13 loads checkpoints dcpp wrote",
       auto res = run_command(std::string{torch_python()} + " -B " + checker
                              + " load " + dir);
       INFO(res.output);
-      if (res.status == 77) {
-        WARN("skipped: " << res.output);
-        return;
-      }
+      if (res.status == 77)
+        DCPP_SKIP(res.output);
       CHECK(res.status == 0);
       CHECK(res.output.find("PASS epoch cfg") != std::string::npos);
     }
@@ -865,10 +866,8 @@ TEST_CASE("bad inputs fail with named errors", "[filesystem][errors]") {
 TEST_CASE("a full disk is a storage failure naming the file",
           "[filesystem][errors]") {
   auto fd = ::open("/dev/full", O_WRONLY);
-  if (fd < 0) {
-    WARN("skipped: no /dev/full");
-    return;
-  }
+  if (fd < 0)
+    DCPP_SKIP("cannot open /dev/full: " << std::strerror(errno));
   file_sink sink{fd, "/dev/full"};
   auto t = at::randn({1 << 18}, at::kFloat); // 1 MiB: a direct write
   auto res = write_tensor_item(sink, t);

@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "storage/metadata_codec.hpp"
 #include "tests/storage/fs_test_util.hpp"
+#include "tests/support/skip.hpp"
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
@@ -273,10 +274,8 @@ TEST_CASE("dcpp writes the fixture's bytes for the same tensors",
 
 TEST_CASE("dcpp items equal Python torch.save byte for byte",
           "[tensor_codec][python]") {
-  if (!have_torch_python()) {
-    WARN("skipped: " << torch_python() << " cannot import torch");
-    return;
-  }
+  if (!have_torch_python())
+    DCPP_SKIP(torch_python() << " cannot import torch");
   temp_dir tmp;
   auto res = run_python(tmp.path(), reference_script, "save " + tmp.path());
   REQUIRE(res.status == 0);
@@ -291,10 +290,8 @@ TEST_CASE("dcpp items equal Python torch.save byte for byte",
 }
 
 TEST_CASE("Python reads dcpp items, CRCs included", "[tensor_codec][python]") {
-  if (!have_torch_python()) {
-    WARN("skipped: " << torch_python() << " cannot import torch");
-    return;
-  }
+  if (!have_torch_python())
+    DCPP_SKIP(torch_python() << " cannot import torch");
   temp_dir tmp;
   auto tensors = reference_tensors();
   tensors["narrow"] = at::arange(10, at::kFloat).narrow(0, 2, 3);
@@ -528,10 +525,8 @@ TEST_CASE("direct-I/O sinks: many buffers, flushes in between",
   temp_dir tmp;
   auto path = tmp / "direct.distcp";
   auto fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
-  if (fd < 0) {
-    WARN("skipped: no O_DIRECT on " << tmp.path());
-    return;
-  }
+  if (fd < 0)
+    DCPP_SKIP("the file system of " << tmp.path() << " refuses O_DIRECT");
   std::vector<at::Tensor> tensors{
     at::arange(5, at::kFloat),
     at::randn({5 << 20}, at::kFloat), // 20 MiB: several staging buffers

@@ -1,12 +1,13 @@
 // `.metadata` written by dcpp, read by the real PyTorch DCP (Debian's
 // /usr/bin/python3 with python3-torch 1.13, or $DCPP_TEST_PYTHON, through
-// scripts/interop/check_metadata_with_torch.py). When that interpreter or torch is
-// missing, each test says so with a visible WARN and returns.
+// scripts/interop/check_metadata_with_torch.py). When that interpreter or torch
+// is missing, each test reports SKIP with the reason (tests/support/skip.hpp).
 
 #include "storage/metadata_codec.hpp"
 
 #include "core/error.hpp"
 #include "tests/storage_format/test_data.hpp"
+#include "tests/support/skip.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -121,27 +122,22 @@ std::string dump(const metadata& md) {
   return out;
 }
 
-/// True if the checker can run here; otherwise WARNs why (visible in the
-/// test output) and returns false.
-bool checker_available(const fs::path& dir) {
+/// Why the checker cannot run here, or "" if it can.
+std::string checker_missing(const fs::path& dir) {
   std::error_code ec;
-  if (!fs::exists(python(), ec)) {
-    WARN("SKIP: " << python() << " does not exist; cannot check .metadata "
-                  "against real PyTorch");
-    return false;
-  }
+  if (!fs::exists(python(), ec))
+    return python() + " does not exist; cannot check .metadata against real "
+                      "PyTorch";
   // Any valid file will do to find out whether torch imports.
   auto probe = run_checker(
     dir, {"dump", test::data_path("dcp-1.13/ckpt_113_per_rank/.metadata")});
-  if (probe.status == 77) {
-    WARN(probe.out);
-    return false;
-  }
+  if (probe.status == 77)
+    return probe.out.empty() ? python() + " cannot import torch" : probe.out;
   if (probe.status != 0) {
     FAIL("checker failed on a PyTorch-written fixture:\n"
          << probe.out << probe.err);
   }
-  return true;
+  return {};
 }
 
 metadata decode_fixture(const std::string& rel) {
@@ -156,8 +152,8 @@ metadata decode_fixture(const std::string& rel) {
 TEST_CASE("torch 1.13 DCP loads a checkpoint whose .metadata dcpp wrote",
           "[metadata][python]") {
   test::temp_dir tmp;
-  if (!checker_available(tmp.path()))
-    return;
+  if (auto why = checker_missing(tmp.path()); !why.empty())
+    DCPP_SKIP(why);
   // The per-rank fixture with our own .metadata (plus two checksums, which
   // Python must accept as extra attributes).
   auto md = decode_fixture("dcp-1.13/ckpt_113_per_rank/.metadata");
@@ -186,8 +182,8 @@ TEST_CASE("torch 1.13 DCP loads a checkpoint whose .metadata dcpp wrote",
 TEST_CASE("torch 1.13 unpickles every field dcpp writes",
           "[metadata][python]") {
   test::temp_dir tmp;
-  if (!checker_available(tmp.path()))
-    return;
+  if (auto why = checker_missing(tmp.path()); !why.empty())
+    DCPP_SKIP(why);
   // Big offsets (LONG1), 0-d, non-default properties, planner_data.
   metadata md;
   auto& w = md.state_dict_metadata["layers.0.w"];
