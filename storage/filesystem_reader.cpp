@@ -8,12 +8,9 @@
 
 #include "core/error.hpp"
 #include "storage/filesystem_layout.hpp"
+#include "storage/item_io.hpp"
 #include "storage/posix_file.hpp"
-#include "storage/state_dict.hpp"
-#include "storage/tensor_codec.hpp"
 #include "storage/thread_pool.hpp"
-
-#include <ATen/core/Tensor.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -294,23 +291,8 @@ private:
     if (chunk == nullptr)
       return make_error(errc::corrupt_metadata,
                         key + ": no chunk at these offsets in the metadata");
-    auto reader = tensor_item_reader::open(loc);
-    if (!reader)
-      return with_context(reader.error(), key);
-    if (auto err = reader->expect(tmd.properties.type, chunk->sizes))
-      return with_context(err, key);
-    std::vector<chunk_copy> copies;
-    copies.reserve(u.reads.size());
-    for (auto r : u.reads) {
-      auto dest = target.tensor(*r);
-      if (!dest)
-        return with_context(dest.error(), key);
-      copies.push_back(chunk_copy{r->storage_offsets, r->lengths,
-                                  std::move(*dest)});
-    }
-    if (auto err = reader->read_into(copies, checksum))
-      return with_context(err, key);
-    return {};
+    return read_tensor_plan_item(loc, tmd.properties.type, chunk->sizes,
+                                 u.reads, target, checksum, key);
   }
 
   std::string dir_;

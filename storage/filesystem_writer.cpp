@@ -70,14 +70,12 @@
 
 #include "core/error.hpp"
 #include "core/fault.hpp"
+#include "storage/file_sink.hpp"
 #include "storage/filesystem_layout.hpp"
+#include "storage/item_io.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/posix_file.hpp"
-#include "storage/state_dict.hpp"
-#include "storage/tensor_codec.hpp"
 #include "storage/thread_pool.hpp"
-
-#include <ATen/core/Tensor.h>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -655,37 +653,9 @@ private:
                            const item_source& source,
                            std::vector<write_result>& results) {
     auto offset = f.sink->position();
-    caf::expected<item_result> res = item_result{};
-    if (item.type == write_item_type::bytes) {
-      auto bytes = source.bytes(item);
-      if (!bytes)
-        return with_context(bytes.error(), to_string(item.index));
-      res = write_bytes_item(*f.sink, *bytes, opts_.checksums);
-    } else {
-      auto t = source.tensor(item);
-      if (!t)
-        return with_context(t.error(), to_string(item.index));
-      if (!t->defined())
-        return make_error(errc::invalid_argument,
-                          to_string(item.index) + ": undefined tensor");
-      const auto& want = item.tensor_data.chunk.sizes;
-      if (t->sizes() != c10::IntArrayRef{want})
-        return make_error(errc::invalid_argument,
-                          to_string(item.index) + ": tensor of shape "
-                            + to_string(t->sizes().vec())
-                            + " for a chunk of " + to_string(want));
-      auto type = to_dtype(t->scalar_type());
-      if (!type)
-        return with_context(type.error(), to_string(item.index));
-      if (*type != item.tensor_data.properties.type)
-        return make_error(errc::dtype_mismatch,
-                          to_string(item.index) + ": tensor of dtype "
-                            + to_string(*type) + ", the plan says "
-                            + to_string(item.tensor_data.properties.type));
-      res = write_tensor_item(*f.sink, *t, opts_.checksums);
-    }
+    auto res = write_plan_item(*f.sink, item, source, opts_.checksums);
     if (!res)
-      return with_context(res.error(), to_string(item.index));
+      return std::move(res.error());
     write_result r;
     r.index = item.index;
     r.size_in_bytes = res->length;

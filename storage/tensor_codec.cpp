@@ -15,8 +15,6 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 
-#include <xxhash.h>
-
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -33,14 +31,12 @@ namespace dcpp {
 namespace {
 
 using detail::advise_huge_pages;
-using detail::block_scratch;
 using detail::block_size;
 using detail::check_checksum_form;
 using detail::compare_checksum;
 using detail::errno_text;
 using detail::hasher;
 using detail::host_is_little_endian;
-using detail::pread_fully;
 using detail::scratch_buffer;
 using detail::zip_entry;
 using detail::zip_writer;
@@ -161,18 +157,6 @@ caf::expected<item_result> write_tensor_item(item_sink& out,
   } catch (const std::exception& ex) {
     return torch_error(errc::invalid_argument, "writing a tensor item", ex);
   }
-}
-
-caf::expected<item_result> write_bytes_item(item_sink& out,
-                                            std::string_view bytes,
-                                            bool checksum) {
-  item_result res;
-  res.length = bytes.size();
-  if (checksum)
-    res.checksum = item_checksum(bytes);
-  if (auto err = out.append(bytes.data(), bytes.size()))
-    return err;
-  return res;
 }
 
 caf::expected<std::string> encode_tensor_item(const at::Tensor& tensor) {
@@ -658,68 +642,69 @@ tensor_item_reader::read_tensor(std::string_view checksum) const {
   }
 }
 
-namespace {
+// -- public: plan items -------------------------------------------------------
 
-caf::error read_exact(const item_location& loc, uint64_t pos, char* dst,
-                      size_t n) {
-  uint64_t done = 0;
-  auto res = pread_fully(loc.fd, dst, n, loc.offset + pos, done);
-  if (res == -1)
-    return make_error(errc::corrupt_item,
-                      loc.path + " @ " + std::to_string(loc.offset)
-                        + ": file ends inside the item");
-  if (res != 0)
-    return make_error(errc::io_error,
-                      loc.path + ": read at offset "
-                        + std::to_string(loc.offset + pos + done)
-                        + " failed: " + errno_text(res));
+caf::expected<item_result> write_plan_item(item_sink& out,
+                                           const write_item& item,
+                                           const item_source& source,
+                                           bool checksum) {
+  caf::expected<item_result> res = item_result{};
+  if (item.type == write_item_type::bytes) {
+    auto bytes = source.bytes(item);
+    if (!bytes)
+      return with_context(bytes.error(), to_string(item.index));
+    res = write_bytes_item(out, *bytes, checksum);
+  } else {
+    auto t = source.tensor(item);
+    if (!t)
+      return with_context(t.error(), to_string(item.index));
+    if (!t->defined())
+      return make_error(errc::invalid_argument,
+                        to_string(item.index) + ": undefined tensor");
+    const auto& want = item.tensor_data.chunk.sizes;
+    if (t->sizes() != c10::IntArrayRef{want})
+      return make_error(errc::invalid_argument,
+                        to_string(item.index) + ": tensor of shape "
+                          + to_string(t->sizes().vec())
+                          + " for a chunk of " + to_string(want));
+    auto type = to_dtype(t->scalar_type());
+    if (!type)
+      return with_context(type.error(), to_string(item.index));
+    if (*type != item.tensor_data.properties.type)
+      return make_error(errc::dtype_mismatch,
+                        to_string(item.index) + ": tensor of dtype "
+                          + to_string(*type) + ", the plan says "
+                          + to_string(item.tensor_data.properties.type));
+    res = write_tensor_item(out, *t, checksum);
+  }
+  if (!res)
+    return with_context(res.error(), to_string(item.index));
+  return res;
+}
+
+caf::error read_tensor_plan_item(const item_location& loc, dtype type,
+                                 const shape_t& sizes,
+                                 const std::vector<const read_item*>& reads,
+                                 load_target& target,
+                                 std::string_view checksum,
+                                 const std::string& key) {
+  auto reader = tensor_item_reader::open(loc);
+  if (!reader)
+    return with_context(reader.error(), key);
+  if (auto err = reader->expect(type, sizes))
+    return with_context(err, key);
+  std::vector<chunk_copy> copies;
+  copies.reserve(reads.size());
+  for (auto r : reads) {
+    auto dest = target.tensor(*r);
+    if (!dest)
+      return with_context(dest.error(), key);
+    copies.push_back(chunk_copy{r->storage_offsets, r->lengths,
+                                std::move(*dest)});
+  }
+  if (auto err = reader->read_into(copies, checksum))
+    return with_context(err, key);
   return {};
-}
-
-std::string describe_location(const item_location& loc) {
-  return loc.path + " @ " + std::to_string(loc.offset) + " ("
-         + std::to_string(loc.length) + " bytes)";
-}
-
-} // namespace
-
-caf::expected<std::string> read_item_bytes(const item_location& loc,
-                                           std::string_view checksum) {
-  if (!checksum.empty())
-    if (auto err = check_checksum_form(checksum, describe_location(loc)))
-      return err;
-  if (loc.length > static_cast<uint64_t>(std::numeric_limits<size_t>::max() / 2))
-    return make_error(errc::too_large, describe_location(loc));
-  std::string out;
-  try {
-    out.resize(static_cast<size_t>(loc.length));
-  } catch (const std::bad_alloc&) {
-    return make_error(errc::too_large, describe_location(loc)
-                                         + ": cannot allocate the item");
-  }
-  if (auto err = read_exact(loc, 0, out.data(), out.size()))
-    return err;
-  if (!checksum.empty())
-    if (auto err = compare_checksum(checksum, XXH64(out.data(), out.size(), 0),
-                                    describe_location(loc)))
-      return err;
-  return out;
-}
-
-caf::expected<std::string> compute_item_checksum(const item_location& loc) {
-  auto buf = block_scratch().get(block_size);
-  if (buf == nullptr)
-    return make_error(errc::too_large, "out of memory");
-  hasher hash;
-  for (uint64_t pos = 0; pos < loc.length;) {
-    auto n = static_cast<size_t>(std::min<uint64_t>(block_size,
-                                                    loc.length - pos));
-    if (auto err = read_exact(loc, pos, buf, n))
-      return err;
-    hash.update(buf, n);
-    pos += n;
-  }
-  return format_checksum(hash.digest());
 }
 
 caf::expected<at::Tensor> read_tensor_item(const std::string& path,

@@ -23,13 +23,15 @@
 // CRC-32 runs at about 0.5 GB/s); the tests check the output byte for byte
 // against PyTorchStreamWriter and Python's torch.save. Checksums are in
 // storage/checksum.hpp, the sinks items are written to in
-// storage/file_sink.hpp (both included here for this header's users). Only
+// storage/file_sink.hpp, the torch-free item API in storage/item_io.hpp
+// (all included here for this header's users). Only
 // this file and the storage sources include torch headers (ATen's tensor and
 // two operators, not torch/torch.h).
 
 #include "core/metadata.hpp"
 #include "storage/checksum.hpp"
 #include "storage/file_sink.hpp"
+#include "storage/item_io.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <caf/error.hpp>
@@ -46,15 +48,8 @@ namespace dcpp {
 
 // -- writing ------------------------------------------------------------------
 
-// Sinks (item_sink, string_sink, file_sink): storage/file_sink.hpp.
-
-/// What writing one item produced.
-struct item_result {
-  /// Bytes of the item.
-  uint64_t length = 0;
-  /// "xxh64:..." or empty if no checksum was requested.
-  std::string checksum;
-};
+// Sinks (item_sink, string_sink, file_sink): storage/file_sink.hpp; item
+// results, bytes items and item locations: storage/item_io.hpp.
 
 /// Writes `tensor` as one torch.save archive. A non-overlapping and dense
 /// tensor (any strides, any storage around it) is written straight from its
@@ -66,25 +61,10 @@ caf::expected<item_result> write_tensor_item(item_sink& out,
                                              const at::Tensor& tensor,
                                              bool checksum = true);
 
-/// Writes a bytes item verbatim.
-caf::expected<item_result> write_bytes_item(item_sink& out,
-                                            std::string_view bytes,
-                                            bool checksum = true);
-
 /// The item bytes of `tensor` (what `write_tensor_item` writes).
 caf::expected<std::string> encode_tensor_item(const at::Tensor& tensor);
 
 // -- reading ------------------------------------------------------------------
-
-/// A byte range of an open file that holds one item.
-struct item_location {
-  /// An open file descriptor (not owned), read with pread.
-  int fd = -1;
-  /// The file's path, for messages.
-  std::string path;
-  uint64_t offset = 0;
-  uint64_t length = 0;
-};
 
 /// What an item's `data.pkl` and zip directory say about its tensor.
 struct tensor_item_layout {
@@ -160,14 +140,6 @@ private:
   struct impl;
   std::unique_ptr<impl> impl_;
 };
-
-/// Reads an item into memory (bytes items), verifying `checksum` if it is
-/// not empty.
-caf::expected<std::string> read_item_bytes(const item_location& loc,
-                                           std::string_view checksum = {});
-
-/// Streams an item's bytes from its file and returns its checksum.
-caf::expected<std::string> compute_item_checksum(const item_location& loc);
 
 /// Opens `path`, reads the tensor item at `[offset, offset + length)` into
 /// fresh memory (see `tensor_item_reader::read_tensor`).
