@@ -1,10 +1,9 @@
 #include "storage/checkpoint_root.hpp"
 
 #include "core/error.hpp"
+#include "storage/posix_file.hpp"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -79,21 +78,6 @@ caf::error scan(const std::string& root, root_content& out) {
               return std::tie(x.step, x.path) < std::tie(y.step, y.path);
             });
   std::sort(out.trash.begin(), out.trash.end());
-  return {};
-}
-
-caf::error fsync_directory(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0)
-    return io_error("cannot open " + dir + " to fsync it", errno);
-  int rc;
-  do {
-    rc = ::fsync(fd);
-  } while (rc != 0 && errno == EINTR);
-  auto err = errno;
-  ::close(fd);
-  if (rc != 0)
-    return io_error("cannot fsync " + dir, err);
   return {};
 }
 
@@ -226,7 +210,7 @@ caf::expected<std::vector<std::string>> prune(const std::string& root,
     hidden.push_back(std::move(trash));
   }
   // 2. Make the renames durable before any byte of a victim disappears.
-  if (auto err = fsync_directory(root))
+  if (auto err = detail::fsync_dir(root))
     return err;
   // 3. Remove.
   for (size_t i = 0; i < victims.size(); ++i) {

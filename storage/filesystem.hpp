@@ -8,7 +8,7 @@
 // keeps the old one loadable until the new one commits, then removes the
 // old data files.
 // Checkpoints cross between dcpp and PyTorch DCP in both directions. The
-// durability protocol is spelled out at the top of filesystem.cpp.
+// durability protocol is spelled out at the top of filesystem_writer.cpp.
 
 #include "storage/metadata_codec.hpp"
 #include "storage/storage.hpp"

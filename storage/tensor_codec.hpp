@@ -18,13 +18,20 @@
 // over all bytes of the item), computed while the item is written and
 // checked while it is read, without a second pass over the data.
 //
-// The zip format is written and parsed here, by hand (libtorch's
-// PyTorchStreamWriter would do, but its CRC-32 runs at about 0.5 GB/s); the
-// tests check the output byte for byte against PyTorchStreamWriter and
-// Python's torch.save. Only this file and the storage sources include torch
-// headers (ATen's tensor and two operators, not torch/torch.h).
+// The zip format is written and parsed by hand (storage/zip_writer.hpp,
+// storage/zip_reader.hpp; libtorch's PyTorchStreamWriter would do, but its
+// CRC-32 runs at about 0.5 GB/s); the tests check the output byte for byte
+// against PyTorchStreamWriter and Python's torch.save. Checksums are in
+// storage/checksum.hpp, the sinks items are written to in
+// storage/file_sink.hpp, the torch-free item API in storage/item_io.hpp
+// (all included here for this header's users). Only
+// this file and the storage sources include torch headers (ATen's tensor and
+// two operators, not torch/torch.h).
 
 #include "core/metadata.hpp"
+#include "storage/checksum.hpp"
+#include "storage/file_sink.hpp"
+#include "storage/item_io.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <caf/error.hpp>
@@ -39,114 +46,10 @@
 
 namespace dcpp {
 
-// -- checksums ----------------------------------------------------------------
-
-/// CRC-32 (the zip / zlib polynomial) of `data`, continuing `crc` (start
-/// with 0). Uses carry-less multiplication where the CPU has it.
-uint32_t crc32(uint32_t crc, const void* data, size_t size);
-
-/// The checksum of an item held in memory: "xxh64:<16 hex digits>".
-std::string item_checksum(std::string_view item);
-
-/// Formats a raw xxHash64 value as a checksum string.
-std::string format_checksum(uint64_t hash);
-
 // -- writing ------------------------------------------------------------------
 
-/// An append-only byte stream that items are written to.
-class item_sink {
-public:
-  virtual ~item_sink();
-
-  /// Appends `size` bytes. `data` needs to stay valid only during the call.
-  [[nodiscard]] virtual caf::error append(const void* data, size_t size) = 0;
-};
-
-/// Appends to a string (tests, in-memory storage).
-class string_sink final : public item_sink {
-public:
-  caf::error append(const void* data, size_t size) override;
-
-  std::string& buffer() {
-    return buf_;
-  }
-
-private:
-  std::string buf_;
-};
-
-/// How a `file_sink` hands bytes to the kernel.
-struct file_sink_options {
-  /// Buffered mode: ask the kernel to start writing back every few MiB
-  /// (sync_file_range), so that a final fsync has little left to wait for.
-  bool early_writeback = false;
-  /// `fd` was opened with O_DIRECT (and `position` is 0): bytes go through
-  /// a few aligned staging buffers that a background thread writes to the
-  /// device, bypassing the page cache (no page-cache allocation, no second
-  /// copy in the kernel; writing overlaps with encoding). `flush` writes the
-  /// last partial block padded and truncates the file to its real size.
-  bool direct = false;
-};
-
-/// Appends to a file descriptor. Buffered mode gathers small pieces in a
-/// buffer and hands large spans to write(2) straight from the caller's
-/// memory; direct mode (see `file_sink_options::direct`) streams through
-/// aligned buffers. Errors name the path and the errno text
-/// (`errc::storage_failure` for a full disk or a short write,
-/// `errc::io_error` otherwise).
-class file_sink final : public item_sink {
-public:
-  /// Writes to `fd` (not owned), whose file offset is `position`.
-  file_sink(int fd, std::string path, uint64_t position = 0,
-            file_sink_options opts = {});
-
-  /// Does not flush: call `flush` to see its errors. Waits for background
-  /// writes in flight.
-  ~file_sink() override;
-
-  file_sink(const file_sink&) = delete;
-  file_sink& operator=(const file_sink&) = delete;
-
-  caf::error append(const void* data, size_t size) override;
-
-  /// Hands all appended bytes to the kernel (direct mode: writes them to
-  /// the device and sets the file size). Appending after a flush is fine.
-  [[nodiscard]] caf::error flush();
-
-  /// The file offset after the last appended byte.
-  uint64_t position() const {
-    return pos_;
-  }
-
-  const std::string& path() const {
-    return path_;
-  }
-
-private:
-  struct direct_state;
-
-  caf::error write_all(const char* data, size_t size);
-  caf::error append_direct(const char* data, size_t size);
-  caf::error flush_direct();
-
-  int fd_;
-  std::string path_;
-  uint64_t pos_;
-  uint64_t written_;
-  uint64_t kicked_;
-  file_sink_options opts_;
-  std::unique_ptr<char[]> buf_;
-  size_t used_ = 0;
-  std::unique_ptr<direct_state> direct_;
-};
-
-/// What writing one item produced.
-struct item_result {
-  /// Bytes of the item.
-  uint64_t length = 0;
-  /// "xxh64:..." or empty if no checksum was requested.
-  std::string checksum;
-};
+// Sinks (item_sink, string_sink, file_sink): storage/file_sink.hpp; item
+// results, bytes items and item locations: storage/item_io.hpp.
 
 /// Writes `tensor` as one torch.save archive. A non-overlapping and dense
 /// tensor (any strides, any storage around it) is written straight from its
@@ -158,25 +61,10 @@ caf::expected<item_result> write_tensor_item(item_sink& out,
                                              const at::Tensor& tensor,
                                              bool checksum = true);
 
-/// Writes a bytes item verbatim.
-caf::expected<item_result> write_bytes_item(item_sink& out,
-                                            std::string_view bytes,
-                                            bool checksum = true);
-
 /// The item bytes of `tensor` (what `write_tensor_item` writes).
 caf::expected<std::string> encode_tensor_item(const at::Tensor& tensor);
 
 // -- reading ------------------------------------------------------------------
-
-/// A byte range of an open file that holds one item.
-struct item_location {
-  /// An open file descriptor (not owned), read with pread.
-  int fd = -1;
-  /// The file's path, for messages.
-  std::string path;
-  uint64_t offset = 0;
-  uint64_t length = 0;
-};
 
 /// What an item's `data.pkl` and zip directory say about its tensor.
 struct tensor_item_layout {
@@ -252,14 +140,6 @@ private:
   struct impl;
   std::unique_ptr<impl> impl_;
 };
-
-/// Reads an item into memory (bytes items), verifying `checksum` if it is
-/// not empty.
-caf::expected<std::string> read_item_bytes(const item_location& loc,
-                                           std::string_view checksum = {});
-
-/// Streams an item's bytes from its file and returns its checksum.
-caf::expected<std::string> compute_item_checksum(const item_location& loc);
 
 /// Opens `path`, reads the tensor item at `[offset, offset + length)` into
 /// fresh memory (see `tensor_item_reader::read_tensor`).

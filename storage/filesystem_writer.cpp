@@ -61,52 +61,56 @@
 // never reached the disk; the checksums recorded in `.metadata` detect that
 // on load.
 //
-// Reading trusts nothing in `.metadata`: relative paths must be plain file
-// names inside the directory, items must lie inside their files, and every
-// item is parsed and bounds-checked before a byte goes to a destination.
+// Interrupted system calls (EINTR) are retried, fsync included, and a
+// directory fsync that the file system refuses (EINVAL, EROFS) counts as
+// done: storage/posix_file.hpp. Reading (filesystem_reader.cpp) trusts
+// nothing in `.metadata`.
 
 #include "storage/filesystem.hpp"
 
 #include "core/error.hpp"
 #include "core/fault.hpp"
+#include "storage/file_sink.hpp"
+#include "storage/filesystem_layout.hpp"
+#include "storage/item_io.hpp"
 #include "storage/metadata_codec.hpp"
-#include "storage/tensor_codec.hpp"
-#include "storage/state_dict.hpp"
+#include "storage/posix_file.hpp"
+#include "storage/thread_pool.hpp"
 
-#include <ATen/core/Tensor.h>
-
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <dirent.h>
-
 #include <algorithm>
-#include <cstdlib>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <random>
 #include <set>
 #include <string_view>
-#include <cstring>
-#include <functional>
-#include <map>
-#include <mutex>
 #include <thread>
-#include <tuple>
-#include <type_traits>
-#include <unordered_map>
 #include <utility>
 
 namespace dcpp {
 
 namespace {
 
-constexpr const char* metadata_name = ".metadata";
+using detail::errno_text;
+using detail::fd_guard;
+using detail::fsync_dir;
+using detail::fsync_fd;
+using detail::join;
+using detail::metadata_name;
+using detail::open_fd;
+using detail::os_error;
+using detail::plain_file_name;
+using detail::read_metadata_file;
+using detail::run_parallel;
+using detail::write_fully;
+
 constexpr const char* metadata_tmp_name = ".metadata.tmp";
-constexpr uint64_t max_metadata_size = uint64_t{1} << 30;
 
 /// In the one-file-per-item layout, items of at least this size are
 /// written with direct I/O (if enabled).
@@ -187,95 +191,6 @@ bool is_data_file_name(const std::string& name) {
 
 // -- helpers ------------------------------------------------------------------
 
-std::string errno_text(int err) {
-  char buf[256];
-  auto res = strerror_r(err, buf, sizeof(buf));
-  if constexpr (std::is_same_v<decltype(res), char*>)
-    return res;
-  else
-    return buf;
-}
-
-caf::error os_error(const std::string& what, const std::string& path,
-                    int err) {
-  auto code = (err == ENOSPC || err == EDQUOT || err == EFBIG)
-                ? errc::storage_failure
-                : errc::io_error;
-  return make_error(code, path + ": " + what + ": " + errno_text(err));
-}
-
-std::string join(const std::string& dir, const std::string& name) {
-  if (dir.empty())
-    return name;
-  if (dir.back() == '/')
-    return dir + name;
-  return dir + "/" + name;
-}
-
-/// A file name that stays inside the checkpoint directory.
-bool plain_file_name(const std::string& name) {
-  return !name.empty() && name.find('/') == std::string::npos
-         && name.find('\0') == std::string::npos
-         && name.find("..") == std::string::npos && name != ".";
-}
-
-/// Closes a file descriptor on scope exit (unless released).
-class fd_guard {
-public:
-  explicit fd_guard(int fd = -1) : fd_(fd) {
-    // nop
-  }
-
-  ~fd_guard() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-
-  fd_guard(const fd_guard&) = delete;
-  fd_guard& operator=(const fd_guard&) = delete;
-
-  fd_guard(fd_guard&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {
-    // nop
-  }
-
-  fd_guard& operator=(fd_guard&& other) noexcept {
-    if (this != &other) {
-      if (fd_ >= 0)
-        ::close(fd_);
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-
-  int get() const {
-    return fd_;
-  }
-
-  /// Closes now and reports the result.
-  int close() {
-    auto fd = fd_;
-    fd_ = -1;
-    return fd >= 0 ? ::close(fd) : 0;
-  }
-
-private:
-  int fd_;
-};
-
-caf::error fsync_path(const std::string& path, bool directory) {
-  auto flags = O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0);
-  fd_guard fd{::open(path.c_str(), flags)};
-  if (fd.get() < 0)
-    return os_error("open for fsync", path, errno);
-  if (::fsync(fd.get()) != 0) {
-    auto err = errno;
-    // Some file systems cannot fsync directories; nothing to wait for then.
-    if (!(directory && (err == EINVAL || err == EROFS)))
-      return os_error("fsync", path, err);
-  }
-  return {};
-}
-
 std::string parent_of(const std::string& path) {
   auto pos = path.find_last_of('/');
   if (pos == std::string::npos)
@@ -298,7 +213,7 @@ caf::error make_directories(const std::string& dir, bool sync) {
       continue;
     if (::mkdir(part.c_str(), 0755) == 0) {
       if (sync)
-        if (auto err = fsync_path(parent_of(part), true))
+        if (auto err = fsync_dir(parent_of(part)))
           return err;
       continue;
     }
@@ -317,120 +232,13 @@ caf::error make_directories(const std::string& dir, bool sync) {
 caf::error write_whole(int fd, const std::string& path, const char* data,
                        size_t size) {
   uint64_t done = 0;
-  while (size > 0) {
-    auto res = fault::write(fd, data, std::min(size, size_t{1} << 30));
-    if (res < 0) {
-      if (errno == EINTR)
-        continue;
-      return os_error("write at offset " + std::to_string(done), path, errno);
-    }
-    if (res == 0)
-      return make_error(errc::storage_failure,
-                        path + ": short write at offset " + std::to_string(done));
-    data += res;
-    size -= static_cast<size_t>(res);
-    done += static_cast<uint64_t>(res);
-  }
+  auto res = write_fully(fd, data, size, done);
+  if (res == -1)
+    return make_error(errc::storage_failure,
+                      path + ": short write at offset " + std::to_string(done));
+  if (res != 0)
+    return os_error("write at offset " + std::to_string(done), path, res);
   return {};
-}
-
-/// Runs `fn(i)` for i in [0, n) on up to `threads` threads (the calling
-/// thread included), each taking the next index; stops handing out work
-/// after the first error and returns it.
-caf::error run_parallel(size_t n, size_t threads,
-                        const std::function<caf::error(size_t)>& fn) {
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::mutex mx;
-  caf::error first;
-  auto io_rank = fault::io_rank();
-  auto work = [&] {
-    fault::io_scope scope{io_rank};
-    for (;;) {
-      if (failed.load(std::memory_order_relaxed))
-        return;
-      auto i = next.fetch_add(1);
-      if (i >= n)
-        return;
-      caf::error err;
-      try {
-        err = fn(i);
-      } catch (const std::exception& ex) {
-        err = make_error(errc::invalid_argument,
-                         std::string{"unexpected exception: "} + ex.what());
-      }
-      if (err) {
-        std::lock_guard<std::mutex> guard{mx};
-        if (!first)
-          first = std::move(err);
-        failed = true;
-        return;
-      }
-    }
-  };
-  auto extra = std::min(threads, n);
-  extra = extra > 0 ? extra - 1 : 0;
-  std::vector<std::thread> pool;
-  pool.reserve(extra);
-  try {
-    for (size_t i = 0; i < extra; ++i)
-      pool.emplace_back(work);
-  } catch (const std::system_error&) {
-    // Fewer threads than asked for: the rest of the work runs here.
-  }
-  work();
-  for (auto& t : pool)
-    t.join();
-  return first;
-}
-
-/// Reads and decodes `<dir>/.metadata`: errc::not_found without one.
-caf::expected<metadata> read_metadata_file(const std::string& dir) {
-  auto path = join(dir, metadata_name);
-  fd_guard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (fd.get() < 0) {
-    auto err = errno;
-    if (err == ENOENT) {
-      struct stat st;
-      if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-        return make_error(errc::not_found,
-                          dir + ": no such checkpoint directory");
-      return make_error(errc::not_found,
-                        dir + ": no committed checkpoint (" + metadata_name
-                          + " is missing)");
-    }
-    return os_error("open", path, err);
-  }
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0)
-    return os_error("stat", path, errno);
-  auto size = static_cast<uint64_t>(st.st_size);
-  if (size > max_metadata_size)
-    return make_error(errc::too_large,
-                      path + ": " + std::to_string(size)
-                        + " bytes exceed the 1 GiB limit for metadata");
-  std::string bytes(static_cast<size_t>(size), '\0');
-  size_t done = 0;
-  while (done < bytes.size()) {
-    auto res = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
-    if (res < 0) {
-      if (errno == EINTR)
-        continue;
-      return os_error("read", path, errno);
-    }
-    if (res == 0)
-      break;
-    done += static_cast<size_t>(res);
-  }
-  bytes.resize(done);
-  try {
-    auto md = decode_metadata(bytes);
-    if (!md)
-      return with_context(md.error(), path, errc::corrupt_metadata);
-    return md;
-  } catch (const std::exception& ex) {
-    return make_error(errc::corrupt_metadata, path + ": " + ex.what());
-  }
 }
 
 // -- writer -------------------------------------------------------------------
@@ -524,7 +332,7 @@ public:
             results.push_back(std::move(x));
       }
       if (opts_.sync_files)
-        if (auto err = fsync_path(dir_, true))
+        if (auto err = fsync_dir(dir_))
           return with_context(err, "write_data");
       return results;
     } catch (const std::exception& ex) {
@@ -565,8 +373,8 @@ public:
       auto tmp = join(dir_, metadata_tmp_name);
       auto final_path = join(dir_, metadata_name);
       {
-        fd_guard fd{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                           0644)};
+        fd_guard fd{
+          open_fd(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
         if (fd.get() < 0)
           return with_context(os_error("create", tmp, errno), "finish");
         {
@@ -575,8 +383,8 @@ public:
         }
         if (auto err = write_whole(fd.get(), tmp, bytes.data(), bytes.size()))
           return with_context(err, "finish");
-        if (::fsync(fd.get()) != 0)
-          return with_context(os_error("fsync", tmp, errno), "finish");
+        if (auto err = fsync_fd(fd.get()))
+          return with_context(os_error("fsync", tmp, err), "finish");
         if (fd.close() != 0)
           return with_context(os_error("close", tmp, errno), "finish");
       }
@@ -603,7 +411,7 @@ public:
         tmp_created_ = false;
         created_.clear();
       }
-      if (auto err = fsync_path(dir_, true))
+      if (auto err = fsync_dir(dir_))
         return with_context(err, "finish");
       collect_garbage(out);
       return {};
@@ -684,7 +492,7 @@ private:
                      path.c_str(), errno_text(errno).c_str());
     }
     if (!garbage.empty() && opts_.sync_files)
-      if (auto err = fsync_path(dir_, true))
+      if (auto err = fsync_dir(dir_))
         std::fprintf(stderr, "dcpp: %s: fsync after garbage collection: %s\n",
                      dir_.c_str(), context_of(err).c_str());
   }
@@ -810,11 +618,11 @@ private:
     f.path = join(dir_, f.name);
     auto flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
     bool direct = large && opts_.direct_io && opts_.sync_files;
-    int fd = ::open(f.path.c_str(), flags | (direct ? O_DIRECT : 0), 0644);
+    int fd = open_fd(f.path, flags | (direct ? O_DIRECT : 0), 0644);
     if (fd < 0 && direct && errno == EINVAL) {
       // The file system does not do direct I/O (tmpfs, some FUSE mounts).
       direct = false;
-      fd = ::open(f.path.c_str(), flags, 0644);
+      fd = open_fd(f.path, flags, 0644);
     }
     if (fd < 0)
       return os_error("create", f.path, errno);
@@ -833,8 +641,9 @@ private:
   caf::error close_file(data_file& f) {
     if (auto err = f.sink->flush())
       return err;
-    if (opts_.sync_files && ::fsync(f.fd.get()) != 0)
-      return os_error("fsync", f.path, errno);
+    if (opts_.sync_files)
+      if (auto err = fsync_fd(f.fd.get()))
+        return os_error("fsync", f.path, err);
     if (f.fd.close() != 0)
       return os_error("close", f.path, errno);
     return {};
@@ -844,37 +653,9 @@ private:
                            const item_source& source,
                            std::vector<write_result>& results) {
     auto offset = f.sink->position();
-    caf::expected<item_result> res = item_result{};
-    if (item.type == write_item_type::bytes) {
-      auto bytes = source.bytes(item);
-      if (!bytes)
-        return with_context(bytes.error(), to_string(item.index));
-      res = write_bytes_item(*f.sink, *bytes, opts_.checksums);
-    } else {
-      auto t = source.tensor(item);
-      if (!t)
-        return with_context(t.error(), to_string(item.index));
-      if (!t->defined())
-        return make_error(errc::invalid_argument,
-                          to_string(item.index) + ": undefined tensor");
-      const auto& want = item.tensor_data.chunk.sizes;
-      if (t->sizes() != c10::IntArrayRef{want})
-        return make_error(errc::invalid_argument,
-                          to_string(item.index) + ": tensor of shape "
-                            + to_string(t->sizes().vec())
-                            + " for a chunk of " + to_string(want));
-      auto type = to_dtype(t->scalar_type());
-      if (!type)
-        return with_context(type.error(), to_string(item.index));
-      if (*type != item.tensor_data.properties.type)
-        return make_error(errc::dtype_mismatch,
-                          to_string(item.index) + ": tensor of dtype "
-                            + to_string(*type) + ", the plan says "
-                            + to_string(item.tensor_data.properties.type));
-      res = write_tensor_item(*f.sink, *t, opts_.checksums);
-    }
+    auto res = write_plan_item(*f.sink, item, source, opts_.checksums);
     if (!res)
-      return with_context(res.error(), to_string(item.index));
+      return std::move(res.error());
     write_result r;
     r.index = item.index;
     r.size_in_bytes = res->length;
@@ -925,297 +706,11 @@ private:
   std::string local_tag_ = make_save_tag();
 };
 
-// -- reader -------------------------------------------------------------------
-
-class filesystem_reader final : public storage_reader {
-public:
-  filesystem_reader(std::string dir, filesystem_reader_options opts)
-    : dir_(std::move(dir)), opts_(opts) {
-    if (opts_.thread_count == 0)
-      opts_.thread_count = 1;
-  }
-
-  caf::expected<metadata> read_metadata() override {
-    return read_metadata_file(dir_);
-  }
-
-  caf::error set_up(const metadata& md, bool, int32_t) override {
-    std::map<std::string, uint64_t> sizes;
-    for (const auto& [idx, info] : md.storage_data) {
-      if (!plain_file_name(info.relative_path))
-        return make_error(errc::path_escape,
-                          to_string(idx) + ": relative path '"
-                            + info.relative_path
-                            + "' is not a file inside " + dir_);
-      auto i = sizes.find(info.relative_path);
-      if (i == sizes.end()) {
-        auto path = join(dir_, info.relative_path);
-        struct stat st;
-        if (::stat(path.c_str(), &st) != 0) {
-          auto err = errno;
-          if (err == ENOENT)
-            return make_error(errc::corrupt_item,
-                              to_string(idx) + ": data file " + path
-                                + " is missing");
-          return os_error("stat", path, err);
-        }
-        if (!S_ISREG(st.st_mode))
-          return make_error(errc::corrupt_item,
-                            to_string(idx) + ": " + path
-                              + " is not a regular file");
-        i = sizes.emplace(info.relative_path, static_cast<uint64_t>(st.st_size))
-              .first;
-      }
-      auto file_size = i->second;
-      if (info.offset > file_size || info.length > file_size - info.offset)
-        return make_error(errc::corrupt_item,
-                          to_string(idx) + ": item [" + std::to_string(info.offset)
-                            + ", +" + std::to_string(info.length)
-                            + ") extends past the end of "
-                            + join(dir_, info.relative_path) + " ("
-                            + std::to_string(file_size) + " bytes)");
-    }
-    std::lock_guard<std::mutex> guard{mx_};
-    md_ = std::make_shared<const metadata>(md);
-    return {};
-  }
-
-  caf::error read_data(const load_plan& plan, load_target& target) override {
-    std::shared_ptr<const metadata> md;
-    {
-      std::lock_guard<std::mutex> guard{mx_};
-      md = md_;
-    }
-    if (!md)
-      return make_error(errc::invalid_argument, "read_data before set_up");
-    try {
-      auto units = group(plan, *md);
-      if (!units)
-        return units.error();
-      // Open every file once.
-      std::unordered_map<std::string, int> fds;
-      std::vector<std::unique_ptr<fd_guard>> guards;
-      for (auto& u : *units) {
-        auto i = fds.find(u.info->relative_path);
-        if (i == fds.end()) {
-          if (!plain_file_name(u.info->relative_path))
-            return make_error(errc::path_escape,
-                              to_string(u.index) + ": relative path '"
-                                + u.info->relative_path
-                                + "' is not a file inside " + dir_);
-          auto path = join(dir_, u.info->relative_path);
-          int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-          if (fd < 0)
-            return with_context(os_error("open", path, errno),
-                                to_string(u.index));
-          guards.push_back(std::make_unique<fd_guard>(fd));
-          // Items are read in file order: let readahead run far.
-          (void) ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-          i = fds.emplace(u.info->relative_path, fd).first;
-        }
-        u.fd = i->second;
-      }
-      // File order: the disk streams, and each worker asks the kernel to
-      // fetch the next item while it decodes the current one.
-      std::stable_sort(units->begin(), units->end(),
-                       [](const unit& a, const unit& b) {
-                         return std::tie(a.info->relative_path, a.info->offset)
-                                < std::tie(b.info->relative_path,
-                                           b.info->offset);
-                       });
-      auto prefetch = [&](size_t i) {
-        const auto& u = (*units)[i];
-        (void) ::posix_fadvise(u.fd, static_cast<off_t>(u.info->offset),
-                               static_cast<off_t>(u.info->length),
-                               POSIX_FADV_WILLNEED);
-      };
-      return run_parallel(units->size(), opts_.thread_count, [&](size_t i) {
-        if (i == 0)
-          prefetch(0);
-        if (i + 1 < units->size())
-          prefetch(i + 1);
-        return read_unit((*units)[i], *md, target);
-      });
-    } catch (const std::exception& ex) {
-      return make_error(errc::invalid_argument,
-                        std::string{"read_data: unexpected exception: "}
-                          + ex.what());
-    }
-  }
-
-  std::vector<load_plan> split_plan(const load_plan& plan, size_t n) override {
-    n = std::max<size_t>(n, 1);
-    std::shared_ptr<const metadata> md;
-    {
-      std::lock_guard<std::mutex> guard{mx_};
-      md = md_;
-    }
-    // Groups of read items that hit the same saved item, in order of
-    // first appearance.
-    std::map<metadata_index, size_t> group_of;
-    std::vector<std::vector<size_t>> groups;
-    std::vector<uint64_t> weight;
-    for (size_t i = 0; i < plan.items.size(); ++i) {
-      const auto& idx = plan.items[i].storage_index;
-      auto it = group_of.find(idx);
-      if (it == group_of.end()) {
-        it = group_of.emplace(idx, groups.size()).first;
-        groups.emplace_back();
-        uint64_t w = 1;
-        if (md) {
-          auto info = md->storage_data.find(idx);
-          if (info != md->storage_data.end())
-            w = std::max<uint64_t>(info->second.length, 1);
-        }
-        weight.push_back(w);
-      }
-      groups[it->second].push_back(i);
-    }
-    // Largest first onto the lightest part.
-    std::vector<size_t> order(groups.size());
-    for (size_t i = 0; i < order.size(); ++i)
-      order[i] = i;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](size_t a, size_t b) { return weight[a] > weight[b]; });
-    std::vector<uint64_t> load(n, 0);
-    std::vector<std::vector<size_t>> members(n);
-    for (auto g : order) {
-      auto p = static_cast<size_t>(
-        std::min_element(load.begin(), load.end()) - load.begin());
-      load[p] += weight[g];
-      for (auto i : groups[g])
-        members[p].push_back(i);
-    }
-    std::vector<load_plan> parts;
-    for (auto& m : members) {
-      if (m.empty())
-        continue;
-      std::sort(m.begin(), m.end());
-      load_plan part;
-      part.storage_data = plan.storage_data;
-      part.planner_data = plan.planner_data;
-      for (auto i : m)
-        part.items.push_back(plan.items[i]);
-      parts.push_back(std::move(part));
-    }
-    if (parts.empty())
-      parts.push_back(plan);
-    return parts;
-  }
-
-private:
-  /// All read items that hit one saved item.
-  struct unit {
-    metadata_index index;
-    const storage_info* info = nullptr;
-    const item_metadata* item = nullptr;
-    std::vector<const read_item*> reads;
-    int fd = -1;
-  };
-
-  caf::expected<std::vector<unit>> group(const load_plan& plan,
-                                         const metadata& md) const {
-    std::vector<unit> units;
-    std::map<metadata_index, size_t> pos;
-    for (const auto& r : plan.items) {
-      auto it = pos.find(r.storage_index);
-      if (it == pos.end()) {
-        unit u;
-        u.index = r.storage_index;
-        auto info = md.storage_data.find(r.storage_index);
-        if (info == md.storage_data.end())
-          return make_error(errc::missing_key,
-                            to_string(r.storage_index)
-                              + ": not in the checkpoint's storage data");
-        u.info = &info->second;
-        auto item = md.state_dict_metadata.find(r.storage_index.fqn);
-        if (item == md.state_dict_metadata.end())
-          return make_error(errc::missing_key,
-                            r.storage_index.fqn + ": not in the checkpoint");
-        u.item = &item->second;
-        it = pos.emplace(r.storage_index, units.size()).first;
-        units.push_back(std::move(u));
-      }
-      auto& u = units[it->second];
-      bool wants_bytes = r.type == load_item_type::bytes;
-      bool has_bytes = u.item->kind == item_kind::bytes;
-      if (wants_bytes != has_bytes)
-        return make_error(errc::kind_mismatch,
-                          to_string(r.storage_index) + ": the checkpoint holds "
-                            + to_string(u.item->kind) + ", the plan reads "
-                            + (wants_bytes ? "bytes" : "a tensor"));
-      u.reads.push_back(&r);
-    }
-    return units;
-  }
-
-  caf::error read_unit(const unit& u, const metadata& md,
-                       load_target& target) const {
-    auto key = to_string(u.index);
-    item_location loc{u.fd, join(dir_, u.info->relative_path), u.info->offset,
-                      u.info->length};
-    std::string_view checksum;
-    if (opts_.verify_checksums)
-      checksum = u.info->checksum;
-    if (u.item->kind == item_kind::bytes) {
-      auto data = read_item_bytes(loc, checksum);
-      if (!data)
-        return with_context(data.error(), key);
-      for (size_t i = 0; i < u.reads.size(); ++i) {
-        auto copy = i + 1 < u.reads.size() ? *data : std::move(*data);
-        if (auto err = target.set_bytes(*u.reads[i], std::move(copy)))
-          return with_context(err, key);
-      }
-      return {};
-    }
-    // The chunk's shape according to the metadata.
-    const auto& tmd = u.item->tensor;
-    const chunk_storage_metadata* chunk = nullptr;
-    auto hint = u.index.index;
-    if (hint >= 0 && static_cast<size_t>(hint) < tmd.chunks.size()
-        && tmd.chunks[static_cast<size_t>(hint)].offsets == u.index.offset)
-      chunk = &tmd.chunks[static_cast<size_t>(hint)];
-    for (size_t i = 0; chunk == nullptr && i < tmd.chunks.size(); ++i)
-      if (tmd.chunks[i].offsets == u.index.offset)
-        chunk = &tmd.chunks[i];
-    if (chunk == nullptr)
-      return make_error(errc::corrupt_metadata,
-                        key + ": no chunk at these offsets in the metadata");
-    auto reader = tensor_item_reader::open(loc);
-    if (!reader)
-      return with_context(reader.error(), key);
-    if (auto err = reader->expect(tmd.properties.type, chunk->sizes))
-      return with_context(err, key);
-    std::vector<chunk_copy> copies;
-    copies.reserve(u.reads.size());
-    for (auto r : u.reads) {
-      auto dest = target.tensor(*r);
-      if (!dest)
-        return with_context(dest.error(), key);
-      copies.push_back(chunk_copy{r->storage_offsets, r->lengths,
-                                  std::move(*dest)});
-    }
-    if (auto err = reader->read_into(copies, checksum))
-      return with_context(err, key);
-    return {};
-  }
-
-  std::string dir_;
-  filesystem_reader_options opts_;
-  mutable std::mutex mx_;
-  std::shared_ptr<const metadata> md_;
-};
-
 } // namespace
 
 storage_writer_ptr make_filesystem_writer(std::string dir,
                                           filesystem_writer_options opts) {
   return std::make_shared<filesystem_writer>(std::move(dir), opts);
-}
-
-storage_reader_ptr make_filesystem_reader(std::string dir,
-                                          filesystem_reader_options opts) {
-  return std::make_shared<filesystem_reader>(std::move(dir), opts);
 }
 
 } // namespace dcpp

@@ -1,0 +1,86 @@
+#include "storage/filesystem_layout.hpp"
+
+#include "core/error.hpp"
+#include "storage/metadata_codec.hpp"
+#include "storage/posix_file.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <exception>
+
+namespace dcpp::detail {
+
+namespace {
+
+constexpr uint64_t max_metadata_size = uint64_t{1} << 30;
+
+} // namespace
+
+std::string join(const std::string& dir, const std::string& name) {
+  if (dir.empty())
+    return name;
+  if (dir.back() == '/')
+    return dir + name;
+  return dir + "/" + name;
+}
+
+/// A file name that stays inside the checkpoint directory.
+bool plain_file_name(const std::string& name) {
+  return !name.empty() && name.find('/') == std::string::npos
+         && name.find('\0') == std::string::npos
+         && name.find("..") == std::string::npos && name != ".";
+}
+
+caf::expected<metadata> read_metadata_file(const std::string& dir) {
+  auto path = join(dir, metadata_name);
+  fd_guard fd{open_fd(path, O_RDONLY | O_CLOEXEC)};
+  if (fd.get() < 0) {
+    auto err = errno;
+    if (err == ENOENT) {
+      struct stat st;
+      if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        return make_error(errc::not_found,
+                          dir + ": no such checkpoint directory");
+      return make_error(errc::not_found,
+                        dir + ": no committed checkpoint (" + metadata_name
+                          + " is missing)");
+    }
+    return os_error("open", path, err);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0)
+    return os_error("stat", path, errno);
+  auto size = static_cast<uint64_t>(st.st_size);
+  if (size > max_metadata_size)
+    return make_error(errc::too_large,
+                      path + ": " + std::to_string(size)
+                        + " bytes exceed the 1 GiB limit for metadata");
+  std::string bytes(static_cast<size_t>(size), '\0');
+  size_t done = 0;
+  while (done < bytes.size()) {
+    auto res = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (res < 0) {
+      if (errno == EINTR)
+        continue;
+      return os_error("read", path, errno);
+    }
+    if (res == 0)
+      break;
+    done += static_cast<size_t>(res);
+  }
+  bytes.resize(done);
+  try {
+    auto md = decode_metadata(bytes);
+    if (!md)
+      return with_context(md.error(), path, errc::corrupt_metadata);
+    return md;
+  } catch (const std::exception& ex) {
+    return make_error(errc::corrupt_metadata, path + ": " + ex.what());
+  }
+}
+
+} // namespace dcpp::detail

@@ -1,0 +1,29 @@
+#pragma once
+
+// What the file-system writer and reader share about a checkpoint
+// directory (storage/filesystem.hpp): the name of its commit record, how
+// paths inside it are formed and checked, and how `.metadata` is read.
+
+#include "core/metadata.hpp"
+
+#include <caf/expected.hpp>
+
+#include <string>
+
+namespace dcpp::detail {
+
+/// The commit record of a checkpoint directory.
+constexpr const char* metadata_name = ".metadata";
+
+/// `dir/name` (no doubled slash).
+std::string join(const std::string& dir, const std::string& name);
+
+/// A file name that stays inside the checkpoint directory.
+bool plain_file_name(const std::string& name);
+
+/// Reads and decodes `<dir>/.metadata`: errc::not_found without one,
+/// errc::too_large beyond 1 GiB, errc::corrupt_metadata if it cannot be
+/// decoded.
+caf::expected<metadata> read_metadata_file(const std::string& dir);
+
+} // namespace dcpp::detail

@@ -1,0 +1,80 @@
+#include "storage/posix_file.hpp"
+
+#include "core/fault.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <type_traits>
+
+namespace dcpp::detail {
+
+std::string errno_text(int err) {
+  char buf[256];
+  auto res = strerror_r(err, buf, sizeof(buf));
+  // GNU strerror_r returns the message; XSI returns 0 and fills buf.
+  if constexpr (std::is_same_v<decltype(res), char*>)
+    return res;
+  else
+    return buf;
+}
+
+errc errno_code(int err) {
+  return (err == ENOSPC || err == EDQUOT || err == EFBIG)
+           ? errc::storage_failure
+           : errc::io_error;
+}
+
+caf::error os_error(const std::string& what, const std::string& path,
+                    int err) {
+  return make_error(errno_code(err),
+                    path + ": " + what + ": " + errno_text(err));
+}
+
+int open_fd(const std::string& path, int flags, mode_t mode) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), flags, mode);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
+int fd_guard::close() {
+  auto fd = std::exchange(fd_, -1);
+  return fd >= 0 ? ::close(fd) : 0;
+}
+
+int fsync_fd(int fd) {
+  while (::fsync(fd) != 0)
+    if (errno != EINTR)
+      return errno;
+  return 0;
+}
+
+caf::error fsync_dir(const std::string& dir) {
+  fd_guard fd{open_fd(dir, O_RDONLY | O_CLOEXEC | O_DIRECTORY)};
+  if (fd.get() < 0)
+    return os_error("open for fsync", dir, errno);
+  auto err = fsync_fd(fd.get());
+  // Some file systems cannot fsync directories; nothing to wait for then.
+  if (err != 0 && err != EINVAL && err != EROFS)
+    return os_error("fsync", dir, err);
+  return {};
+}
+
+int write_fully(int fd, const char* data, size_t size, uint64_t& done) {
+  return transfer_fully(size, done, [&](uint64_t pos, size_t n) {
+    return fault::write(fd, data + pos, n);
+  });
+}
+
+int pread_fully(int fd, char* dst, size_t size, uint64_t offset,
+                uint64_t& done) {
+  return transfer_fully(size, done, [&](uint64_t pos, size_t n) {
+    return ::pread(fd, dst + pos, n, static_cast<off_t>(offset + pos));
+  });
+}
+
+} // namespace dcpp::detail

@@ -1,0 +1,127 @@
+#pragma once
+
+// POSIX file helpers of the storage units: one errno text, one error
+// mapping, one descriptor guard, one directory fsync, and one rule for
+// interrupted calls.
+//
+// EINTR: a call that a signal interrupts before it did anything (open,
+// read, pread, write, pwrite, fsync) is retried, everywhere. fsync is
+// included: an interrupted fsync has not promised anything, and reporting
+// EINTR as a failed save (as one copy of these helpers used to) would fail
+// a checkpoint over a harmless signal. close(2) is the one exception and is
+// never retried: Linux releases the descriptor even when close reports
+// EINTR, so a retry could close a descriptor another thread just opened.
+
+#include "core/error.hpp"
+
+#include <caf/error.hpp>
+
+#include <sys/types.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace dcpp::detail {
+
+/// strerror_r's text for `err`.
+std::string errno_text(int err);
+
+/// `errc::storage_failure` for a full disk or quota (ENOSPC, EDQUOT, EFBIG),
+/// `errc::io_error` for any other errno.
+errc errno_code(int err);
+
+/// "<path>: <what>: <errno text>", coded by `errno_code(err)`.
+caf::error os_error(const std::string& what, const std::string& path,
+                    int err);
+
+/// open(2), retried on EINTR.
+int open_fd(const std::string& path, int flags, mode_t mode = 0);
+
+/// Closes a file descriptor on scope exit (unless closed earlier).
+class fd_guard {
+public:
+  explicit fd_guard(int fd = -1) : fd_(fd) {
+    // nop
+  }
+
+  ~fd_guard() {
+    if (fd_ >= 0)
+      (void) close();
+  }
+
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+
+  fd_guard(fd_guard&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {
+    // nop
+  }
+
+  fd_guard& operator=(fd_guard&& other) noexcept {
+    if (this != &other) {
+      (void) close();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+
+  int get() const {
+    return fd_;
+  }
+
+  /// Closes now and returns close(2)'s result (never retried, see above).
+  int close();
+
+private:
+  int fd_;
+};
+
+/// fsync(2) retried on EINTR: 0 or an errno.
+int fsync_fd(int fd);
+
+/// fsyncs the directory `dir`, so that names created, renamed or removed in
+/// it are durable. A file system that cannot fsync directories (EINVAL,
+/// EROFS: nothing is pending there) counts as success. Errors are
+/// `os_error("open for fsync" / "fsync", dir, errno)`.
+caf::error fsync_dir(const std::string& dir);
+
+/// Largest piece handed to one read or write call.
+constexpr size_t max_io = size_t{1} << 30;
+
+/// Transfers `size` bytes by calling `op(done, piece)` (a read or write of
+/// `piece` bytes, at most 1 GiB, `done` bytes into the transfer; returns
+/// what the system call returns) until all are done, retrying on EINTR.
+/// Returns 0, an errno, or -1 if a call transfers nothing; `done` counts the
+/// bytes transferred either way.
+template <class Op>
+int transfer_fully(size_t size, uint64_t& done, Op op) {
+  done = 0;
+  while (done < size) {
+    auto res = op(done, std::min(static_cast<size_t>(size - done), max_io));
+    if (res < 0) {
+      if (errno == EINTR)
+        continue;
+      return errno;
+    }
+    if (res == 0)
+      return -1;
+    done += static_cast<uint64_t>(res);
+  }
+  return 0;
+}
+
+/// write(2) of all `size` bytes (through the storage fault hooks, in pieces
+/// of at most 1 GiB, retried on EINTR). Returns 0, an errno, or -1 for a
+/// write that stored nothing; `done` counts the bytes written either way.
+int write_fully(int fd, const char* data, size_t size, uint64_t& done);
+
+/// pread(2) of exactly `size` bytes at `offset` (pieces of at most 1 GiB,
+/// retried on EINTR). Returns 0, an errno, or -1 if the file ends first;
+/// `done` counts the bytes read either way.
+int pread_fully(int fd, char* dst, size_t size, uint64_t offset,
+                uint64_t& done);
+
+} // namespace dcpp::detail
