@@ -54,6 +54,14 @@ create_default_global_save_plan(std::vector<save_plan> plans,
 /// volumes adding up to the tensor. Errors name the fqn.
 caf::error validate_metadata(const metadata& md);
 
+/// The commit record of a save (DCP's `finish` input): `md` with every
+/// rank's write results as its storage data. Refuses (errc::missing_key,
+/// naming the item) a record in which a tensor chunk or bytes value has no
+/// data, so that no backend commits a checkpoint that cannot be loaded.
+caf::expected<metadata>
+commit_record(const metadata& md,
+              const std::vector<std::vector<write_result>>& results);
+
 // -- load planning ------------------------------------------------------------
 
 struct load_options {

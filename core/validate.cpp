@@ -157,4 +157,29 @@ caf::error validate_metadata(const metadata& md) {
   return caf::none;
 }
 
+caf::expected<metadata>
+commit_record(const metadata& md,
+              const std::vector<std::vector<write_result>>& results) {
+  metadata out = md;
+  for (const auto& rank_results : results)
+    for (const auto& r : rank_results)
+      out.storage_data.insert_or_assign(r.index, r.storage_data);
+  for (const auto& [fqn, item] : out.state_dict_metadata) {
+    if (item.kind == item_kind::bytes) {
+      if (out.storage_data.count(metadata_index{fqn}) == 0)
+        return make_error(errc::missing_key,
+                          "finish: no data was written for " + fqn);
+      continue;
+    }
+    for (const auto& chunk : item.tensor.chunks) {
+      metadata_index idx{fqn, chunk.offsets};
+      if (out.storage_data.count(idx) == 0)
+        return make_error(errc::missing_key,
+                          "finish: no data was written for "
+                            + to_string(idx));
+    }
+  }
+  return out;
+}
+
 } // namespace dcpp

@@ -70,6 +70,7 @@
 
 #include "core/error.hpp"
 #include "core/fault.hpp"
+#include "core/planner.hpp"
 #include "storage/file_sink.hpp"
 #include "storage/filesystem_layout.hpp"
 #include "storage/item_io.hpp"
@@ -83,6 +84,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -347,28 +349,16 @@ public:
     override {
     fault::io_scope scope{rank_};
     try {
-      metadata out = md;
-      for (const auto& rank_results : results)
-        for (const auto& r : rank_results) {
-          out.storage_data.erase(r.index);
-          out.storage_data.emplace(r.index, r.storage_data);
-        }
-      // Commit only a checkpoint that can be loaded.
-      for (const auto& [fqn, item] : out.state_dict_metadata) {
-        if (item.kind == item_kind::bytes) {
-          if (out.storage_data.count(metadata_index{fqn}) == 0)
-            return make_error(errc::missing_key,
-                              "finish: no data was written for " + fqn);
-          continue;
-        }
-        for (const auto& chunk : item.tensor.chunks) {
-          metadata_index idx{fqn, chunk.offsets};
-          if (out.storage_data.count(idx) == 0)
-            return make_error(errc::missing_key,
-                              "finish: no data was written for "
-                                + to_string(idx));
-        }
-      }
+      // Commit only a checkpoint that can be loaded: every chunk and bytes
+      // value has data ...
+      auto record = commit_record(md, results);
+      if (!record)
+        return std::move(record.error());
+      auto& out = *record;
+      // ... and the files holding it are still there (a rank that aborted
+      // removed its own; committing then would lose old and new alike).
+      if (auto err = check_data_files(out))
+        return err;
       auto bytes = encode_metadata(out, opts_.flavor);
       auto tmp = join(dir_, metadata_tmp_name);
       auto final_path = join(dir_, metadata_name);
@@ -457,6 +447,37 @@ public:
   }
 
 private:
+  /// Before a commit: every data file the record names still exists, is a
+  /// regular file and holds the bytes of its items. A rank that aborted
+  /// removed its own files; committing then would point `.metadata` at
+  /// nothing while the garbage collection removes the old checkpoint.
+  caf::error check_data_files(const metadata& md) const {
+    std::map<std::string, std::pair<uint64_t, const metadata_index*>> need;
+    for (const auto& [idx, info] : md.storage_data) {
+      auto end = info.offset + info.length;
+      auto& entry = need[info.relative_path];
+      if (entry.second == nullptr || end > entry.first)
+        entry = {end, &idx};
+    }
+    for (const auto& [name, entry] : need) {
+      auto path = join(dir_, name);
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0)
+        return make_error(errc::storage_failure,
+                          "finish: the data of " + to_string(*entry.second)
+                            + " is gone: " + path + ": "
+                            + errno_text(errno));
+      if (!S_ISREG(st.st_mode)
+          || static_cast<uint64_t>(st.st_size) < entry.first)
+        return make_error(errc::storage_failure,
+                          "finish: " + path + " does not hold the data of "
+                            + to_string(*entry.second) + " (its bytes end at "
+                            + std::to_string(entry.first) + ", the file has "
+                            + std::to_string(st.st_size) + ")");
+    }
+    return caf::none;
+  }
+
   /// After a commit: removes every data file (`__*.distcp`, nothing else)
   /// that the new metadata does not refer to, i.e. the files of the
   /// replaced checkpoint and of aborted saves. Files of the committed save

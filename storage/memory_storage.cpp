@@ -1,6 +1,7 @@
 #include "storage/memory_storage.hpp"
 
 #include "core/error.hpp"
+#include "core/planner.hpp"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -177,29 +178,12 @@ public:
   caf::error
   finish(const metadata& md,
          const std::vector<std::vector<write_result>>& results) override {
-    auto copy = md;
-    for (const auto& per_rank : results)
-      for (const auto& res : per_rank) {
-        copy.storage_data.erase(res.index);
-        copy.storage_data.emplace(res.index, res.storage_data);
-      }
     // Commit only a checkpoint that can be loaded: every chunk and bytes
     // value has storage ...
-    for (const auto& [fqn, item] : copy.state_dict_metadata) {
-      if (item.kind == item_kind::bytes) {
-        if (copy.storage_data.count(metadata_index{fqn}) == 0)
-          return make_error(errc::missing_key,
-                            "finish: no data was written for " + fqn);
-        continue;
-      }
-      for (const auto& chunk : item.tensor.chunks) {
-        metadata_index idx{fqn, chunk.offsets};
-        if (copy.storage_data.count(idx) == 0)
-          return make_error(errc::missing_key,
-                            "finish: no data was written for "
-                              + to_string(idx));
-      }
-    }
+    auto record = commit_record(md, results);
+    if (!record)
+      return std::move(record.error());
+    auto& copy = *record;
     std::lock_guard<std::mutex> guard{store_->mx};
     // ... and every storage entry has its item (an abort may have
     // dropped them).

@@ -77,13 +77,6 @@ storage_params filesystem_params(std::string name,
   params.make_storage = [opts] {
     return std::make_unique<filesystem_under_test>(opts);
   };
-  params.known_failures = {
-    {"finish refuses results whose data a rank aborted and keeps the old "
-     "checkpoint",
-     "finish checks only that the results cover every chunk, not that the "
-     "data files they name still exist: it commits a .metadata pointing at "
-     "files a rank's abort removed, and its garbage collection then removes "
-     "the old checkpoint's files (storage/filesystem.cpp, finish)"}};
   return params;
 }
 
