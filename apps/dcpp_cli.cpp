@@ -14,6 +14,7 @@
 #include "storage/checkpoint_root.hpp"
 #include "storage/filesystem.hpp"
 #include "storage/metadata_codec.hpp"
+#include "storage/posix_file.hpp"
 #include "storage/state_dict.hpp"
 #include "storage/tensor_codec.hpp"
 
@@ -55,11 +56,8 @@ void warn(const std::string& msg) {
   std::cerr << "dcpp: warning: " << msg << std::endl;
 }
 
-caf::error os_error(const std::string& op, const std::string& path,
-                    int err) {
-  return make_error(errc::io_error,
-                    op + " " + path + ": " + std::strerror(err));
-}
+using detail::fd_guard;
+using detail::os_error;
 
 caf::expected<std::string> read_whole_file(const std::string& path,
                                            uint64_t limit) {
@@ -128,14 +126,6 @@ const storage_info* find_storage(const metadata& md, const std::string& fqn,
   return i == md.storage_data.end() ? nullptr : &i->second;
 }
 
-/// An open file descriptor, closed on destruction.
-struct fd_guard {
-  int fd = -1;
-  ~fd_guard() {
-    if (fd >= 0)
-      ::close(fd);
-  }
-};
 
 // -- inspect ------------------------------------------------------------------
 
@@ -282,42 +272,28 @@ int run_inspect(const std::string& dir, bool as_json) {
 caf::error write_atomically(const std::string& path,
                             const std::vector<char>& data) {
   auto tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return os_error("open", tmp, errno);
-  size_t done = 0;
-  while (done < data.size()) {
-    auto n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      auto err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return make_error(errc::storage_failure, "write " + tmp + ": "
-                                                 + std::strerror(err));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    auto err = errno;
+  auto fail = [&tmp](const char* what, int err) {
     ::unlink(tmp.c_str());
-    return os_error("fsync", tmp, err);
+    return os_error(what, tmp, err);
+  };
+  {
+    fd_guard fd{detail::open_fd(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                                0644)};
+    if (fd.get() < 0)
+      return os_error("open", tmp, errno);
+    uint64_t done = 0;
+    if (auto err = detail::write_fully(fd.get(), data.data(), data.size(),
+                                       done))
+      return fail("write", err < 0 ? ENOSPC : err);
+    if (auto err = detail::fsync_fd(fd.get()))
+      return fail("fsync", err);
+    if (fd.close() != 0)
+      return fail("close", errno);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    auto err = errno;
-    ::unlink(tmp.c_str());
-    return os_error("rename", tmp, err);
-  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    return fail("rename", errno);
   auto parent = fs::path{path}.parent_path().string();
-  if (parent.empty())
-    parent = ".";
-  int dfd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return {};
+  return detail::fsync_dir(parent.empty() ? "." : parent);
 }
 
 /// Turns a bytes item into the Python object it holds (int, float, str, or
@@ -496,12 +472,11 @@ caf::error check_item(const std::string& dir, const storage_info& si,
     return make_error(errc::path_escape,
                       "'" + si.relative_path + "' leaves " + dir);
   auto path = (fs::path{dir} / si.relative_path).string();
-  fd_guard f;
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.fd < 0)
+  fd_guard f{detail::open_fd(path, O_RDONLY | O_CLOEXEC)};
+  if (f.get() < 0)
     return os_error("open", path, errno);
   struct stat st {};
-  if (::fstat(f.fd, &st) != 0)
+  if (::fstat(f.get(), &st) != 0)
     return os_error("stat", path, errno);
   auto end = si.offset + si.length;
   if (end < si.offset || static_cast<uint64_t>(st.st_size) < end)
@@ -512,7 +487,7 @@ caf::error check_item(const std::string& dir, const storage_info& si,
     ++stats.without_checksum;
   else
     ++stats.checksummed;
-  item_location loc{f.fd, path, si.offset, si.length};
+  item_location loc{f.get(), path, si.offset, si.length};
   if (!chunk) {
     auto bytes = read_item_bytes(loc, si.checksum);
     return bytes ? caf::error{} : bytes.error();
