@@ -61,8 +61,7 @@ using reply_fn = std::function<void(caf::expected<metadata>)>;
 /// once (errc::rank_lost) instead of waiting for the whole operation
 /// deadline. If the actor system stops first, `reply` is never called.
 template <class Job, class Atom>
-void submit(const checkpointer_options& o, Atom atom, Job job,
-            reply_fn reply) {
+void submit(const checkpointer_options& o, Atom atom, Job job, reply_fn reply) {
   auto& group = *o.process_group;
   auto rank = group.rank();
   auto agent = group.agent();
@@ -77,11 +76,10 @@ void submit(const checkpointer_options& o, Atom atom, Job job,
       self->quit();
     };
     self->set_down_handler([=](caf::down_msg& dm) {
-      answer(make_error(errc::rank_lost,
-                        "rank " + std::to_string(rank)
-                          + ": the rank agent stopped ("
-                          + describe(dm.reason)
-                          + ") before the operation ended"));
+      answer(make_error(errc::rank_lost, "rank " + std::to_string(rank)
+                                           + ": the rank agent stopped ("
+                                           + describe(dm.reason)
+                                           + ") before the operation ended"));
     });
     self->monitor(agent);
     self->request(agent, deadline, atom, std::move(job))
@@ -91,8 +89,7 @@ void submit(const checkpointer_options& o, Atom atom, Job job,
                 err = make_error(errc::timeout,
                                  "rank " + std::to_string(rank)
                                    + ": the operation did not end within "
-                                   + std::to_string(deadline.count())
-                                   + " ms");
+                                   + std::to_string(deadline.count()) + " ms");
               answer(std::move(err));
             });
   });
@@ -100,8 +97,8 @@ void submit(const checkpointer_options& o, Atom atom, Job job,
 
 /// Runs `job` on this rank's agent and waits for the outcome.
 template <class Job, class Atom>
-caf::expected<metadata> run_on_agent(const checkpointer_options& o, Atom atom,
-                                     Job job) {
+caf::expected<metadata>
+run_on_agent(const checkpointer_options& o, Atom atom, Job job) {
   auto done = std::make_shared<std::promise<caf::expected<metadata>>>();
   auto result = done->get_future();
   submit(o, atom, std::move(job),
@@ -196,10 +193,9 @@ save_result checkpointer::save(const state_dict& sd) {
   if (auto err = begin(writer_ != nullptr, "writer"))
     return err;
   const auto& opts = group_options();
-  return run_on_agent(opts, save_atom::value,
-                      job_or_failure(make_save_job(sd, writer_,
-                                                   job_options_of(opts)),
-                                     opts));
+  return run_on_agent(
+    opts, save_atom::value,
+    job_or_failure(make_save_job(sd, writer_, job_options_of(opts)), opts));
 }
 
 std::future<save_result> checkpointer::async_save(const state_dict& sd) {
@@ -211,9 +207,8 @@ std::future<save_result> checkpointer::async_save(const state_dict& sd) {
   }
   auto staged = std::make_shared<const state_dict>(stage_to_host(sd));
   const auto& opts = group_options();
-  auto job = job_or_failure(make_save_job(staged, writer_,
-                                          job_options_of(opts)),
-                            opts);
+  auto job = job_or_failure(
+    make_save_job(staged, writer_, job_options_of(opts)), opts);
   // The outcome goes to the caller's future and to the one the next
   // operation waits on.
   auto internal = std::make_shared<std::promise<void>>();
@@ -230,10 +225,9 @@ caf::error checkpointer::load(state_dict& sd) {
   if (auto err = begin(reader_ != nullptr, "reader"))
     return err;
   const auto& opts = group_options();
-  auto res = run_on_agent(opts, load_atom::value,
-                          job_or_failure(make_load_job(sd, reader_,
-                                                       job_options_of(opts)),
-                                         opts));
+  auto res = run_on_agent(
+    opts, load_atom::value,
+    job_or_failure(make_load_job(sd, reader_, job_options_of(opts)), opts));
   if (!res)
     return std::move(res.error());
   return caf::none;

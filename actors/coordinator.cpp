@@ -53,8 +53,7 @@ std::string owed(step x, op_kind kind) {
   switch (x) {
     case step::plan: return "no local plan";
     case step::global_plan: return "no global plan";
-    case step::data: return std::string{"no "} + step_name(x, kind)
-                            + " result";
+    case step::data: return std::string{"no "} + step_name(x, kind) + " result";
     case step::commit: return "no commit result";
   }
   return "nothing";
@@ -278,11 +277,11 @@ bool check_version(coord_ptr self, const envelope& hdr) {
   auto i = st.ops.find(hdr.op.seq);
   if (i != st.ops.end()) {
     auto& op = i->second;
-    op.failures[hdr.from] = make_error(
-      errc::protocol_error,
-      "rank " + std::to_string(hdr.from) + " speaks protocol version "
-        + std::to_string(hdr.version) + ", the coordinator "
-        + std::to_string(protocol_version));
+    op.failures[hdr.from]
+      = make_error(errc::protocol_error,
+                   "rank " + std::to_string(hdr.from)
+                     + " speaks protocol version " + std::to_string(hdr.version)
+                     + ", the coordinator " + std::to_string(protocol_version));
     fail(self, op);
   }
   return false;
@@ -430,9 +429,9 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
     if (lost < 0 || static_cast<size_t>(lost) >= st.down.size())
       return;
     st.down[lost] = true;
-    auto reason = make_error(errc::rank_lost,
-                             "rank " + std::to_string(lost) + " stopped ("
-                               + describe(dm.reason) + ")");
+    auto reason = make_error(errc::rank_lost, "rank " + std::to_string(lost)
+                                                + " stopped ("
+                                                + describe(dm.reason) + ")");
     std::vector<uint64_t> affected;
     for (auto& [seq, op] : st.ops) {
       // In the commit step every rank has written; only the committing
@@ -449,15 +448,11 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
   });
   return {
     [=](local_save_plan_msg& msg) { on_local_plan<save_op>(self, msg); },
-    [=](global_save_step_done_msg& msg) {
-      on_global_plan<save_op>(self, msg);
-    },
+    [=](global_save_step_done_msg& msg) { on_global_plan<save_op>(self, msg); },
     [=](write_done_msg& msg) { on_data_done<save_op>(self, msg); },
     [=](commit_done_msg& msg) { on_commit_done(self, msg); },
     [=](local_load_plan_msg& msg) { on_local_plan<load_op>(self, msg); },
-    [=](global_load_step_done_msg& msg) {
-      on_global_plan<load_op>(self, msg);
-    },
+    [=](global_load_step_done_msg& msg) { on_global_plan<load_op>(self, msg); },
     [=](read_done_msg& msg) { on_data_done<load_op>(self, msg); },
     // -- deadlines ----------------------------------------------------------
     [=](deadline_atom, uint64_t seq, uint64_t gen) {
@@ -470,10 +465,10 @@ coordinator_actor::behavior_type coordinator_impl(coord_ptr self, int32_t rank,
       if (gathering(op.cur)) {
         for (int32_t r = 0; r < world_size(self); ++r)
           if (!op.have[r])
-            op.failures[r] = make_error(
-              errc::timeout, "rank " + std::to_string(r) + " sent "
-                               + owed(op.cur, op.id.kind) + " within " + ms
-                               + " ms");
+            op.failures[r] = make_error(errc::timeout,
+                                        "rank " + std::to_string(r) + " sent "
+                                          + owed(op.cur, op.id.kind)
+                                          + " within " + ms + " ms");
       } else {
         op.failures[st.rank] = make_error(
           errc::timeout, "the coordinator's rank " + std::to_string(st.rank)

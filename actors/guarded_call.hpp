@@ -32,8 +32,8 @@ struct is_expected<caf::expected<T>> : std::true_type {};
 /// Calls `f(*obj)` for a handler that returns `caf::result<R>`; `role` names
 /// `obj` ("storage writer"), `what` the call ("write_data").
 template <class R, class Ptr, class F>
-caf::result<R> guarded_call(const Ptr& obj, const char* role,
-                            const char* what, errc thrown_code, F&& f) {
+caf::result<R> guarded_call(const Ptr& obj, const char* role, const char* what,
+                            errc thrown_code, F&& f) {
   if (!obj)
     return make_error(errc::invalid_argument, std::string{"no "} + role);
   try {

@@ -41,10 +41,9 @@ caf::error fill(Job& job, const flat_state_dict& flat,
   return caf::none;
 }
 
-caf::expected<save_job> build(const state_dict& sd,
-                              std::shared_ptr<const state_dict> keep_alive,
-                              std::shared_ptr<storage_writer> writer,
-                              const job_options& opts) {
+caf::expected<save_job>
+build(const state_dict& sd, std::shared_ptr<const state_dict> keep_alive,
+      std::shared_ptr<storage_writer> writer, const job_options& opts) {
   // flatten() hands out mutable pointers for loading; saving only reads.
   auto flat = flatten(const_cast<state_dict&>(sd));
   if (!flat)
@@ -53,12 +52,12 @@ caf::expected<save_job> build(const state_dict& sd,
   holder->keep_alive = std::move(keep_alive);
   holder->flat = std::move(*flat);
   save_job job;
-  if (auto err = fill(job, holder->flat, opts.save_planner,
-                      [] { return make_default_save_planner(); }, opts))
+  if (auto err = fill(
+        job, holder->flat, opts.save_planner,
+        [] { return make_default_save_planner(); }, opts))
     return err;
   holder->source = make_item_source(holder->flat);
-  job.source = std::shared_ptr<const item_source>(holder,
-                                                  holder->source.get());
+  job.source = std::shared_ptr<const item_source>(holder, holder->source.get());
   job.writer = std::move(writer);
   return job;
 }
@@ -87,8 +86,9 @@ caf::expected<load_job> make_load_job(state_dict& sd,
   auto holder = std::make_shared<load_holder>();
   holder->flat = std::move(*flat);
   load_job job;
-  if (auto err = fill(job, holder->flat, opts.load_planner,
-                      [] { return make_default_load_planner(); }, opts))
+  if (auto err = fill(
+        job, holder->flat, opts.load_planner,
+        [] { return make_default_load_planner(); }, opts))
     return err;
   holder->target = make_load_target(holder->flat);
   job.target = std::shared_ptr<load_target>(holder, holder->target.get());

@@ -17,8 +17,8 @@ namespace {
 /// One call of the save or load planner (actors/guarded_call.hpp); a
 /// planner's exception is a bad argument (its input), not a storage fault.
 template <class R, class Planner, class F>
-caf::result<R> call(const std::shared_ptr<const Planner>& planner,
-                    const char* what, F&& f) {
+caf::result<R>
+call(const std::shared_ptr<const Planner>& planner, const char* what, F&& f) {
   constexpr bool save = std::is_same_v<Planner, save_planner>;
   return detail::guarded_call<R>(planner,
                                  save ? "save planner for this operation"
@@ -43,19 +43,16 @@ planner_impl(planner_actor::pointer self,
     [=](local_plan_atom, bool is_coordinator) -> caf::result<save_plan> {
       if (save && !view)
         return no_view();
-      return call<save_plan>(save, "create_local_plan",
-                             [&](const save_planner& p) {
-                               return p.create_local_plan(*view,
-                                                          is_coordinator);
-                             });
+      return call<save_plan>(
+        save, "create_local_plan", [&](const save_planner& p) {
+          return p.create_local_plan(*view, is_coordinator);
+        });
     },
-    [=](global_plan_atom,
-        save_plans& plans) -> caf::result<global_save_plan> {
-      return call<global_save_plan>(save, "create_global_plan",
-                                    [&](const save_planner& p) {
-                                      return p.create_global_plan(
-                                        std::move(plans));
-                                    });
+    [=](global_plan_atom, save_plans& plans) -> caf::result<global_save_plan> {
+      return call<global_save_plan>(
+        save, "create_global_plan", [&](const save_planner& p) {
+          return p.create_global_plan(std::move(plans));
+        });
     },
     [=](finish_plan_atom, save_plan& central) -> caf::result<save_plan> {
       return call<save_plan>(save, "finish_plan", [&](const save_planner& p) {
@@ -67,11 +64,10 @@ planner_impl(planner_actor::pointer self,
         bool is_coordinator) -> caf::result<load_plan> {
       if (load && !view)
         return no_view();
-      return call<load_plan>(load, "create_local_plan",
-                             [&](const load_planner& p) {
-                               return p.create_local_plan(*view, md,
-                                                          is_coordinator);
-                             });
+      return call<load_plan>(
+        load, "create_local_plan", [&](const load_planner& p) {
+          return p.create_local_plan(*view, md, is_coordinator);
+        });
     },
     [=](global_plan_atom, load_plans& plans) -> caf::result<load_plans> {
       return call<load_plans>(load, "create_global_plan",

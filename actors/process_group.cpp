@@ -76,8 +76,7 @@ make_local_process_group(caf::actor_system& sys, int32_t world_size,
   // Spawn everything first, then fill the table: actors read it only while
   // handling operations, which start after this function returns.
   for (int32_t r = 0; r < world_size; ++r) {
-    core->peers->coordinators.push_back(
-      spawn_coordinator(sys, r, core->peers));
+    core->peers->coordinators.push_back(spawn_coordinator(sys, r, core->peers));
     core->agents.push_back(spawn_rank_agent(sys, r, core->peers, opts.agent));
   }
   for (auto& a : core->agents)

@@ -159,9 +159,9 @@ injection injected(agent_ptr self, const agent_op& op, fault::step s,
 caf::error local_error(agent_ptr self, const agent_op& op, caf::error err,
                        const std::string& what) {
   if (err == caf::sec::request_timeout)
-    return make_error(errc::timeout,
-                      what + " did not finish within "
-                        + std::to_string(op.timeout.count()) + " ms");
+    return make_error(errc::timeout, what + " did not finish within "
+                                       + std::to_string(op.timeout.count())
+                                       + " ms");
   return with_context(err, what, errc::aborted);
 }
 
@@ -217,8 +217,9 @@ void try_finish(agent_ptr self) {
   auto seq = op.id.seq;
   if (op.error && op.id.kind == op_kind::save && op.io) {
     op.aborting = true;
-    self->request(caf::actor_cast<writer_actor>(op.io), op.timeout,
-                  abort_atom::value)
+    self
+      ->request(caf::actor_cast<writer_actor>(op.io), op.timeout,
+                abort_atom::value)
       .then([=](caf::ok_atom) { finalize(self, seq); },
             [=](caf::error&) { finalize(self, seq); });
     return;
@@ -334,8 +335,8 @@ void ask(agent_ptr self, agent_op& op, const Handle& hdl, std::string what,
          Next next, Fail fail, Ts&&... xs) {
   // Atom constants (ok_atom) are matched by value, everything else by
   // reference.
-  using arg = std::conditional_t<caf::is_atom_constant<Result>::value, Result,
-                                 Result&>;
+  using arg
+    = std::conditional_t<caf::is_atom_constant<Result>::value, Result, Result&>;
   auto seq = op.id.seq;
   ++op.inflight;
   self->request(hdl, op.timeout, std::forward<Ts>(xs)...)
@@ -357,11 +358,9 @@ void send_local_plan(agent_ptr self, agent_op& op, typename Op::plan plan,
   auto inj = injected(self, op, fault::step::plan, err);
   if (!inj.stop)
     send_to_coordinator(self, op,
-                        typename Op::local_msg{header_to(self, op,
-                                                         op.coordinator),
-                                               op.timeout.count(),
-                                               std::move(plan),
-                                               std::move(err)},
+                        typename Op::local_msg{
+                          header_to(self, op, op.coordinator),
+                          op.timeout.count(), std::move(plan), std::move(err)},
                         inj.late);
   op.sent_local = true;
   arm(self, op, "the central plan");
@@ -515,8 +514,8 @@ void run_parts(agent_ptr self, agent_op& op,
       hdl = caf::actor_cast<typename Op::io_actor>(worker);
     }
     auto what = std::string{is_save<Op> ? "write_data" : "read_data"}
-                + " (part " + std::to_string(i + 1) + " of "
-                + std::to_string(k) + ")";
+                + " (part " + std::to_string(i + 1) + " of " + std::to_string(k)
+                + ")";
     ask<typename Op::part_result>(
       self, op, hdl, std::move(what),
       [=](agent_op& op, typename Op::part_result& res) {
@@ -645,7 +644,7 @@ void start_next(agent_ptr self) {
     [&](const auto& x) {
       using job_type = std::decay_t<decltype(x)>;
       auto kind = std::is_same_v<job_type, save_job> ? op_kind::save
-                                                      : op_kind::load;
+                                                     : op_kind::load;
       op->id = op_id{kind, st.next_seq++};
       op->coordinator = x.coordinator_rank;
       op->timeout = x.step_timeout;
@@ -664,8 +663,8 @@ void start_next(agent_ptr self) {
   if (cur.coordinator < 0 || cur.coordinator >= n) {
     auto err = make_error(errc::invalid_argument,
                           "coordinator rank " + std::to_string(cur.coordinator)
-                            + " is not in the group of "
-                            + std::to_string(n) + " ranks");
+                            + " is not in the group of " + std::to_string(n)
+                            + " ranks");
     cur.coordinator = -1;
     end_with(self, std::move(err));
     return;
@@ -707,8 +706,8 @@ rank_agent_actor::behavior_type agent_impl(agent_ptr self, int32_t rank,
       return;
     end_with(self, make_error(errc::rank_lost,
                               "the coordinator (rank "
-                                + std::to_string(op.coordinator)
-                                + ") stopped (" + describe(dm.reason) + ")"));
+                                + std::to_string(op.coordinator) + ") stopped ("
+                                + describe(dm.reason) + ")"));
   });
   return {
     // -- coordinator -> rank ------------------------------------------------
@@ -731,14 +730,13 @@ rank_agent_actor::behavior_type agent_impl(agent_ptr self, int32_t rank,
       if (!st.op || st.op->id.seq != seq || st.op->gen != gen || gen == 0)
         return;
       auto& op = *st.op;
-      end_with(self,
-               make_error(errc::timeout,
-                          "rank " + std::to_string(st.rank)
-                            + ": no answer from the coordinator (rank "
-                            + std::to_string(op.coordinator) + ") within "
-                            + std::to_string(op.timeout.count()
-                                             * coordinator_wait_factor)
-                            + " ms while waiting for " + op.waiting_for));
+      end_with(self, make_error(errc::timeout,
+                                "rank " + std::to_string(st.rank)
+                                  + ": no answer from the coordinator (rank "
+                                  + std::to_string(op.coordinator) + ") within "
+                                  + std::to_string(op.timeout.count()
+                                                   * coordinator_wait_factor)
+                                  + " ms while waiting for " + op.waiting_for));
     },
     [=](caf::get_atom, stats_atom) { return self->state.stats; },
   };

@@ -16,15 +16,15 @@ namespace {
 
 /// One call of the storage reader (actors/guarded_call.hpp).
 template <class R, class F>
-caf::result<R> call(const std::shared_ptr<storage_reader>& reader,
-                    const char* what, F&& f) {
+caf::result<R>
+call(const std::shared_ptr<storage_reader>& reader, const char* what, F&& f) {
   return detail::guarded_call<R>(reader, "storage reader", what,
                                  errc::storage_failure, std::forward<F>(f));
 }
 
-reader_actor::behavior_type
-reader_impl(reader_actor::pointer, std::shared_ptr<storage_reader> reader,
-            std::shared_ptr<load_target> target) {
+reader_actor::behavior_type reader_impl(reader_actor::pointer,
+                                        std::shared_ptr<storage_reader> reader,
+                                        std::shared_ptr<load_target> target) {
   using plans = std::vector<load_plan>;
   return {
     [=](read_metadata_atom) -> caf::result<metadata> {
@@ -45,13 +45,11 @@ reader_impl(reader_actor::pointer, std::shared_ptr<storage_reader> reader,
                              });
     },
     [=](prepare_global_atom, plans& ps) -> caf::result<plans> {
-      return call<plans>(reader, "prepare_global_plan",
-                         [&](storage_reader& r) {
-                           return r.prepare_global_plan(std::move(ps));
-                         });
+      return call<plans>(reader, "prepare_global_plan", [&](storage_reader& r) {
+        return r.prepare_global_plan(std::move(ps));
+      });
     },
-    [=](split_atom, const load_plan& plan,
-        uint32_t n) -> caf::result<plans> {
+    [=](split_atom, const load_plan& plan, uint32_t n) -> caf::result<plans> {
       return call<plans>(reader, "split_plan", [&](storage_reader& r) {
         return r.split_plan(plan, n == 0 ? 1 : n);
       });

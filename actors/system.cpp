@@ -15,8 +15,7 @@ void configure(caf::actor_system_config& cfg, const system_options& opts) {
                             const caf::message& ctx) -> std::string {
                            auto err = ctx.empty()
                                         ? caf::error{code, error_category}
-                                        : caf::error{code, error_category,
-                                                     ctx};
+                                        : caf::error{code, error_category, ctx};
                            return describe(err);
                          });
   cfg.add_message_types<caf::id_block::dcpp>();

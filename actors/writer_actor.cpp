@@ -16,8 +16,8 @@ namespace {
 
 /// One call of the storage writer (actors/guarded_call.hpp).
 template <class R, class F>
-caf::result<R> call(const std::shared_ptr<storage_writer>& writer,
-                    const char* what, F&& f) {
+caf::result<R>
+call(const std::shared_ptr<storage_writer>& writer, const char* what, F&& f) {
   return detail::guarded_call<R>(writer, "storage writer", what,
                                  errc::storage_failure, std::forward<F>(f));
 }
@@ -41,21 +41,18 @@ writer_impl(writer_actor::pointer, std::shared_ptr<storage_writer> writer,
                              });
     },
     [=](prepare_global_atom, plans& ps) -> caf::result<plans> {
-      return call<plans>(writer, "prepare_global_plan",
-                         [&](storage_writer& w) {
-                           return w.prepare_global_plan(std::move(ps));
-                         });
+      return call<plans>(writer, "prepare_global_plan", [&](storage_writer& w) {
+        return w.prepare_global_plan(std::move(ps));
+      });
     },
-    [=](split_atom, const save_plan& plan,
-        uint32_t n) -> caf::result<plans> {
+    [=](split_atom, const save_plan& plan, uint32_t n) -> caf::result<plans> {
       return call<plans>(writer, "split_plan", [&](storage_writer& w) {
         return w.split_plan(plan, n == 0 ? 1 : n);
       });
     },
     [=](write_atom, const save_plan& plan) -> caf::result<results> {
       return call<results>(
-        writer, "write_data",
-        [&](storage_writer& w) -> caf::expected<results> {
+        writer, "write_data", [&](storage_writer& w) -> caf::expected<results> {
           if (source)
             return w.write_data(plan, *source);
           if (!plan.items.empty())
@@ -85,10 +82,9 @@ writer_impl(writer_actor::pointer, std::shared_ptr<storage_writer> writer,
 
 } // namespace
 
-writer_actor spawn_writer(caf::actor_system& sys,
-                          std::shared_ptr<storage_writer> writer,
-                          std::shared_ptr<const item_source> source,
-                          io_mode mode) {
+writer_actor
+spawn_writer(caf::actor_system& sys, std::shared_ptr<storage_writer> writer,
+             std::shared_ptr<const item_source> source, io_mode mode) {
   if (mode == io_mode::detached)
     return sys.spawn<caf::detached>(writer_impl, std::move(writer),
                                     std::move(source));

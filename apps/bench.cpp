@@ -14,14 +14,14 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
-
-#include <unistd.h>
 
 using namespace dcpp;
 namespace fs = std::filesystem;
@@ -47,8 +47,7 @@ std::vector<tensor_desc> read_layout(const std::string& path) {
   const auto& list = doc.is_array() ? doc : doc.at("layout");
   std::vector<tensor_desc> out;
   for (const auto& entry : list)
-    out.push_back(
-      {entry.at(0).get<std::string>(), entry.at(1).get<shape_t>()});
+    out.push_back({entry.at(0).get<std::string>(), entry.at(1).get<shape_t>()});
   return out;
 }
 
@@ -98,8 +97,9 @@ int main(int argc, char** argv) {
   bool drop = true;
   int iters = 1;
   bool keep = false;
-  app.add_option("--layout", layout_path,
-                 "tensor layout JSON (peer_dcp.py --print-layout)")
+  app
+    .add_option("--layout", layout_path,
+                "tensor layout JSON (peer_dcp.py --print-layout)")
     ->required();
   app.add_option("--dir", parent, "parent directory for the checkpoint");
   app.add_option("--threads", threads, "writer/reader threads per rank");

@@ -91,8 +91,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dcpp-coordinator: %s\n", describe(err).c_str());
     return 1;
   }
-  std::printf("dcpp-coordinator: %s\n",
-              stop_requested.load() ? "stopped by a signal"
-                                    : "every rank disconnected; done");
+  std::printf("dcpp-coordinator: %s\n", stop_requested.load()
+                                          ? "stopped by a signal"
+                                          : "every rank disconnected; done");
   return 0;
 }

@@ -66,8 +66,8 @@ caf::expected<std::string> read_whole_file(const std::string& path,
   if (ec)
     return make_error(errc::io_error, path + ": " + ec.message());
   if (size > limit)
-    return make_error(errc::too_large, path + " holds "
-                                         + std::to_string(size) + " bytes");
+    return make_error(errc::too_large,
+                      path + " holds " + std::to_string(size) + " bytes");
   std::ifstream in{path, std::ios::binary};
   if (!in)
     return os_error("open", path, errno);
@@ -125,7 +125,6 @@ const storage_info* find_storage(const metadata& md, const std::string& fqn,
   auto i = md.storage_data.find(idx);
   return i == md.storage_data.end() ? nullptr : &i->second;
 }
-
 
 // -- inspect ------------------------------------------------------------------
 
@@ -255,14 +254,14 @@ int run_inspect(const std::string& dir, bool as_json) {
   print_table({"KEY", "KIND", "DTYPE", "SHAPE", "CHUNK", "OFFSETS", "SIZES",
                "FILE", "OFFSET", "LENGTH", "CHECKSUM"},
               rows);
-  std::cout << "\nkeys: " << md.state_dict_metadata.size() << " ("
-            << n_tensors << " tensors, " << n_bytes << " bytes items)\n"
+  std::cout << "\nkeys: " << md.state_dict_metadata.size() << " (" << n_tensors
+            << " tensors, " << n_bytes << " bytes items)\n"
             << "tensor bytes: " << tensor_bytes(md) << "\n"
             << "files: " << files.size() << " (" << file_bytes
-            << " bytes of items, " << n_entries << " entries, "
-            << n_checksums << " with checksum)\n"
-            << "format: version " << version << ", flavor "
-            << flavor_guess(*ci) << std::endl;
+            << " bytes of items, " << n_entries << " entries, " << n_checksums
+            << " with checksum)\n"
+            << "format: version " << version << ", flavor " << flavor_guess(*ci)
+            << std::endl;
   return 0;
 }
 
@@ -277,8 +276,8 @@ caf::error write_atomically(const std::string& path,
     return os_error(what, tmp, err);
   };
   {
-    fd_guard fd{detail::open_fd(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                                0644)};
+    fd_guard fd{
+      detail::open_fd(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
     if (fd.get() < 0)
       return os_error("open", tmp, errno);
     uint64_t done = 0;
@@ -306,13 +305,15 @@ c10::IValue decode_bytes(const std::string& key, const bytes_value& b) {
   if (auto s = b.to_string())
     return c10::IValue{*s};
   try {
-    return torch::jit::pickle_load(std::vector<char>(b.data.begin(), b.data.end()));
+    return torch::jit::pickle_load(
+      std::vector<char>(b.data.begin(), b.data.end()));
   } catch (const std::exception&) {
     // fall through to raw bytes
   }
-  warn("bytes item '" + key + "' cannot be decoded; exported as raw "
-       "torch.save bytes in a uint8 tensor (torch.load(io.BytesIO("
-       "t.numpy().tobytes())) reads it)");
+  warn("bytes item '" + key
+       + "' cannot be decoded; exported as raw "
+         "torch.save bytes in a uint8 tensor (torch.load(io.BytesIO("
+         "t.numpy().tobytes())) reads it)");
   auto t = at::empty({static_cast<int64_t>(b.data.size())}, at::kByte);
   if (!b.data.empty())
     std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
@@ -352,8 +353,7 @@ int run_export(const std::string& dir, const std::string& out) {
   if (auto err = write_atomically(out, data))
     return fail("export " + out, err);
   std::cout << "exported " << flat->items.size() << " keys ("
-            << tensor_bytes(ci->md) << " tensor bytes) to " << out
-            << std::endl;
+            << tensor_bytes(ci->md) << " tensor bytes) to " << out << std::endl;
   return 0;
 }
 
@@ -417,15 +417,15 @@ int run_import(const std::string& in, const std::string& dir,
   } catch (const c10::Error& e) {
     std::string msg = e.what_without_backtrace();
     msg = msg.substr(0, msg.find('\n'));
-    return fail(what, make_error(errc::corrupt_item,
-                                 "not a readable torch.save file: " + msg
-                                   + hint));
+    return fail(what,
+                make_error(errc::corrupt_item,
+                           "not a readable torch.save file: " + msg + hint));
   } catch (const std::exception& e) {
     std::string msg = e.what();
     msg = msg.substr(0, msg.find('\n'));
-    return fail(what, make_error(errc::corrupt_item,
-                                 "not a readable torch.save file: " + msg
-                                   + hint));
+    return fail(what,
+                make_error(errc::corrupt_item,
+                           "not a readable torch.save file: " + msg + hint));
   }
   if (!obj.isGenericDict())
     return fail(what, make_error(errc::invalid_argument,
@@ -449,8 +449,7 @@ int run_import(const std::string& in, const std::string& dir,
   if (!md)
     return fail("import " + dir, md.error());
   std::cout << "imported " << md->state_dict_metadata.size() << " keys ("
-            << tensor_bytes(*md) << " tensor bytes) into " << dir
-            << std::endl;
+            << tensor_bytes(*md) << " tensor bytes) into " << dir << std::endl;
   return 0;
 }
 
@@ -625,8 +624,7 @@ int run_main(int argc, char** argv) {
              "a checkpoint root, and leftovers of aborted saves older than "
              "the newest commit (crash-safe)");
   prn->add_option("ROOT", dir, "checkpoint root")->required();
-  prn->add_option("--keep", keep, "committed steps to keep (>= 1)")
-    ->required();
+  prn->add_option("--keep", keep, "committed steps to keep (>= 1)")->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -634,8 +632,8 @@ int run_main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "dcpp: usage: " << first_line(e.what())
-              << " (see dcpp --help)" << std::endl;
+    std::cerr << "dcpp: usage: " << first_line(e.what()) << " (see dcpp --help)"
+              << std::endl;
     return 2;
   }
   if (inspect->parsed())
@@ -658,8 +656,8 @@ int main(int argc, char** argv) {
   try {
     return dcpp::run_main(argc, argv);
   } catch (const c10::Error& e) {
-    std::cerr << "dcpp: torch: "
-              << dcpp::first_line(e.what_without_backtrace()) << std::endl;
+    std::cerr << "dcpp: torch: " << dcpp::first_line(e.what_without_backtrace())
+              << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "dcpp: " << dcpp::first_line(e.what()) << std::endl;
   } catch (...) {

@@ -9,7 +9,6 @@
 //
 // Usage: dcpp_embed_example [checkpoint-dir] [world-size]
 
-#include "core/error.hpp"
 #include "actors/jobs.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
@@ -17,8 +16,9 @@
 #include "storage/filesystem.hpp"
 #include "storage/state_dict.hpp"
 
-#include <ATen/ATen.h>
 #include <caf/all.hpp>
+
+#include <ATen/ATen.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -47,8 +47,8 @@ dcpp::state_dict rank_state(int32_t r, int32_t n, bool zeros) {
   dcpp::state_dict sd;
   sd.nested("model").set("weight", w);
   sd.nested("model").set("bias", zeros ? at::zeros({4}) : at::ones({4}));
-  sd.set("step", zeros ? dcpp::bytes_value{}
-                       : dcpp::bytes_value::from_int(1000));
+  sd.set("step",
+         zeros ? dcpp::bytes_value{} : dcpp::bytes_value::from_int(1000));
   return sd;
 }
 
@@ -134,8 +134,8 @@ void app_actor(caf::event_based_actor* self,
           if (auto f = dcpp::checkpoint_failure_of(err))
             for (const auto& [rank, e] : f->failures)
               std::cerr << "save failed in step " << f->step << " on rank "
-                        << rank << " (" << dcpp::to_string(
-                             dcpp::code_of(e)) << ")\n";
+                        << rank << " (" << dcpp::to_string(dcpp::code_of(e))
+                        << ")\n";
           report("save", r, err);
           if (--*pending == 0)
             out->done.set_value(false);
@@ -147,9 +147,9 @@ void app_actor(caf::event_based_actor* self,
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
-  std::string dir = argc > 1 ? argv[1]
-                             : (fs::temp_directory_path() / "dcpp-embed")
-                                 .string();
+  std::string dir = argc > 1
+                      ? argv[1]
+                      : (fs::temp_directory_path() / "dcpp-embed").string();
   int32_t n = argc > 2 ? std::atoi(argv[2]) : 4;
   if (n < 1) {
     std::cerr << "world size must be positive\n";

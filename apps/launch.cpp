@@ -12,6 +12,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -23,11 +28,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace {
 
@@ -79,8 +79,9 @@ std::string describe_status(int status) {
   if (WIFEXITED(status))
     return "exited with code " + std::to_string(WEXITSTATUS(status));
   if (WIFSIGNALED(status))
-    return std::string{"was killed by signal "} + std::to_string(WTERMSIG(status))
-           + " (" + ::strsignal(WTERMSIG(status)) + ")";
+    return std::string{"was killed by signal "}
+           + std::to_string(WTERMSIG(status)) + " ("
+           + ::strsignal(WTERMSIG(status)) + ")";
   return "stopped";
 }
 
@@ -129,7 +130,8 @@ int main(int argc, char** argv) {
   std::string master_addr = "127.0.0.1";
   double grace_s = 5;
   std::vector<std::string> command;
-  app.add_option("--nproc,-n", nproc, "number of ranks")->required()
+  app.add_option("--nproc,-n", nproc, "number of ranks")
+    ->required()
     ->check(CLI::Range(1, 4096));
   app.add_option("--master-port", master_port,
                  "coordinator port (default: a free one)");
@@ -143,8 +145,7 @@ int main(int argc, char** argv) {
   if (master_port == 0)
     master_port = free_port();
   const char* env_secret = std::getenv("DCPP_SECRET");
-  std::string secret = env_secret && *env_secret ? env_secret
-                                                 : random_secret();
+  std::string secret = env_secret && *env_secret ? env_secret : random_secret();
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;

@@ -78,28 +78,28 @@ struct settings {
 
 struct counters {
   uint64_t cycles = 0;
-  uint64_t faults = 0;       // faults installed (save and load)
-  uint64_t fired = 0;        // of them, how many fired at least once
-  uint64_t aborted = 0;      // saves where every rank returned an error
-  uint64_t mixed = 0;        // saves where some ranks returned ok, some not
-  uint64_t committed = 0;    // saves where every rank returned ok
-  uint64_t on_disk = 0;      // saves committed on disk (`.metadata`)
-  uint64_t late_commit = 0;  // aborted everywhere, committed on disk anyway
-  uint64_t unexpected = 0;   // saves without a fatal fault that did not commit
-  uint64_t loads = 0;        // loads verified bit-exact
-  uint64_t load_faults = 0;  // loads run under a read-side fault
+  uint64_t faults = 0;      // faults installed (save and load)
+  uint64_t fired = 0;       // of them, how many fired at least once
+  uint64_t aborted = 0;     // saves where every rank returned an error
+  uint64_t mixed = 0;       // saves where some ranks returned ok, some not
+  uint64_t committed = 0;   // saves where every rank returned ok
+  uint64_t on_disk = 0;     // saves committed on disk (`.metadata`)
+  uint64_t late_commit = 0; // aborted everywhere, committed on disk anyway
+  uint64_t unexpected = 0;  // saves without a fatal fault that did not commit
+  uint64_t loads = 0;       // loads verified bit-exact
+  uint64_t load_faults = 0; // loads run under a read-side fault
   uint64_t prunes = 0;
   uint64_t hangs = 0;
-  uint64_t lost = 0;         // data lost, torn or phantom commits
-  uint64_t bad_verify = 0;   // loads that failed or returned wrong values
-  uint64_t other = 0;        // other failures (prune, root listing)
+  uint64_t lost = 0;       // data lost, torn or phantom commits
+  uint64_t bad_verify = 0; // loads that failed or returned wrong values
+  uint64_t other = 0;      // other failures (prune, root listing)
 };
 
 settings cfg;
 counters cnt;
 
-void fail_line(uint64_t cycle, const std::string& spec,
-               const std::string& what, const char* label = "FAIL") {
+void fail_line(uint64_t cycle, const std::string& spec, const std::string& what,
+               const char* label = "FAIL") {
   std::printf("dcpp-soak: %s cycle %llu [%s]: %s\n", label,
               static_cast<unsigned long long>(cycle),
               spec.empty() ? "no fault" : spec.c_str(), what.c_str());
@@ -191,24 +191,45 @@ save_fault pick_save_fault(rng_t& rng, int32_t world, int32_t coord) {
   auto small_ms = std::to_string(
     uniform(rng, 10, std::max<int64_t>(11, cfg.step_timeout_ms / 5)));
   switch (uniform(rng, 0, 18)) {
-    case 0: f.spec = "io:eio@" + R + ":" + K; f.fatal = true; break;
-    case 1: f.spec = "io:enospc@" + R + ":" + K; f.fatal = true; break;
+    case 0:
+      f.spec = "io:eio@" + R + ":" + K;
+      f.fatal = true;
+      break;
+    case 1:
+      f.spec = "io:enospc@" + R + ":" + K;
+      f.fatal = true;
+      break;
     // A short write must be continued, so the save should commit; but the
     // O_DIRECT sink (storage/tensor_codec.cpp, pwrite_fully) cannot continue
     // a short write that is not block-aligned and fails the save cleanly
     // with storage_failure: such aborts are reported as WARN, not failures.
-    case 2: f.spec = "io:short@" + R + ":" + K; f.benign = true; break;
+    case 2:
+      f.spec = "io:short@" + R + ":" + K;
+      f.benign = true;
+      break;
     case 3: {
-      auto slow =
-        uniform(rng, 5, std::max<int64_t>(6, cfg.step_timeout_ms / 10));
+      auto slow = uniform(rng, 5,
+                          std::max<int64_t>(6, cfg.step_timeout_ms / 10));
       f.spec = "io:slow@" + R + ":" + std::to_string(slow);
       f.benign = true;
       break;
     }
-    case 4: f.spec = "write:fail@" + R; f.fatal = true; break;
-    case 5: f.spec = "plan:fail@" + R; f.fatal = true; break;
-    case 6: f.spec = "commit:fail@" + C; f.fatal = true; break;
-    case 7: f.spec = "rename:fail@" + C; f.fatal = true; break;
+    case 4:
+      f.spec = "write:fail@" + R;
+      f.fatal = true;
+      break;
+    case 5:
+      f.spec = "plan:fail@" + R;
+      f.fatal = true;
+      break;
+    case 6:
+      f.spec = "commit:fail@" + C;
+      f.fatal = true;
+      break;
+    case 7:
+      f.spec = "rename:fail@" + C;
+      f.fatal = true;
+      break;
     // rename:hang is kept (not replaced by rename:fail): the watchdog of
     // `release_guard` clears the fault after `release_after()`, or as soon
     // as every rank returned.
@@ -217,9 +238,18 @@ save_fault pick_save_fault(rng_t& rng, int32_t world, int32_t coord) {
       f.fatal = true;
       f.needs_release = true;
       break;
-    case 9: f.spec = "plan:hang@" + R; f.fatal = true; break;
-    case 10: f.spec = "write:hang@" + R; f.fatal = true; break;
-    case 11: f.spec = "commit:hang@" + C; f.fatal = true; break;
+    case 9:
+      f.spec = "plan:hang@" + R;
+      f.fatal = true;
+      break;
+    case 10:
+      f.spec = "write:hang@" + R;
+      f.fatal = true;
+      break;
+    case 11:
+      f.spec = "commit:hang@" + C;
+      f.fatal = true;
+      break;
     case 12: {
       auto n = uniform(rng, 0, 3); // 0: every message
       f.spec = "msg:drop@" + R + ">c" + (n > 0 ? ":" + std::to_string(n) : "");
@@ -239,7 +269,10 @@ save_fault pick_save_fault(rng_t& rng, int32_t world, int32_t coord) {
       f.benign = true;
       break;
     }
-    case 15: f.spec = "plan:slow@" + R + ":" + small_ms; f.benign = true; break;
+    case 15:
+      f.spec = "plan:slow@" + R + ":" + small_ms;
+      f.benign = true;
+      break;
     case 16:
       f.spec = "write:slow@" + R + ":" + small_ms;
       f.benign = true;
@@ -249,7 +282,10 @@ save_fault pick_save_fault(rng_t& rng, int32_t world, int32_t coord) {
       // commit order, outcome.
       f.spec = "msg:drop@c>" + C + ":" + std::to_string(uniform(rng, 1, 4));
       break;
-    default: f.spec = "io:eio@" + C + ":" + K; f.fatal = true; break;
+    default:
+      f.spec = "io:eio@" + C + ":" + K;
+      f.fatal = true;
+      break;
   }
   return f;
 }
@@ -386,7 +422,7 @@ checkpointer_options cp_options(const process_group_ptr& pg, int32_t coord) {
 }
 
 synthetic::options model_options(uint32_t seed, synthetic::layout split,
-                                  int32_t rank, int32_t world) {
+                                 int32_t rank, int32_t world) {
   synthetic::options o;
   o.size_mb = cfg.size_mb;
   o.seed = seed;
@@ -403,9 +439,8 @@ struct writer_choice {
 };
 
 call_result save_step(caf::actor_system& sys, uint64_t step,
-                      synthetic::layout split, int32_t coord,
-                      writer_choice wc, uint64_t cycle,
-                      const std::string& spec,
+                      synthetic::layout split, int32_t coord, writer_choice wc,
+                      uint64_t cycle, const std::string& spec,
                       clock_type::time_point t_start) {
   auto group = make_local_process_group(sys, cfg.world);
   auto dir = step_directory(cfg.root, step);
@@ -515,9 +550,10 @@ struct saved_step {
   synthetic::layout split = synthetic::layout::row;
 };
 
-const synthetic::layout all_layouts[] = {
-  synthetic::layout::row, synthetic::layout::col, synthetic::layout::mixed,
-  synthetic::layout::replicated};
+const synthetic::layout all_layouts[] = {synthetic::layout::row,
+                                         synthetic::layout::col,
+                                         synthetic::layout::mixed,
+                                         synthetic::layout::replicated};
 
 /// Loads `step` on a random world and checks every value; counts it.
 /// `spec`: the fault installed for this load ("" for none). Returns true
@@ -570,8 +606,8 @@ load_check check_load(caf::actor_system& sys, rng_t& rng, uint64_t step,
   } else {
     ++cnt.bad_verify;
     fail_line(cycle, spec,
-              "load of step " + std::to_string(step) + " on " + out.text
-                + ": " + why);
+              "load of step " + std::to_string(step) + " on " + out.text + ": "
+                + why);
   }
   return out;
 }
@@ -590,8 +626,8 @@ void check_latest(uint64_t expected, uint64_t cycle, const std::string& spec,
     } else if (code_of(latest.error()) != errc::not_found) {
       ++cnt.other;
       fail_line(cycle, spec,
-                std::string{when} + ": latest_committed: "
-                  + describe(latest.error()));
+                std::string{when}
+                  + ": latest_committed: " + describe(latest.error()));
     }
     return;
   }
@@ -617,8 +653,10 @@ void check_latest(uint64_t expected, uint64_t cycle, const std::string& spec,
 int main(int argc, char** argv) {
   CLI::App app{"dcpp-soak: save/load cycles under random injected faults"};
   std::optional<uint64_t> seed;
-  app.add_option("--root", cfg.root, "checkpoint root (emptied if it holds "
-                                     "only step directories)")
+  app
+    .add_option("--root", cfg.root,
+                "checkpoint root (emptied if it holds "
+                "only step directories)")
     ->required();
   app.add_option("--seconds", cfg.seconds,
                  "stop starting cycles after this many seconds");
@@ -628,8 +666,9 @@ int main(int argc, char** argv) {
     ->check(CLI::Range(1, 64));
   app.add_option("--size-mb", cfg.size_mb, "size of the synthetic model")
     ->check(CLI::PositiveNumber);
-  app.add_option("--step-timeout-ms", cfg.step_timeout_ms,
-                 "deadline of each collective step")
+  app
+    .add_option("--step-timeout-ms", cfg.step_timeout_ms,
+                "deadline of each collective step")
     ->check(CLI::Range(int64_t{50}, int64_t{600000}));
   app.add_option("--keep", cfg.keep, "committed steps kept by prune")
     ->check(CLI::Range(size_t{1}, size_t{1000000}));
@@ -667,7 +706,7 @@ int main(int argc, char** argv) {
   std::map<uint64_t, saved_step> steps; // every save's seed and layout
   std::vector<uint64_t> committed;      // steps committed on disk, ascending
   uint64_t expected_latest = 0;
-  std::optional<uint64_t> last_step;    // the previous cycle's step
+  std::optional<uint64_t> last_step; // the previous cycle's step
   bool last_on_disk = false;
 
   for (uint64_t c = 1;; ++c) {
@@ -681,9 +720,10 @@ int main(int argc, char** argv) {
     if (last_step && !last_on_disk
         && is_committed(step_directory(cfg.root, *last_step))) {
       ++cnt.lost;
-      fail_line(c - 1, "", "step " + std::to_string(*last_step)
-                             + " was committed on disk after the save ended "
-                               "(late commit)");
+      fail_line(c - 1, "",
+                "step " + std::to_string(*last_step)
+                  + " was committed on disk after the save ended "
+                    "(late commit)");
     }
 
     // 1. the fault
@@ -713,13 +753,13 @@ int main(int argc, char** argv) {
     std::optional<release_guard> releaser;
     if (fault.needs_release)
       releaser.emplace(release_after());
-    auto saved = save_step(sys, c, split, coord, wc, c, fault.spec,
-                           t_start);
+    auto saved = save_step(sys, c, split, coord, wc, c, fault.spec, t_start);
     uint64_t fired = releaser ? releaser->stop() : 0;
     if (releaser && releaser->timed_out())
       fail_line(c, fault.spec,
                 "the ranks returned only after the rename hang was released "
-                "(" + std::to_string(release_after().count()) + " ms)",
+                "("
+                  + std::to_string(release_after().count()) + " ms)",
                 "WARN");
     fired += fault::fired();
     fault::clear();
@@ -837,8 +877,9 @@ int main(int argc, char** argv) {
           std::string want;
           for (auto s : committed)
             want += " " + std::to_string(s);
-          fail_line(c, "", "after prune the committed steps are [" + have
-                             + " ] instead of [" + want + " ]");
+          fail_line(c, "",
+                    "after prune the committed steps are [" + have
+                      + " ] instead of [" + want + " ]");
         }
         check_latest(expected_latest, c, "", "after prune");
         if (expected_latest != 0)
@@ -867,8 +908,9 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(ms{cfg.step_timeout_ms});
     if (is_committed(step_directory(cfg.root, *last_step))) {
       ++cnt.lost;
-      fail_line(*last_step, "", "committed on disk after the save ended "
-                                "(late commit)");
+      fail_line(*last_step, "",
+                "committed on disk after the save ended "
+                "(late commit)");
     }
   }
   print_summary(seconds_since(t_start));

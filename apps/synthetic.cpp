@@ -70,12 +70,10 @@ std::vector<tensor_spec> specs(const options& opts) {
   std::vector<tensor_spec> out;
   auto add = [&](std::vector<std::string> path, shape_t shape, dtype type,
                  bool attention) {
-    auto dim = split_for(opts.split, static_cast<int>(shape.size()),
-                         attention);
+    auto dim = split_for(opts.split, static_cast<int>(shape.size()), attention);
     out.push_back({std::move(path), std::move(shape), type, dim});
   };
-  add({"model", "embedding", "weight"}, {vocab, hidden}, dtype::float32,
-      false);
+  add({"model", "embedding", "weight"}, {vocab, hidden}, dtype::float32, false);
   add({"model", "position_ids"}, {vocab}, dtype::int64, false);
   // Per layer: qkv (3h x h) + bias, fc1 (4h x h, bf16) + bias, fc2 (h x 4h)
   double layer_bytes = (3.0 * hidden * hidden + 3 * hidden) * 4
@@ -83,8 +81,8 @@ std::vector<tensor_spec> specs(const options& opts) {
                        + (4.0 * hidden * hidden) * 4;
   double embed_bytes = 2.0 * vocab * hidden * 4 + vocab * 8;
   auto budget = opts.size_mb * 1024 * 1024 - embed_bytes;
-  auto layers = std::max<int64_t>(
-    1, static_cast<int64_t>(std::llround(budget / layer_bytes)));
+  auto layers = std::max<int64_t>(1, static_cast<int64_t>(
+                                       std::llround(budget / layer_bytes)));
   for (int64_t l = 0; l < layers; ++l) {
     std::vector<std::string> p{"model", "layers", std::to_string(l)};
     auto with = [&](std::initializer_list<const char*> tail) {
@@ -93,14 +91,14 @@ std::vector<tensor_spec> specs(const options& opts) {
         q.emplace_back(t);
       return q;
     };
-    add(with({"attn", "qkv", "weight"}), {3 * hidden, hidden},
-        dtype::float32, true);
+    add(with({"attn", "qkv", "weight"}), {3 * hidden, hidden}, dtype::float32,
+        true);
     add(with({"attn", "qkv", "bias"}), {3 * hidden}, dtype::float32, true);
-    add(with({"mlp", "fc1", "weight"}), {4 * hidden, hidden},
-        dtype::bfloat16, false);
+    add(with({"mlp", "fc1", "weight"}), {4 * hidden, hidden}, dtype::bfloat16,
+        false);
     add(with({"mlp", "fc1", "bias"}), {4 * hidden}, dtype::float32, false);
-    add(with({"mlp", "fc2", "weight"}), {hidden, 4 * hidden},
-        dtype::float32, false);
+    add(with({"mlp", "fc2", "weight"}), {hidden, 4 * hidden}, dtype::float32,
+        false);
   }
   add({"optim", "state", "embedding", "exp_avg"}, {vocab, hidden},
       dtype::float32, false);
@@ -116,8 +114,7 @@ uint32_t fnv1a32(const std::string& key) {
   return h;
 }
 
-std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank,
-                                       int32_t world) {
+std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank, int32_t world) {
   auto chunk = (n + world - 1) / world;
   auto begin = std::min<int64_t>(n, chunk * rank);
   auto end = std::min<int64_t>(n, begin + chunk);
@@ -145,11 +142,12 @@ at::Tensor expected_box(const std::string& key, const shape_t& shape,
     case dtype::int64:
     case dtype::int32:
     case dtype::int16:
-    case dtype::uint8:
-      return v.to(to_scalar_type(type));
+    case dtype::uint8: return v.to(to_scalar_type(type));
     default:
-      return v.to(at::kDouble).div(65521.0).to(at::kFloat).to(
-        to_scalar_type(type));
+      return v.to(at::kDouble)
+        .div(65521.0)
+        .to(at::kFloat)
+        .to(to_scalar_type(type));
   }
 }
 
@@ -192,11 +190,11 @@ state_dict build(const options& opts, bool filled) {
     }
     place(sd, spec, std::move(st));
   }
-  sd.set("step", filled ? bytes_value::from_int(1000 + opts.seed)
-                        : bytes_value{});
-  sd.nested("optim").set("param_groups",
-                         filled ? bytes_value::from_string("lr=3e-4")
-                                : bytes_value{});
+  sd.set("step",
+         filled ? bytes_value::from_int(1000 + opts.seed) : bytes_value{});
+  sd.nested("optim").set("param_groups", filled
+                                           ? bytes_value::from_string("lr=3e-4")
+                                           : bytes_value{});
   return sd;
 }
 
@@ -221,8 +219,8 @@ std::vector<std::string> verify(const state_dict& sd, const options& opts) {
       continue;
     }
     auto check = [&](const at::Tensor& t, const shape_t& off) {
-      auto want = expected_box(key, spec.shape, off, t.sizes().vec(),
-                               spec.type, opts.seed);
+      auto want = expected_box(key, spec.shape, off, t.sizes().vec(), spec.type,
+                               opts.seed);
       return t.scalar_type() == want.scalar_type() && at::equal(t, want);
     };
     bool ok = true;

@@ -59,8 +59,7 @@ uint32_t fnv1a32(const std::string& key);
 /// The rows [begin, end) of `n` that `rank` of `world` holds: chunks of
 /// ceil(n / world), the last ones shorter or empty (torch's
 /// ChunkShardingSpec).
-std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank,
-                                       int32_t world);
+std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank, int32_t world);
 
 /// The expected values of the box (offsets, sizes) of tensor `key` whose
 /// global shape is `shape`.

@@ -2,7 +2,8 @@
 // dcpp-launch (or torchrun, SLURM, mpirun: see actors/transport/launch_env):
 //
 //   dcpp-launch --nproc 2 -- dcpp-worker save --dir /tmp/ckpt --size-mb 64
-//   dcpp-launch --nproc 3 -- dcpp-worker load --dir /tmp/ckpt --size-mb 64 --verify
+//   dcpp-launch --nproc 3 -- dcpp-worker load --dir /tmp/ckpt --size-mb 64
+//   --verify
 //
 // The rank of --coordinator-rank (default 0) hosts the coordinator and binds
 // MASTER_ADDR:MASTER_PORT; with --external-coordinator (or
@@ -25,12 +26,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-
-#include <unistd.h>
 
 using namespace dcpp;
 

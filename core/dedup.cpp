@@ -17,9 +17,8 @@
 // (e.g. 2 rows over 4 ranks) may carry the offset of a real chunk; they hold
 // no data, so dropping them is always right.
 
-#include "core/planner.hpp"
-
 #include "core/error.hpp"
+#include "core/planner.hpp"
 
 #include <map>
 #include <unordered_map>
@@ -64,8 +63,9 @@ caf::error check_same_fqn(const fqn_signature& first, size_t rank,
     return caf::none;
   if (x.tensor_data.size != item.tensor_data.size)
     return make_error(errc::conflicting_item,
-                      fqn + both("global size " + to_string(x.tensor_data.size),
-                                 to_string(item.tensor_data.size)));
+                      fqn
+                        + both("global size " + to_string(x.tensor_data.size),
+                               to_string(item.tensor_data.size)));
   auto xt = x.tensor_data.properties.type;
   auto yt = item.tensor_data.properties.type;
   if (xt != yt)

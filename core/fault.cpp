@@ -159,9 +159,9 @@ caf::expected<rule> parse_rule(std::string_view text) {
   if (where == "plan" || where == "write" || where == "read"
       || where == "commit" || where == "rename") {
     r.where = where_kind::step;
-    r.at = where == "plan"    ? step::plan
-           : where == "write" ? step::write
-           : where == "read"  ? step::read
+    r.at = where == "plan"     ? step::plan
+           : where == "write"  ? step::write
+           : where == "read"   ? step::read
            : where == "commit" ? step::commit
                                : step::rename;
     caf::error err;
@@ -377,16 +377,14 @@ verdict at_step(step s, int32_t rank, uint64_t op) {
       return {action::hang, {}};
     case what_kind::fail:
       announce(rank_text(rank) + " fails in step " + to_string(s));
-      return {action::fail,
-              make_error(errc::injected_fault,
-                         "injected fault: " + rank_text(rank)
-                           + " fails in step " + to_string(s))};
+      return {action::fail, make_error(errc::injected_fault,
+                                       "injected fault: " + rank_text(rank)
+                                         + " fails in step " + to_string(s))};
     case what_kind::slow:
       announce(rank_text(rank) + " is " + std::to_string(arg)
                + " ms late in step " + to_string(s));
       return {action::slow, {}, std::chrono::milliseconds(arg)};
-    default:
-      return {};
+    default: return {};
   }
 }
 
@@ -476,8 +474,7 @@ io_decision decide_io(size_t size) {
                    + std::to_string(size) + " bytes)");
         }
         break;
-      default:
-        break;
+      default: break;
     }
   }
   return d;
@@ -491,13 +488,9 @@ ssize_t faulty_io(size_t size, Fn&& fn) {
   if (d.sleep_ms > 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(d.sleep_ms));
   switch (d.kind) {
-    case io_decision::fail:
-      errno = d.err;
-      return -1;
-    case io_decision::partial:
-      return fn(d.bytes);
-    default:
-      return fn(size);
+    case io_decision::fail: errno = d.err; return -1;
+    case io_decision::partial: return fn(d.bytes);
+    default: return fn(size);
   }
 }
 
@@ -528,9 +521,9 @@ delivery on_message(int32_t rank, bool to_coordinator) {
     if (r.dir == direction::from_coordinator && to_coordinator)
       continue;
     auto n = ++r.seen[rank];
-    auto path = to_coordinator ? "from " + rank_text(rank)
-                                   + " to the coordinator"
-                               : "from the coordinator to " + rank_text(rank);
+    auto path = to_coordinator
+                  ? "from " + rank_text(rank) + " to the coordinator"
+                  : "from the coordinator to " + rank_text(rank);
     if (r.what == what_kind::drop) {
       if (r.arg == 0 || static_cast<uint64_t>(r.arg) == n) {
         ++g.fired;

@@ -53,10 +53,10 @@ caf::expected<dtype> parse_dtype(const std::string& name) {
       return info.type;
   // torch's aliases
   static const std::pair<const char*, dtype> aliases[] = {
-    {"float", dtype::float32},     {"double", dtype::float64},
-    {"half", dtype::float16},      {"long", dtype::int64},
-    {"int", dtype::int32},         {"short", dtype::int16},
-    {"cfloat", dtype::complex64},  {"cdouble", dtype::complex128},
+    {"float", dtype::float32},    {"double", dtype::float64},
+    {"half", dtype::float16},     {"long", dtype::int64},
+    {"int", dtype::int32},        {"short", dtype::int16},
+    {"cfloat", dtype::complex64}, {"cdouble", dtype::complex128},
     {"boolean", dtype::boolean},
   };
   for (const auto& [alias, type] : aliases)

@@ -101,9 +101,9 @@ create_default_global_save_plan(std::vector<save_plan> plans,
       continue;
     auto mapping = decode_flatten_mapping(data);
     if (!mapping)
-      return make_error(errc::corrupt_metadata,
-                        "planner_data of rank " + std::to_string(rank) + ": "
-                          + describe(mapping.error()));
+      return make_error(errc::corrupt_metadata, "planner_data of rank "
+                                                  + std::to_string(rank) + ": "
+                                                  + describe(mapping.error()));
     for (auto& [key, path] : *mapping)
       result.md.planner_data.emplace(key, std::move(path));
   }
@@ -148,8 +148,7 @@ create_default_local_load_plan(const state_dict_view& request,
     if (tensor.size != item.global_size)
       return make_error(errc::shape_mismatch,
                         fqn + ": requested size " + to_string(item.global_size)
-                          + ", the checkpoint holds "
-                          + to_string(tensor.size));
+                          + ", the checkpoint holds " + to_string(tensor.size));
     // A rank holding no chunk of a sharded tensor has no dtype to compare.
     if (opts.check_dtype && !item.local_chunks.empty()
         && tensor.properties.type != item.properties.type)
@@ -305,9 +304,9 @@ void append_escaped(std::string& out, const std::string& str) {
 }
 
 caf::error mapping_error(size_t line, const std::string& what) {
-  return make_error(errc::corrupt_metadata,
-                    "flatten mapping, line " + std::to_string(line) + ": "
-                      + what);
+  return make_error(errc::corrupt_metadata, "flatten mapping, line "
+                                              + std::to_string(line) + ": "
+                                              + what);
 }
 
 } // namespace

@@ -97,8 +97,7 @@ public:
   virtual ~save_planner();
 
   [[nodiscard]] virtual caf::expected<save_plan>
-  create_local_plan(const state_dict_view& view, bool is_coordinator) const
-    = 0;
+  create_local_plan(const state_dict_view& view, bool is_coordinator) const = 0;
 
   [[nodiscard]] virtual caf::expected<global_save_plan>
   create_global_plan(std::vector<save_plan> plans) const = 0;
@@ -117,8 +116,7 @@ public:
 
   [[nodiscard]] virtual caf::expected<load_plan>
   create_local_plan(const state_dict_view& request, const metadata& md,
-                    bool is_coordinator) const
-    = 0;
+                    bool is_coordinator) const = 0;
 
   [[nodiscard]] virtual caf::expected<std::vector<load_plan>>
   create_global_plan(std::vector<load_plan> plans) const;
@@ -130,8 +128,7 @@ public:
 std::shared_ptr<save_planner>
 make_default_save_planner(bool dedup_to_lowest_rank = false);
 
-std::shared_ptr<load_planner>
-make_default_load_planner(load_options opts = {});
+std::shared_ptr<load_planner> make_default_load_planner(load_options opts = {});
 
 // -- helpers shared with storage and actors ----------------------------------
 

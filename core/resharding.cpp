@@ -50,13 +50,11 @@ bool overlaps(const chunk_storage_metadata& x,
 /// One read item for the overlap of `local` (position `i`) and `saved`
 /// (position `j`), per dimension as in DCP's
 /// `_shards_get_overlap_region_wrt_saved_tensor`.
-read_item make_item(const std::string& fqn,
-                    const chunk_storage_metadata& local, size_t i,
-                    const chunk_storage_metadata& saved, size_t j) {
+read_item make_item(const std::string& fqn, const chunk_storage_metadata& local,
+                    size_t i, const chunk_storage_metadata& saved, size_t j) {
   read_item item;
   item.type = load_item_type::tensor;
-  item.dest_index = metadata_index{fqn, local.offsets,
-                                   static_cast<int64_t>(i)};
+  item.dest_index = metadata_index{fqn, local.offsets, static_cast<int64_t>(i)};
   item.storage_index = metadata_index{fqn, saved.offsets,
                                       static_cast<int64_t>(j)};
   auto ndim = local.offsets.size();

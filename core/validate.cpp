@@ -4,9 +4,8 @@
 // (exactly one chunk), and every failure is an error naming the fqn instead
 // of a logged warning.
 
-#include "core/planner.hpp"
-
 #include "core/error.hpp"
+#include "core/planner.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -18,8 +17,7 @@ namespace {
 
 std::string describe_chunk(size_t pos, const chunk_storage_metadata& chunk) {
   return "chunk #" + std::to_string(pos) + " (offsets "
-         + to_string(chunk.offsets) + ", sizes " + to_string(chunk.sizes)
-         + ")";
+         + to_string(chunk.offsets) + ", sizes " + to_string(chunk.sizes) + ")";
 }
 
 /// Product of `xs` into `out`; false on overflow. All `xs` must be >= 0.
@@ -59,8 +57,8 @@ size_t pick_sweep_dim(const std::vector<chunk_storage_metadata>& chunks,
     for (auto i : idx)
       offs.push_back(chunks[i].offsets[d]);
     std::sort(offs.begin(), offs.end());
-    auto count = static_cast<size_t>(
-      std::unique(offs.begin(), offs.end()) - offs.begin());
+    auto count = static_cast<size_t>(std::unique(offs.begin(), offs.end())
+                                     - offs.begin());
     if (count > best_count) {
       best = d;
       best_count = count;
@@ -108,9 +106,9 @@ caf::error validate_tensor(const std::string& fqn,
       idx.push_back(j);
   if (ndim == 0) {
     if (idx.size() > 1)
-      return make_error(errc::overlapping_chunks,
-                        fqn + ": the 0-d tensor has "
-                          + std::to_string(idx.size()) + " chunks");
+      return make_error(errc::overlapping_chunks, fqn + ": the 0-d tensor has "
+                                                    + std::to_string(idx.size())
+                                                    + " chunks");
   } else if (idx.size() > 1) {
     auto dim = pick_sweep_dim(md.chunks, idx, ndim);
     auto start = [&](size_t j) { return md.chunks[j].offsets[dim]; };
@@ -175,8 +173,7 @@ commit_record(const metadata& md,
       metadata_index idx{fqn, chunk.offsets};
       if (out.storage_data.count(idx) == 0)
         return make_error(errc::missing_key,
-                          "finish: no data was written for "
-                            + to_string(idx));
+                          "finish: no data was written for " + to_string(idx));
     }
   }
   return out;

@@ -84,10 +84,9 @@ private:
 /// Found by ADL for every type in namespace dcpp (and for containers of
 /// them, where it drops out because no `inspect` takes a container).
 template <class Archive, class T>
-auto serialize(Archive& ar, T& x)
-  -> std::enable_if_t<is_cereal_archive<Archive>,
-                      decltype(inspect(
-                        std::declval<cereal_inspector<Archive>&>(), x))> {
+auto serialize(Archive& ar, T& x) -> std::enable_if_t<
+  is_cereal_archive<Archive>,
+  decltype(inspect(std::declval<cereal_inspector<Archive>&>(), x))> {
   cereal_inspector<Archive> f{ar};
   inspect(f, x);
 }

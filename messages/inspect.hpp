@@ -47,22 +47,21 @@ typename Inspector::result_type inspect(Inspector& f, tensor_properties& x) {
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        chunk_storage_metadata& x) {
+typename Inspector::result_type
+inspect(Inspector& f, chunk_storage_metadata& x) {
   return f(caf::meta::type_name("dcpp.chunk_storage_metadata"), x.offsets,
            x.sizes);
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        tensor_storage_metadata& x) {
+typename Inspector::result_type
+inspect(Inspector& f, tensor_storage_metadata& x) {
   return f(caf::meta::type_name("dcpp.tensor_storage_metadata"), x.properties,
            x.size, x.chunks);
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        bytes_storage_metadata&) {
+typename Inspector::result_type inspect(Inspector& f, bytes_storage_metadata&) {
   return f(caf::meta::type_name("dcpp.bytes_storage_metadata"));
 }
 
@@ -81,8 +80,8 @@ typename Inspector::result_type inspect(Inspector& f, metadata_index& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, storage_info& x) {
-  return f(caf::meta::type_name("dcpp.storage_info"), x.relative_path,
-           x.offset, x.length, x.checksum);
+  return f(caf::meta::type_name("dcpp.storage_info"), x.relative_path, x.offset,
+           x.length, x.checksum);
 }
 
 template <class Inspector>
@@ -106,9 +105,9 @@ typename Inspector::result_type inspect(Inspector& f, write_item& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, read_item& x) {
-  return f(caf::meta::type_name("dcpp.read_item"),
-           wire_name("read_item.type"), x.type, x.dest_index, x.dest_offsets,
-           x.storage_index, x.storage_offsets, x.lengths);
+  return f(caf::meta::type_name("dcpp.read_item"), wire_name("read_item.type"),
+           x.type, x.dest_index, x.dest_offsets, x.storage_index,
+           x.storage_offsets, x.lengths);
 }
 
 template <class Inspector>
@@ -125,8 +124,8 @@ typename Inspector::result_type inspect(Inspector& f, load_plan& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, write_result& x) {
-  return f(caf::meta::type_name("dcpp.write_result"), x.index,
-           x.size_in_bytes, x.storage_data);
+  return f(caf::meta::type_name("dcpp.write_result"), x.index, x.size_in_bytes,
+           x.storage_data);
 }
 
 template <class Inspector>

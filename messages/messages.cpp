@@ -1,8 +1,8 @@
 #include "messages/messages.hpp"
-#include "messages/wire.hpp"
 
 #include "core/error.hpp"
 #include "messages/cereal_inspect.hpp"
+#include "messages/wire.hpp"
 
 #include <caf/make_message.hpp>
 
@@ -287,10 +287,10 @@ caf::expected<wire_tag> tag_of(const std::string& frame) {
   if (frame.empty())
     return make_error(errc::protocol_error, "empty frame");
   if (frame.size() > max_frame_size)
-    return make_error(errc::protocol_error,
-                      "frame of " + std::to_string(frame.size())
-                        + " bytes exceeds the maximum of "
-                        + std::to_string(max_frame_size));
+    return make_error(errc::protocol_error, "frame of "
+                                              + std::to_string(frame.size())
+                                              + " bytes exceeds the maximum of "
+                                              + std::to_string(max_frame_size));
   auto raw = static_cast<uint8_t>(frame[0]);
   if (raw < static_cast<uint8_t>(wire_tag::local_save_plan)
       || raw > static_cast<uint8_t>(wire_tag::op_outcome))
@@ -315,8 +315,7 @@ caf::error decode(const std::string& frame, T& out) {
       throw wire_decode_error(std::to_string(ar.remaining())
                               + " trailing bytes");
   } catch (const std::exception& ex) {
-    return make_error(errc::corrupt_item, "cannot decode "
-                                            + to_string(*tag)
+    return make_error(errc::corrupt_item, "cannot decode " + to_string(*tag)
                                             + " frame: " + ex.what());
   }
   return caf::none;
@@ -378,9 +377,9 @@ caf::expected<envelope> envelope_from_wire(const std::string& frame) {
     bounded_input_archive ar{frame.data() + 1, frame.data() + frame.size()};
     ar(hdr);
   } catch (const std::exception& ex) {
-    return make_error(errc::corrupt_item,
-                      "cannot decode the envelope of a " + to_string(*tag)
-                        + " frame: " + ex.what());
+    return make_error(errc::corrupt_item, "cannot decode the envelope of a "
+                                            + to_string(*tag)
+                                            + " frame: " + ex.what());
   }
   return hdr;
 }
@@ -398,12 +397,9 @@ caf::expected<caf::message> message_from_wire(const std::string& frame) {
       return decode_message<global_save_step_done_msg>(frame);
     case wire_tag::central_save_plan:
       return decode_message<central_save_plan_msg>(frame);
-    case wire_tag::write_done:
-      return decode_message<write_done_msg>(frame);
-    case wire_tag::commit:
-      return decode_message<commit_msg>(frame);
-    case wire_tag::commit_done:
-      return decode_message<commit_done_msg>(frame);
+    case wire_tag::write_done: return decode_message<write_done_msg>(frame);
+    case wire_tag::commit: return decode_message<commit_msg>(frame);
+    case wire_tag::commit_done: return decode_message<commit_done_msg>(frame);
     case wire_tag::local_load_plan:
       return decode_message<local_load_plan_msg>(frame);
     case wire_tag::global_load_step:
@@ -412,10 +408,8 @@ caf::expected<caf::message> message_from_wire(const std::string& frame) {
       return decode_message<global_load_step_done_msg>(frame);
     case wire_tag::central_load_plan:
       return decode_message<central_load_plan_msg>(frame);
-    case wire_tag::read_done:
-      return decode_message<read_done_msg>(frame);
-    case wire_tag::op_outcome:
-      return decode_message<op_outcome_msg>(frame);
+    case wire_tag::read_done: return decode_message<read_done_msg>(frame);
+    case wire_tag::op_outcome: return decode_message<op_outcome_msg>(frame);
   }
   return make_error(errc::protocol_error, "unknown wire tag");
 }

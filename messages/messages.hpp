@@ -234,21 +234,20 @@ typename Inspector::result_type inspect(Inspector& f, local_save_plan_msg& x) {
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        global_save_step_msg& x) {
+typename Inspector::result_type inspect(Inspector& f, global_save_step_msg& x) {
   return f(caf::meta::type_name("dcpp.global_save_step_msg"), x.hdr, x.plans);
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        global_save_step_done_msg& x) {
+typename Inspector::result_type
+inspect(Inspector& f, global_save_step_done_msg& x) {
   return f(caf::meta::type_name("dcpp.global_save_step_done_msg"), x.hdr,
            x.global, x.error);
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        central_save_plan_msg& x) {
+typename Inspector::result_type
+inspect(Inspector& f, central_save_plan_msg& x) {
   return f(caf::meta::type_name("dcpp.central_save_plan_msg"), x.hdr, x.plan);
 }
 
@@ -275,21 +274,20 @@ typename Inspector::result_type inspect(Inspector& f, local_load_plan_msg& x) {
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        global_load_step_msg& x) {
+typename Inspector::result_type inspect(Inspector& f, global_load_step_msg& x) {
   return f(caf::meta::type_name("dcpp.global_load_step_msg"), x.hdr, x.plans);
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        global_load_step_done_msg& x) {
+typename Inspector::result_type
+inspect(Inspector& f, global_load_step_done_msg& x) {
   return f(caf::meta::type_name("dcpp.global_load_step_done_msg"), x.hdr,
            x.plans, x.error);
 }
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f,
-                                        central_load_plan_msg& x) {
+typename Inspector::result_type
+inspect(Inspector& f, central_load_plan_msg& x) {
   return f(caf::meta::type_name("dcpp.central_load_plan_msg"), x.hdr, x.plan);
 }
 

@@ -47,12 +47,9 @@ namespace dcpp {
 /// protocol, plus its own deadline timer and a stats query.
 using coordinator_actor = caf::typed_actor<
   caf::reacts_to<local_save_plan_msg>,
-  caf::reacts_to<global_save_step_done_msg>,
-  caf::reacts_to<write_done_msg>,
-  caf::reacts_to<commit_done_msg>,
-  caf::reacts_to<local_load_plan_msg>,
-  caf::reacts_to<global_load_step_done_msg>,
-  caf::reacts_to<read_done_msg>,
+  caf::reacts_to<global_save_step_done_msg>, caf::reacts_to<write_done_msg>,
+  caf::reacts_to<commit_done_msg>, caf::reacts_to<local_load_plan_msg>,
+  caf::reacts_to<global_load_step_done_msg>, caf::reacts_to<read_done_msg>,
   /// Internal: (seq, generation) of a step deadline.
   caf::reacts_to<deadline_atom, uint64_t, uint64_t>,
   caf::replies_to<caf::get_atom, stats_atom>::with<coordinator_stats>>;
@@ -60,12 +57,9 @@ using coordinator_actor = caf::typed_actor<
 /// What a rank accepts from a coordinator: the part of a rank agent that a
 /// transport bridge must carry.
 using rank_endpoint_actor = caf::typed_actor<
-  caf::reacts_to<global_save_step_msg>,
-  caf::reacts_to<central_save_plan_msg>,
-  caf::reacts_to<commit_msg>,
-  caf::reacts_to<global_load_step_msg>,
-  caf::reacts_to<central_load_plan_msg>,
-  caf::reacts_to<op_outcome_msg>>;
+  caf::reacts_to<global_save_step_msg>, caf::reacts_to<central_save_plan_msg>,
+  caf::reacts_to<commit_msg>, caf::reacts_to<global_load_step_msg>,
+  caf::reacts_to<central_load_plan_msg>, caf::reacts_to<op_outcome_msg>>;
 
 /// A rank agent: the rank endpoint plus the local API (save, load) and its
 /// own deadline timer. One per rank; it runs one operation at a time and
@@ -82,13 +76,13 @@ using rank_agent_actor = rank_endpoint_actor::extend<
 using planner_actor = caf::typed_actor<
   // save
   caf::replies_to<local_plan_atom, bool>::with<save_plan>,
-  caf::replies_to<global_plan_atom, std::vector<save_plan>>::with<
-    global_save_plan>,
+  caf::replies_to<global_plan_atom,
+                  std::vector<save_plan>>::with<global_save_plan>,
   caf::replies_to<finish_plan_atom, save_plan>::with<save_plan>,
   // load: (local_plan_atom, checkpoint metadata, is_coordinator)
   caf::replies_to<local_plan_atom, metadata, bool>::with<load_plan>,
-  caf::replies_to<global_plan_atom, std::vector<load_plan>>::with<
-    std::vector<load_plan>>,
+  caf::replies_to<global_plan_atom,
+                  std::vector<load_plan>>::with<std::vector<load_plan>>,
   caf::replies_to<finish_plan_atom, load_plan>::with<load_plan>>;
 
 /// Drives one rank's storage_writer for one operation (blocking calls:
@@ -96,10 +90,10 @@ using planner_actor = caf::typed_actor<
 using writer_actor = caf::typed_actor<
   caf::replies_to<set_up_atom, bool, int32_t>::with<caf::ok_atom>,
   caf::replies_to<prepare_local_atom, save_plan>::with<save_plan>,
-  caf::replies_to<prepare_global_atom, std::vector<save_plan>>::with<
-    std::vector<save_plan>>,
-  caf::replies_to<split_atom, save_plan, uint32_t>::with<
-    std::vector<save_plan>>,
+  caf::replies_to<prepare_global_atom,
+                  std::vector<save_plan>>::with<std::vector<save_plan>>,
+  caf::replies_to<split_atom, save_plan,
+                  uint32_t>::with<std::vector<save_plan>>,
   caf::replies_to<write_atom, save_plan>::with<std::vector<write_result>>,
   caf::replies_to<finish_atom, metadata,
                   std::vector<std::vector<write_result>>>::with<caf::ok_atom>,
@@ -110,10 +104,10 @@ using reader_actor = caf::typed_actor<
   caf::replies_to<read_metadata_atom>::with<metadata>,
   caf::replies_to<set_up_atom, metadata, bool, int32_t>::with<caf::ok_atom>,
   caf::replies_to<prepare_local_atom, load_plan>::with<load_plan>,
-  caf::replies_to<prepare_global_atom, std::vector<load_plan>>::with<
-    std::vector<load_plan>>,
-  caf::replies_to<split_atom, load_plan, uint32_t>::with<
-    std::vector<load_plan>>,
+  caf::replies_to<prepare_global_atom,
+                  std::vector<load_plan>>::with<std::vector<load_plan>>,
+  caf::replies_to<split_atom, load_plan,
+                  uint32_t>::with<std::vector<load_plan>>,
   caf::replies_to<read_atom, load_plan>::with<caf::ok_atom>>;
 
 } // namespace dcpp

@@ -152,8 +152,7 @@ caf::expected<step_entry> latest_committed(const std::string& root) {
   for (auto i = steps->rbegin(); i != steps->rend(); ++i)
     if (i->committed)
       return std::move(*i);
-  return make_error(errc::not_found,
-                    "no committed checkpoint under " + root);
+  return make_error(errc::not_found, "no committed checkpoint under " + root);
 }
 
 caf::expected<uint64_t> latest_committed_step(const std::string& root) {
@@ -205,8 +204,7 @@ caf::expected<std::vector<std::string>> prune(const std::string& root,
     auto name = fs::path{victim->path}.filename().string();
     auto trash = join(root, std::string{trash_prefix} + name);
     if (::rename(victim->path.c_str(), trash.c_str()) != 0)
-      return io_error("cannot rename " + victim->path + " to " + trash,
-                      errno);
+      return io_error("cannot rename " + victim->path + " to " + trash, errno);
     hidden.push_back(std::move(trash));
   }
   // 2. Make the renames durable before any byte of a victim disappears.

@@ -10,8 +10,8 @@
 #include <new>
 
 #if defined(__x86_64__) || defined(__i386__)
-#  include <immintrin.h>
-#  define DCPP_HAVE_CLMUL 1
+#include <immintrin.h>
+#define DCPP_HAVE_CLMUL 1
 #endif
 
 namespace dcpp {
@@ -63,7 +63,7 @@ uint32_t crc32_tables(uint32_t c, const unsigned char* p, size_t n) {
 
 #ifdef DCPP_HAVE_CLMUL
 
-#  define DCPP_CLMUL_TARGET __attribute__((target("pclmul,sse4.1")))
+#define DCPP_CLMUL_TARGET __attribute__((target("pclmul,sse4.1")))
 
 DCPP_CLMUL_TARGET inline __m128i clmul_load(const unsigned char* p) {
   return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -224,9 +224,9 @@ caf::error compare_checksum(std::string_view expected, uint64_t actual,
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (want == got)
     return {};
-  return make_error(errc::checksum_mismatch, what + ": checksum mismatch: "
-                                               + "recorded " + want
-                                               + ", computed " + got);
+  return make_error(errc::checksum_mismatch,
+                    what + ": checksum mismatch: " + "recorded " + want
+                      + ", computed " + got);
 }
 
 } // namespace detail

@@ -281,9 +281,9 @@ caf::error file_sink::write_all(const char* data, size_t size) {
   if (opts_.early_writeback && written_ - kicked_ >= writeback_step) {
     // Start writeback of what is complete; a later fsync then waits less.
     // Best effort: errors show up at fsync.
-    (void) ::sync_file_range(fd_, static_cast<off64_t>(kicked_),
-                             static_cast<off64_t>(written_ - kicked_),
-                             SYNC_FILE_RANGE_WRITE);
+    (void)::sync_file_range(fd_, static_cast<off64_t>(kicked_),
+                            static_cast<off64_t>(written_ - kicked_),
+                            SYNC_FILE_RANGE_WRITE);
     kicked_ = written_;
   }
   return {};
@@ -356,9 +356,9 @@ caf::error file_sink::flush_direct() {
   } while (rc != 0 && errno == EINTR);
   if (rc != 0) {
     auto err = errno;
-    return make_error(errc::io_error, path_ + ": truncate to "
-                                        + std::to_string(pos_)
-                                        + " failed: " + detail::errno_text(err));
+    return make_error(errc::io_error,
+                      path_ + ": truncate to " + std::to_string(pos_)
+                        + " failed: " + detail::errno_text(err));
   }
   return {};
 }

@@ -45,9 +45,8 @@ caf::expected<metadata> read_metadata_file(const std::string& dir) {
       if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
         return make_error(errc::not_found,
                           dir + ": no such checkpoint directory");
-      return make_error(errc::not_found,
-                        dir + ": no committed checkpoint (" + metadata_name
-                          + " is missing)");
+      return make_error(errc::not_found, dir + ": no committed checkpoint ("
+                                           + metadata_name + " is missing)");
     }
     return os_error("open", path, err);
   }

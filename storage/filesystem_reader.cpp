@@ -4,9 +4,8 @@
 // and bounds-checked before a byte goes to a destination. The writer and
 // its durability protocol are in filesystem_writer.cpp.
 
-#include "storage/filesystem.hpp"
-
 #include "core/error.hpp"
+#include "storage/filesystem.hpp"
 #include "storage/filesystem_layout.hpp"
 #include "storage/item_io.hpp"
 #include "storage/posix_file.hpp"
@@ -55,8 +54,8 @@ public:
       if (!plain_file_name(info.relative_path))
         return make_error(errc::path_escape,
                           to_string(idx) + ": relative path '"
-                            + info.relative_path
-                            + "' is not a file inside " + dir_);
+                            + info.relative_path + "' is not a file inside "
+                            + dir_);
       auto i = sizes.find(info.relative_path);
       if (i == sizes.end()) {
         auto path = join(dir_, info.relative_path);
@@ -64,26 +63,25 @@ public:
         if (::stat(path.c_str(), &st) != 0) {
           auto err = errno;
           if (err == ENOENT)
-            return make_error(errc::corrupt_item,
-                              to_string(idx) + ": data file " + path
-                                + " is missing");
+            return make_error(errc::corrupt_item, to_string(idx)
+                                                    + ": data file " + path
+                                                    + " is missing");
           return os_error("stat", path, err);
         }
         if (!S_ISREG(st.st_mode))
-          return make_error(errc::corrupt_item,
-                            to_string(idx) + ": " + path
-                              + " is not a regular file");
+          return make_error(errc::corrupt_item, to_string(idx) + ": " + path
+                                                  + " is not a regular file");
         i = sizes.emplace(info.relative_path, static_cast<uint64_t>(st.st_size))
               .first;
       }
       auto file_size = i->second;
       if (info.offset > file_size || info.length > file_size - info.offset)
-        return make_error(errc::corrupt_item,
-                          to_string(idx) + ": item [" + std::to_string(info.offset)
-                            + ", +" + std::to_string(info.length)
-                            + ") extends past the end of "
-                            + join(dir_, info.relative_path) + " ("
-                            + std::to_string(file_size) + " bytes)");
+        return make_error(
+          errc::corrupt_item,
+          to_string(idx) + ": item [" + std::to_string(info.offset) + ", +"
+            + std::to_string(info.length) + ") extends past the end of "
+            + join(dir_, info.relative_path) + " (" + std::to_string(file_size)
+            + " bytes)");
     }
     std::lock_guard<std::mutex> guard{mx_};
     md_ = std::make_shared<const metadata>(md);
@@ -120,24 +118,23 @@ public:
                                 to_string(u.index));
           guards.push_back(std::make_unique<fd_guard>(fd));
           // Items are read in file order: let readahead run far.
-          (void) ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+          (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
           i = fds.emplace(u.info->relative_path, fd).first;
         }
         u.fd = i->second;
       }
       // File order: the disk streams, and each worker asks the kernel to
       // fetch the next item while it decodes the current one.
-      std::stable_sort(units->begin(), units->end(),
-                       [](const unit& a, const unit& b) {
-                         return std::tie(a.info->relative_path, a.info->offset)
-                                < std::tie(b.info->relative_path,
-                                           b.info->offset);
-                       });
+      std::stable_sort(
+        units->begin(), units->end(), [](const unit& a, const unit& b) {
+          return std::tie(a.info->relative_path, a.info->offset)
+                 < std::tie(b.info->relative_path, b.info->offset);
+        });
       auto prefetch = [&](size_t i) {
         const auto& u = (*units)[i];
-        (void) ::posix_fadvise(u.fd, static_cast<off_t>(u.info->offset),
-                               static_cast<off_t>(u.info->length),
-                               POSIX_FADV_WILLNEED);
+        (void)::posix_fadvise(u.fd, static_cast<off_t>(u.info->offset),
+                              static_cast<off_t>(u.info->length),
+                              POSIX_FADV_WILLNEED);
       };
       return run_parallel(units->size(), opts_.thread_count, [&](size_t i) {
         if (i == 0)
@@ -190,8 +187,8 @@ public:
     std::vector<uint64_t> load(n, 0);
     std::vector<std::vector<size_t>> members(n);
     for (auto g : order) {
-      auto p = static_cast<size_t>(
-        std::min_element(load.begin(), load.end()) - load.begin());
+      auto p = static_cast<size_t>(std::min_element(load.begin(), load.end())
+                                   - load.begin());
       load[p] += weight[g];
       for (auto i : groups[g])
         members[p].push_back(i);

@@ -66,12 +66,11 @@
 // done: storage/posix_file.hpp. Reading (filesystem_reader.cpp) trusts
 // nothing in `.metadata`.
 
-#include "storage/filesystem.hpp"
-
 #include "core/error.hpp"
 #include "core/fault.hpp"
 #include "core/planner.hpp"
 #include "storage/file_sink.hpp"
+#include "storage/filesystem.hpp"
 #include "storage/filesystem_layout.hpp"
 #include "storage/item_io.hpp"
 #include "storage/metadata_codec.hpp"
@@ -84,10 +83,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <map>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
@@ -136,7 +135,7 @@ std::string make_save_tag() {
   uint64_t x = 0;
   try {
     std::random_device rd;
-    x = (uint64_t{rd()} << 32) ^ uint64_t{rd()};
+    x = (uint64_t{rd()} << 32) ^ uint64_t { rd() };
   } catch (const std::exception&) {
     // No entropy source: the clock and the process id below still differ
     // between saves.
@@ -226,7 +225,8 @@ caf::error make_directories(const std::string& dir, bool sync) {
     if (::stat(part.c_str(), &st) != 0)
       return os_error("stat", part, errno);
     if (!S_ISDIR(st.st_mode))
-      return make_error(errc::io_error, part + ": exists and is not a directory");
+      return make_error(errc::io_error,
+                        part + ": exists and is not a directory");
   }
   return {};
 }
@@ -319,14 +319,13 @@ public:
       } else {
         auto parts = split(plan, *target, opts_.thread_count);
         std::vector<std::vector<write_result>> part_results(parts.size());
-        auto err = run_parallel(parts.size(), opts_.thread_count,
-                                [&](size_t i) -> caf::error {
-                                  auto t = parse_target(parts[i]);
-                                  if (!t)
-                                    return t.error();
-                                  return write_part(parts[i], *t, source,
-                                                    part_results[i]);
-                                });
+        auto err = run_parallel(
+          parts.size(), opts_.thread_count, [&](size_t i) -> caf::error {
+            auto t = parse_target(parts[i]);
+            if (!t)
+              return t.error();
+            return write_part(parts[i], *t, source, part_results[i]);
+          });
         if (err)
           return with_context(err, "write_data");
         for (auto& xs : part_results)
@@ -344,9 +343,9 @@ public:
     }
   }
 
-  caf::error finish(const metadata& md,
-                    const std::vector<std::vector<write_result>>& results)
-    override {
+  caf::error
+  finish(const metadata& md,
+         const std::vector<std::vector<write_result>>& results) override {
     fault::io_scope scope{rank_};
     try {
       // Commit only a checkpoint that can be loaded: every chunk and bytes
@@ -378,19 +377,16 @@ public:
         if (fd.close() != 0)
           return with_context(os_error("close", tmp, errno), "finish");
       }
-      switch (auto v = fault::at_step(fault::step::rename, rank_,
-                                          fault::next_op()); v.what) {
-        case fault::action::fail:
-          return v.error;
+      switch (
+        auto v = fault::at_step(fault::step::rename, rank_, fault::next_op());
+        v.what) {
+        case fault::action::fail: return v.error;
         case fault::action::hang:
           fault::block_until_released();
           return make_error(errc::aborted, "finish: released from an "
                                            "injected hang before the rename");
-        case fault::action::slow:
-          std::this_thread::sleep_for(v.delay);
-          break;
-        default:
-          break;
+        case fault::action::slow: std::this_thread::sleep_for(v.delay); break;
+        default: break;
       }
       // The commit: the old `.metadata` (if any) stays valid up to here.
       if (::rename(tmp.c_str(), final_path.c_str()) != 0)
@@ -465,8 +461,7 @@ private:
       if (::stat(path.c_str(), &st) != 0)
         return make_error(errc::storage_failure,
                           "finish: the data of " + to_string(*entry.second)
-                            + " is gone: " + path + ": "
-                            + errno_text(errno));
+                            + " is gone: " + path + ": " + errno_text(errno));
       if (!S_ISREG(st.st_mode)
           || static_cast<uint64_t>(st.st_size) < entry.first)
         return make_error(errc::storage_failure,
@@ -562,8 +557,8 @@ private:
 
   /// Newest DCP's `_split_by_size_and_type` (single_file_per_rank) or
   /// consecutive runs of items (one file per item).
-  std::vector<save_plan> split(const save_plan& plan,
-                               const plan_target& target, size_t n) const {
+  std::vector<save_plan> split(const save_plan& plan, const plan_target& target,
+                               size_t n) const {
     n = std::max<size_t>(n, 1);
     auto make_part = [&](uint64_t first) {
       save_plan part;
@@ -595,8 +590,8 @@ private:
                        });
       std::vector<uint64_t> load(n, 0);
       for (auto item : tensors) {
-        auto i = static_cast<size_t>(
-          std::min_element(load.begin(), load.end()) - load.begin());
+        auto i = static_cast<size_t>(std::min_element(load.begin(), load.end())
+                                     - load.begin());
         parts[i].items.push_back(*item);
         load[i] += tensor_size(*item);
       }

@@ -25,9 +25,8 @@ using detail::pread_fully;
 
 } // namespace
 
-caf::expected<item_result> write_bytes_item(item_sink& out,
-                                            std::string_view bytes,
-                                            bool checksum) {
+caf::expected<item_result>
+write_bytes_item(item_sink& out, std::string_view bytes, bool checksum) {
   item_result res;
   res.length = bytes.size();
   if (checksum)
@@ -44,9 +43,9 @@ caf::error read_exact(const item_location& loc, uint64_t pos, char* dst,
   uint64_t done = 0;
   auto res = pread_fully(loc.fd, dst, n, loc.offset + pos, done);
   if (res == -1)
-    return make_error(errc::corrupt_item,
-                      loc.path + " @ " + std::to_string(loc.offset)
-                        + ": file ends inside the item");
+    return make_error(errc::corrupt_item, loc.path + " @ "
+                                            + std::to_string(loc.offset)
+                                            + ": file ends inside the item");
   if (res != 0)
     return make_error(errc::io_error,
                       loc.path + ": read at offset "
@@ -67,14 +66,15 @@ caf::expected<std::string> read_item_bytes(const item_location& loc,
   if (!checksum.empty())
     if (auto err = check_checksum_form(checksum, describe_location(loc)))
       return err;
-  if (loc.length > static_cast<uint64_t>(std::numeric_limits<size_t>::max() / 2))
+  if (loc.length
+      > static_cast<uint64_t>(std::numeric_limits<size_t>::max() / 2))
     return make_error(errc::too_large, describe_location(loc));
   std::string out;
   try {
     out.resize(static_cast<size_t>(loc.length));
   } catch (const std::bad_alloc&) {
-    return make_error(errc::too_large, describe_location(loc)
-                                         + ": cannot allocate the item");
+    return make_error(errc::too_large,
+                      describe_location(loc) + ": cannot allocate the item");
   }
   if (auto err = read_exact(loc, 0, out.data(), out.size()))
     return err;
@@ -91,8 +91,8 @@ caf::expected<std::string> compute_item_checksum(const item_location& loc) {
     return make_error(errc::too_large, "out of memory");
   hasher hash;
   for (uint64_t pos = 0; pos < loc.length;) {
-    auto n = static_cast<size_t>(std::min<uint64_t>(block_size,
-                                                    loc.length - pos));
+    auto n = static_cast<size_t>(
+      std::min<uint64_t>(block_size, loc.length - pos));
     if (auto err = read_exact(loc, pos, buf, n))
       return err;
     hash.update(buf, n);

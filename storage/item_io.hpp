@@ -34,18 +34,16 @@ struct item_result {
 };
 
 /// Writes a bytes item verbatim.
-caf::expected<item_result> write_bytes_item(item_sink& out,
-                                            std::string_view bytes,
-                                            bool checksum = true);
+caf::expected<item_result>
+write_bytes_item(item_sink& out, std::string_view bytes, bool checksum = true);
 
 /// Writes the item of `item` that `source` provides: a bytes item verbatim,
 /// or the tensor (`write_tensor_item`) after checking it against the plan:
 /// defined, of the chunk's shape (`errc::invalid_argument`) and the plan's
 /// dtype (`errc::dtype_mismatch`). Every error names `item.index`.
-caf::expected<item_result> write_plan_item(item_sink& out,
-                                           const write_item& item,
-                                           const item_source& source,
-                                           bool checksum = true);
+caf::expected<item_result>
+write_plan_item(item_sink& out, const write_item& item,
+                const item_source& source, bool checksum = true);
 
 // -- reading ------------------------------------------------------------------
 
@@ -74,8 +72,7 @@ caf::expected<std::string> compute_item_checksum(const item_location& loc);
 caf::error read_tensor_plan_item(const item_location& loc, dtype type,
                                  const shape_t& sizes,
                                  const std::vector<const read_item*>& reads,
-                                 load_target& target,
-                                 std::string_view checksum,
+                                 load_target& target, std::string_view checksum,
                                  const std::string& key);
 
 } // namespace dcpp

@@ -271,7 +271,8 @@ public:
         auto i = store_->committed.find(info->second.relative_path);
         if (i == store_->committed.end())
           return make_error(errc::corrupt_item,
-                            "missing data for " + to_string(item.storage_index));
+                            "missing data for "
+                              + to_string(item.storage_index));
         stored = i->second;
       }
       const auto& expected = info->second.checksum;
@@ -280,8 +281,8 @@ public:
         if (actual != expected)
           return make_error(errc::checksum_mismatch,
                             to_string(item.storage_index) + ": checksum "
-                              + actual + " of the stored data, "
-                              + expected + " recorded at save");
+                              + actual + " of the stored data, " + expected
+                              + " recorded at save");
       }
       if (item.type == load_item_type::bytes) {
         if (auto err = target.set_bytes(item, std::move(stored.bytes)))
@@ -304,9 +305,9 @@ public:
                               + to_string(dest->sizes().vec()));
         dest->copy_(src);
       } catch (const c10::Error& ex) {
-        return make_error(errc::corrupt_item,
-                          to_string(item.storage_index) + ": "
-                            + ex.what_without_backtrace());
+        return make_error(errc::corrupt_item, to_string(item.storage_index)
+                                                + ": "
+                                                + ex.what_without_backtrace());
       }
     }
     return caf::none;

@@ -30,9 +30,8 @@ caf::expected<metadata_flavor> parse_metadata_flavor(const std::string& str) {
     return metadata_flavor::torch_1_13;
   if (str == "2" || str == "torch_2")
     return metadata_flavor::torch_2;
-  return make_error(errc::invalid_argument,
-                    "unknown metadata flavor '" + str
-                      + "' (expected 1.13 or 2)");
+  return make_error(errc::invalid_argument, "unknown metadata flavor '" + str
+                                              + "' (expected 1.13 or 2)");
 }
 
 namespace {
@@ -322,8 +321,7 @@ private:
     const auto& args = args_of(*x);
     if (!args || !args->is(kind::tuple) || !args->items.empty()
         || x->items.size() > 2)
-      return corrupt(field + ": unexpected constructor arguments for "
-                     + cls);
+      return corrupt(field + ": unexpected constructor arguments for " + cls);
     state = nullptr;
     if (!x->state)
       return {};
@@ -481,8 +479,7 @@ private:
       if (auto err = read_int(args->items[0], field + " value", code))
         return err;
       if (code < 0 || code > 2)
-        return corrupt(field + ": unknown enum value "
-                       + std::to_string(code));
+        return corrupt(field + ": unknown enum value " + std::to_string(code));
       out = static_cast<memory_format>(code);
       return {};
     }
@@ -586,8 +583,7 @@ private:
       auto chunk_field = field + ".chunks[" + std::to_string(i) + "]";
       const value* cs = nullptr;
       if (auto err = dataclass_state(chunks->items[i], global_tag::chunk,
-                                     "ChunkStorageMetadata", chunk_field,
-                                     cs))
+                                     "ChunkStorageMetadata", chunk_field, cs))
         return err;
       if (!cs)
         return corrupt(chunk_field + ": ChunkStorageMetadata has no state");
@@ -615,8 +611,8 @@ private:
   caf::expected<metadata_index> read_index(const value_ptr& x) {
     const std::string field = "storage_data key";
     const value* state = nullptr;
-    if (auto err = dataclass_state(x, global_tag::index, "MetadataIndex",
-                                   field, state))
+    if (auto err = dataclass_state(x, global_tag::index, "MetadataIndex", field,
+                                   state))
       return err;
     if (!state)
       return corrupt(field + ": MetadataIndex has no state");
@@ -648,8 +644,8 @@ private:
                                                 const std::string& item) {
     auto field = "storage_data[" + item + "]";
     const value* state = nullptr;
-    if (auto err = dataclass_state(x, global_tag::storage_info,
-                                   "_StorageInfo", field, state))
+    if (auto err = dataclass_state(x, global_tag::storage_info, "_StorageInfo",
+                                   field, state))
       return err;
     if (!state)
       return corrupt(field + ": _StorageInfo has no state");
@@ -709,10 +705,9 @@ private:
       std::vector<std::string> parts;
       parts.reserve(path->items.size());
       for (const auto& part : path->items) {
-        if (auto err = charge(entry_cost
-                              + (part && part->is(kind::string)
-                                   ? part->s.size()
-                                   : 0)))
+        if (auto err = charge(
+              entry_cost
+              + (part && part->is(kind::string) ? part->s.size() : 0)))
           return err;
         if (part && part->is(kind::string))
           parts.push_back(part->s);
@@ -759,8 +754,8 @@ private:
     if (is_none(x))
       return {};
     const value* state = nullptr;
-    if (auto err = dataclass_state(x, global_tag::storage_meta,
-                                   "StorageMeta", field, state))
+    if (auto err = dataclass_state(x, global_tag::storage_meta, "StorageMeta",
+                                   field, state))
       return err;
     if (!state)
       return {};

@@ -6,9 +6,8 @@
 // REDUCE(EnumCls, (0,)), the layout as the global `torch.strided`
 // (docs/dcp-format.md, section 2.6). Decoding is in metadata_codec.cpp.
 
-#include "storage/metadata_codec.hpp"
-
 #include "core/error.hpp"
+#include "storage/metadata_codec.hpp"
 #include "storage/pickle.hpp"
 
 #include <string>
@@ -71,8 +70,7 @@ public:
     fields.emplace_back(make_string("storage_data"),
                         make_dict(std::move(storage)));
     if (flavor_ == metadata_flavor::torch_2) {
-      fields.emplace_back(make_string("storage_meta"),
-                          encode_storage_meta(md));
+      fields.emplace_back(make_string("storage_meta"), encode_storage_meta(md));
       fields.emplace_back(make_string("version"),
                           make_string(md.version.empty() ? "1.0.0"
                                                          : md.version));
@@ -100,12 +98,10 @@ private:
 
   value_ptr encode_properties(const tensor_properties& props) const {
     using namespace pickle;
-    auto format = make_reduce(make_global(paths_.mem_format_module,
-                                          paths_.mem_format_name),
-                              make_tuple({make_int(
-                                static_cast<int64_t>(props.format))}));
-    auto layout = props.layout.empty() ? std::string{"strided"}
-                                       : props.layout;
+    auto format = make_reduce(
+      make_global(paths_.mem_format_module, paths_.mem_format_name),
+      make_tuple({make_int(static_cast<int64_t>(props.format))}));
+    auto layout = props.layout.empty() ? std::string{"strided"} : props.layout;
     auto state = make_tuple({make_global("torch", to_string(props.type)),
                              make_global("torch", layout),
                              make_bool(props.requires_grad), format,
@@ -121,16 +117,16 @@ private:
     const auto& tensor = item.tensor;
     std::vector<value_ptr> chunks;
     for (const auto& chunk : tensor.chunks)
-      chunks.emplace_back(dataclass(
-        paths_.metadata_module, "ChunkStorageMetadata",
-        make_dict({{make_string("offsets"), size(chunk.offsets)},
-                   {make_string("sizes"), size(chunk.sizes)}})));
+      chunks.emplace_back(
+        dataclass(paths_.metadata_module, "ChunkStorageMetadata",
+                  make_dict({{make_string("offsets"), size(chunk.offsets)},
+                             {make_string("sizes"), size(chunk.sizes)}})));
     return dataclass(
       paths_.metadata_module, "TensorStorageMetadata",
-      make_dict({{make_string("properties"),
-                  encode_properties(tensor.properties)},
-                 {make_string("size"), size(tensor.size)},
-                 {make_string("chunks"), make_list(std::move(chunks))}}));
+      make_dict(
+        {{make_string("properties"), encode_properties(tensor.properties)},
+         {make_string("size"), size(tensor.size)},
+         {make_string("chunks"), make_list(std::move(chunks))}}));
   }
 
   /// State keys as Python writes them: fqn, index, then offset if any.

@@ -152,7 +152,6 @@ value_ptr make_persid(value_ptr pid) {
 
 namespace {
 
-
 const char* opcode_name(uint8_t code) {
   switch (code) {
     case op::mark: return "MARK";
@@ -388,8 +387,7 @@ private:
 
   caf::error check_depth(const node_ptr& x) const {
     if (x->depth > limits_.max_depth)
-      return fail("nesting deeper than "
-                  + std::to_string(limits_.max_depth));
+      return fail("nesting deeper than " + std::to_string(limits_.max_depth));
     return {};
   }
 
@@ -693,8 +691,7 @@ private:
         return pop_mark(discard);
       }
       // scalars
-      case op::none:
-        return push(make(kind::none));
+      case op::none: return push(make(kind::none));
       case op::newtrue:
       case op::newfalse: {
         auto result = make(kind::boolean);
@@ -778,14 +775,10 @@ private:
           return err;
         return push_string(kind::bytes, n, false);
       // tuples
-      case op::empty_tuple:
-        return push_sequence(kind::tuple, {});
-      case op::tuple1:
-        return push_tuple_of(1);
-      case op::tuple2:
-        return push_tuple_of(2);
-      case op::tuple3:
-        return push_tuple_of(3);
+      case op::empty_tuple: return push_sequence(kind::tuple, {});
+      case op::tuple1: return push_tuple_of(1);
+      case op::tuple2: return push_tuple_of(2);
+      case op::tuple3: return push_tuple_of(3);
       case op::tuple: {
         std::vector<node_ptr> xs;
         if (auto err = pop_mark(xs))
@@ -793,8 +786,7 @@ private:
         return push_sequence(kind::tuple, std::move(xs));
       }
       // lists
-      case op::empty_list:
-        return push_sequence(kind::list, {});
+      case op::empty_list: return push_sequence(kind::list, {});
       case op::list: {
         std::vector<node_ptr> xs;
         if (auto err = pop_mark(xs))
@@ -822,8 +814,7 @@ private:
         return extend_list(target, std::move(xs));
       }
       // dicts
-      case op::empty_dict:
-        return push_sequence(kind::dict, {});
+      case op::empty_dict: return push_sequence(kind::dict, {});
       case op::dict: {
         std::vector<node_ptr> xs;
         if (auto err = pop_mark(xs))
@@ -853,8 +844,7 @@ private:
         return extend_dict(target, std::move(xs));
       }
       // sets
-      case op::empty_set:
-        return push(make_set_node("set", {}));
+      case op::empty_set: return push(make_set_node("set", {}));
       case op::additems: {
         std::vector<node_ptr> xs;
         node_ptr target;
@@ -958,8 +948,7 @@ private:
         return push(std::move(result));
       }
       // memo
-      case op::memoize:
-        return memo_put(memo_.size());
+      case op::memoize: return memo_put(memo_.size());
       case op::binput:
         if (auto err = arg(1, n))
           return err;
@@ -984,8 +973,7 @@ private:
         if (auto err = decimal_line(n))
           return err;
         return memo_get(n);
-      default:
-        return fail("unsupported opcode");
+      default: return fail("unsupported opcode");
     }
   }
 

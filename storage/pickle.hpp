@@ -42,17 +42,17 @@ using value_ptr = std::shared_ptr<const value>;
 enum class kind : uint8_t {
   none,
   boolean,
-  integer,  ///< fits in int64 (larger LONG1/LONG4 values are refused)
+  integer, ///< fits in int64 (larger LONG1/LONG4 values are refused)
   floating,
-  string,   ///< unicode text (UTF-8 bytes)
+  string, ///< unicode text (UTF-8 bytes)
   bytes,
   tuple,
   list,
-  dict,     ///< ordered (key, value) pairs
-  global,   ///< `module`.`name`, unresolved
-  object,   ///< result of REDUCE / NEWOBJ (+ BUILD): callable + args + state
-  persid,   ///< BINPERSID: the persistent id value (torch storages)
-  mark,     ///< internal; never in a value returned by `read`
+  dict,   ///< ordered (key, value) pairs
+  global, ///< `module`.`name`, unresolved
+  object, ///< result of REDUCE / NEWOBJ (+ BUILD): callable + args + state
+  persid, ///< BINPERSID: the persistent id value (torch storages)
+  mark,   ///< internal; never in a value returned by `read`
 };
 
 struct value {
@@ -98,8 +98,7 @@ value_ptr make_global(std::string module, std::string name);
 value_ptr make_reduce(value_ptr callable, value_ptr args,
                       value_ptr state = nullptr);
 /// NEWOBJ(cls, args) with optional BUILD state.
-value_ptr make_newobj(value_ptr cls, value_ptr args,
-                      value_ptr state = nullptr);
+value_ptr make_newobj(value_ptr cls, value_ptr args, value_ptr state = nullptr);
 value_ptr make_persid(value_ptr pid);
 
 struct read_limits {

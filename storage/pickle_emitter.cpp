@@ -65,7 +65,9 @@ public:
       auto u = static_cast<uint64_t>(x);
       for (int i = 0; i < 8; ++i)
         bytes += static_cast<char>(u >> (8 * i));
-      auto msb = [](char c) { return (static_cast<unsigned char>(c) & 0x80) != 0; };
+      auto msb = [](char c) {
+        return (static_cast<unsigned char>(c) & 0x80) != 0;
+      };
       while (bytes.size() > 1) {
         auto last = static_cast<unsigned char>(bytes.back());
         auto prev = bytes[bytes.size() - 2];

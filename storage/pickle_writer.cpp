@@ -3,7 +3,6 @@
 // section 2.6).
 
 #include "storage/pickle.hpp"
-
 #include "storage/pickle_opcodes.hpp"
 
 #include <cstring>
@@ -26,15 +25,11 @@ public:
     }
     switch (x->k) {
       case kind::none:
-      case kind::mark:
-        out += static_cast<char>(op::none);
-        break;
+      case kind::mark: out += static_cast<char>(op::none); break;
       case kind::boolean:
         out += static_cast<char>(x->b ? op::newtrue : op::newfalse);
         break;
-      case kind::integer:
-        emit_int(x->i);
-        break;
+      case kind::integer: emit_int(x->i); break;
       case kind::floating: {
         uint64_t raw;
         std::memcpy(&raw, &x->f, sizeof(raw));
@@ -43,9 +38,7 @@ public:
           out += static_cast<char>((raw >> (8 * i)) & 0xff);
         break;
       }
-      case kind::string:
-        emit_text(x->s);
-        break;
+      case kind::string: emit_text(x->s); break;
       case kind::bytes:
         // Protocol 3 opcodes; every Python 3 reads them in any pickle.
         if (x->s.size() < 256) {
@@ -60,9 +53,7 @@ public:
         }
         out += x->s;
         break;
-      case kind::tuple:
-        emit_tuple(x->items);
-        break;
+      case kind::tuple: emit_tuple(x->items); break;
       case kind::list:
         out += static_cast<char>(op::empty_list);
         if (!x->items.empty()) {
@@ -83,12 +74,8 @@ public:
           out += static_cast<char>(op::setitems);
         }
         break;
-      case kind::global:
-        emit_global(x->s, x->name);
-        break;
-      case kind::object:
-        emit_object(*x);
-        break;
+      case kind::global: emit_global(x->s, x->name); break;
+      case kind::object: emit_object(*x); break;
       case kind::persid:
         emit(x->items.empty() ? nullptr : x->items[0].get());
         out += static_cast<char>(op::binpersid);
@@ -148,8 +135,8 @@ private:
   }
 
   void emit_tuple(const std::vector<value_ptr>& items) {
-    static constexpr uint8_t small[] = {op::empty_tuple, op::tuple1,
-                                        op::tuple2, op::tuple3};
+    static constexpr uint8_t small[] = {op::empty_tuple, op::tuple1, op::tuple2,
+                                        op::tuple3};
     if (items.size() > 3)
       out += static_cast<char>(op::mark);
     for (const auto& item : items)

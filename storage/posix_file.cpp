@@ -27,8 +27,7 @@ errc errno_code(int err) {
            : errc::io_error;
 }
 
-caf::error os_error(const std::string& what, const std::string& path,
-                    int err) {
+caf::error os_error(const std::string& what, const std::string& path, int err) {
   return make_error(errno_code(err),
                     path + ": " + what + ": " + errno_text(err));
 }

@@ -35,8 +35,7 @@ std::string errno_text(int err);
 errc errno_code(int err);
 
 /// "<path>: <what>: <errno text>", coded by `errno_code(err)`.
-caf::error os_error(const std::string& what, const std::string& path,
-                    int err);
+caf::error os_error(const std::string& what, const std::string& path, int err);
 
 /// open(2), retried on EINTR.
 int open_fd(const std::string& path, int flags, mode_t mode = 0);
@@ -50,7 +49,7 @@ public:
 
   ~fd_guard() {
     if (fd_ >= 0)
-      (void) close();
+      (void)close();
   }
 
   fd_guard(const fd_guard&) = delete;
@@ -62,7 +61,7 @@ public:
 
   fd_guard& operator=(fd_guard&& other) noexcept {
     if (this != &other) {
-      (void) close();
+      (void)close();
       fd_ = std::exchange(other.fd_, -1);
     }
     return *this;

@@ -5,9 +5,9 @@
 #include "storage/pickle.hpp"
 
 #include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
 #include <caffe2/serialize/in_memory_adapter.h>
 #include <caffe2/serialize/inline_container.h>
-#include <c10/util/Exception.h>
 
 #include <map>
 #include <mutex>
@@ -209,9 +209,8 @@ caf::expected<dtype> to_dtype(c10::ScalarType type) {
     case c10::ScalarType::ComplexDouble: return dtype::complex128;
     default: break;
   }
-  return make_error(errc::unknown_dtype,
-                    std::string{"unsupported torch dtype "}
-                      + c10::toString(type));
+  return make_error(errc::unknown_dtype, std::string{"unsupported torch dtype "}
+                                           + c10::toString(type));
 }
 
 c10::ScalarType to_scalar_type(dtype type) {
@@ -260,9 +259,9 @@ caf::expected<state_dict_view> make_view(const flat_state_dict& flat) {
       for (const auto& sh : st->local_shards) {
         const auto& t = sh.tensor;
         if (!t.defined())
-          return make_error(errc::invalid_argument,
-                            fqn + ": shard at " + to_string(sh.offsets)
-                              + " is undefined");
+          return make_error(errc::invalid_argument, fqn + ": shard at "
+                                                      + to_string(sh.offsets)
+                                                      + " is undefined");
         auto type = to_dtype(t.scalar_type());
         if (!type)
           return with_context(type.error(), fqn);
@@ -305,7 +304,8 @@ caf::expected<state_dict_view> make_view(const flat_state_dict& flat) {
   return view;
 }
 
-// -- item source / load target -------------------------------------------------
+// -- item source / load target
+// -------------------------------------------------
 
 item_source::~item_source() = default;
 
@@ -400,12 +400,11 @@ public:
       auto off = item.dest_offsets[d];
       auto len = item.lengths[d];
       if (off < 0 || len < 0 || off + len > dest.size(d))
-        return make_error(errc::chunk_out_of_bounds,
-                          to_string(item.dest_index) + ": box "
-                            + to_string(item.dest_offsets) + "+"
-                            + to_string(item.lengths)
-                            + " exceeds destination shape "
-                            + to_string(dest.sizes().vec()));
+        return make_error(
+          errc::chunk_out_of_bounds,
+          to_string(item.dest_index) + ": box " + to_string(item.dest_offsets)
+            + "+" + to_string(item.lengths) + " exceeds destination shape "
+            + to_string(dest.sizes().vec()));
       if (off != 0 || len != dest.size(d))
         dest = dest.narrow(static_cast<int64_t>(d), off, len);
     }
@@ -436,7 +435,8 @@ std::unique_ptr<load_target> make_load_target(const flat_state_dict& flat) {
   return std::make_unique<state_dict_target>(flat);
 }
 
-// -- allocation and staging ----------------------------------------------------
+// -- allocation and staging
+// ----------------------------------------------------
 
 state_dict make_state_dict_for(const metadata& md) {
   state_dict sd;
@@ -486,8 +486,8 @@ state_dict stage_to_host(const state_dict& sd) {
     } else if (auto b = std::get_if<bytes_value>(&val)) {
       out.set(key, *b);
     } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
-      out.set(key, std::make_shared<state_dict>(
-                     *sub ? stage_to_host(**sub) : state_dict{}));
+      out.set(key, std::make_shared<state_dict>(*sub ? stage_to_host(**sub)
+                                                     : state_dict{}));
     }
   }
   return out;

@@ -12,8 +12,9 @@
 #include "core/state_dict_view.hpp"
 #include "storage/storage.hpp"
 
-#include <ATen/core/Tensor.h>
 #include <caf/expected.hpp>
+
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <map>

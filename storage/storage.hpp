@@ -51,8 +51,8 @@ public:
   tensor(const read_item& item) = 0;
 
   /// Stores the bytes of a bytes read item.
-  [[nodiscard]] virtual caf::error set_bytes(const read_item& item,
-                                             std::string data)
+  [[nodiscard]] virtual caf::error
+  set_bytes(const read_item& item, std::string data)
     = 0;
 };
 
@@ -108,8 +108,8 @@ public:
 
   [[nodiscard]] virtual caf::expected<metadata> read_metadata() = 0;
 
-  [[nodiscard]] virtual caf::error set_up(const metadata& md,
-                                          bool is_coordinator, int32_t rank)
+  [[nodiscard]] virtual caf::error
+  set_up(const metadata& md, bool is_coordinator, int32_t rank)
     = 0;
 
   [[nodiscard]] virtual caf::expected<load_plan>
@@ -118,8 +118,8 @@ public:
   [[nodiscard]] virtual caf::expected<std::vector<load_plan>>
   prepare_global_plan(std::vector<load_plan> plans);
 
-  [[nodiscard]] virtual caf::error read_data(const load_plan& plan,
-                                             load_target& target)
+  [[nodiscard]] virtual caf::error
+  read_data(const load_plan& plan, load_target& target)
     = 0;
 
   /// Splits a central plan into at most `n` parts that may be passed to

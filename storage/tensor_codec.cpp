@@ -87,20 +87,19 @@ constexpr size_t keep_staging = size_t{64} << 20;
 
 // -- public: writing ----------------------------------------------------------
 
-caf::expected<item_result> write_tensor_item(item_sink& out,
-                                             const at::Tensor& tensor,
-                                             bool checksum) {
+caf::expected<item_result>
+write_tensor_item(item_sink& out, const at::Tensor& tensor, bool checksum) {
   static const bool little_endian = host_is_little_endian();
   if (!little_endian)
     return make_error(errc::unsupported,
                       "tensor items are little-endian; this host is not");
   if (!tensor.defined())
-    return make_error(errc::invalid_argument, "cannot save an undefined tensor");
+    return make_error(errc::invalid_argument,
+                      "cannot save an undefined tensor");
   try {
     if (tensor.layout() != c10::kStrided)
-      return make_error(errc::unsupported,
-                        "cannot save a tensor with layout "
-                          + c10::str(tensor.layout()));
+      return make_error(errc::unsupported, "cannot save a tensor with layout "
+                                             + c10::str(tensor.layout()));
     auto type = to_dtype(tensor.scalar_type());
     if (!type)
       return std::move(type.error());
@@ -118,9 +117,9 @@ caf::expected<item_result> write_tensor_item(item_sink& out,
     auto esize = element_size(*type);
     auto n = checked_numel(t.sizes());
     auto nbytes = static_cast<uint64_t>(n) * esize;
-    auto pkl = detail::tensor_pickle(
-      *type, n, {t.sizes().data(), t.sizes().size()},
-      {t.strides().data(), t.strides().size()});
+    auto pkl = detail::tensor_pickle(*type, n,
+                                     {t.sizes().data(), t.sizes().size()},
+                                     {t.strides().data(), t.strides().size()});
     hasher hash;
     zip_writer zip{out, checksum ? &hash : nullptr};
     if (auto err = zip.begin_record("archive/data.pkl", pkl.size()))
@@ -133,8 +132,8 @@ caf::expected<item_result> write_tensor_item(item_sink& out,
       return err;
     auto ptr = static_cast<const char*>(t.data_ptr());
     for (uint64_t done = 0; done < nbytes;) {
-      auto len = static_cast<size_t>(std::min<uint64_t>(block_size,
-                                                        nbytes - done));
+      auto len = static_cast<size_t>(
+        std::min<uint64_t>(block_size, nbytes - done));
       if (auto err = zip.data(ptr + done, len))
         return err;
       done += len;
@@ -276,8 +275,7 @@ caf::error tensor_item_reader::impl::open() {
   for (const auto& e : *entries) {
     static constexpr std::string_view suffix = "/data.pkl";
     if (e.name.size() > suffix.size()
-        && e.name.compare(e.name.size() - suffix.size(), suffix.size(),
-                          suffix)
+        && e.name.compare(e.name.size() - suffix.size(), suffix.size(), suffix)
              == 0
         && e.name.find('/') == e.name.size() - suffix.size()) {
       pkl = &e;
@@ -330,7 +328,8 @@ caf::error tensor_item_reader::impl::open() {
   if (static_cast<uint64_t>(x.storage_numel) > data->size / esize
       || static_cast<uint64_t>(x.storage_numel) * esize != data->size)
     return corrupt("storage of " + std::to_string(x.storage_numel) + " "
-                   + to_string(x.type) + " elements does not match its record of "
+                   + to_string(x.type)
+                   + " elements does not match its record of "
                    + std::to_string(data->size) + " bytes");
   x.data_offset = *data_start;
   x.data_size = data->size;
@@ -372,11 +371,12 @@ caf::error tensor_item_reader::impl::open() {
   return {};
 }
 
-caf::error
-tensor_item_reader::impl::stream(std::vector<segment> segments,
-                                 hasher* hash) const {
+caf::error tensor_item_reader::impl::stream(std::vector<segment> segments,
+                                            hasher* hash) const {
   std::sort(segments.begin(), segments.end(),
-            [](const segment& a, const segment& b) { return a.begin < b.begin; });
+            [](const segment& a, const segment& b) {
+              return a.begin < b.begin;
+            });
   auto base_pos = layout.data_offset;
   if (hash == nullptr) {
     for (const auto& s : segments)
@@ -414,8 +414,7 @@ tensor_item_reader::tensor_item_reader() = default;
 
 tensor_item_reader::~tensor_item_reader() = default;
 
-tensor_item_reader::tensor_item_reader(tensor_item_reader&&) noexcept
-  = default;
+tensor_item_reader::tensor_item_reader(tensor_item_reader&&) noexcept = default;
 
 tensor_item_reader&
 tensor_item_reader::operator=(tensor_item_reader&&) noexcept = default;
@@ -492,8 +491,8 @@ caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
   try {
     struct planned {
       const chunk_copy* copy;
-      int64_t lo;    // first element (storage index)
-      int64_t hi;    // one past the last element
+      int64_t lo; // first element (storage index)
+      int64_t hi; // one past the last element
       int64_t numel;
       bool direct;
     };
@@ -507,8 +506,7 @@ caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
                             + to_string(c.lengths) + " does not match the "
                             + std::to_string(ndim) + "-d saved tensor");
       for (size_t i = 0; i < ndim; ++i)
-        if (c.offsets[i] < 0 || c.lengths[i] < 0
-            || c.offsets[i] > L.sizes[i]
+        if (c.offsets[i] < 0 || c.lengths[i] < 0 || c.offsets[i] > L.sizes[i]
             || c.lengths[i] > L.sizes[i] - c.offsets[i])
           return make_error(errc::invalid_argument,
                             x.describe() + ": box " + to_string(c.offsets)
@@ -536,8 +534,7 @@ caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
         continue;
       p.lo = lo;
       p.hi = lo + extent + 1;
-      p.direct = c.dest.device().is_cpu()
-                 && c.dest.scalar_type() == saved_type
+      p.direct = c.dest.device().is_cpu() && c.dest.scalar_type() == saved_type
                  && c.dest.is_non_overlapping_and_dense()
                  && same_layout(c.lengths, L.strides, c.dest.strides());
       plan.push_back(p);
@@ -575,23 +572,25 @@ caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
     std::vector<impl::segment> segments;
     for (const auto& p : plan)
       if (p.direct)
-        segments.push_back(impl::segment{
-          static_cast<uint64_t>(p.lo * esize), static_cast<uint64_t>(p.hi * esize),
-          static_cast<char*>(p.copy->dest.data_ptr())});
+        segments.push_back(
+          impl::segment{static_cast<uint64_t>(p.lo * esize),
+                        static_cast<uint64_t>(p.hi * esize),
+                        static_cast<char*>(p.copy->dest.data_ptr())});
     char* stage = nullptr;
     if (slo < shi) {
       auto bytes = static_cast<size_t>((shi - slo) * esize);
       stage = staging_scratch().get(bytes);
       if (stage == nullptr)
-        return make_error(errc::too_large,
-                          x.describe() + ": cannot allocate "
-                            + std::to_string(bytes) + " staging bytes");
+        return make_error(errc::too_large, x.describe() + ": cannot allocate "
+                                             + std::to_string(bytes)
+                                             + " staging bytes");
       segments.push_back(impl::segment{static_cast<uint64_t>(slo * esize),
                                        static_cast<uint64_t>(shi * esize),
                                        stage});
     }
     hasher hash;
-    auto err = x.stream(std::move(segments), checksum.empty() ? nullptr : &hash);
+    auto err = x.stream(std::move(segments),
+                        checksum.empty() ? nullptr : &hash);
     if (!err && !checksum.empty())
       err = compare_checksum(checksum, hash.digest(), x.describe());
     if (!err && stage != nullptr) {
@@ -644,10 +643,9 @@ tensor_item_reader::read_tensor(std::string_view checksum) const {
 
 // -- public: plan items -------------------------------------------------------
 
-caf::expected<item_result> write_plan_item(item_sink& out,
-                                           const write_item& item,
-                                           const item_source& source,
-                                           bool checksum) {
+caf::expected<item_result>
+write_plan_item(item_sink& out, const write_item& item,
+                const item_source& source, bool checksum) {
   caf::expected<item_result> res = item_result{};
   if (item.type == write_item_type::bytes) {
     auto bytes = source.bytes(item);
@@ -665,8 +663,8 @@ caf::expected<item_result> write_plan_item(item_sink& out,
     if (t->sizes() != c10::IntArrayRef{want})
       return make_error(errc::invalid_argument,
                         to_string(item.index) + ": tensor of shape "
-                          + to_string(t->sizes().vec())
-                          + " for a chunk of " + to_string(want));
+                          + to_string(t->sizes().vec()) + " for a chunk of "
+                          + to_string(want));
     auto type = to_dtype(t->scalar_type());
     if (!type)
       return with_context(type.error(), to_string(item.index));
@@ -685,8 +683,7 @@ caf::expected<item_result> write_plan_item(item_sink& out,
 caf::error read_tensor_plan_item(const item_location& loc, dtype type,
                                  const shape_t& sizes,
                                  const std::vector<const read_item*>& reads,
-                                 load_target& target,
-                                 std::string_view checksum,
+                                 load_target& target, std::string_view checksum,
                                  const std::string& key) {
   auto reader = tensor_item_reader::open(loc);
   if (!reader)
@@ -699,8 +696,8 @@ caf::error read_tensor_plan_item(const item_location& loc, dtype type,
     auto dest = target.tensor(*r);
     if (!dest)
       return with_context(dest.error(), key);
-    copies.push_back(chunk_copy{r->storage_offsets, r->lengths,
-                                std::move(*dest)});
+    copies.push_back(
+      chunk_copy{r->storage_offsets, r->lengths, std::move(*dest)});
   }
   if (auto err = reader->read_into(copies, checksum))
     return with_context(err, key);

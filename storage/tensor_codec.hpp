@@ -33,9 +33,10 @@
 #include "storage/file_sink.hpp"
 #include "storage/item_io.hpp"
 
-#include <ATen/core/Tensor.h>
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
+
+#include <ATen/core/Tensor.h>
 
 #include <cstddef>
 #include <cstdint>

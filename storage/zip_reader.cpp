@@ -46,10 +46,9 @@ caf::error zip_reader::read_at(uint64_t pos, char* dst, size_t n) const {
     return corrupt("file ends at offset " + std::to_string(base + pos + done)
                    + ", inside the item");
   if (res != 0)
-    return make_error(errc::io_error,
-                      path + ": read at offset "
-                        + std::to_string(base + pos + done)
-                        + " failed: " + errno_text(res));
+    return make_error(errc::io_error, path + ": read at offset "
+                                        + std::to_string(base + pos + done)
+                                        + " failed: " + errno_text(res));
   return {};
 }
 
@@ -64,8 +63,7 @@ const char* zip_reader::cached(uint64_t pos, uint64_t n) const {
   return nullptr;
 }
 
-caf::expected<std::string> zip_reader::fetch(uint64_t pos,
-                                              uint64_t n) const {
+caf::expected<std::string> zip_reader::fetch(uint64_t pos, uint64_t n) const {
   if (pos > length || n > length - pos)
     return corrupt("a structure at " + std::to_string(pos) + " (+"
                    + std::to_string(n) + ") lies outside the item");

@@ -22,8 +22,8 @@ std::string zip64_extra(uint64_t size, uint64_t compressed, uint64_t offset) {
   std::string zip64;
   if (big_size || big_offset) {
     put16(zip64, 0x0001);
-    put16(zip64, static_cast<uint16_t>((big_size ? 16 : 0)
-                                       + (big_offset ? 8 : 0)));
+    put16(zip64,
+          static_cast<uint16_t>((big_size ? 16 : 0) + (big_offset ? 8 : 0)));
     if (big_size) {
       put64(zip64, size);
       put64(zip64, compressed);
@@ -45,19 +45,18 @@ caf::error zip_writer::begin_record(std::string name, uint64_t size) {
   // zero compressed size here; the data descriptor has both.
   auto zip64 = zip64_extra(size, 0, e.offset);
   auto start = e.offset + 30 + e.name.size() + zip64.size() + 4;
-  auto padding = (field_alignment - start % field_alignment)
-                 % field_alignment;
+  auto padding = (field_alignment - start % field_alignment) % field_alignment;
   std::string hdr;
   hdr.reserve(30 + e.name.size() + zip64.size() + 4 + padding);
   put32(hdr, 0x04034b50);
   put16(hdr, 0); // version needed
   put16(hdr, flags_of(e.size));
-  put16(hdr, 0);      // STORED
-  put16(hdr, 0);      // time
-  put16(hdr, 0);      // date
-  put32(hdr, 0);      // crc (in the descriptor)
-  put32(hdr, 0);      // compressed size
-  put32(hdr, 0);      // uncompressed size
+  put16(hdr, 0); // STORED
+  put16(hdr, 0); // time
+  put16(hdr, 0); // date
+  put32(hdr, 0); // crc (in the descriptor)
+  put32(hdr, 0); // compressed size
+  put32(hdr, 0); // uncompressed size
   put16(hdr, static_cast<uint16_t>(e.name.size()));
   put16(hdr, static_cast<uint16_t>(zip64.size() + 4 + padding));
   hdr += e.name;

@@ -57,9 +57,9 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
     if (!*rank && !*world)
       continue;
     if (!*rank || !*world)
-      return make_error(errc::invalid_argument,
-                        std::string{"only one of "} + conv.rank + " and "
-                          + conv.world + " is set");
+      return make_error(errc::invalid_argument, std::string{"only one of "}
+                                                  + conv.rank + " and "
+                                                  + conv.world + " is set");
     auto local = number(get, conv.local_rank);
     if (!local)
       return local.error();

@@ -115,8 +115,7 @@ caf::behavior bridge_actor(caf::event_based_actor*, std::shared_ptr<outbox> box,
     local_save_plan_msg, global_save_step_msg, global_save_step_done_msg,
     central_save_plan_msg, write_done_msg, commit_msg, commit_done_msg,
     local_load_plan_msg, global_load_step_msg, global_load_step_done_msg,
-    central_load_plan_msg, read_done_msg, op_outcome_msg>(std::move(box),
-                                                          peer);
+    central_load_plan_msg, read_done_msg, op_outcome_msg>(std::move(box), peer);
 }
 
 enum class peer_state { waiting, connected, gone };
@@ -163,9 +162,11 @@ public:
   /// Binds or connects, then starts the I/O thread.
   caf::error start() {
     try {
-      wake_pull_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pull);
+      wake_pull_ = std::make_unique<zmq::socket_t>(ctx_,
+                                                   zmq::socket_type::pull);
       wake_pull_->bind(wake_endpoint_);
-      box_->wake = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::push);
+      box_->wake = std::make_unique<zmq::socket_t>(ctx_,
+                                                   zmq::socket_type::push);
       box_->wake->connect(wake_endpoint_);
       auto ep = endpoint_of(env_.master_addr, env_.master_port);
       if (hub_) {
@@ -173,7 +174,7 @@ public:
         sock_->set(zmq::sockopt::linger, 2000);
         sock_->bind(ep);
         spdlog::debug("dcpp zmq: coordinator listening on {} for {} ranks", ep,
-                     env_.world_size);
+                      env_.world_size);
       } else {
         sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
         sock_->set(zmq::sockopt::linger, 2000);
@@ -202,13 +203,12 @@ public:
     auto ok = cv_.wait_for(guard, opts_.connect_timeout,
                            [&] { return welcome_ != 0; });
     if (!ok)
-      return make_error(errc::timeout,
-                        "rank " + std::to_string(env_.rank)
-                          + ": no answer from the coordinator at "
-                          + endpoint_of(env_.master_addr, env_.master_port)
-                          + " within "
-                          + std::to_string(opts_.connect_timeout.count())
-                          + " ms");
+      return make_error(
+        errc::timeout,
+        "rank " + std::to_string(env_.rank)
+          + ": no answer from the coordinator at "
+          + endpoint_of(env_.master_addr, env_.master_port) + " within "
+          + std::to_string(opts_.connect_timeout.count()) + " ms");
     if (welcome_ == 1)
       return caf::none;
     return refusal_;
@@ -276,7 +276,8 @@ private:
 
   void run() {
     std::vector<zmq::pollitem_t> items{{sock_->handle(), 0, ZMQ_POLLIN, 0},
-                                       {wake_pull_->handle(), 0, ZMQ_POLLIN, 0}};
+                                       {wake_pull_->handle(), 0, ZMQ_POLLIN,
+                                        0}};
     auto tick = std::min(opts_.heartbeat_interval,
                          std::chrono::milliseconds(100));
     auto last_beat = clock_type::now();
@@ -577,9 +578,9 @@ private:
           auto code = msg.size() > 1 && data[1] == refuse_unauthorized
                         ? errc::unauthorized
                         : errc::protocol_error;
-          refusal_ = make_error(code, "rank " + std::to_string(env_.rank)
-                                        + " refused by the coordinator: "
-                                        + why);
+          refusal_ = make_error(code,
+                                "rank " + std::to_string(env_.rank)
+                                  + " refused by the coordinator: " + why);
         }
       }
       cv_.notify_all();
@@ -710,14 +711,14 @@ public:
 
 } // namespace
 
-caf::expected<process_group_ptr>
-make_zmq_process_group(caf::actor_system& sys, const launch_env& env,
-                       zmq_options opts) {
+caf::expected<process_group_ptr> make_zmq_process_group(caf::actor_system& sys,
+                                                        const launch_env& env,
+                                                        zmq_options opts) {
   auto n = env.world_size;
   if (n < 1 || env.rank < 0 || env.rank >= n)
-    return make_error(errc::invalid_argument,
-                      "rank " + std::to_string(env.rank) + " of world size "
-                        + std::to_string(n));
+    return make_error(errc::invalid_argument, "rank " + std::to_string(env.rank)
+                                                + " of world size "
+                                                + std::to_string(n));
   if (opts.coordinator_rank < 0 || opts.coordinator_rank >= n)
     return make_error(errc::invalid_argument,
                       "coordinator rank "
@@ -749,8 +750,7 @@ make_zmq_process_group(caf::actor_system& sys, const launch_env& env,
   } else {
     auto bridge = link.spawn_bridge(-1);
     for (int32_t r = 0; r < n; ++r) {
-      peers->coordinators.push_back(
-        caf::actor_cast<coordinator_actor>(bridge));
+      peers->coordinators.push_back(caf::actor_cast<coordinator_actor>(bridge));
       if (r == env.rank)
         peers->ranks.push_back(agent);
       else

@@ -66,9 +66,9 @@ struct zmq_options {
 /// errc::unauthorized for a wrong secret). On the coordinator rank's
 /// process it binds and returns at once. The actor system must outlive the
 /// returned object.
-caf::expected<process_group_ptr>
-make_zmq_process_group(caf::actor_system& sys, const launch_env& env,
-                       zmq_options opts = {});
+caf::expected<process_group_ptr> make_zmq_process_group(caf::actor_system& sys,
+                                                        const launch_env& env,
+                                                        zmq_options opts = {});
 
 /// Hosts the coordinator of `opts.coordinator_rank` for `env.world_size`
 /// remote ranks in this process (`env.rank` is ignored). Returns once ranks

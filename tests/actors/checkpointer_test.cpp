@@ -36,7 +36,7 @@ state_dict make_mixed() {
   sd.set("epoch", bytes_value::from_int(3));
   sd.nested("optim").nested("state").set("lr", bytes_value::from_double(0.1));
   sd.nested("optim").nested("state").set("exp_avg",
-                                          at::rand({5, 2}, at::kFloat));
+                                         at::rand({5, 2}, at::kFloat));
   return sd;
 }
 
@@ -220,6 +220,6 @@ TEST_CASE("async_save stages, returns, and commits in the background",
   state_dict dest;
   dest.set("w", at::zeros({1000}));
   REQUIRE_FALSE(cp.load(dest));
-  CHECK(at::equal(std::get<at::Tensor>(*dest.find("w")),
-                  at::full({1000}, -1.0f)));
+  CHECK(
+    at::equal(std::get<at::Tensor>(*dest.find("w")), at::full({1000}, -1.0f)));
 }

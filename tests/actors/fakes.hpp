@@ -10,8 +10,9 @@
 #include "messages/protocol.hpp"
 #include "storage/storage.hpp"
 
-#include <ATen/core/Tensor.h>
 #include <caf/all.hpp>
+
+#include <ATen/core/Tensor.h>
 
 #include <atomic>
 #include <chrono>
@@ -45,9 +46,9 @@ struct fault {
   }
 
   caf::error error(const char* call, int32_t rank) const {
-    return make_error(errc::storage_failure,
-                      std::string{"injected "} + call + " failure on rank "
-                        + std::to_string(rank));
+    return make_error(errc::storage_failure, std::string{"injected "} + call
+                                               + " failure on rank "
+                                               + std::to_string(rank));
   }
 };
 
@@ -230,11 +231,10 @@ inline state_dict_view synthetic_view(int32_t rank, int32_t world) {
   return view;
 }
 
-inline save_job fake_save_job(std::shared_ptr<fake_store> store,
-                              int32_t rank, int32_t world,
-                              int32_t coordinator, fault f = {},
-                              std::chrono::milliseconds timeout
-                              = std::chrono::seconds(1)) {
+inline save_job
+fake_save_job(std::shared_ptr<fake_store> store, int32_t rank, int32_t world,
+              int32_t coordinator, fault f = {},
+              std::chrono::milliseconds timeout = std::chrono::seconds(1)) {
   save_job job;
   job.view = std::make_shared<const state_dict_view>(
     synthetic_view(rank, world));
@@ -247,11 +247,10 @@ inline save_job fake_save_job(std::shared_ptr<fake_store> store,
   return job;
 }
 
-inline load_job fake_load_job(std::shared_ptr<fake_store> store,
-                              int32_t rank, int32_t world,
-                              int32_t coordinator, fault f = {},
-                              std::chrono::milliseconds timeout
-                              = std::chrono::seconds(1)) {
+inline load_job
+fake_load_job(std::shared_ptr<fake_store> store, int32_t rank, int32_t world,
+              int32_t coordinator, fault f = {},
+              std::chrono::milliseconds timeout = std::chrono::seconds(1)) {
   load_job job;
   job.view = std::make_shared<const state_dict_view>(
     synthetic_view(rank, world));
@@ -274,8 +273,8 @@ struct reply_slot {
 using reply_ptr = std::shared_ptr<reply_slot>;
 
 template <class Atom, class Job>
-reply_ptr call_agent(caf::actor_system& sys, rank_agent_actor agent, Atom atom,
-                     Job job) {
+reply_ptr
+call_agent(caf::actor_system& sys, rank_agent_actor agent, Atom atom, Job job) {
   auto slot = std::make_shared<reply_slot>();
   sys.spawn([=](caf::event_based_actor* self) {
     self->request(agent, std::chrono::seconds(3600), atom, job)

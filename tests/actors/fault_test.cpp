@@ -8,17 +8,18 @@
 // and an aborted save leaves no files behind. Each case clears the rules on
 // exit (also when a REQUIRE fails) and uses short step deadlines.
 
+#include "core/fault.hpp"
+
 #include "actors/checkpointer.hpp"
-#include "tests/actors/failure_util.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
-
 #include "core/error.hpp"
-#include "core/fault.hpp"
 #include "storage/filesystem.hpp"
+#include "tests/actors/failure_util.hpp"
+
+#include <caf/all.hpp>
 
 #include <ATen/ATen.h>
-#include <caf/all.hpp>
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -42,7 +43,8 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-// -- rules ----------------------------------------------------------------------
+// -- rules
+// ----------------------------------------------------------------------
 
 /// Installs `spec` for the scope; clears every rule (and releases blocked
 /// hangs) on exit, also when a REQUIRE throws.
@@ -122,8 +124,9 @@ state_dict make_rank_dict(int32_t r, int32_t n, int v) {
   auto& optim = sd.nested("optim");
   optim.set("step", zeros ? bytes_value{} : bytes_value::from_int(7 + v));
   optim.set("lr", zeros ? bytes_value{} : bytes_value::from_double(0.125 * v));
-  optim.set("name", zeros ? bytes_value{}
-                          : bytes_value::from_string("adam" + std::to_string(v)));
+  optim.set("name", zeros
+                      ? bytes_value{}
+                      : bytes_value::from_string("adam" + std::to_string(v)));
   return sd;
 }
 
@@ -266,7 +269,7 @@ struct rank_threads {
 };
 
 checkpointer_options options_for(const process_group_ptr& pg, int32_t coord,
-                                  ms step) {
+                                 ms step) {
   checkpointer_options opts;
   opts.process_group = pg;
   opts.coordinator_rank = coord;
@@ -345,8 +348,8 @@ void require_saved(const std::vector<save_outcome>& out) {
 
 /// Loads `dir` on a fresh group of `n` ranks (coordinator n - 1) and checks
 /// the values of variant `v` bit for bit.
-void check_loads(caf::actor_system& sys, const fs::path& dir, int32_t n,
-                 int v, ms step = 5s) {
+void check_loads(caf::actor_system& sys, const fs::path& dir, int32_t n, int v,
+                 ms step = 5s) {
   auto grp = make_local_process_group(sys, n);
   REQUIRE(grp.size() == static_cast<size_t>(n));
   auto out = load_all(grp, dir, n - 1, step);
@@ -359,10 +362,9 @@ void check_loads(caf::actor_system& sys, const fs::path& dir, int32_t n,
 
 /// Every rank failed with the same checkpoint_failed error of step `step`
 /// that names exactly the ranks in `ranks`; returns the parsed failure.
-failure_text
-require_failed_everywhere(const std::vector<save_outcome>& out,
-                          const std::string& step,
-                          const std::set<int32_t>& ranks) {
+failure_text require_failed_everywhere(const std::vector<save_outcome>& out,
+                                       const std::string& step,
+                                       const std::set<int32_t>& ranks) {
   for (size_t r = 0; r < out.size(); ++r) {
     INFO("rank " << r << ": " << text_of(out[r].res));
     REQUIRE_FALSE(out[r].res);
@@ -439,7 +441,8 @@ ms hang_bound(ms step) {
 
 } // namespace
 
-// -- 1. spec parsing ------------------------------------------------------------
+// -- 1. spec parsing
+// ------------------------------------------------------------
 
 TEST_CASE("fault specs: valid ones install, malformed ones are rejected",
           "[fault]") {
@@ -462,17 +465,17 @@ TEST_CASE("fault specs: valid ones install, malformed ones are rejected",
   REQUIRE_FALSE(fault::install(kept));
   // rule -> what the error must name
   std::vector<std::pair<std::string, std::string>> bad = {
-    {"disk:fail@1", "disk:fail@1"},        // unknown place
-    {"write:explode@1", "write:explode@1"}, // unknown action
-    {"io:eio@1", "io:eio@1"},              // missing K
-    {"io:short@1:0", "io:short@1:0"},      // K counts from 1
-    {"msg:drop@1>2", "msg:drop@1>2"},      // neither side is 'c'
-    {"plan:fail@x", "plan:fail@x"},        // non-numeric rank
-    {"io:eio@one:1", "io:eio@one:1"},      // non-numeric rank
-    {"write:fail@1:abc", "write:fail@1:abc"}, // non-numeric argument
-    {"write:hang@1:5", "write:hang@1:5"},  // hang takes no argument
-    {"plan:slow@1", "plan:slow@1"},        // slow needs MS
-    {"nonsense", "nonsense"},              // no colon
+    {"disk:fail@1", "disk:fail@1"},             // unknown place
+    {"write:explode@1", "write:explode@1"},     // unknown action
+    {"io:eio@1", "io:eio@1"},                   // missing K
+    {"io:short@1:0", "io:short@1:0"},           // K counts from 1
+    {"msg:drop@1>2", "msg:drop@1>2"},           // neither side is 'c'
+    {"plan:fail@x", "plan:fail@x"},             // non-numeric rank
+    {"io:eio@one:1", "io:eio@one:1"},           // non-numeric rank
+    {"write:fail@1:abc", "write:fail@1:abc"},   // non-numeric argument
+    {"write:hang@1:5", "write:hang@1:5"},       // hang takes no argument
+    {"plan:slow@1", "plan:slow@1"},             // slow needs MS
+    {"nonsense", "nonsense"},                   // no colon
     {"plan:fail@1,msg:delay@2", "msg:delay@2"}, // a bad rule in a list
   };
   for (auto& [spec, rule] : bad) {
@@ -490,7 +493,8 @@ TEST_CASE("fault specs: valid ones install, malformed ones are rejected",
   CHECK_FALSE(fault::active());
 }
 
-// -- 2. faults that abort a save ---------------------------------------------------
+// -- 2. faults that abort a save
+// ---------------------------------------------------
 
 TEST_CASE("io:eio aborts the save everywhere, the old checkpoint stays",
           "[fault]") {
@@ -513,19 +517,18 @@ TEST_CASE("plan:fail aborts the save everywhere, the old checkpoint stays",
   aborted_save("plan:fail@0", "plan", 0, "injected_fault", "plan_fail");
 }
 
-TEST_CASE("commit:fail on the coordinator's rank aborts the save",
-          "[fault]") {
+TEST_CASE("commit:fail on the coordinator's rank aborts the save", "[fault]") {
   aborted_save("commit:fail@1", "commit", coord, "injected_fault",
                "commit_fail");
 }
 
-TEST_CASE("rename:fail on the coordinator's rank aborts the save",
-          "[fault]") {
+TEST_CASE("rename:fail on the coordinator's rank aborts the save", "[fault]") {
   aborted_save("rename:fail@1", "commit", coord, "injected_fault",
                "rename_fail");
 }
 
-// -- 3. short writes -------------------------------------------------------------
+// -- 3. short writes
+// -------------------------------------------------------------
 
 TEST_CASE("short writes are continued: the save commits and loads bit-exact",
           "[fault]") {
@@ -562,7 +565,8 @@ TEST_CASE("short writes are continued: the save commits and loads bit-exact",
   CHECK(last_fired < 64);
 }
 
-// -- 4. hangs -----------------------------------------------------------------------
+// -- 4. hangs
+// -----------------------------------------------------------------------
 
 namespace {
 
@@ -653,7 +657,8 @@ TEST_CASE("rename:hang blocks the storage thread, not the ranks", "[fault]") {
   check_loads(rs.sys, dir.path, 2, B);
 }
 
-// -- 5. messages -------------------------------------------------------------------
+// -- 5. messages
+// -------------------------------------------------------------------
 
 TEST_CASE("msg:drop of every message of a rank fails the save in time",
           "[fault]") {
@@ -745,8 +750,8 @@ TEST_CASE("msg:drop of the outcome to one rank: it commits, that rank times "
     CHECK(fault::fired() == 1);
     CHECK(out[0].res);
     CHECK(out[1].res);
-    INFO("rank 2: " << text_of(out[2].res) << " after "
-                    << out[2].took.count() << " ms");
+    INFO("rank 2: " << text_of(out[2].res) << " after " << out[2].took.count()
+                    << " ms");
     REQUIRE_FALSE(out[2].res);
     CHECK(code_of(out[2].res.error()) == errc::timeout);
     CHECK(context_of(out[2].res.error()).find("the outcome")
@@ -762,7 +767,8 @@ TEST_CASE("msg:drop of the outcome to one rank: it commits, that rank times "
   check_loads(rs.sys, dir.path, 2, A);
 }
 
-// -- 6. loads ------------------------------------------------------------------------
+// -- 6. loads
+// ------------------------------------------------------------------------
 
 TEST_CASE("read:fail and read:hang end a load on every rank", "[fault]") {
   real_system rs;
@@ -814,7 +820,8 @@ TEST_CASE("read:fail and read:hang end a load on every rank", "[fault]") {
   }
 }
 
-// -- 7. a rank agent that dies -------------------------------------------------------
+// -- 7. a rank agent that dies
+// -------------------------------------------------------
 
 TEST_CASE("a rank agent killed during the write fails the save in time",
           "[fault]") {
@@ -837,8 +844,8 @@ TEST_CASE("a rank agent killed during the write fails the save in time",
     auto took = steady::now() - killed_at;
     rt->wait();
     for (int32_t r = 0; r < world; ++r)
-      UNSCOPED_INFO("rank " << r << ": " << text_of(rt->out[r].res)
-                            << " after " << rt->out[r].took.count() << " ms");
+      UNSCOPED_INFO("rank " << r << ": " << text_of(rt->out[r].res) << " after "
+                            << rt->out[r].took.count() << " ms");
     CHECK(took < hang_bound(step_timeout));
     INFO("victim: " << text_of(rt->out[victim].res));
     // The victim's caller learns at once that its agent stopped.
@@ -867,7 +874,8 @@ TEST_CASE("a rank agent killed during the write fails the save in time",
 }
 
 TEST_CASE("the coordinator killed before and during the commit fails the "
-          "save in time", "[fault]") {
+          "save in time",
+          "[fault]") {
   // In-process counterpart of kill_test.sh's kill -9 of the coordinator:
   // the coordinator actor is killed while its rank waits at the commit
   // (before `.metadata.tmp`), or while its storage thread is blocked with
@@ -909,7 +917,8 @@ TEST_CASE("the coordinator killed before and during the commit fails the "
   }
 }
 
-// -- 8. nothing left behind -----------------------------------------------------------
+// -- 8. nothing left behind
+// -----------------------------------------------------------
 
 TEST_CASE("after faults, saves without faults commit in the same group and "
           "in a fresh one",
@@ -959,7 +968,8 @@ TEST_CASE("after faults, saves without faults commit in the same group and "
   check_loads(rs.sys, dir.path, 3, A);
 }
 
-// -- rules fire once per operation, in every operation ------------------------------
+// -- rules fire once per operation, in every operation
+// ------------------------------
 
 TEST_CASE("a step rule fires again in every later operation", "[fault]") {
   // core/fault.hpp: "Every step rule fires at most once per operation and

@@ -12,29 +12,29 @@
 // for the PyTorch DCP harness to load (see `expected_value` for the values).
 
 #include "actors/checkpointer.hpp"
-#include "tests/actors/failure_util.hpp"
 #include "actors/jobs.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
-
 #include "core/error.hpp"
 #include "storage/filesystem.hpp"
 #include "storage/memory_storage.hpp"
+#include "tests/actors/failure_util.hpp"
+
+#include <caf/all.hpp>
 
 #include <ATen/ATen.h>
-#include <caf/all.hpp>
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -185,9 +185,9 @@ class faulty_writer : public storage_writer {
 public:
   faulty_writer(storage_writer_ptr inner, bool fail_write)
     : faulty_writer(std::move(inner),
-                    fail_write ? make_error(errc::storage_failure,
-                                            "injected: disk full")
-                               : caf::error{}) {
+                    fail_write
+                      ? make_error(errc::storage_failure, "injected: disk full")
+                      : caf::error{}) {
     // nop
   }
 
@@ -268,7 +268,8 @@ private:
   std::shared_ptr<gate> gate_;
 };
 
-// -- running ranks as threads ---------------------------------------------------
+// -- running ranks as threads
+// ---------------------------------------------------
 
 struct real_system {
   system_config cfg{system_options{4, false}};
@@ -307,7 +308,8 @@ void round_trip(int32_t n_save, int32_t coord, int32_t n_load, backend kind) {
   {
     auto grp = make_local_process_group(rs.sys, n_save);
     REQUIRE(grp.size() == static_cast<size_t>(n_save));
-    std::vector<save_result> results(n_save, save_result{make_error(errc::aborted, "not run")});
+    std::vector<save_result> results(
+      n_save, save_result{make_error(errc::aborted, "not run")});
     on_every_rank(n_save, [&](int32_t r) {
       checkpointer_options opts;
       opts.process_group = grp[r];
@@ -318,12 +320,12 @@ void round_trip(int32_t n_save, int32_t coord, int32_t n_load, backend kind) {
       results[r] = cp.save(sd);
     });
     for (int32_t r = 0; r < n_save; ++r) {
-      INFO("save on rank " << r << ": "
-                           << (results[r] ? "ok"
-                                          : describe(results[r].error())));
+      INFO(
+        "save on rank " << r << ": "
+                        << (results[r] ? "ok" : describe(results[r].error())));
       REQUIRE(results[r]);
-      CHECK((results[r]->state_dict_metadata
-             == results[0]->state_dict_metadata));
+      CHECK(
+        (results[r]->state_dict_metadata == results[0]->state_dict_metadata));
     }
     const auto& md = *results[0];
     CHECK(md.state_dict_metadata.size() == 6);
@@ -401,8 +403,8 @@ TEST_CASE("parallel writer and reader actors split each rank's plan",
   caf::scoped_actor self{rs.sys};
   for (int32_t r = 0; r < n; ++r) {
     auto job = make_save_job(
-      dicts[r], make_filesystem_writer(dir.path.string(), fast_writer_options()),
-      jo);
+      dicts[r],
+      make_filesystem_writer(dir.path.string(), fast_writer_options()), jo);
     REQUIRE(job);
     self->send(grp[r]->agent(), save_atom::value, std::move(*job));
   }
@@ -416,8 +418,8 @@ TEST_CASE("parallel writer and reader actors split each rank's plan",
   for (int32_t r = 0; r < n; ++r)
     loaded.push_back(make_rank_dict(r, n, true));
   for (int32_t r = 0; r < n; ++r) {
-    auto job = make_load_job(
-      loaded[r], make_filesystem_reader(dir.path.string()), jo);
+    auto job = make_load_job(loaded[r],
+                             make_filesystem_reader(dir.path.string()), jo);
     REQUIRE(job);
     self->send(grp[r]->agent(), load_atom::value, std::move(*job));
   }
@@ -450,9 +452,7 @@ TEST_CASE("async_save returns before the write and commits in the background",
   }
   auto row_of = [](state_dict& sd) -> at::Tensor& {
     auto& model = std::get<std::shared_ptr<state_dict>>(*sd.find("model"));
-    return std::get<sharded_tensor>(*model->find("row"))
-      .local_shards[0]
-      .tensor;
+    return std::get<sharded_tensor>(*model->find("row")).local_shards[0].tensor;
   };
   // -- async_save returns once staged; the write happens later ---------------
   writes->set(false);
@@ -520,7 +520,8 @@ TEST_CASE("a rank that fails to write aborts the save on every rank",
   checkpoint_dir dir{"failed"};
   constexpr int32_t n = 4;
   auto grp = make_local_process_group(rs.sys, n);
-  std::vector<save_result> results(n, save_result{make_error(errc::aborted, "not run")});
+  std::vector<save_result> results(n, save_result{
+                                        make_error(errc::aborted, "not run")});
   on_every_rank(n, [&](int32_t r) {
     checkpointer_options opts;
     opts.process_group = grp[r];
@@ -554,8 +555,8 @@ TEST_CASE("a failure carries each failing rank with its own error code",
   checkpoint_dir dir{"failure_map"};
   constexpr int32_t n = 4;
   auto grp = make_local_process_group(rs.sys, n);
-  std::vector<save_result> results(n, save_result{make_error(errc::aborted,
-                                                             "not run")});
+  std::vector<save_result> results(n, save_result{
+                                        make_error(errc::aborted, "not run")});
   auto error_of = [](int32_t r) {
     if (r == 1)
       return make_error(errc::storage_failure, "rank 1: disk full");
@@ -599,7 +600,8 @@ TEST_CASE("a rank whose state dict is broken fails the save everywhere",
   constexpr int32_t n = 3;
   auto store = make_memory_storage();
   auto grp = make_local_process_group(rs.sys, n);
-  std::vector<save_result> results(n, save_result{make_error(errc::aborted, "not run")});
+  std::vector<save_result> results(n, save_result{
+                                        make_error(errc::aborted, "not run")});
   on_every_rank(n, [&](int32_t r) {
     checkpointer_options opts;
     opts.process_group = grp[r];

@@ -58,8 +58,8 @@ TEST_CASE("SLURM and Open MPI are fallbacks", "[launch_env]") {
   CHECK(slurm->local_rank == 1);
   CHECK(slurm->master_addr == "192.0.2.1");
   CHECK(slurm->source == "slurm");
-  auto mpi = read({{"OMPI_COMM_WORLD_RANK", "0"},
-                   {"OMPI_COMM_WORLD_SIZE", "2"}});
+  auto mpi = read(
+    {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"}});
   REQUIRE(mpi);
   CHECK(mpi->rank == 0);
   CHECK(mpi->world_size == 2);

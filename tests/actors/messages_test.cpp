@@ -1,12 +1,12 @@
 // Every wire message through both encodings: CAF's binary serializer
 // (inspect) and the cereal wire codec of the future ZeroMQ transport.
 
-#include "messages/wire.hpp"
-
 #include "actors/system.hpp"
 #include "core/error.hpp"
+#include "messages/wire.hpp"
 
 #include <caf/all.hpp>
+
 #include <catch2/catch.hpp>
 
 #include <cctype>
@@ -91,11 +91,10 @@ metadata sample_metadata() {
   md.state_dict_metadata["model.w"] = im;
   md.state_dict_metadata["optim.step"] = item_metadata::bytes();
   md.planner_data["optim.step"] = {"optim", "step"};
-  md.storage_data[metadata_index{"model.w", {4, 0}, 3}]
-    = storage_info{"__1_0.distcp", 128, 0xfedcba9876543210,
-                   "xxh64:0123456789abcdef"};
-  md.storage_data[metadata_index{"optim.step"}]
-    = storage_info{"__0_0.distcp", 0, 8, ""};
+  md.storage_data[metadata_index{"model.w", {4, 0}, 3}] = storage_info{
+    "__1_0.distcp", 128, 0xfedcba9876543210, "xxh64:0123456789abcdef"};
+  md.storage_data[metadata_index{"optim.step"}] = storage_info{"__0_0.distcp",
+                                                               0, 8, ""};
   md.version = "1.0.0";
   md.save_id = "id";
   md.checkpoint_id = "/tmp/x";
@@ -190,12 +189,12 @@ TEST_CASE("every wire message round-trips through both encodings",
   round_trip(commit_done_msg{hdr, caf::error{}});
   round_trip(local_load_plan_msg{lhdr, 10, sample_load_plan(), caf::error{}});
   round_trip(global_load_step_msg{lhdr, {sample_load_plan()}});
-  round_trip(global_load_step_done_msg{lhdr, {sample_load_plan()},
-                                       caf::error{}});
+  round_trip(
+    global_load_step_done_msg{lhdr, {sample_load_plan()}, caf::error{}});
   round_trip(central_load_plan_msg{lhdr, sample_load_plan()});
   round_trip(read_done_msg{lhdr, make_error(errc::checksum_mismatch, "k")});
-  round_trip(op_outcome_msg{hdr, caf::error{}, sample_metadata(),
-                            checkpoint_failure{}});
+  round_trip(
+    op_outcome_msg{hdr, caf::error{}, sample_metadata(), checkpoint_failure{}});
   round_trip(op_outcome_msg{hdr, sample_error_on_the_wire(), metadata{},
                             sample_failure()});
 }
@@ -301,8 +300,8 @@ TEST_CASE("size prefixes larger than the frame are refused before any "
   REQUIRE_FALSE(msg);
   CHECK(code_of(msg.error()) == errc::corrupt_item);
   // Every truncation of a valid frame fails cleanly; trailing bytes too.
-  auto frame = to_wire(local_save_plan_msg{sample_header(), 10,
-                                           sample_save_plan(), caf::error{}});
+  auto frame = to_wire(
+    local_save_plan_msg{sample_header(), 10, sample_save_plan(), caf::error{}});
   for (size_t n = 1; n < frame.size(); ++n) {
     local_save_plan_msg x;
     CHECK(code_of(from_wire(frame.substr(0, n), x)) == errc::corrupt_item);
@@ -332,13 +331,14 @@ TEST_CASE("bools and enums out of range are refused, naming the field",
   auto msg = message_from_wire(bad_bool);
   REQUIRE_FALSE(msg);
   CHECK(code_of(msg.error()) == errc::corrupt_item);
-  CHECK(context_of(msg.error()).find("invalid bool value 13 in field "
-                                     "save_plan.usable")
+  CHECK(context_of(msg.error())
+          .find("invalid bool value 13 in field "
+                "save_plan.usable")
         != std::string::npos);
   // Enums: the op kind of the envelope (tag, endianness flag, version u32,
   // then op.kind) and the type of a write item.
-  auto frame = to_wire(local_save_plan_msg{sample_header(), 10,
-                                           sample_save_plan(), caf::error{}});
+  auto frame = to_wire(
+    local_save_plan_msg{sample_header(), 10, sample_save_plan(), caf::error{}});
   auto bad_kind = frame;
   bad_kind[6] = '\x07';
   msg = message_from_wire(bad_kind);
@@ -351,8 +351,8 @@ TEST_CASE("bools and enums out of range are refused, naming the field",
   // write_item.type: flip the encoded `shard` (1) of the first item to 9.
   auto plan = sample_save_plan();
   plan.items[0].type = write_item_type::tensor;
-  auto with_tensor = to_wire(local_save_plan_msg{sample_header(), 10, plan,
-                                                 caf::error{}});
+  auto with_tensor = to_wire(
+    local_save_plan_msg{sample_header(), 10, plan, caf::error{}});
   REQUIRE(with_tensor.size() == frame.size());
   size_t diff = 0;
   for (size_t i = 0; i < frame.size(); ++i)
@@ -387,8 +387,8 @@ TEST_CASE("errors whose category is no atom's text are refused",
     // u64 size of the category precedes it, the code precedes that.
     std::string len(8, '\0');
     len[0] = static_cast<char>(category.size());
-    return frame.substr(0, pos - 9) + static_cast<char>(code) + len
-           + category + frame.substr(pos + 4);
+    return frame.substr(0, pos - 9) + static_cast<char>(code) + len + category
+           + frame.substr(pos + 4);
   };
   op_outcome_msg in;
   CHECK_FALSE(from_wire(with_category("dcpp", 1), in));
@@ -400,8 +400,7 @@ TEST_CASE("errors whose category is no atom's text are refused",
           == errc::corrupt_item);
   }
   // Code 0 means "no error": nothing else may come with it.
-  CHECK(code_of(from_wire(with_category("dcpp", 0), in))
-        == errc::corrupt_item);
+  CHECK(code_of(from_wire(with_category("dcpp", 0), in)) == errc::corrupt_item);
 }
 
 // -- the encoding is pinned ---------------------------------------------------
@@ -438,20 +437,23 @@ std::vector<std::pair<std::string, std::string>> pinned_frames() {
   add(local_save_plan_msg{hdr, -1500, sample_save_plan(3),
                           make_error(errc::io_error, "/x: EIO")});
   add(global_save_step_msg{hdr, {sample_save_plan(0), save_plan{}}});
-  add(global_save_step_done_msg{
-    hdr, global_save_plan{{sample_save_plan(0), sample_save_plan(1)},
-                          sample_metadata()},
-    caf::make_error(caf::sec::request_timeout)});
+  add(global_save_step_done_msg{hdr,
+                                global_save_plan{{sample_save_plan(0),
+                                                  sample_save_plan(1)},
+                                                 sample_metadata()},
+                                caf::make_error(caf::sec::request_timeout)});
   add(central_save_plan_msg{hdr, sample_save_plan(2)});
   add(write_done_msg{hdr, sample_results(3),
                      make_error(errc::storage_failure, "x")});
-  add(commit_msg{hdr, sample_metadata(),
+  add(commit_msg{hdr,
+                 sample_metadata(),
                  {sample_results(0), {}, sample_results(2)}});
   add(commit_done_msg{hdr, non_text_error()});
   add(local_load_plan_msg{lhdr, 10, sample_load_plan(),
                           make_error(errc::missing_key, "model.w")});
   add(global_load_step_msg{lhdr, {sample_load_plan(), load_plan{}}});
-  add(global_load_step_done_msg{lhdr, {sample_load_plan()},
+  add(global_load_step_done_msg{lhdr,
+                                {sample_load_plan()},
                                 make_error(errc::corrupt_item, "k")});
   add(central_load_plan_msg{lhdr, sample_load_plan()});
   add(read_done_msg{lhdr, make_error(errc::checksum_mismatch, "k")});

@@ -4,14 +4,14 @@
 // (tests/actors/fakes.hpp); planning is the default planner.
 
 #include "actors/coordinator.hpp"
-#include "tests/actors/failure_util.hpp"
 #include "actors/process_group.hpp"
 #include "actors/rank_agent.hpp"
 #include "actors/system.hpp"
-
+#include "tests/actors/failure_util.hpp"
 #include "tests/actors/fakes.hpp"
 
 #include <caf/all.hpp>
+
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -32,8 +32,7 @@ struct deterministic_fixture {
   caf::scheduler::test_coordinator& sched;
 
   deterministic_fixture()
-    : sched(dynamic_cast<caf::scheduler::test_coordinator&>(
-      sys.scheduler())) {
+    : sched(dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler())) {
     // nop
   }
 
@@ -51,7 +50,9 @@ struct deterministic_fixture {
   Stats stats_of(Handle hdl) {
     auto out = std::make_shared<Stats>();
     sys.spawn([=](caf::event_based_actor* self) {
-      self->request(hdl, std::chrono::seconds(3600), caf::get_atom::value, stats_atom::value)
+      self
+        ->request(hdl, std::chrono::seconds(3600), caf::get_atom::value,
+                  stats_atom::value)
         .then([=](Stats& s) { *out = s; }, [](caf::error&) {});
     });
     sched.run();
@@ -67,12 +68,10 @@ struct deterministic_fixture {
   }
 };
 
-std::vector<reply_ptr> save_on(deterministic_fixture& fx,
-                               const std::vector<process_group_ptr>& grp,
-                               std::shared_ptr<fake_store> store,
-                               int32_t coordinator,
-                               std::map<int32_t, fault> faults = {},
-                               std::vector<int32_t> ranks = {}) {
+std::vector<reply_ptr>
+save_on(deterministic_fixture& fx, const std::vector<process_group_ptr>& grp,
+        std::shared_ptr<fake_store> store, int32_t coordinator,
+        std::map<int32_t, fault> faults = {}, std::vector<int32_t> ranks = {}) {
   auto n = static_cast<int32_t>(grp.size());
   if (ranks.empty())
     for (int32_t r = 0; r < n; ++r)
@@ -84,25 +83,24 @@ std::vector<reply_ptr> save_on(deterministic_fixture& fx,
   return out;
 }
 
-std::vector<reply_ptr> load_on(deterministic_fixture& fx,
-                               const std::vector<process_group_ptr>& grp,
-                               std::shared_ptr<fake_store> store,
-                               int32_t coordinator,
-                               std::map<int32_t, fault> faults = {}) {
+std::vector<reply_ptr>
+load_on(deterministic_fixture& fx, const std::vector<process_group_ptr>& grp,
+        std::shared_ptr<fake_store> store, int32_t coordinator,
+        std::map<int32_t, fault> faults = {}) {
   auto n = static_cast<int32_t>(grp.size());
   std::vector<reply_ptr> out;
   for (int32_t r = 0; r < n; ++r)
-    out.push_back(call_agent(fx.sys, grp[r]->agent(), load_atom::value,
-                             fake_load_job(store, r, n, coordinator,
-                                           faults[r])));
+    out.push_back(
+      call_agent(fx.sys, grp[r]->agent(), load_atom::value,
+                 fake_load_job(store, r, n, coordinator, faults[r])));
   return out;
 }
 
 /// Every reply is the same checkpoint_failed error of `step`, naming exactly
 /// `ranks`; returns the parsed failure.
 failure_text require_failed(const std::vector<reply_ptr>& replies,
-                                  const std::string& step,
-                                  const std::vector<int32_t>& ranks) {
+                            const std::string& step,
+                            const std::vector<int32_t>& ranks) {
   REQUIRE(!replies.empty());
   std::string first;
   for (size_t r = 0; r < replies.size(); ++r) {
@@ -346,22 +344,20 @@ TEST_CASE_METHOD(deterministic_fixture,
                  "[protocol]") {
   // Coordinator rank 0's actor is replaced by one that ignores everything.
   auto peers = std::make_shared<peer_table>();
-  auto mute = sys.spawn([](coordinator_actor::pointer) -> coordinator_actor::
-                          behavior_type {
-                            return {
-                              [](local_save_plan_msg&) {},
-                              [](global_save_step_done_msg&) {},
-                              [](write_done_msg&) {},
-                              [](commit_done_msg&) {},
-                              [](local_load_plan_msg&) {},
-                              [](global_load_step_done_msg&) {},
-                              [](read_done_msg&) {},
-                              [](deadline_atom, uint64_t, uint64_t) {},
-                              [](caf::get_atom, stats_atom) {
-                                return coordinator_stats{};
-                              },
-                            };
-                          });
+  auto mute = sys.spawn(
+    [](coordinator_actor::pointer) -> coordinator_actor::behavior_type {
+      return {
+        [](local_save_plan_msg&) {},
+        [](global_save_step_done_msg&) {},
+        [](write_done_msg&) {},
+        [](commit_done_msg&) {},
+        [](local_load_plan_msg&) {},
+        [](global_load_step_done_msg&) {},
+        [](read_done_msg&) {},
+        [](deadline_atom, uint64_t, uint64_t) {},
+        [](caf::get_atom, stats_atom) { return coordinator_stats{}; },
+      };
+    });
   rank_agent_options opts;
   opts.detached_io = false;
   auto agent = spawn_rank_agent(sys, 0, peers, opts);

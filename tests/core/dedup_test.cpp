@@ -2,7 +2,6 @@
 // dedup parts of test_planner.py), plus the conflicts dcpp refuses.
 
 #include "core/planner.hpp"
-
 #include "tests/core/planner_fixtures.hpp"
 
 #include <catch2/catch.hpp>
@@ -77,8 +76,7 @@ TEST_CASE("bytes items are balanced across ranks", "[dedup]") {
   CHECK(plans[1].items[0].index.fqn == "b1");
 }
 
-TEST_CASE("lowest-rank mode keeps every replicated item on rank 0",
-          "[dedup]") {
+TEST_CASE("lowest-rank mode keeps every replicated item on rank 0", "[dedup]") {
   std::vector<state_dict_view> views(4);
   for (size_t r = 0; r < views.size(); ++r) {
     views[r].items.push_back(plain("w", {4}));

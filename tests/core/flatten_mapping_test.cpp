@@ -1,8 +1,7 @@
 // The flatten-mapping codec of a plan's planner_data slot.
 
-#include "core/planner.hpp"
-
 #include "core/error.hpp"
+#include "core/planner.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -30,9 +29,9 @@ void check_garbage(const std::string& str) {
 
 TEST_CASE("flatten mappings round-trip", "[flatten_mapping]") {
   check_round_trip({});
-  check_round_trip({{"model.w", {"model", "w"}},
-                    {"optim.state.0.exp_avg", {"optim", "state", "0",
-                                               "exp_avg"}}});
+  check_round_trip(
+    {{"model.w", {"model", "w"}},
+     {"optim.state.0.exp_avg", {"optim", "state", "0", "exp_avg"}}});
   using namespace std::string_literals;
   flatten_mapping nasty{
     {"", {}},
@@ -85,11 +84,11 @@ TEST_CASE("random mappings round-trip", "[flatten_mapping]") {
 TEST_CASE("garbage does not decode", "[flatten_mapping]") {
   check_garbage("garbage");
   check_garbage("{\"model.w\": [\"model\", \"w\"]}");
-  check_garbage("dcpp-flatten-mapping/1");   // header without newline
-  check_garbage("dcpp-flatten-mapping/2\n"); // unknown version
-  check_garbage("dcpp-flatten-mapping/1\nkey\tpath");     // truncated
+  check_garbage("dcpp-flatten-mapping/1");            // header without newline
+  check_garbage("dcpp-flatten-mapping/2\n");          // unknown version
+  check_garbage("dcpp-flatten-mapping/1\nkey\tpath"); // truncated
   check_garbage("dcpp-flatten-mapping/1\nkey\\x\tpath\n"); // bad escape
-  check_garbage("dcpp-flatten-mapping/1\nkey\\");         // cut escape
+  check_garbage("dcpp-flatten-mapping/1\nkey\\");          // cut escape
   check_garbage("dcpp-flatten-mapping/1\na\tb\na\tc\n");   // duplicate key
   std::mt19937 rng{11};
   std::uniform_int_distribution<int> byte(0, 255);

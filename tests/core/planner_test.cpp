@@ -112,8 +112,8 @@ TEST_CASE("global save plan for 1, 2, 3, 4 and 8 ranks", "[planner][save]") {
     const auto& w = sdm.at("model.w");
     CHECK(w.kind == item_kind::tensor);
     CHECK(w.tensor.size == shape_t{4, 3});
-    CHECK(w.tensor.chunks == std::vector<chunk_storage_metadata>{
-                               box({0, 0}, {4, 3})});
+    CHECK(w.tensor.chunks
+          == std::vector<chunk_storage_metadata>{box({0, 0}, {4, 3})});
     const auto& step = sdm.at("optim.step");
     CHECK(step.tensor.size.empty());
     CHECK(step.tensor.properties.type == dtype::int64);
@@ -159,8 +159,7 @@ TEST_CASE("global save plan appends chunks in plan order, rank 0 first",
   // Rank 1 holds two shards, rank 0 one: chunks are appended per plan.
   std::vector<state_dict_view> views(2);
   views[0].items.push_back(sharded("st", {6}, {box({4}, {2})}));
-  views[1].items.push_back(
-    sharded("st", {6}, {box({0}, {2}), box({2}, {2})}));
+  views[1].items.push_back(sharded("st", {6}, {box({0}, {2}), box({2}, {2})}));
   auto g = global_plan_of(views);
   CHECK(g.md.state_dict_metadata.at("st").tensor.chunks
         == std::vector<chunk_storage_metadata>{box({4}, {2}), box({0}, {2}),

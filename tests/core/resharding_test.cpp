@@ -4,7 +4,6 @@
 // randomized comparison with DCP's quadratic algorithm.
 
 #include "core/planner.hpp"
-
 #include "tests/core/planner_fixtures.hpp"
 
 #include <catch2/catch.hpp>
@@ -21,8 +20,7 @@ namespace {
 /// another "overlap" it ([2, 2) vs [0, 4)) and emits a zero-length item;
 /// dcpp emits none, so the reference skips empty chunks.
 std::vector<read_item>
-reference_read_items(const std::string& fqn,
-                     const tensor_storage_metadata& md,
+reference_read_items(const std::string& fqn, const tensor_storage_metadata& md,
                      const std::vector<chunk_storage_metadata>& local) {
   std::vector<read_item> out;
   for (size_t i = 0; i < local.size(); ++i) {
@@ -48,8 +46,7 @@ reference_read_items(const std::string& fqn,
       for (size_t d = 0; d < shard.offsets.size(); ++d) {
         auto end = std::min(saved.offsets[d] + saved.sizes[d],
                             shard.offsets[d] + shard.sizes[d]);
-        r.lengths.push_back(end
-                            - std::max(shard.offsets[d], saved.offsets[d]));
+        r.lengths.push_back(end - std::max(shard.offsets[d], saved.offsets[d]));
         if (saved.offsets[d] > shard.offsets[d]) {
           r.storage_offsets.push_back(0);
           r.dest_offsets.push_back(saved.offsets[d] - shard.offsets[d]);
@@ -128,8 +125,7 @@ TEST_CASE("row splits N -> M with uneven splits", "[resharding]") {
 }
 
 TEST_CASE("column splits and row <-> column", "[resharding]") {
-  const std::pair<int64_t, int64_t> worlds[] = {{8, 4}, {4, 8}, {3, 2},
-                                                {2, 3}};
+  const std::pair<int64_t, int64_t> worlds[] = {{8, 4}, {4, 8}, {3, 2}, {2, 3}};
   for (auto [n, m] : worlds) {
     shape_t size{7, 10};
     {
@@ -150,13 +146,13 @@ TEST_CASE("column splits and row <-> column", "[resharding]") {
   }
 }
 
-TEST_CASE("a 2-D grid saved, rows and a plain tensor loaded",
-          "[resharding]") {
+TEST_CASE("a 2-D grid saved, rows and a plain tensor loaded", "[resharding]") {
   shape_t size{6, 8};
   // 2 x 2 grid over 4 ranks, uneven: rows 4+2, cols 3+5.
-  std::vector<chunk_storage_metadata> grid{
-    box({0, 0}, {4, 3}), box({0, 3}, {4, 5}), box({4, 0}, {2, 3}),
-    box({4, 3}, {2, 5})};
+  std::vector<chunk_storage_metadata> grid{box({0, 0}, {4, 3}),
+                                           box({0, 3}, {4, 5}),
+                                           box({4, 0}, {2, 3}),
+                                           box({4, 3}, {2, 5})};
   reshard(size, grid, split_along(size, 0, 3, true));
   reshard(size, grid, {box({0, 0}, size)});
   reshard(size, {box({0, 0}, size)}, grid);
@@ -244,8 +240,7 @@ TEST_CASE("empty saved and local chunks are skipped", "[resharding]") {
   CHECK(items[0].lengths == shape_t{4});
 }
 
-TEST_CASE("random 3-D grids match DCP's quadratic algorithm",
-          "[resharding]") {
+TEST_CASE("random 3-D grids match DCP's quadratic algorithm", "[resharding]") {
   std::mt19937 rng{42};
   auto random_split = [&](int64_t total, int64_t parts) {
     // `parts` cut points, possibly equal (empty parts allowed).
@@ -265,10 +260,10 @@ TEST_CASE("random 3-D grids match DCP's quadratic algorithm",
     for (size_t a = 0; a + 1 < cuts[0].size(); ++a)
       for (size_t b = 0; b + 1 < cuts[1].size(); ++b)
         for (size_t c = 0; c + 1 < cuts[2].size(); ++c)
-          out.push_back(box({cuts[0][a], cuts[1][b], cuts[2][c]},
-                            {cuts[0][a + 1] - cuts[0][a],
-                             cuts[1][b + 1] - cuts[1][b],
-                             cuts[2][c + 1] - cuts[2][c]}));
+          out.push_back(
+            box({cuts[0][a], cuts[1][b], cuts[2][c]},
+                {cuts[0][a + 1] - cuts[0][a], cuts[1][b + 1] - cuts[1][b],
+                 cuts[2][c + 1] - cuts[2][c]}));
     std::shuffle(out.begin(), out.end(), rng);
     return out;
   };

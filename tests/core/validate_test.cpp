@@ -2,7 +2,6 @@
 // names the fqn and carries the right errc.
 
 #include "core/planner.hpp"
-
 #include "tests/core/planner_fixtures.hpp"
 
 #include <catch2/catch.hpp>
@@ -69,8 +68,7 @@ TEST_CASE("load plan of a whole checkpoint", "[validate][load]") {
   CHECK(b.lengths == shape_t{0});
 }
 
-TEST_CASE("missing keys: strict fails, non-strict skips",
-          "[validate][load]") {
+TEST_CASE("missing keys: strict fails, non-strict skips", "[validate][load]") {
   auto md = checkpoint();
   state_dict_view request;
   request.items.push_back(plain("model.w", {4, 3}));
@@ -97,8 +95,8 @@ TEST_CASE("shape mismatch", "[validate][load]") {
   // Non-strict mode does not hide mismatches.
   load_options opts;
   opts.strict = false;
-  check_error(load_error(request_of(plain("model.w", {3}, dtype::float32)),
-                         md, opts),
+  check_error(load_error(request_of(plain("model.w", {3}, dtype::float32)), md,
+                         opts),
               errc::shape_mismatch, "model.w");
 }
 
@@ -127,18 +125,17 @@ TEST_CASE("kind mismatch", "[validate][load]") {
 
 TEST_CASE("requested chunks out of bounds", "[validate][load]") {
   auto md = checkpoint();
-  check_error(load_error(request_of(sharded("model.w", {4, 3},
-                                            {box({2, 0}, {3, 3})})),
-                         md),
-              errc::chunk_out_of_bounds, "model.w");
-  check_error(load_error(request_of(sharded("model.w", {4, 3},
-                                            {box({0, -1}, {1, 1})})),
-                         md),
-              errc::chunk_out_of_bounds, "model.w");
-  check_error(load_error(request_of(sharded("model.w", {4, 3},
-                                            {box({0}, {1})})),
-                         md),
-              errc::chunk_out_of_bounds, "model.w");
+  check_error(
+    load_error(request_of(sharded("model.w", {4, 3}, {box({2, 0}, {3, 3})})),
+               md),
+    errc::chunk_out_of_bounds, "model.w");
+  check_error(
+    load_error(request_of(sharded("model.w", {4, 3}, {box({0, -1}, {1, 1})})),
+               md),
+    errc::chunk_out_of_bounds, "model.w");
+  check_error(
+    load_error(request_of(sharded("model.w", {4, 3}, {box({0}, {1})})), md),
+    errc::chunk_out_of_bounds, "model.w");
 }
 
 TEST_CASE("loading from a checkpoint with holes or overlaps fails",
@@ -179,19 +176,17 @@ TEST_CASE("validate_metadata accepts valid tensors", "[validate]") {
 }
 
 TEST_CASE("validate_metadata: overlapping chunks", "[validate]") {
-  auto err = validate_metadata(
-    tensor_md({4, 4}, {box({0, 0}, {2, 4}), box({2, 0}, {2, 2}),
-                       box({1, 2}, {3, 2})}));
+  auto err = validate_metadata(tensor_md(
+    {4, 4}, {box({0, 0}, {2, 4}), box({2, 0}, {2, 2}), box({1, 2}, {3, 2})}));
   check_error(err, errc::overlapping_chunks, "t");
   CHECK(context_of(err).find("chunk #0") != std::string::npos);
   CHECK(context_of(err).find("chunk #2") != std::string::npos);
   // Same box twice.
-  check_error(validate_metadata(
-                tensor_md({4}, {box({0}, {4}), box({0}, {4})})),
+  check_error(validate_metadata(tensor_md({4}, {box({0}, {4}), box({0}, {4})})),
               errc::overlapping_chunks, "t");
   // Only in the second dimension: chunks that start at the same row.
-  check_error(validate_metadata(tensor_md(
-                {2, 6}, {box({0, 0}, {2, 4}), box({0, 3}, {2, 3})})),
+  check_error(validate_metadata(
+                tensor_md({2, 6}, {box({0, 0}, {2, 4}), box({0, 3}, {2, 3})})),
               errc::overlapping_chunks, "t");
   // 0-d with two chunks.
   check_error(validate_metadata(tensor_md({}, {box({}, {}), box({}, {})})),

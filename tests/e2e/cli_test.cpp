@@ -192,9 +192,9 @@ TEST_CASE("inspect lists keys, shapes and chunks of a dcpp checkpoint") {
   CHECK(items["w"]["chunks"].size() == 1);
   CHECK(items["w"]["chunks"][0]["sizes"] == nlohmann::json::array({3, 4}));
   CHECK(items["w"]["chunks"][0]["length"].get<uint64_t>() > 48);
-  CHECK(items["w"]["chunks"][0]["checksum"].get<std::string>().rfind("xxh64:",
-                                                                     0)
-        == 0);
+  CHECK(
+    items["w"]["chunks"][0]["checksum"].get<std::string>().rfind("xxh64:", 0)
+    == 0);
   CHECK(items["big"]["shape"] == nlohmann::json::array({4096}));
   CHECK(items["opt.step"]["kind"] == "bytes");
   CHECK(items["opt.name"]["kind"] == "bytes");
@@ -241,26 +241,30 @@ TEST_CASE("export writes a torch.save file that Python loads", "[python]") {
   REQUIRE(r.code == 0);
   CHECK(!fs::exists(pt + ".tmp"));
   CHECK(s.py("import torch\n"
-             "d = torch.load('" + pt + "')\n"
-             "assert isinstance(d, dict), type(d)\n"
-             "assert sorted(d) == ['big', 'opt.name', 'opt.step', 'w'], d\n"
-             "assert torch.equal(d['w'], torch.arange(12.).reshape(3, 4))\n"
-             "assert torch.equal(d['big'], torch.arange(4096.))\n"
-             "assert d['opt.step'] == 7 and d['opt.name'] == 'hello'\n")
+             "d = torch.load('"
+             + pt
+             + "')\n"
+               "assert isinstance(d, dict), type(d)\n"
+               "assert sorted(d) == ['big', 'opt.name', 'opt.step', 'w'], d\n"
+               "assert torch.equal(d['w'], torch.arange(12.).reshape(3, 4))\n"
+               "assert torch.equal(d['big'], torch.arange(4096.))\n"
+               "assert d['opt.step'] == 7 and d['opt.name'] == 'hello'\n")
         == 0);
   auto pt2 = s.path("fixture.pt");
   auto r2 = s.cli("export " + fixture_113() + " " + pt2);
   INFO(r2.err);
   REQUIRE(r2.code == 0);
   CHECK(s.py("import torch\n"
-             "d = torch.load('" + pt2 + "')\n"
-             "assert torch.equal(d['st'], "
-             "torch.arange(12.).reshape(4, 3) + 0.5)\n"
-             "assert d['bf16'].dtype == torch.bfloat16\n"
-             "assert torch.equal(d['f32_t'], "
-             "torch.arange(12.).reshape(3, 4).t())\n"
-             "assert d['epoch'] == 3\n"
-             "assert d['cfg'] == {'lr': 0.1, 'name': 'dcp'}, d['cfg']\n")
+             "d = torch.load('"
+             + pt2
+             + "')\n"
+               "assert torch.equal(d['st'], "
+               "torch.arange(12.).reshape(4, 3) + 0.5)\n"
+               "assert d['bf16'].dtype == torch.bfloat16\n"
+               "assert torch.equal(d['f32_t'], "
+               "torch.arange(12.).reshape(3, 4).t())\n"
+               "assert d['epoch'] == 3\n"
+               "assert d['cfg'] == {'lr': 0.1, 'name': 'dcp'}, d['cfg']\n")
         == 0);
 }
 
@@ -285,7 +289,8 @@ TEST_CASE("import converts a Python torch.save file", "[python]") {
     REQUIRE(r.code == 0);
     loaded l;
     load_all(dir, l);
-    CHECK(at::equal(tensor_at(l, "a"), at::arange(6, at::kFloat).reshape({2, 3})));
+    CHECK(
+      at::equal(tensor_at(l, "a"), at::arange(6, at::kFloat).reshape({2, 3})));
     CHECK(at::equal(tensor_at(l, "nested.b"), at::arange(1, 4, at::kLong)));
     CHECK(tensor_at(l, "nested.bf").scalar_type() == at::kBFloat16);
     CHECK(*bytes_at(l, "step").to_int() == 5);
@@ -318,7 +323,8 @@ TEST_CASE("export then import round-trips a checkpoint") {
   REQUIRE(r.code == 0);
   loaded l;
   load_all(dir2, l);
-  CHECK(at::equal(tensor_at(l, "w"), at::arange(12, at::kFloat).reshape({3, 4})));
+  CHECK(
+    at::equal(tensor_at(l, "w"), at::arange(12, at::kFloat).reshape({3, 4})));
   CHECK(at::equal(tensor_at(l, "big"), at::arange(4096, at::kFloat)));
   CHECK(*bytes_at(l, "opt.step").to_int() == 7);
   CHECK(*bytes_at(l, "opt.name").to_string() == "hello");
@@ -393,7 +399,8 @@ TEST_CASE("latest finds the newest committed step; prune keeps the last K") {
   // The step found loads.
   loaded l;
   load_all(root + "/step_000000300", l);
-  CHECK(at::equal(tensor_at(l, "w"), at::arange(12, at::kFloat).reshape({3, 4})));
+  CHECK(
+    at::equal(tensor_at(l, "w"), at::arange(12, at::kFloat).reshape({3, 4})));
   auto pruned = s.cli("prune " + root + " --keep 2");
   INFO(pruned.out << pruned.err);
   CHECK(pruned.code == 0);
@@ -435,14 +442,14 @@ TEST_CASE("bad inputs end in one line and exit code 1") {
   CHECK(v.code == 1);
   CHECK(v.out.find("path_escape") != std::string::npos);
   // Unreadable and garbage .pt files.
-  check_one_line_error(s.cli("import " + s.path("none.pt") + " "
-                             + s.path("c1")));
+  check_one_line_error(
+    s.cli("import " + s.path("none.pt") + " " + s.path("c1")));
   spit(s.path("garbage.pt"), std::string(1000, 'x'));
-  check_one_line_error(s.cli("import " + s.path("garbage.pt") + " "
-                             + s.path("c2")));
+  check_one_line_error(
+    s.cli("import " + s.path("garbage.pt") + " " + s.path("c2")));
   spit(s.path("empty.pt"), "");
-  check_one_line_error(s.cli("import " + s.path("empty.pt") + " "
-                             + s.path("c3")));
+  check_one_line_error(
+    s.cli("import " + s.path("empty.pt") + " " + s.path("c3")));
   CHECK(!fs::exists(fs::path{s.path("c2")} / ".metadata"));
 }
 

@@ -18,6 +18,7 @@
 #include "storage/metadata_codec.hpp"
 
 #include <caf/actor_system.hpp>
+
 #include <CLI/CLI.hpp>
 
 #include <atomic>
@@ -38,7 +39,8 @@ int main(int argc, char** argv) {
   double size_mb = 4;
   std::string flavor_name = "2";
   size_t threads = 1;
-  app.add_option("mode", mode, "save or load")->required()
+  app.add_option("mode", mode, "save or load")
+    ->required()
     ->check(CLI::IsMember({"save", "load"}));
   app.add_option("dir", dir, "checkpoint directory")->required();
   app.add_option("--world", world, "ranks (threads)");

@@ -15,10 +15,9 @@
 //
 // This target links libtorch (the reader fills at::Tensor destinations).
 
-#include "storage/tensor_codec.hpp"
-
 #include "core/error.hpp"
 #include "storage/state_dict.hpp"
+#include "storage/tensor_codec.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 
 #include <ATen/ATen.h>
@@ -68,8 +67,8 @@ std::string bytes_of(const at::Tensor& t) {
 bool same_layout(const tensor_item_layout& x, const tensor_item_layout& y) {
   return x.type == y.type && x.sizes == y.sizes && x.strides == y.strides
          && x.storage_offset == y.storage_offset
-         && x.storage_numel == y.storage_numel
-         && x.data_offset == y.data_offset && x.data_size == y.data_size;
+         && x.storage_numel == y.storage_numel && x.data_offset == y.data_offset
+         && x.data_size == y.data_size;
 }
 
 void check_read_into(const tensor_item_reader& reader, const at::Tensor& all,
@@ -92,8 +91,7 @@ void check_read_into(const tensor_item_reader& reader, const at::Tensor& all,
   for (size_t i = 0; i < ndim; ++i) {
     offsets[i] = layout.sizes[i] / 2;
     lengths[i] = layout.sizes[i] - offsets[i];
-    expected = expected.narrow(static_cast<int64_t>(i), offsets[i],
-                               lengths[i]);
+    expected = expected.narrow(static_cast<int64_t>(i), offsets[i], lengths[i]);
   }
   auto inner = at::empty(lengths, opts);
   // A non-contiguous destination: the inner box, dimensions reversed.
@@ -140,8 +138,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   item_location loc{item_file(item), "fuzz file", file_prefix, size};
   auto file = tensor_item_reader::open(loc);
   if (!mem) {
-    DCPP_FUZZ_CHECK(fuzz::has_code(mem.error(), {errc::corrupt_item,
-                                                 errc::unsupported}),
+    DCPP_FUZZ_CHECK(fuzz::has_code(mem.error(),
+                                   {errc::corrupt_item, errc::unsupported}),
                     describe(mem.error()));
     DCPP_FUZZ_CHECK(!file, "opens from a file but not from memory: "
                              + describe(mem.error()));
@@ -167,8 +165,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   DCPP_FUZZ_CHECK(all->sizes() == c10::IntArrayRef{layout.sizes},
                   "read_tensor gives another shape");
   auto from_file = file->read_tensor(checksum);
-  DCPP_FUZZ_CHECK(from_file, "read_tensor (file): "
-                               + describe(from_file.error()));
+  DCPP_FUZZ_CHECK(from_file,
+                  "read_tensor (file): " + describe(from_file.error()));
   auto wrong = checksum;
   wrong.back() = wrong.back() == '0' ? '1' : '0';
   auto bad = mem->read_tensor(wrong);

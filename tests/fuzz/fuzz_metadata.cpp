@@ -14,9 +14,8 @@
 // - encoding is a fixed point: encoding the decoded copy gives the same
 //   bytes.
 
-#include "storage/metadata_codec.hpp"
-
 #include "core/error.hpp"
+#include "storage/metadata_codec.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 
 #include <cstdint>
@@ -84,8 +83,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view bytes{reinterpret_cast<const char*>(data), size};
   auto md = decode_metadata(bytes);
   if (!md) {
-    DCPP_FUZZ_CHECK(fuzz::has_code(md.error(), {errc::corrupt_metadata,
-                                                errc::unsupported}),
+    DCPP_FUZZ_CHECK(fuzz::has_code(md.error(),
+                                   {errc::corrupt_metadata, errc::unsupported}),
                     describe(md.error()));
     return 0;
   }

@@ -11,9 +11,8 @@
 // with the input. Values whose expanded size exceeds a fixed budget skip the
 // round trip (documented behaviour, not a bug).
 
-#include "storage/pickle.hpp"
-
 #include "core/error.hpp"
+#include "storage/pickle.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 
 #include <algorithm>
@@ -41,9 +40,7 @@ uint64_t expanded_size(const value* x,
   if (auto i = cache.find(x); i != cache.end())
     return i->second;
   uint64_t total = 1 + x->s.size() + x->name.size();
-  auto add = [&](uint64_t n) {
-    total = std::min(total + n, max_expanded + 1);
-  };
+  auto add = [&](uint64_t n) { total = std::min(total + n, max_expanded + 1); };
   for (const auto& item : x->items)
     add(expanded_size(item.get(), cache));
   add(expanded_size(x->state.get(), cache));

@@ -12,9 +12,8 @@
 //   the same bytes (decoding may normalize, e.g. an error with code 0, so
 //   the first re-encoding is the reference).
 
-#include "messages/wire.hpp"
-
 #include "core/error.hpp"
+#include "messages/wire.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 
 #include <caf/message.hpp>
@@ -29,13 +28,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto msg = message_from_wire(frame);
   auto tag = wire_tag_from_wire(frame);
   if (!msg) {
-    DCPP_FUZZ_CHECK(fuzz::has_code(msg.error(), {errc::protocol_error,
-                                                 errc::corrupt_item}),
+    DCPP_FUZZ_CHECK(fuzz::has_code(msg.error(),
+                                   {errc::protocol_error, errc::corrupt_item}),
                     describe(msg.error()));
     return 0;
   }
-  DCPP_FUZZ_CHECK(tag, "decodes, but its tag does not: "
-                         + describe(tag.error()));
+  DCPP_FUZZ_CHECK(tag,
+                  "decodes, but its tag does not: " + describe(tag.error()));
   auto hdr = envelope_from_wire(frame);
   DCPP_FUZZ_CHECK(hdr, "decodes, but its envelope does not: "
                          + describe(hdr.error()));

@@ -64,8 +64,7 @@ bool replay(const fs::path& path) {
   // An exact-size heap copy; an empty input still gets a valid pointer.
   auto buf = std::make_unique<uint8_t[]>(std::max<size_t>(bytes.size(), 1));
   std::copy(bytes.begin(), bytes.end(), buf.get());
-  std::fprintf(stderr, "replay: %s (%zu bytes)\n", path.c_str(),
-               bytes.size());
+  std::fprintf(stderr, "replay: %s (%zu bytes)\n", path.c_str(), bytes.size());
   LLVMFuzzerTestOneInput(buf.get(), bytes.size());
   return true;
 }

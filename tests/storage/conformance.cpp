@@ -48,7 +48,8 @@ at::Tensor global_tensor(const std::string& fqn, int version) {
   if (fqn == "st")
     return at::arange(24, at::kDouble).reshape({6, 4}) + 1000.0 * version;
   if (fqn == "steps")
-    return at::tensor(std::vector<int64_t>{version, -version, int64_t{1} << 40});
+    return at::tensor(
+      std::vector<int64_t>{version, -version, int64_t{1} << 40});
   throw std::logic_error("no tensor " + fqn);
 }
 
@@ -180,9 +181,8 @@ write_parts(storage_writer& writer, const save_plan& plan,
     parts.size(), std::vector<write_result>{});
   std::vector<std::thread> workers;
   for (size_t i = 0; i < parts.size(); ++i)
-    workers.emplace_back([&, i] {
-      part_results[i] = writer.write_data(parts[i], source);
-    });
+    workers.emplace_back(
+      [&, i] { part_results[i] = writer.write_data(parts[i], source); });
   for (auto& t : workers)
     t.join();
   std::vector<write_result> results;
@@ -227,8 +227,8 @@ save_run start_save(storage_under_test& storage, int version,
   run.central = std::move(*central);
   for (int r = 0; r < ranks; ++r) {
     auto res = opts.threads > 1
-                 ? write_parts(*run.writers[r], run.central[r],
-                               run.sources[r], opts.threads)
+                 ? write_parts(*run.writers[r], run.central[r], run.sources[r],
+                               opts.threads)
                  : run.writers[r]->write_data(run.central[r], run.sources[r]);
     if (!res) {
       run.err = res.error();
@@ -318,10 +318,9 @@ private:
 /// Reads with one reader per request (rank = position), through the whole
 /// call order of the reader; each rank reads its plan in `threads` parts
 /// from concurrent threads. `targets` receives the destinations.
-caf::error load(storage_under_test& storage,
-                const std::vector<read_request>& requests,
-                std::vector<std::unique_ptr<value_target>>& targets,
-                size_t threads = 1) {
+caf::error
+load(storage_under_test& storage, const std::vector<read_request>& requests,
+     std::vector<std::unique_ptr<value_target>>& targets, size_t threads = 1) {
   std::vector<storage_reader_ptr> readers;
   std::vector<load_plan> local;
   targets.clear();
@@ -344,10 +343,9 @@ caf::error load(storage_under_test& storage,
       item.sharded = true;
       view.items.push_back(item);
       for (const auto& box : boxes)
-        target->tensors[metadata_index{fqn, box.offsets}]
-          = at::full(box.sizes, -7,
-                     at::TensorOptions().dtype(
-                       to_scalar_type(saved.properties.type)));
+        target->tensors[metadata_index{fqn, box.offsets}] = at::full(
+          box.sizes, -7,
+          at::TensorOptions().dtype(to_scalar_type(saved.properties.type)));
     }
     for (const auto& fqn : requests[r].bytes) {
       item_view item;
@@ -374,9 +372,8 @@ caf::error load(storage_under_test& storage,
     std::vector<caf::error> errs(parts.size());
     std::vector<std::thread> workers;
     for (size_t i = 0; i < parts.size(); ++i)
-      workers.emplace_back([&, i] {
-        errs[i] = readers[r]->read_data(parts[i], *targets[r]);
-      });
+      workers.emplace_back(
+        [&, i] { errs[i] = readers[r]->read_data(parts[i], *targets[r]); });
     for (auto& t : workers)
       t.join();
     for (auto& err : errs)
@@ -394,11 +391,11 @@ void check_values(const std::vector<read_request>& requests,
   for (size_t r = 0; r < requests.size(); ++r) {
     for (const auto& [fqn, boxes] : requests[r].boxes)
       for (const auto& box : boxes) {
-        INFO("rank " << r << ", " << fqn << " at "
-                     << to_string(box.offsets));
+        INFO("rank " << r << ", " << fqn << " at " << to_string(box.offsets));
         auto expected = narrow_box(global_tensor(fqn, version), box.offsets,
                                    box.sizes);
-        CHECK(targets[r]->tensors.at(metadata_index{fqn, box.offsets})
+        CHECK(targets[r]
+                ->tensors.at(metadata_index{fqn, box.offsets})
                 .equal(expected));
       }
     for (const auto& fqn : requests[r].bytes) {
@@ -640,8 +637,7 @@ void concurrent_parts(storage_under_test& storage, const storage_params&) {
   check_values(requests, targets, 1);
 }
 
-void corruption_names_key(storage_under_test& storage,
-                          const storage_params&) {
+void corruption_names_key(storage_under_test& storage, const storage_params&) {
   FS_REQUIRE(save(storage, 1));
   auto md = storage.make_reader()->read_metadata();
   FS_REQUIRE(md);
@@ -740,8 +736,7 @@ constexpr suite_case suite[] = {
    resharded_read, false},
   {"split plans write and read from concurrent threads", concurrent_parts,
    false},
-  {"corrupted bytes fail the read naming the key", corruption_names_key,
-   true},
+  {"corrupted bytes fail the read naming the key", corruption_names_key, true},
   {"garbage collection removes older data after the commit only",
    garbage_collected_after_commit, false},
   {"leftovers of an unfinished save go with the next commit",
@@ -755,8 +750,7 @@ class case_invoker final : public Catch::ITestInvoker {
 public:
   case_invoker(std::shared_ptr<const storage_params> params, case_fn fn,
                std::string known_failure)
-    : params_(std::move(params)),
-      fn_(fn),
+    : params_(std::move(params)), fn_(fn),
       known_failure_(std::move(known_failure)) {
     // nop
   }

@@ -3,7 +3,6 @@
 // and once with one file per item, written from two threads.
 
 #include "storage/filesystem.hpp"
-
 #include "tests/storage/conformance.hpp"
 #include "tests/storage/fs_test_util.hpp"
 
@@ -17,8 +16,7 @@ namespace {
 
 class filesystem_under_test final : public storage_under_test {
 public:
-  explicit filesystem_under_test(filesystem_writer_options opts)
-    : opts_(opts) {
+  explicit filesystem_under_test(filesystem_writer_options opts) : opts_(opts) {
     // nop
   }
 
@@ -38,8 +36,7 @@ public:
         std::string name = entry->d_name;
         auto suffix = std::string{".distcp"};
         if (name.size() > suffix.size()
-            && name.compare(name.size() - suffix.size(), suffix.size(),
-                            suffix)
+            && name.compare(name.size() - suffix.size(), suffix.size(), suffix)
                  == 0)
           names.insert(std::move(name));
       }
@@ -87,8 +84,8 @@ filesystem_writer_options per_item_options() {
   return opts;
 }
 
-const bool registered_per_rank
-  = register_storage_tests(filesystem_params("filesystem", {}));
+const bool registered_per_rank = register_storage_tests(
+  filesystem_params("filesystem", {}));
 
 const bool registered_per_item = register_storage_tests(
   filesystem_params("filesystem_per_item", per_item_options()));

@@ -1,7 +1,6 @@
 // The in-memory backend in the storage conformance suite.
 
 #include "storage/memory_storage.hpp"
-
 #include "tests/storage/conformance.hpp"
 
 #include <memory>

@@ -12,9 +12,8 @@
 // 1024 (217 tensors at 1 GiB). Cold loads need root for drop_caches; without
 // it they are reported as "not cold".
 
-#include "storage/filesystem.hpp"
-
 #include "core/error.hpp"
+#include "storage/filesystem.hpp"
 #include "storage/tensor_codec.hpp"
 #include "tests/storage/fs_test_util.hpp"
 
@@ -39,8 +38,7 @@ size_t env_size(const char* name, size_t fallback) {
 
 double seconds() {
   using clock = std::chrono::steady_clock;
-  return std::chrono::duration<double>(clock::now().time_since_epoch())
-    .count();
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
 
 class bench_source : public item_source {
@@ -162,10 +160,9 @@ TEST_CASE("throughput: save and load a state dict", "[.][bench]") {
   auto t1 = seconds();
   std::printf("save       %.3f s  %.3f GB/s\n", t1 - t0, gb(t1 - t0));
   for (int round = 0; round < 3; ++round) {
-    bool cold = round == 0
-                && run_command("sync && echo 3 > /proc/sys/vm/drop_caches")
-                       .status
-                     == 0;
+    bool cold
+      = round == 0
+        && run_command("sync && echo 3 > /proc/sys/vm/drop_caches").status == 0;
     filesystem_reader_options ropts;
     ropts.thread_count = read_threads;
     ropts.verify_checksums = verify;

@@ -3,8 +3,8 @@
 #include "core/error.hpp"
 #include "core/fault.hpp"
 #include "storage/metadata_codec.hpp"
-#include "storage/tensor_codec.hpp"
 #include "storage/state_dict.hpp"
+#include "storage/tensor_codec.hpp"
 #include "tests/storage/fs_test_util.hpp"
 #include "tests/support/skip.hpp"
 
@@ -93,7 +93,8 @@ struct rank_values {
   }
 
   void shard(std::string fqn, at::Tensor t, shape_t offsets, shape_t global) {
-    tensors.push_back({std::move(fqn), t, std::move(offsets), std::move(global)});
+    tensors.push_back(
+      {std::move(fqn), t, std::move(offsets), std::move(global)});
   }
 };
 
@@ -149,7 +150,8 @@ save_setup make_setup(const std::vector<rank_values>& ranks) {
 }
 
 /// Runs the whole save protocol for all ranks in this process.
-caf::error save_all(const std::string& dir, const filesystem_writer_options& opts,
+caf::error save_all(const std::string& dir,
+                    const filesystem_writer_options& opts,
                     const std::vector<rank_values>& ranks,
                     std::vector<storage_writer_ptr>* writers_out = nullptr) {
   auto s = make_setup(ranks);
@@ -225,8 +227,9 @@ void add_destinations(const metadata& md, map_target& target) {
   }
 }
 
-caf::error load_all(const std::string& dir, const filesystem_reader_options& opts,
-                    map_target& target, metadata* md_out = nullptr) {
+caf::error load_all(const std::string& dir,
+                    const filesystem_reader_options& opts, map_target& target,
+                    metadata* md_out = nullptr) {
   auto reader = make_filesystem_reader(dir, opts);
   auto md = reader->read_metadata();
   if (!md)
@@ -314,8 +317,8 @@ std::vector<rank_values> two_ranks() {
   r0.plain("u8", at::arange(0, 200, 9, at::kByte));
   r0.plain("bool", at::arange(5).remainder(2).eq(0));
   r0.plain("c64", at::complex(at::arange(3, at::kFloat), at::ones({3})));
-  r0.plain("c128", at::complex(at::arange(2, at::kDouble),
-                               at::ones({2}, at::kDouble)));
+  r0.plain("c128",
+           at::complex(at::arange(2, at::kDouble), at::ones({2}, at::kDouble)));
   r0.plain("big", at::randn({512, 1024}, at::kFloat)); // 2 MiB
   r0.plain("empty", at::zeros({0, 4}, at::kFloat));
   r0.blobs.emplace_back("epoch", "epoch-bytes");
@@ -418,8 +421,7 @@ TEST_CASE("per-item layout numbers files in plan order, bytes and tensors",
     CHECK(info.offset == 0);
 }
 
-TEST_CASE("single file per rank: bytes first, then tensors",
-          "[filesystem]") {
+TEST_CASE("single file per rank: bytes first, then tensors", "[filesystem]") {
   temp_dir tmp;
   auto dir = tmp / "ckpt";
   FS_REQUIRE(save_all(dir, {}, two_ranks()));
@@ -506,8 +508,7 @@ TEST_CASE("abort after the commit keeps the checkpoint", "[filesystem]") {
   check_two_ranks(target);
 }
 
-TEST_CASE("finish refuses a checkpoint with unwritten chunks",
-          "[filesystem]") {
+TEST_CASE("finish refuses a checkpoint with unwritten chunks", "[filesystem]") {
   temp_dir tmp;
   auto dir = tmp / "ckpt";
   auto s = make_setup(two_ranks());
@@ -608,7 +609,8 @@ TEST_CASE("reader split keeps reads of one item together", "[filesystem]") {
   std::vector<caf::error> errs(parts.size());
   std::vector<std::thread> threads;
   for (size_t i = 0; i < parts.size(); ++i)
-    threads.emplace_back([&, i] { errs[i] = reader->read_data(parts[i], target); });
+    threads.emplace_back(
+      [&, i] { errs[i] = reader->read_data(parts[i], target); });
   for (auto& t : threads)
     t.join();
   for (const auto& e : errs)
@@ -619,8 +621,8 @@ TEST_CASE("reader split keeps reads of one item together", "[filesystem]") {
 
 TEST_CASE("every fixture checkpoint loads through the reader",
           "[filesystem][fixtures]") {
-  for (auto ckpt : {"ckpt_113_per_item", "ckpt_113_per_rank", "ckpt_cpp_written",
-                    "ckpt_cpp_written_v2meta"})
+  for (auto ckpt : {"ckpt_113_per_item", "ckpt_113_per_rank",
+                    "ckpt_cpp_written", "ckpt_cpp_written_v2meta"})
     for (size_t threads : {size_t{1}, size_t{2}}) {
       INFO(ckpt << " threads " << threads);
       map_target target;
@@ -630,20 +632,23 @@ TEST_CASE("every fixture checkpoint loads through the reader",
       auto dir = fixture(ckpt);
       FS_REQUIRE(load_all(dir, opts, target, &md));
       bool cpp = std::string{ckpt}.find("cpp") != std::string::npos;
-      CHECK(key(target, "f32", 2).equal(at::arange(6, at::kFloat).reshape({2, 3})));
-      CHECK(key(target, "bf16", 1).equal(
-        at::tensor(std::vector<float>{1.5f, -2.f, 3.25f, 0.5f}).to(at::kBFloat16)));
-      CHECK(key(target, "i64", 1).equal(
-        at::tensor(std::vector<int64_t>{7, -1, int64_t{1} << 40})));
+      CHECK(
+        key(target, "f32", 2).equal(at::arange(6, at::kFloat).reshape({2, 3})));
+      CHECK(key(target, "bf16", 1)
+              .equal(at::tensor(std::vector<float>{1.5f, -2.f, 3.25f, 0.5f})
+                       .to(at::kBFloat16)));
+      CHECK(
+        key(target, "i64", 1)
+          .equal(at::tensor(std::vector<int64_t>{7, -1, int64_t{1} << 40})));
       CHECK(key(target, "f64_scalar", 0).item<double>() == 3.5);
-      CHECK(key(target, "f32_t", 2).equal(
-        at::arange(12, at::kFloat).reshape({3, 4}).t()));
+      CHECK(key(target, "f32_t", 2)
+              .equal(at::arange(12, at::kFloat).reshape({3, 4}).t()));
       auto st = key(target, "st", 2);
       if (cpp) {
         auto f = at::arange(6, at::kFloat).reshape({2, 3});
         CHECK(st.equal(at::cat({f, f})));
-        CHECK(key(target, "view", 1).equal(
-          at::tensor(std::vector<float>{2.f, 3.f, 4.f})));
+        CHECK(key(target, "view", 1)
+                .equal(at::tensor(std::vector<float>{2.f, 3.f, 4.f})));
       } else {
         CHECK(st.equal(at::arange(12, at::kFloat).reshape({4, 3}) + 0.5));
       }
@@ -698,8 +703,9 @@ TEST_CASE("PyTorch DCP 1.13 loads checkpoints dcpp wrote",
   std::vector<rank_values> ranks(2);
   auto& r0 = ranks[0];
   r0.plain("f32", at::arange(6, at::kFloat).reshape({2, 3}));
-  r0.plain("bf16", at::tensor(std::vector<float>{1.5f, -2.f, 3.25f, 0.5f})
-                     .to(at::kBFloat16));
+  r0.plain(
+    "bf16",
+    at::tensor(std::vector<float>{1.5f, -2.f, 3.25f, 0.5f}).to(at::kBFloat16));
   r0.plain("i64", at::tensor(std::vector<int64_t>{7, -1, int64_t{1} << 40}));
   r0.plain("f64_scalar", at::scalar_tensor(3.5, at::kDouble));
   r0.plain("f32_t", at::arange(12, at::kFloat).reshape({3, 4}).t());
@@ -755,7 +761,8 @@ TEST_CASE("bad inputs fail with named errors", "[filesystem][errors]") {
   SECTION(".metadata beyond 1 GiB") {
     auto dir = tmp / "ckpt";
     FS_REQUIRE(save_all(dir, {}, two_ranks()));
-    REQUIRE(::truncate((dir + "/.metadata").c_str(), (off_t{1} << 30) + 1) == 0);
+    REQUIRE(::truncate((dir + "/.metadata").c_str(), (off_t{1} << 30) + 1)
+            == 0);
     auto md = make_filesystem_reader(dir)->read_metadata();
     REQUIRE(!md);
     CHECK(code_of(md.error()) == errc::too_large);
@@ -883,7 +890,9 @@ TEST_CASE("short writes are continued, buffered and O_DIRECT",
   // its bytes (an unaligned count on O_DIRECT files, which must then go on
   // buffered). Every K up to the last write of the save, on both ranks.
   struct clear_rules {
-    ~clear_rules() { fault::clear(); }
+    ~clear_rules() {
+      fault::clear();
+    }
   } guard;
   for (bool direct : {false, true})
     for (int k = 1;; ++k) {
@@ -942,9 +951,9 @@ int loaded_version(const std::string& dir) {
   bool same = key(t, "w", 2).equal(ranks[0].tensors[0].tensor)
               && key(t, "i", 1).equal(ranks[0].tensors[1].tensor)
               && t.blobs.at("extra") == "extra-" + std::to_string(version)
-              && key(t, "st", 2).equal(
-                at::arange(12, at::kFloat).reshape({4, 3})
-                + 1000 * static_cast<double>(version));
+              && key(t, "st", 2)
+                   .equal(at::arange(12, at::kFloat).reshape({4, 3})
+                          + 1000 * static_cast<double>(version));
   return same ? version : -1;
 }
 
@@ -1012,9 +1021,9 @@ void save_until(const std::string& dir, const std::vector<rank_values>& ranks,
   write_file(dir + "/.metadata.tmp", encode_metadata(out, opts.flavor));
   if (stop == crash_point::after_metadata_tmp)
     return;
-  REQUIRE(::rename((dir + "/.metadata.tmp").c_str(),
-                   (dir + "/.metadata").c_str())
-          == 0);
+  REQUIRE(
+    ::rename((dir + "/.metadata.tmp").c_str(), (dir + "/.metadata").c_str())
+    == 0);
 }
 
 } // namespace

@@ -21,8 +21,7 @@ TEST_CASE("nested state dicts flatten to dotted keys", "[state_dict]") {
   state_dict sd;
   sd.set("step", bytes_value::from_int(7));
   sd.nested("model").set("weight", arange_f32(4));
-  sd.nested("optim").nested("state").nested("0").set("exp_avg",
-                                                      arange_f32(2));
+  sd.nested("optim").nested("state").nested("0").set("exp_avg", arange_f32(2));
   auto flat = flatten(sd);
   REQUIRE(flat);
   REQUIRE(flat->items.size() == 3);
@@ -112,8 +111,7 @@ TEST_CASE("bad values get errors naming the key", "[state_dict]") {
   }
 }
 
-TEST_CASE("bytes values round-trip ints, floats and strings",
-          "[state_dict]") {
+TEST_CASE("bytes values round-trip ints, floats and strings", "[state_dict]") {
   CHECK(bytes_value::from_int(3).to_int() == 3);
   CHECK(bytes_value::from_int(int64_t{1} << 40).to_int() == int64_t{1} << 40);
   CHECK(bytes_value::from_int(-5).to_int() == -5);

@@ -70,7 +70,8 @@ std::map<std::string, at::Tensor> reference_tensors() {
   d["n70000"] = at::ones({70000}, at::kChar);
   d["empty"] = at::zeros({0, 3}, at::kFloat);
   d["col"] = at::zeros({3, 1}, at::kFloat);
-  d["perm3d"] = at::arange(24, at::kFloat).reshape({2, 3, 4}).permute({2, 0, 1});
+  d["perm3d"]
+    = at::arange(24, at::kFloat).reshape({2, 3, 4}).permute({2, 0, 1});
   return d;
 }
 
@@ -138,14 +139,15 @@ fixture_items(const std::string& dir) {
   for (const auto& [idx, info] : md->storage_data) {
     auto file = read_file(dir + "/" + info.relative_path);
     REQUIRE(info.offset + info.length <= file.size());
-    out.emplace(idx, std::make_pair(file.substr(info.offset, info.length),
-                                    info));
+    out.emplace(idx,
+                std::make_pair(file.substr(info.offset, info.length), info));
   }
   return out;
 }
 
 /// What the fixture README says each key holds.
-at::Tensor expected_fixture(const std::string& ckpt, const metadata_index& idx) {
+at::Tensor expected_fixture(const std::string& ckpt,
+                            const metadata_index& idx) {
   const auto& fqn = idx.fqn;
   if (fqn == "f32")
     return at::arange(6, at::kFloat).reshape({2, 3});
@@ -194,8 +196,8 @@ TEST_CASE("crc32 matches the bitwise reference", "[tensor_codec]") {
 
 TEST_CASE("every tensor item of every fixture checkpoint decodes",
           "[tensor_codec][fixtures]") {
-  for (auto ckpt : {"ckpt_113_per_item", "ckpt_113_per_rank", "ckpt_cpp_written",
-                    "ckpt_cpp_written_v2meta"}) {
+  for (auto ckpt : {"ckpt_113_per_item", "ckpt_113_per_rank",
+                    "ckpt_cpp_written", "ckpt_cpp_written_v2meta"}) {
     auto dir = fixture(ckpt);
     auto md = decode_metadata(read_file(dir + "/.metadata"));
     FS_REQUIRE(md);
@@ -228,8 +230,8 @@ TEST_CASE("every tensor item of every fixture checkpoint decodes",
       FS_REQUIRE(file_reader);
       auto dest = at::empty(expected.sizes(), expected.options());
       shape_t zeros(static_cast<size_t>(dest.dim()), 0);
-      FS_REQUIRE(file_reader->read_into({chunk_copy{zeros, dest.sizes().vec(),
-                                                  dest}}));
+      FS_REQUIRE(
+        file_reader->read_into({chunk_copy{zeros, dest.sizes().vec(), dest}}));
       CHECK(same_bits(dest, expected));
       ::close(fd);
     }
@@ -431,9 +433,8 @@ TEST_CASE("sub-boxes: leading-dim slices, inner boxes, several at once",
       // Overlapping destinations of the same source rows.
       auto a = at::zeros({3, 5, 4}, at::kInt);
       auto b = at::zeros({3, 5, 4}, at::kInt);
-      FS_REQUIRE(r->read_into({{{0, 0, 0}, {3, 5, 4}, a},
-                             {{1, 0, 0}, {3, 5, 4}, b}},
-                            checksum));
+      FS_REQUIRE(r->read_into(
+        {{{0, 0, 0}, {3, 5, 4}, a}, {{1, 0, 0}, {3, 5, 4}, b}}, checksum));
       CHECK(a.equal(t.narrow(0, 0, 3)));
       CHECK(b.equal(t.narrow(0, 1, 3)));
     }
@@ -482,7 +483,8 @@ TEST_CASE("items in a file: large ones, odd offsets, checksums",
     FS_REQUIRE(sink.flush());
     CHECK(sink.position() == static_cast<uint64_t>(::lseek(fd, 0, SEEK_END)));
   }
-  auto bytes = read_item_bytes({fd, path, 3, 17}, item_checksum("opaque bytes item"));
+  auto bytes = read_item_bytes({fd, path, 3, 17},
+                               item_checksum("opaque bytes item"));
   FS_REQUIRE(bytes);
   CHECK(*bytes == "opaque bytes item");
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -617,8 +619,8 @@ TEST_CASE("a record of 4 GiB and more uses Zip64 like libtorch",
           "[.][tensor_codec][zip64]") {
   // 4 GiB + 100 bytes of zeros from untouched anonymous memory.
   size_t big = (size_t{1} << 32) + 100;
-  void* p = ::mmap(nullptr, big, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  void* p = ::mmap(nullptr, big, PROT_READ,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   REQUIRE(p != MAP_FAILED);
   auto t = at::from_blob(p, {static_cast<int64_t>(big)}, at::kByte);
   /// Keeps everything but the bulk data.

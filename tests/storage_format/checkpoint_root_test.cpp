@@ -86,11 +86,11 @@ TEST_CASE("step names parse with any number of digits", "[checkpoint_root]") {
   CHECK(parse_step_name("step_0") == 0u);
   CHECK(parse_step_name("step_00000000000000000000000000042") == 42u);
   CHECK(parse_step_name("step_18446744073709551615") == UINT64_MAX);
-  for (const char* bad : {"step_", "step_abc", "step_12a", "step_-1",
-                          "step_+1", "step_ 1", "Step_1", "step-1", "step1",
-                          ".trash-step_000000001", "step_1/", "step_0x10",
-                          "step_18446744073709551616",
-                          "step_99999999999999999999", ""}) {
+  for (const char* bad :
+       {"step_", "step_abc", "step_12a", "step_-1", "step_+1", "step_ 1",
+        "Step_1", "step-1", "step1", ".trash-step_000000001", "step_1/",
+        "step_0x10", "step_18446744073709551616", "step_99999999999999999999",
+        ""}) {
     INFO(bad);
     CHECK(!parse_step_name(bad));
   }
@@ -121,7 +121,7 @@ TEST_CASE("committed steps ignore garbage, files, links and saves in flight",
           "[checkpoint_root]") {
   root_fixture f;
   f.add_step(300, true);
-  f.add_step("step_99", true);           // fewer digits: still step 99
+  f.add_step("step_99", true);            // fewer digits: still step 99
   f.add_step("step_0000000000100", true); // more digits: step 100
   f.add_step(400, false);                 // in flight
   f.add_step("step_abc", true);
@@ -197,8 +197,7 @@ TEST_CASE("prune refuses to keep nothing", "[checkpoint_root]") {
   CHECK(f.exists(step_name(1)));
 }
 
-TEST_CASE("prune keeps the newest K and saves in flight",
-          "[checkpoint_root]") {
+TEST_CASE("prune keeps the newest K and saves in flight", "[checkpoint_root]") {
   root_fixture f;
   for (uint64_t step : {100, 200, 300, 400, 500})
     f.add_step(step, true);

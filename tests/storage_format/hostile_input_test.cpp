@@ -2,10 +2,9 @@
 // (or, for harmless mutations, a value), never a crash, a hang or a huge
 // allocation. Run under DCPP_SANITIZE=ON for the full effect.
 
+#include "core/error.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/pickle.hpp"
-
-#include "core/error.hpp"
 #include "tests/storage_format/test_data.hpp"
 
 #include <catch2/catch.hpp>
@@ -134,19 +133,24 @@ TEST_CASE("deep nesting is refused before it can hurt", "[pickle][hostile]") {
           .find("nesting deeper than 256")
         != std::string::npos);
   // 100k lists appended into each other, innermost first.
-  CHECK(pickle_error("\x80\x02" + repeat("]", 100000) + repeat("a", 99999)
-                     + ".")
-          .find("nesting deeper")
-        != std::string::npos);
+  CHECK(
+    pickle_error("\x80\x02" + repeat("]", 100000) + repeat("a", 99999) + ".")
+      .find("nesting deeper")
+    != std::string::npos);
   // Nested lists built outside-in through the memo: the second APPEND
   // would mutate a list that already sits inside another one.
-  CHECK(pickle_error("\x80\x02]]q\x00" "ah\x00]a."s)
+  CHECK(pickle_error("\x80\x02]]q\x00"
+                     "ah\x00]a."s)
           .find("already inside")
         != std::string::npos);
   // Cycles: a list appended to itself, an object that is its own state.
-  CHECK(pickle_error("\x80\x02]q\x00h\x00" "a."s).find("itself")
+  CHECK(pickle_error("\x80\x02]q\x00h\x00"
+                     "a."s)
+          .find("itself")
         != std::string::npos);
-  CHECK(pickle_error("\x80\x02\x63m\nC\n)\x81q\x00h\x00" "b."s).find("itself")
+  CHECK(pickle_error("\x80\x02\x63m\nC\n)\x81q\x00h\x00"
+                     "b."s)
+          .find("itself")
         != std::string::npos);
   // Exactly at the limit is fine.
   pickle::read_limits limits;
@@ -158,18 +162,32 @@ TEST_CASE("deep nesting is refused before it can hurt", "[pickle][hostile]") {
 TEST_CASE("huge declared lengths fail without allocating",
           "[pickle][hostile]") {
   for (auto bytes : {
-         "\x80\x02X\xff\xff\xff\xff" "abc."s,
-         "\x80\x02\x8c\xff" "abc."s,
-         "\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff" "abc."s,
-         "\x80\x04\x8e\x00\x00\x00\x00\x00\x00\x00\x80" "abc."s,
-         "\x80\x05\x96\xff\xff\xff\xff\xff\xff\xff\x7f" "abc."s,
-         "\x80\x03" "B\xff\xff\xff\x7f" "abc."s,
-         "\x80\x03" "C\x10" "abc."s,
-         "\x80\x02T\xff\xff\xff\x7f" "abc."s,
-         "\x80\x02U\x09" "abc."s,
-         "\x80\x02\x8a\xff" "abc."s,
-         "\x80\x02\x8b\xff\xff\xff\x7f" "abc."s,
-         "\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\xff" "N."s,
+         "\x80\x02X\xff\xff\xff\xff"
+         "abc."s,
+         "\x80\x02\x8c\xff"
+         "abc."s,
+         "\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff"
+         "abc."s,
+         "\x80\x04\x8e\x00\x00\x00\x00\x00\x00\x00\x80"
+         "abc."s,
+         "\x80\x05\x96\xff\xff\xff\xff\xff\xff\xff\x7f"
+         "abc."s,
+         "\x80\x03"
+         "B\xff\xff\xff\x7f"
+         "abc."s,
+         "\x80\x03"
+         "C\x10"
+         "abc."s,
+         "\x80\x02T\xff\xff\xff\x7f"
+         "abc."s,
+         "\x80\x02U\x09"
+         "abc."s,
+         "\x80\x02\x8a\xff"
+         "abc."s,
+         "\x80\x02\x8b\xff\xff\xff\x7f"
+         "abc."s,
+         "\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\xff"
+         "N."s,
        }) {
     INFO("input of " << bytes.size() << " bytes");
     CHECK(pickle_error(bytes).find("exceeds") != std::string::npos);
@@ -193,26 +211,28 @@ TEST_CASE("memo misuse is an error", "[pickle][hostile]") {
 
 TEST_CASE("structural misuse is an error", "[pickle][hostile]") {
   for (auto bytes : {
-         "\x80\x02."s,                    // STOP on an empty stack
-         "\x80\x02t."s,                   // TUPLE without MARK
-         "\x80\x02(K\x01."s,              // STOP with an open MARK
-         "\x80\x02)K\x01" "a."s,          // APPEND to a tuple
-         "\x80\x02]K\x01K\x02s."s,        // SETITEM on a list
-         "\x80\x02}(K\x01u."s,            // odd SETITEMS
-         "\x80\x02(K\x01" "d."s,          // odd DICT
-         "\x80\x02K\x01)R."s,             // REDUCE on an int
-         "\x80\x02\x63m\nf\nK\x01R."s,    // REDUCE with non-tuple args
-         "\x80\x02K\x01}b."s,             // BUILD on an int
-         "\x80\x02\x63m\nC\n)\x81}b}b."s, // BUILD twice
-         "\x80\x04K\x01K\x02\x93."s,      // STACK_GLOBAL of ints
-         "\x80\x02\x63m\nC\n)K\x01\x92."s,  // NEWOBJ_EX, kwargs not a dict
-         "\x80\x04]\x94(K\x01\x90."s,     // ADDITEMS to a list
-         "\x80\x02\x63m\n\n."s,           // empty global name
-         "\x80\x02\x63mod"s,              // unterminated GLOBAL
+         "\x80\x02."s,       // STOP on an empty stack
+         "\x80\x02t."s,      // TUPLE without MARK
+         "\x80\x02(K\x01."s, // STOP with an open MARK
+         "\x80\x02)K\x01"
+         "a."s,                    // APPEND to a tuple
+         "\x80\x02]K\x01K\x02s."s, // SETITEM on a list
+         "\x80\x02}(K\x01u."s,     // odd SETITEMS
+         "\x80\x02(K\x01"
+         "d."s,                              // odd DICT
+         "\x80\x02K\x01)R."s,                // REDUCE on an int
+         "\x80\x02\x63m\nf\nK\x01R."s,       // REDUCE with non-tuple args
+         "\x80\x02K\x01}b."s,                // BUILD on an int
+         "\x80\x02\x63m\nC\n)\x81}b}b."s,    // BUILD twice
+         "\x80\x04K\x01K\x02\x93."s,         // STACK_GLOBAL of ints
+         "\x80\x02\x63m\nC\n)K\x01\x92."s,   // NEWOBJ_EX, kwargs not a dict
+         "\x80\x04]\x94(K\x01\x90."s,        // ADDITEMS to a list
+         "\x80\x02\x63m\n\n."s,              // empty global name
+         "\x80\x02\x63mod"s,                 // unterminated GLOBAL
          "\x80\x02X\x02\x00\x00\x00\xc3(."s, // invalid UTF-8
-         "\x80\x02(K\x01\x31\x31."s,      // POP_MARK without MARK
-         "\x80\x02\x30."s,                // POP on an empty stack
-         "\x80\x02(K\x01(t\x85."s,        // TUPLE1 reaching below a MARK
+         "\x80\x02(K\x01\x31\x31."s,         // POP_MARK without MARK
+         "\x80\x02\x30."s,                   // POP on an empty stack
+         "\x80\x02(K\x01(t\x85."s,           // TUPLE1 reaching below a MARK
        }) {
     INFO("input " << Catch::Detail::stringify(bytes));
     pickle_error(bytes);
@@ -234,10 +254,10 @@ TEST_CASE("unknown globals are refused by the metadata decoder",
   auto hidden = make_newobj(
     make_global("torch.distributed.checkpoint.metadata", "Metadata"),
     make_tuple({}),
-    make_dict({{make_string("state_dict_metadata"), make_dict({})},
-               {make_string("unused"),
-                make_reduce(make_global("subprocess", "Popen"),
-                            make_tuple({make_string("sh")}))}}));
+    make_dict(
+      {{make_string("state_dict_metadata"), make_dict({})},
+       {make_string("unused"), make_reduce(make_global("subprocess", "Popen"),
+                                           make_tuple({make_string("sh")}))}}));
   result = decode_metadata(write(*hidden));
   REQUIRE(!result);
   CHECK(context_of(result.error()).find("subprocess.Popen")

@@ -151,13 +151,11 @@ metadata expected_generated_v2() {
     {"model.w",
      tensor(dtype::float32, {8, 4}, {{{0, 0}, {4, 4}}, {{4, 0}, {4, 4}}})},
     {"opt.state.0.step", item_metadata::bytes()},
-    {"big",
-     tensor(dtype::bfloat16, {3000000000}, {{{0}, {3000000000}}})},
+    {"big", tensor(dtype::bfloat16, {3000000000}, {{{0}, {3000000000}}})},
   };
   md.storage_data = {
     {metadata_index{"model.w", {0, 0}, 0}, at("__0_0.distcp", 0, 747)},
-    {metadata_index{"model.w", {4, 0}, 1},
-     at("__1_0.distcp", 5000000000, 747)},
+    {metadata_index{"model.w", {4, 0}, 1}, at("__1_0.distcp", 5000000000, 747)},
     {metadata_index{"opt.state.0.step"}, at("__0_0.distcp", 747, 431)},
     {metadata_index{"big", {0}, 0}, at("__0_1.distcp", 0, 6000000000)},
   };
@@ -292,8 +290,7 @@ TEST_CASE("torch 2 style pickles decode at protocols 2, 4 and 5",
   auto expected = expected_generated_v2();
   for (int proto : {2, 4, 5}) {
     INFO("protocol " << proto);
-    auto md = decode_file("pickle/md_v2_p" + std::to_string(proto)
-                          + ".pickle");
+    auto md = decode_file("pickle/md_v2_p" + std::to_string(proto) + ".pickle");
     CHECK(md == expected);
     check_hints(md, hints_of(expected));
   }
@@ -383,8 +380,7 @@ TEST_CASE("each flavor names its own classes", "[metadata]") {
   md.version.clear();
   md.checkpoint_id.clear();
   auto v2_defaults = encode_metadata(md, metadata_flavor::torch_2);
-  CHECK(v2_defaults.find(text("version") + text("1.0.0"))
-        != std::string::npos);
+  CHECK(v2_defaults.find(text("version") + text("1.0.0")) != std::string::npos);
   CHECK(v2_defaults.find(text("checkpoint_id") + "N") != std::string::npos);
   // checksum appears only where one is set: two of five entries.
   size_t count = 0;
@@ -454,8 +450,7 @@ TEST_CASE("wrong types are errors that name the field", "[metadata]") {
          {"memory_format", "unknown enum value 3"});
   // A chunk whose rank differs from the tensor's.
   expect(text("offsets") + "ctorch\nSize\nK\x00K\x00\x86"s,
-         text("offsets") + "ctorch\nSize\nK\x00\x85"s,
-         {"chunks[0]", "rank"});
+         text("offsets") + "ctorch\nSize\nK\x00\x85"s, {"chunks[0]", "rank"});
 }
 
 namespace {
@@ -467,8 +462,7 @@ using namespace pickle;
 std::string with_properties(value_ptr props) {
   const char* md = "torch.distributed.checkpoint.metadata";
   auto dataclass = [&](const char* name, value_ptr state) {
-    return make_newobj(make_global(md, name), make_tuple({}),
-                       std::move(state));
+    return make_newobj(make_global(md, name), make_tuple({}), std::move(state));
   };
   auto size = [](std::vector<int64_t> dims) {
     std::vector<value_ptr> xs;
@@ -480,19 +474,18 @@ std::string with_properties(value_ptr props) {
   auto chunk = dataclass("ChunkStorageMetadata",
                          make_dict({{make_string("offsets"), size({0})},
                                     {make_string("sizes"), size({4})}}));
-  auto item = dataclass(
-    "TensorStorageMetadata",
-    make_dict({{make_string("properties"), std::move(props)},
-               {make_string("size"), size({4})},
-               {make_string("chunks"), make_list({chunk})}}));
+  auto item = dataclass("TensorStorageMetadata",
+                        make_dict(
+                          {{make_string("properties"), std::move(props)},
+                           {make_string("size"), size({4})},
+                           {make_string("chunks"), make_list({chunk})}}));
   // BytesStorageMetadata without BUILD, as Python writes it.
   auto bytes_item = make_newobj(make_global(md, "BytesStorageMetadata"),
                                 make_tuple({}));
   auto root = dataclass(
-    "Metadata",
-    make_dict({{make_string("state_dict_metadata"),
-                make_dict({{make_string("w"), item},
-                           {make_string("b"), bytes_item}})}}));
+    "Metadata", make_dict({{make_string("state_dict_metadata"),
+                            make_dict({{make_string("w"), item},
+                                       {make_string("b"), bytes_item}})}}));
   return write(*root);
 }
 
@@ -521,9 +514,9 @@ value_ptr get_layout(const char* name) {
 TEST_CASE("TensorProperties in all its spellings", "[metadata]") {
   SECTION("5-tuple state, old module, enum by name, _get_layout") {
     auto md = decode_ok(with_properties(properties(
-      make_tuple({make_global("torch", "float64"),
-                  get_layout("torch.strided"), make_bool(true),
-                  enum_by_name("TORCH_PRESERVE_FORMAT"), make_bool(false)}),
+      make_tuple({make_global("torch", "float64"), get_layout("torch.strided"),
+                  make_bool(true), enum_by_name("TORCH_PRESERVE_FORMAT"),
+                  make_bool(false)}),
       "torch.distributed._shard.sharded_tensor.metadata")));
     const auto& props = md.state_dict_metadata.at("w").tensor.properties;
     CHECK(props.type == dtype::float64);
@@ -533,9 +526,9 @@ TEST_CASE("TensorProperties in all its spellings", "[metadata]") {
     CHECK(md.state_dict_metadata.at("b").kind == item_kind::bytes);
   }
   SECTION("dict state with defaults") {
-    auto md = decode_ok(with_properties(properties(make_dict(
-      {{make_string("dtype"), make_global("torch", "bool")},
-       {make_string("pin_memory"), make_bool(true)}}))));
+    auto md = decode_ok(with_properties(properties(
+      make_dict({{make_string("dtype"), make_global("torch", "bool")},
+                 {make_string("pin_memory"), make_bool(true)}}))));
     const auto& props = md.state_dict_metadata.at("w").tensor.properties;
     CHECK(props.type == dtype::boolean);
     CHECK(props.pin_memory);
@@ -548,27 +541,29 @@ TEST_CASE("TensorProperties in all its spellings", "[metadata]") {
                          make_global("torch", "strided"), make_bool(false),
                          std::move(fmt), make_bool(false)});
     };
-    CHECK(decode_error(with_properties(properties(make_tuple(
-            {make_global("torch", "float32"), make_global("torch", "strided"),
-             make_bool(false), enum_by_name("TORCH_CONTIGUOUS_FORMAT")}))))
+    CHECK(decode_error(
+            with_properties(properties(make_tuple(
+              {make_global("torch", "float32"), make_global("torch", "strided"),
+               make_bool(false), enum_by_name("TORCH_CONTIGUOUS_FORMAT")}))))
             .find("5-tuple")
           != std::string::npos);
-    CHECK(decode_error(
-            with_properties(properties(ok_state(enum_by_name("NOPE")))))
-            .find("NOPE")
-          != std::string::npos);
+    CHECK(
+      decode_error(with_properties(properties(ok_state(enum_by_name("NOPE")))))
+        .find("NOPE")
+      != std::string::npos);
     CHECK(decode_error(with_properties(properties(ok_state(make_int(0)))))
             .find("memory_format")
           != std::string::npos);
-    CHECK(decode_error(with_properties(properties(make_tuple(
-            {make_global("torch", "float32"), get_layout("torch.wavy"),
-             make_bool(false), enum_by_name("TORCH_CONTIGUOUS_FORMAT"),
-             make_bool(false)}))))
-            .find("torch.wavy")
-          != std::string::npos);
-    CHECK(decode_error(with_properties(properties(make_none())))
-            .find("properties")
-          != std::string::npos);
+    CHECK(
+      decode_error(with_properties(properties(make_tuple(
+                     {make_global("torch", "float32"), get_layout("torch.wavy"),
+                      make_bool(false), enum_by_name("TORCH_CONTIGUOUS_FORMAT"),
+                      make_bool(false)}))))
+        .find("torch.wavy")
+      != std::string::npos);
+    CHECK(
+      decode_error(with_properties(properties(make_none()))).find("properties")
+      != std::string::npos);
     CHECK(decode_error(with_properties(make_int(3))).find("TensorProperties")
           != std::string::npos);
   }

@@ -155,26 +155,25 @@ TEST_CASE("ints are written as CPython's protocol-2 pickler writes them",
   }
 }
 
-TEST_CASE("the writer emits the protocol-2 opcodes of the recipe",
-          "[pickle]") {
+TEST_CASE("the writer emits the protocol-2 opcodes of the recipe", "[pickle]") {
   using namespace pickle;
   CHECK(write(*make_float(1.5)) == "\x80\x02G?\xf8\x00\x00\x00\x00\x00\x00."s);
   CHECK(write(*make_tuple({})) == "\x80\x02)."s);
-  CHECK(write(*make_tuple({make_int(1), make_int(2), make_int(3),
-                           make_int(4)}))
+  CHECK(write(*make_tuple({make_int(1), make_int(2), make_int(3), make_int(4)}))
         == "\x80\x02(K\x01K\x02K\x03K\x04t."s);
   CHECK(write(*make_tuple({make_int(1)})) == "\x80\x02K\x01\x85."s);
   CHECK(write(*make_list({})) == "\x80\x02]."s);
   CHECK(write(*make_list({make_none()})) == "\x80\x02](Ne."s);
   CHECK(write(*make_dict({})) == "\x80\x02}."s);
   CHECK(write(*make_dict({{make_string("a"), make_bool(true)}}))
-        == "\x80\x02}(X\x01\x00\x00\x00" "a\x88u."s);
-  CHECK(write(*make_newobj(make_global("m", "C"), make_tuple({}),
-                           make_dict({})))
-        == "\x80\x02\x63m\nC\n)\x81}b."s);
-  CHECK(write(*make_reduce(make_global("m", "f"),
-                           make_tuple({make_bool(false)})))
-        == "\x80\x02\x63m\nf\n\x89\x85R."s);
+        == "\x80\x02}(X\x01\x00\x00\x00"
+           "a\x88u."s);
+  CHECK(
+    write(*make_newobj(make_global("m", "C"), make_tuple({}), make_dict({})))
+    == "\x80\x02\x63m\nC\n)\x81}b."s);
+  CHECK(
+    write(*make_reduce(make_global("m", "f"), make_tuple({make_bool(false)})))
+    == "\x80\x02\x63m\nf\n\x89\x85R."s);
   CHECK(write(*make_persid(make_string("k")))
         == "\x80\x02X\x01\x00\x00\x00kQ."s);
 }
@@ -248,14 +247,13 @@ TEST_CASE("LONG1 and LONG4 accept exactly the int64 range", "[pickle]") {
   CHECK(read_ok(long1("\xff\xff\xff\xff\xff\xff\xff\x7f\x00"s))->i
         == INT64_MAX);
   // 2^63 and -2^63 - 1 do not fit.
-  CHECK(read_error(long1("\x00\x00\x00\x00\x00\x00\x00\x80\x00"s))
-          .find("64 bits")
-        != std::string::npos);
-  CHECK(read_error(long1("\xff\xff\xff\xff\xff\xff\xff\x7f\xff"s))
-          .find("64 bits")
-        != std::string::npos);
-  CHECK(read_error(long1("\x00\x00\x00\x00\x00\x00\x00\x00\x01"s))
-          .find("LONG1")
+  CHECK(
+    read_error(long1("\x00\x00\x00\x00\x00\x00\x00\x80\x00"s)).find("64 bits")
+    != std::string::npos);
+  CHECK(
+    read_error(long1("\xff\xff\xff\xff\xff\xff\xff\x7f\xff"s)).find("64 bits")
+    != std::string::npos);
+  CHECK(read_error(long1("\x00\x00\x00\x00\x00\x00\x00\x00\x01"s)).find("LONG1")
         != std::string::npos);
   // LONG4: explicit 4-byte length.
   CHECK(read_ok("\x80\x02\x8b\x02\x00\x00\x00\x01\x01."s)->i == 257);
@@ -305,8 +303,12 @@ TEST_CASE("errors name the opcode and its offset", "[pickle]") {
 TEST_CASE("text opcodes and framing of every protocol are handled",
           "[pickle]") {
   // Protocol 0/1 spelling: MARK ... LIST/DICT/TUPLE, GLOBAL, POP, POP_MARK.
-  auto root = read_ok("((K\x01K\x02l(X\x01\x00\x00\x00" "aK\x03" "d"
-                      "(K\x05K\x06" "1" "cmod\nname\nN0t."s);
+  auto root = read_ok("((K\x01K\x02l(X\x01\x00\x00\x00"
+                      "aK\x03"
+                      "d"
+                      "(K\x05K\x06"
+                      "1"
+                      "cmod\nname\nN0t."s);
   REQUIRE(root->is(kind::tuple));
   REQUIRE(root->items.size() == 3);
   CHECK(root->items[0]->items.size() == 2);

@@ -3,13 +3,14 @@
 // scripts/interop/check_metadata_with_torch.py). When that interpreter or torch
 // is missing, each test reports SKIP with the reason (tests/support/skip.hpp).
 
-#include "storage/metadata_codec.hpp"
-
 #include "core/error.hpp"
+#include "storage/metadata_codec.hpp"
 #include "tests/storage_format/test_data.hpp"
 #include "tests/support/skip.hpp"
 
 #include <catch2/catch.hpp>
+
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -17,7 +18,6 @@
 #include <filesystem>
 #include <sstream>
 #include <string>
-#include <sys/wait.h>
 #include <vector>
 
 using namespace dcpp;
@@ -89,21 +89,20 @@ std::string dump(const metadata& md) {
         chunks += ";";
       chunks += to_string(c.offsets) + "/" + to_string(c.sizes);
     }
-    lines.push_back("item " + fqn + " tensor " + to_string(p.type)
-                    + " size=" + to_string(t.size)
-                    + " rg=" + std::to_string(p.requires_grad)
-                    + " pin=" + std::to_string(p.pin_memory)
-                    + " fmt=" + to_string(p.format) + " layout=" + p.layout
-                    + " chunks=" + chunks);
+    lines.push_back(
+      "item " + fqn + " tensor " + to_string(p.type)
+      + " size=" + to_string(t.size) + " rg=" + std::to_string(p.requires_grad)
+      + " pin=" + std::to_string(p.pin_memory) + " fmt=" + to_string(p.format)
+      + " layout=" + p.layout + " chunks=" + chunks);
   }
   for (const auto& [idx, info] : md.storage_data) {
     auto offset = idx.has_offset ? to_string(idx.offset) : "-";
     auto hint = idx.index < 0 ? "-" : std::to_string(idx.index);
     auto checksum = info.checksum.empty() ? "-" : info.checksum;
-    lines.push_back("storage " + idx.fqn + " " + offset + " index=" + hint
-                    + " " + info.relative_path + " "
-                    + std::to_string(info.offset) + " "
-                    + std::to_string(info.length) + " checksum=" + checksum);
+    lines.push_back("storage " + idx.fqn + " " + offset + " index=" + hint + " "
+                    + info.relative_path + " " + std::to_string(info.offset)
+                    + " " + std::to_string(info.length)
+                    + " checksum=" + checksum);
   }
   for (const auto& [key, path] : md.planner_data) {
     std::string parts;
@@ -126,8 +125,9 @@ std::string dump(const metadata& md) {
 std::string checker_missing(const fs::path& dir) {
   std::error_code ec;
   if (!fs::exists(python(), ec))
-    return python() + " does not exist; cannot check .metadata against real "
-                      "PyTorch";
+    return python()
+           + " does not exist; cannot check .metadata against real "
+             "PyTorch";
   // Any valid file will do to find out whether torch imports.
   auto probe = run_checker(
     dir, {"dump", test::data_path("dcp-1.13/ckpt_113_per_rank/.metadata")});
@@ -206,8 +206,7 @@ TEST_CASE("torch 1.13 unpickles every field dcpp writes",
   md.storage_data[metadata_index{"scalar", {}, 0}]
     = {"__0_0.distcp", uint64_t{1} << 62, 747, ""};
   md.storage_data[metadata_index{"step"}] = {"__0_0.distcp", 747, 431, ""};
-  md.planner_data = {{"layers.0.w", {"layers", "0", "w"}},
-                     {"step", {"step"}}};
+  md.planner_data = {{"layers.0.w", {"layers", "0", "w"}}, {"step", {"step"}}};
   auto file = (tmp.path() / "md113").string();
   test::write_file(file, encode_metadata(md, metadata_flavor::torch_1_13));
   auto dumped = run_checker(tmp.path(), {"dump", file});
