@@ -159,6 +159,15 @@ public:
     target_ = std::move(target);
   }
 
+  /// The frame limit, enforced by ZeroMQ itself (ZMQ_MAXMSGSIZE): a peer
+  /// that announces a larger message is disconnected as soon as its frame
+  /// header arrives, before anything is buffered (the check in `deliver`
+  /// alone came after libzmq had received the whole message).
+  void limit_frames() {
+    sock_->set(zmq::sockopt::maxmsgsize,
+               static_cast<int64_t>(opts_.max_frame_bytes));
+  }
+
   /// Binds or connects, then starts the I/O thread.
   caf::error start() {
     try {
@@ -172,12 +181,14 @@ public:
       if (hub_) {
         sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::router);
         sock_->set(zmq::sockopt::linger, 2000);
+        limit_frames();
         sock_->bind(ep);
         spdlog::debug("dcpp zmq: coordinator listening on {} for {} ranks", ep,
                       env_.world_size);
       } else {
         sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
         sock_->set(zmq::sockopt::linger, 2000);
+        limit_frames();
         sock_->connect(ep);
         std::ostringstream hello;
         hello << hello_magic << '\n'
