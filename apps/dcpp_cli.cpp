@@ -557,8 +557,19 @@ std::string first_line(std::string msg) {
   return msg;
 }
 
+/// Names on stderr a step whose `.metadata` is there but does not validate:
+/// `latest` and `prune` pass over it and never remove it.
+void warn_broken(const char* cmd, const step_entry& entry) {
+  std::cerr << "dcpp: " << cmd << ": passed over " << entry.path
+            << " (not loadable, left in place): " << first_line(entry.broken)
+            << std::endl;
+}
+
 int run_latest(const std::string& root, bool step_only) {
-  auto latest = latest_committed(root);
+  std::vector<step_entry> broken;
+  auto latest = latest_committed(root, &broken);
+  for (const auto& entry : broken)
+    warn_broken("latest", entry);
   if (!latest)
     return fail("latest", latest.error());
   if (step_only)
@@ -569,7 +580,10 @@ int run_latest(const std::string& root, bool step_only) {
 }
 
 int run_prune(const std::string& root, size_t keep) {
-  auto removed = prune(root, keep);
+  std::vector<step_entry> broken;
+  auto removed = prune(root, keep, &broken);
+  for (const auto& entry : broken)
+    warn_broken("prune", entry);
   if (!removed)
     return fail("prune", removed.error());
   for (const auto& path : *removed)
@@ -615,16 +629,26 @@ int run_main(int argc, char** argv) {
   bool step_only = false;
   auto* latest = app.add_subcommand(
     "latest", "Print the newest committed step directory of a checkpoint "
-              "root (ROOT/step_NNNNNNNNN/ holding .metadata); exit 1 if none");
+              "root (ROOT/step_NNNNNNNNN/ holding a .metadata that validates; "
+              "steps whose .metadata does not are named on stderr and "
+              "passed over); exit 1 if none");
   latest->add_option("ROOT", dir, "checkpoint root")->required();
   latest->add_flag("--step", step_only, "print only the step number");
-  size_t keep = 0;
+  int64_t keep = 0;
   auto* prn = app.add_subcommand(
     "prune", "Remove all but the newest KEEP committed step directories of "
              "a checkpoint root, and leftovers of aborted saves older than "
              "the newest commit (crash-safe)");
   prn->add_option("ROOT", dir, "checkpoint root")->required();
-  prn->add_option("--keep", keep, "committed steps to keep (>= 1)")->required();
+  // Signed, so that "-1" is refused instead of wrapping around to "keep
+  // everything"; a bound far above any real count of checkpoints.
+  prn
+    ->add_option("--keep", keep,
+                 "committed steps to keep (1 to 1000000); broken steps "
+                 "(.metadata that does not validate) are not counted and "
+                 "never removed")
+    ->required()
+    ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -645,7 +669,7 @@ int run_main(int argc, char** argv) {
   if (latest->parsed())
     return run_latest(dir, step_only);
   if (prn->parsed())
-    return run_prune(dir, keep);
+    return run_prune(dir, static_cast<size_t>(keep));
   return run_verify(dir);
 }
 

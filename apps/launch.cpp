@@ -9,10 +9,14 @@
 // Ctrl-C / SIGTERM are forwarded to every child. As soon as one child fails
 // (non-zero exit or killed by a signal) the others get SIGTERM, then SIGKILL
 // after a grace period, and dcpp-launch exits non-zero naming the rank.
+// Ranks die with dcpp-launch: if it is killed (even with -9), the kernel
+// sends every rank SIGKILL (PR_SET_PDEATHSIG), so no rank runs on without
+// its supervisor.
 
 #include <CLI/CLI.hpp>
 
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -154,6 +158,7 @@ int main(int argc, char** argv) {
   ::sigaction(SIGTERM, &sa, nullptr);
 
   std::vector<child> children(static_cast<size_t>(nproc));
+  const pid_t launcher_pid = ::getpid();
   for (int r = 0; r < nproc; ++r) {
     auto& c = children[static_cast<size_t>(r)];
     c.rank = r;
@@ -166,6 +171,16 @@ int main(int argc, char** argv) {
     }
     if (pid == 0) {
       ::setpgid(0, 0);
+      // Die with the launcher (this thread: dcpp-launch has only one). The
+      // setting survives exec. If the launcher died before prctl, nobody
+      // would send the signal: check the parent after setting it.
+      if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+        std::fprintf(stderr, "dcpp-launch: rank %d: prctl: %s\n", r,
+                     std::strerror(errno));
+        ::_exit(127);
+      }
+      if (::getppid() != launcher_pid)
+        ::_exit(137);
       ::signal(SIGINT, SIG_DFL);
       ::signal(SIGTERM, SIG_DFL);
       ::setenv("RANK", std::to_string(r).c_str(), 1);

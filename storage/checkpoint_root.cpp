@@ -1,6 +1,8 @@
 #include "storage/checkpoint_root.hpp"
 
 #include "core/error.hpp"
+#include "core/planner.hpp"
+#include "storage/filesystem_layout.hpp"
 #include "storage/posix_file.hpp"
 
 #include <sys/stat.h>
@@ -8,7 +10,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <system_error>
 #include <tuple>
 
@@ -42,7 +46,16 @@ struct root_content {
   std::vector<std::string> trash;
 };
 
-caf::error scan(const std::string& root, root_content& out) {
+/// Sets `committed` and `broken` from the step's commit record.
+void set_state(step_entry& entry) {
+  auto err = check_committed(entry.path);
+  entry.committed = !err;
+  if (err && code_of(err) != errc::not_found)
+    entry.broken = describe(err);
+}
+
+/// Lists `root`; checks each step's commit record only if `check`.
+caf::error scan(const std::string& root, root_content& out, bool check = true) {
   std::error_code ec;
   fs::directory_iterator it{root, ec};
   if (ec == std::errc::no_such_file_or_directory) {
@@ -68,7 +81,8 @@ caf::error scan(const std::string& root, root_content& out) {
     step_entry entry;
     entry.step = *step;
     entry.path = join(root, name);
-    entry.committed = is_committed(entry.path);
+    if (check)
+      set_state(entry);
     out.steps.push_back(std::move(entry));
   }
   if (ec)
@@ -120,11 +134,52 @@ std::optional<uint64_t> parse_step_name(std::string_view name) {
   return result;
 }
 
-bool is_committed(const std::string& dir) {
+caf::error check_committed(const std::string& dir) {
+  auto md_path = join(dir, detail::metadata_name);
   struct stat st;
-  if (::lstat(join(dir, ".metadata").c_str(), &st) != 0)
-    return false;
-  return S_ISREG(st.st_mode) && st.st_size > 0;
+  if (::lstat(md_path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)
+      || st.st_size == 0)
+    return make_error(errc::not_found, dir + ": no commit record");
+  auto md = detail::read_metadata_file(dir);
+  if (!md)
+    return code_of(md.error()) == errc::not_found // removed since the lstat
+             ? make_error(errc::corrupt_metadata, describe(md.error()))
+             : std::move(md.error());
+  if (auto err = validate_metadata(*md))
+    return with_context(err, md_path, errc::corrupt_metadata);
+  // One stat per data file, however many items it holds.
+  std::map<std::string, uint64_t> file_sizes;
+  for (const auto& [idx, si] : md->storage_data) {
+    const auto& name = si.relative_path;
+    if (!detail::plain_file_name(name))
+      return make_error(errc::path_escape,
+                        md_path + ": " + to_string(idx) + " is stored in \""
+                          + name + "\", not a file of the directory");
+    auto known = file_sizes.find(name);
+    if (known == file_sizes.end()) {
+      struct stat data_st;
+      auto path = join(dir, name);
+      // A missing data file makes the record broken, not absent: never
+      // errc::not_found here.
+      if (::lstat(path.c_str(), &data_st) != 0)
+        return make_error(errc::corrupt_item,
+                          path + ": stat: " + std::strerror(errno));
+      if (!S_ISREG(data_st.st_mode))
+        return make_error(errc::corrupt_item, path + ": not a regular file");
+      known = file_sizes.emplace(name, data_st.st_size).first;
+    }
+    auto end = si.offset + si.length;
+    if (end < si.offset || end > known->second)
+      return make_error(errc::corrupt_item,
+                        join(dir, name) + " holds "
+                          + std::to_string(known->second) + " bytes, "
+                          + to_string(idx) + " ends at " + std::to_string(end));
+  }
+  return caf::none;
+}
+
+bool is_committed(const std::string& dir) {
+  return !check_committed(dir);
 }
 
 caf::expected<std::vector<step_entry>> list_steps(const std::string& root) {
@@ -145,13 +200,20 @@ caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root) {
   return result;
 }
 
-caf::expected<step_entry> latest_committed(const std::string& root) {
-  auto steps = list_steps(root);
-  if (!steps)
-    return std::move(steps.error());
-  for (auto i = steps->rbegin(); i != steps->rend(); ++i)
+caf::expected<step_entry>
+latest_committed(const std::string& root,
+                 std::vector<step_entry>* passed_over) {
+  // Newest first, each commit record checked only until one validates.
+  root_content content;
+  if (auto err = scan(root, content, false))
+    return err;
+  for (auto i = content.steps.rbegin(); i != content.steps.rend(); ++i) {
+    set_state(*i);
     if (i->committed)
       return std::move(*i);
+    if (passed_over && !i->broken.empty())
+      passed_over->push_back(*i);
+  }
   return make_error(errc::not_found, "no committed checkpoint under " + root);
 }
 
@@ -162,8 +224,8 @@ caf::expected<uint64_t> latest_committed_step(const std::string& root) {
   return entry->step;
 }
 
-caf::expected<std::vector<std::string>> prune(const std::string& root,
-                                              size_t keep) {
+caf::expected<std::vector<std::string>>
+prune(const std::string& root, size_t keep, std::vector<step_entry>* broken) {
   if (keep == 0)
     return make_error(errc::invalid_argument,
                       "prune " + root
@@ -181,11 +243,15 @@ caf::expected<std::vector<std::string>> prune(const std::string& root,
     removed.push_back(path);
   }
   // Victims: committed entries but the newest `keep`, and uncommitted
-  // entries of steps older than the newest committed one.
+  // entries of steps older than the newest committed one. Broken entries
+  // (neither committed nor uncommitted) are never victims and never count.
   std::vector<const step_entry*> committed;
-  for (const auto& entry : content.steps)
+  for (const auto& entry : content.steps) {
     if (entry.committed)
       committed.push_back(&entry);
+    else if (broken && !entry.broken.empty())
+      broken->push_back(entry);
+  }
   if (committed.empty())
     return removed;
   auto newest = committed.back()->step;
@@ -194,7 +260,7 @@ caf::expected<std::vector<std::string>> prune(const std::string& root,
   for (size_t i = 0; i < first_kept; ++i)
     victims.push_back(committed[i]);
   for (const auto& entry : content.steps)
-    if (!entry.committed && entry.step < newest)
+    if (!entry.committed && entry.broken.empty() && entry.step < newest)
       victims.push_back(&entry);
   if (victims.empty())
     return removed;

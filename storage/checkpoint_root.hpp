@@ -5,10 +5,21 @@
 //   ROOT/step_000000100/.metadata, __0_0.distcp, ...
 //   ROOT/step_000000200/...
 //
-// A step directory is committed when it holds `.metadata` (the commit
-// record, written last by the file-system writer); a directory without it
-// is a save in flight or one that died. This file finds the newest committed
-// checkpoint and prunes old ones.
+// A step directory is committed when it holds a `.metadata` (the commit
+// record, written last by the file-system writer) that validates (see
+// `check_committed`): a file that is merely there and non-empty is not
+// enough, a truncated or garbled one would be named "latest" and would let
+// `prune` delete the older good steps. Three states:
+//
+// - committed: `.metadata` decodes and validates; loadable;
+// - uncommitted: no `.metadata`, an empty one or one that is not a regular
+//   file: a save in flight or one that died;
+// - broken: a non-empty `.metadata` that does not validate. Never "latest",
+//   never counted toward `prune`'s KEEP and never removed by `prune`: it
+//   may be the only trace of a checkpoint someone wants to recover, so it
+//   is left for a person to look at (the CLI names it).
+//
+// This file finds the newest committed checkpoint and prunes old ones.
 //
 // Names: `step_` followed by decimal digits. `step_directory` pads to 9
 // digits (more for larger steps); any number of digits is accepted on read,
@@ -55,8 +66,17 @@ std::string step_directory(const std::string& root, uint64_t step);
 /// in 64 bits.
 std::optional<uint64_t> parse_step_name(std::string_view name);
 
-/// True if `dir` holds a committed checkpoint: its `.metadata` is a regular,
-/// non-empty file (not a symbolic link). Unreadable means not committed.
+/// Whether `dir` holds a committed checkpoint: none if its `.metadata` is a
+/// regular file (not a symbolic link) that decodes, whose tensors pass
+/// `validate_metadata`, and whose every storage entry names a plain file in
+/// `dir` (a regular file, no symbolic link) long enough to hold the entry's
+/// bytes. Cheap: one decode and one stat per data file; data checksums are
+/// `dcpp verify`'s job. `errc::not_found` when there is no commit record
+/// (no `.metadata`, an empty one, or not a regular file); any other error
+/// says why the record that is there is broken, naming the path.
+caf::error check_committed(const std::string& dir);
+
+/// True if `check_committed(dir)` finds nothing wrong.
 bool is_committed(const std::string& dir);
 
 /// A step directory found in a root.
@@ -64,7 +84,11 @@ struct step_entry {
   uint64_t step = 0;
   /// The directory's path (`root` + "/" + its name as found).
   std::string path;
+  /// Its `.metadata` validates (`check_committed`): loadable.
   bool committed = false;
+  /// Why its non-empty `.metadata` does not validate; empty if it does or
+  /// if there is none (see "broken" above).
+  std::string broken;
 };
 
 /// Every step directory in `root` (real directories only), ordered by step,
@@ -79,23 +103,32 @@ caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root);
 
 /// The newest committed checkpoint (its step and directory), or
 /// `errc::not_found` naming the root (also when the root does not exist).
-caf::expected<step_entry> latest_committed(const std::string& root);
+/// Broken steps newer than it are passed over (appended to `passed_over`,
+/// newest first, if given). Checks commit records newest first and stops at
+/// the first that validates.
+caf::expected<step_entry>
+latest_committed(const std::string& root,
+                 std::vector<step_entry>* passed_over = nullptr);
 
 /// The newest committed step (see `latest_committed`).
 caf::expected<uint64_t> latest_committed_step(const std::string& root);
 
 /// Removes, crash-safely (see above):
-/// - all committed step directories but the newest `keep`,
+/// - all committed step directories but the newest `keep` (so a committed
+///   step goes only while `keep` loadable steps newer than it remain),
 /// - uncommitted step directories of steps older than the newest committed
 ///   one (leftovers of aborted saves; newer ones may be saves in flight),
 /// - `.trash-*` leftovers of an earlier prune that crashed.
+/// Broken steps are neither counted nor removed; they are appended to
+/// `broken` (ascending), if given, so that the caller can name them.
 /// Never removes the newest committed step: `keep == 0` is an
 /// `errc::invalid_argument`. Without any committed step, removes only
 /// leftovers. Returns the paths it removed: step directories under their
 /// original names, leftovers under their hidden names. Fails with
 /// `errc::io_error` naming the path that could not be renamed or removed;
 /// what was renamed before is removed by the next call.
-caf::expected<std::vector<std::string>> prune(const std::string& root,
-                                              size_t keep);
+caf::expected<std::vector<std::string>>
+prune(const std::string& root, size_t keep,
+      std::vector<step_entry>* broken = nullptr);
 
 } // namespace dcpp

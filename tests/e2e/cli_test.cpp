@@ -409,8 +409,44 @@ TEST_CASE("latest finds the newest committed step; prune keeps the last K") {
   CHECK(!fs::exists(root + "/step_000000100"));
   CHECK(fs::exists(root + "/step_000000200/.metadata"));
   CHECK(fs::exists(root + "/step_000000400")); // may be a save in flight
-  check_one_line_error(s.cli("prune " + root + " --keep 0"));
+  check_one_line_error(s.cli("prune " + root + " --keep 0"), 2);
   CHECK(s.cli("latest --step " + root).out == "300\n");
+}
+
+TEST_CASE("latest and prune pass over a step whose .metadata is truncated") {
+  scratch s;
+  auto root = s.path("root");
+  write_checkpoint(root + "/step_000000100");
+  write_checkpoint(root + "/step_000000200");
+  write_checkpoint(root + "/step_000000300");
+  auto newest = fs::path{root} / "step_000000300" / ".metadata";
+  auto good_md = slurp(newest);
+  spit(newest, good_md.substr(0, good_md.size() / 2));
+  auto latest = s.cli("latest " + root);
+  INFO(latest.out << latest.err);
+  CHECK(latest.code == 0);
+  CHECK(latest.out == root + "/step_000000200\n");
+  CHECK(latest.err.find("step_000000300") != std::string::npos);
+  // Out of range KEEP: a usage error naming the option; nothing removed.
+  for (auto bad : {"-1", "0", "-9223372036854775808", "10000000000"}) {
+    auto r = s.cli("prune " + root + " --keep " + bad);
+    check_one_line_error(r, 2);
+    CHECK(r.err.find("--keep") != std::string::npos);
+  }
+  CHECK(fs::exists(root + "/step_000000100/.metadata"));
+  // keep 1: the newest loadable step stays, the broken one is left alone
+  // and named, the older good one goes.
+  auto pruned = s.cli("prune " + root + " --keep 1");
+  INFO(pruned.out << pruned.err);
+  CHECK(pruned.code == 0);
+  CHECK(pruned.out == "removed " + root + "/step_000000100\n");
+  CHECK(pruned.err.find("step_000000300") != std::string::npos);
+  CHECK(fs::exists(root + "/step_000000300/.metadata"));
+  CHECK(s.cli("latest --step " + root).out == "200\n");
+  loaded l;
+  load_all(root + "/step_000000200", l);
+  CHECK(
+    at::equal(tensor_at(l, "w"), at::arange(12, at::kFloat).reshape({3, 4})));
 }
 
 TEST_CASE("bad inputs end in one line and exit code 1") {

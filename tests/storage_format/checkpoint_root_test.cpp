@@ -1,6 +1,7 @@
 #include "storage/checkpoint_root.hpp"
 
 #include "core/error.hpp"
+#include "storage/metadata_codec.hpp"
 #include "tests/storage_format/test_data.hpp"
 
 #include <catch2/catch.hpp>
@@ -17,6 +18,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+/// A valid commit record: one bytes item, the 4 bytes of `__0_0.distcp`.
+std::string good_metadata() {
+  metadata md;
+  md.state_dict_metadata["x"] = item_metadata::bytes();
+  md.storage_data[metadata_index{"x"}] = storage_info{"__0_0.distcp", 0, 4, ""};
+  return encode_metadata(md);
+}
+
 /// A checkpoint root in a fresh temporary directory.
 struct root_fixture {
   test::temp_dir tmp;
@@ -26,13 +35,14 @@ struct root_fixture {
     return (tmp.path() / name).string();
   }
 
-  /// A step directory with a data file and, if `committed`, a `.metadata`.
+  /// A step directory with a data file and, if `committed`, a `.metadata`
+  /// that names it.
   std::string add_step(const std::string& name, bool committed) {
     auto dir = path(name);
     fs::create_directories(dir);
     test::write_file(dir + "/__0_0.distcp", "data");
     if (committed)
-      test::write_file(dir + "/.metadata", "metadata");
+      test::write_file(dir + "/.metadata", good_metadata());
     return dir;
   }
 
@@ -99,7 +109,7 @@ TEST_CASE("step names parse with any number of digits", "[checkpoint_root]") {
     CHECK(parse_step_name(step_name(step)) == step);
 }
 
-TEST_CASE("a step is committed by a regular non-empty .metadata",
+TEST_CASE("a step is committed by a regular .metadata that validates",
           "[checkpoint_root]") {
   root_fixture f;
   CHECK(is_committed(f.add_step(1, true)));
@@ -115,6 +125,9 @@ TEST_CASE("a step is committed by a regular non-empty .metadata",
                      link_md + "/.metadata");
   CHECK(!is_committed(link_md));
   CHECK(!is_committed(f.path("missing")));
+  // No commit record at all is not_found, not broken.
+  for (auto dir : {f.path(step_name(2)), empty, dir_md, link_md})
+    CHECK(code_of(check_committed(dir)) == errc::not_found);
 }
 
 TEST_CASE("committed steps ignore garbage, files, links and saves in flight",
@@ -313,4 +326,77 @@ TEST_CASE("prune leaves no hidden directory behind", "[checkpoint_root]") {
         == std::vector<std::string>{"step_000000017", "step_000000019",
                                     "step_000000020"});
   CHECK(pruned->size() == 17);
+}
+
+TEST_CASE("a newest step whose .metadata does not validate is not latest",
+          "[checkpoint_root]") {
+  auto md = good_metadata();
+  auto bad = GENERATE_COPY(std::string{"truncated"}, std::string{"garbage"},
+                           std::string{"missing data file"},
+                           std::string{"escaping path"},
+                           std::string{"data file too short"});
+  INFO(bad);
+  root_fixture f;
+  f.add_step(100, true);
+  f.add_step(200, true);
+  auto newest = f.add_step(300, true);
+  if (bad == "truncated") {
+    test::write_file(newest + "/.metadata", md.substr(0, md.size() / 2));
+  } else if (bad == "garbage") {
+    test::write_file(newest + "/.metadata", "this is not a pickle at all");
+  } else if (bad == "missing data file") {
+    fs::remove(newest + "/__0_0.distcp");
+  } else if (bad == "escaping path") {
+    auto decoded = decode_metadata(md);
+    REQUIRE(decoded);
+    for (auto& entry : decoded->storage_data)
+      entry.second.relative_path = "../" + step_name(200) + "/__0_0.distcp";
+    test::write_file(newest + "/.metadata", encode_metadata(*decoded));
+  } else {
+    test::write_file(newest + "/__0_0.distcp", "da");
+  }
+  CHECK(!is_committed(newest));
+  auto why = check_committed(newest);
+  REQUIRE(why);
+  CHECK(code_of(why) != errc::not_found);
+  CHECK(latest_committed_step(f.root) == 200u);
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{100, 200});
+  auto all = list_steps(f.root);
+  REQUIRE(all);
+  REQUIRE(all->size() == 3);
+  CHECK(!(*all)[2].committed);
+  CHECK((*all)[2].broken == describe(why));
+  CHECK((*all)[2].broken.find(newest) != std::string::npos);
+  CHECK((*all)[1].broken.empty());
+  std::vector<step_entry> passed_over;
+  auto latest = latest_committed(f.root, &passed_over);
+  REQUIRE(latest);
+  CHECK(latest->step == 200);
+  REQUIRE(passed_over.size() == 1);
+  CHECK(passed_over[0].path == newest);
+  // keep = 1 keeps the newest loadable step; the broken one does not count
+  // toward KEEP and is left alone, and named.
+  std::vector<step_entry> broken;
+  auto pruned = prune(f.root, 1, &broken);
+  REQUIRE(pruned);
+  CHECK(*pruned == std::vector<std::string>{f.path(step_name(100))});
+  REQUIRE(broken.size() == 1);
+  CHECK(broken[0].path == newest);
+  CHECK(f.exists(step_name(200) + "/.metadata"));
+  CHECK(f.exists(step_name(300) + "/.metadata"));
+  CHECK(latest_committed_step(f.root) == 200u);
+}
+
+TEST_CASE("prune leaves a broken step older than the latest alone",
+          "[checkpoint_root]") {
+  root_fixture f;
+  auto broken = f.add_step(100, true);
+  test::write_file(broken + "/.metadata", "garbage");
+  f.add_step(200, true);
+  f.add_step(300, true);
+  auto pruned = prune(f.root, 1);
+  REQUIRE(pruned);
+  CHECK(*pruned == std::vector<std::string>{f.path(step_name(200))});
+  CHECK(f.exists(step_name(100) + "/.metadata"));
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{300});
 }
