@@ -2,13 +2,15 @@
 // its own. Every rank runs `dcpp-worker --external-coordinator` (or with
 // DCPP_COORDINATOR=external) and connects to it:
 //
-//   DCPP_SECRET=s dcpp-coordinator --port 29500 --world 4 &
-//   DCPP_SECRET=s dcpp-launch --nproc 4 --master-port 29500 -- \
+//   export DCPP_SECRET=s DCPP_JOB_ID=j
+//   dcpp-coordinator --port 29500 --world 4 &
+//   dcpp-launch --nproc 4 --master-port 29500 -- \
 //     env DCPP_COORDINATOR=external dcpp-worker save --dir /tmp/ckpt
 //
 // It serves operations until every rank connected and disconnected again,
 // or until SIGTERM / SIGINT. Binds 127.0.0.1 unless --addr or MASTER_ADDR
-// says otherwise; DCPP_SECRET is the secret every rank must present.
+// says otherwise; DCPP_SECRET is the secret every rank must present, and
+// DCPP_JOB_ID the job it must belong to (dcpp-launch passes its own on).
 
 #include "actors/system.hpp"
 #include "actors/transport/launch_env.hpp"
@@ -64,6 +66,8 @@ int main(int argc, char** argv) {
     env.master_addr = addr;
   else if (const char* a = std::getenv("MASTER_ADDR"); a && *a)
     env.master_addr = a;
+  if (const char* j = std::getenv("DCPP_JOB_ID"))
+    env.job_id = j;
   if (const char* s = std::getenv("DCPP_SECRET"))
     env.secret = s;
   else

@@ -4,8 +4,8 @@
 //   dcpp-launch --nproc N [--master-port P] [--master-addr A] -- CMD ARGS...
 //
 // Every child gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
-// MASTER_ADDR, MASTER_PORT and DCPP_SECRET (a fresh random secret unless
-// one is set already) in its environment, in its own process group.
+// MASTER_ADDR, MASTER_PORT, DCPP_SECRET and DCPP_JOB_ID (fresh random
+// values unless set already) in its environment, in its own process group.
 // Ctrl-C / SIGTERM are forwarded to every child. As soon as one child fails
 // (non-zero exit or killed by a signal) the others get SIGTERM, then SIGKILL
 // after a grace period, and dcpp-launch exits non-zero naming the rank.
@@ -150,6 +150,10 @@ int main(int argc, char** argv) {
     master_port = free_port();
   const char* env_secret = std::getenv("DCPP_SECRET");
   std::string secret = env_secret && *env_secret ? env_secret : random_secret();
+  // The job's identity: the ranks' coordinator refuses ranks of another job
+  // (two jobs that share a port and a secret never pair up).
+  const char* env_job = std::getenv("DCPP_JOB_ID");
+  std::string job_id = env_job && *env_job ? env_job : random_secret();
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -190,6 +194,7 @@ int main(int argc, char** argv) {
       ::setenv("MASTER_ADDR", master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(master_port).c_str(), 1);
       ::setenv("DCPP_SECRET", secret.c_str(), 1);
+      ::setenv("DCPP_JOB_ID", job_id.c_str(), 1);
       std::vector<char*> args;
       for (auto& a : command)
         args.push_back(a.data());

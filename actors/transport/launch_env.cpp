@@ -90,6 +90,20 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
   }
   if (const char* secret = get("DCPP_SECRET"))
     out.secret = secret;
+  auto set = [&](const char* name) {
+    const char* v = get(name);
+    return v && *v ? std::string{v} : std::string{};
+  };
+  out.job_id = set("DCPP_JOB_ID");
+  if (out.job_id.empty())
+    out.job_id = set("TORCHELASTIC_RUN_ID");
+  if (out.job_id.empty()) {
+    out.job_id = set("SLURM_JOB_ID");
+    if (auto step = set("SLURM_STEP_ID"); !out.job_id.empty() && !step.empty())
+      out.job_id += "." + step;
+  }
+  if (out.job_id.empty())
+    out.job_id = set("OMPI_MCA_ess_base_jobid");
   return out;
 }
 

@@ -24,6 +24,11 @@ struct launch_env {
   uint16_t master_port = 29500;
   /// Shared secret every rank presents (empty: none configured).
   std::string secret;
+  /// The job every rank belongs to: DCPP_JOB_ID, else the launcher's own
+  /// (torchrun's TORCHELASTIC_RUN_ID, SLURM_JOB_ID[.SLURM_STEP_ID], Open
+  /// MPI's OMPI_MCA_ess_base_jobid); empty if none. dcpp-launch sets
+  /// DCPP_JOB_ID. A coordinator refuses ranks of another job.
+  std::string job_id;
   /// Which convention supplied rank and world size: "torchrun", "slurm",
   /// "openmpi" or "default".
   std::string source = "default";

@@ -35,11 +35,13 @@ constexpr char tag_refuse = static_cast<char>(0xA2);
 constexpr char tag_heartbeat = static_cast<char>(0xA3);
 constexpr char tag_bye = static_cast<char>(0xA4);
 
-constexpr const char* hello_magic = "dcpp-zmq-1";
+// Version 2 adds the job id (launch_env::job_id) before the secret.
+constexpr const char* hello_magic = "dcpp-zmq-2";
 
 // Refusal reasons (first byte after the tag).
 constexpr char refuse_unauthorized = 'U';
 constexpr char refuse_protocol = 'P';
+constexpr char refuse_other_job = 'J';
 
 std::string control(char tag, const std::string& body = {}) {
   std::string out;
@@ -194,6 +196,7 @@ public:
         hello << hello_magic << '\n'
               << env_.rank << '\n'
               << env_.world_size << '\n'
+              << env_.job_id << '\n'
               << env_.secret;
         sock_->send(zmq::buffer(control(tag_hello, hello.str())),
                     zmq::send_flags::dontwait);
@@ -478,10 +481,11 @@ private:
 
   void on_hello(const std::string& rid, const std::string& body) {
     std::istringstream in{body};
-    std::string magic, rank_str, world_str, secret;
+    std::string magic, rank_str, world_str, job, secret;
     std::getline(in, magic);
     std::getline(in, rank_str);
     std::getline(in, world_str);
+    std::getline(in, job);
     std::getline(in, secret, '\0');
     if (magic != hello_magic) {
       refuse(rid, refuse_protocol, "unknown hello (protocol mismatch)");
@@ -490,6 +494,14 @@ private:
     if (!same_secret(secret, env_.secret)) {
       refuse(rid, refuse_unauthorized,
              "rank " + rank_str + " presented a wrong secret (DCPP_SECRET)");
+      return;
+    }
+    // Checked after the secret: only a peer that holds it learns the ids.
+    if (job != env_.job_id) {
+      refuse(rid, refuse_other_job,
+             "rank " + rank_str + " belongs to job '" + job
+               + "', this coordinator to job '" + env_.job_id
+               + "' (DCPP_JOB_ID)");
       return;
     }
     int32_t rank = -1;
@@ -586,7 +598,9 @@ private:
           peers_[0].state = peer_state::gone;
           std::string why{data + std::min<size_t>(2, msg.size()),
                           msg.size() - std::min<size_t>(2, msg.size())};
-          auto code = msg.size() > 1 && data[1] == refuse_unauthorized
+          auto reason = msg.size() > 1 ? data[1] : refuse_protocol;
+          auto code = reason == refuse_unauthorized
+                          || reason == refuse_other_job
                         ? errc::unauthorized
                         : errc::protocol_error;
           refusal_ = make_error(code,

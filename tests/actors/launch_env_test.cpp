@@ -92,3 +92,19 @@ TEST_CASE("bad values are refused naming the variable", "[launch_env]") {
   check_bad({{"MASTER_PORT", "70000"}}, "MASTER_PORT");
   check_bad({{"MASTER_PORT", "12ab"}}, "MASTER_PORT");
 }
+
+TEST_CASE("the job id comes from DCPP_JOB_ID, else from the launcher",
+          "[launch_env]") {
+  auto id = [](std::map<std::string, std::string> vars) {
+    auto env = read(std::move(vars));
+    REQUIRE(env);
+    return env->job_id;
+  };
+  CHECK(id({}).empty());
+  CHECK(id({{"DCPP_JOB_ID", "j1"}, {"TORCHELASTIC_RUN_ID", "t"}}) == "j1");
+  CHECK(id({{"TORCHELASTIC_RUN_ID", "t"}, {"SLURM_JOB_ID", "9"}}) == "t");
+  CHECK(id({{"SLURM_JOB_ID", "9"}, {"SLURM_STEP_ID", "2"}}) == "9.2");
+  CHECK(id({{"SLURM_JOB_ID", "9"}}) == "9");
+  CHECK(id({{"OMPI_MCA_ess_base_jobid", "41"}}) == "41");
+  CHECK(id({{"DCPP_JOB_ID", ""}, {"SLURM_JOB_ID", "9"}}) == "9");
+}

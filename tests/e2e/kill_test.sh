@@ -43,6 +43,7 @@ trap 'exit 143' TERM INT
 dir="$tmp/ckpt"
 bound=10 # seconds from the kill to the exit of the last survivor
 export DCPP_SECRET=kill-test-secret
+export DCPP_JOB_ID=kill-test-job
 common=(--dir "$dir" --size-mb 2 --layout mixed --step-timeout 20
         --peer-timeout-ms 1500)
 

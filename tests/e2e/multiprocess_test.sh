@@ -76,6 +76,7 @@ reshard)
 external)
   save_n=$1 load_n=$2 layout=$3
   export DCPP_SECRET=external-test-secret
+  export DCPP_JOB_ID=external-test-job
   for phase in save load; do
     n=$save_n
     extra=()
@@ -147,6 +148,7 @@ coordinator_lost)
   # ("dcpp: injected fault: rank R is 1 ms late in step plan"), i.e. past
   # its connect step: the kill waits for both lines.
   export DCPP_SECRET=lost-test-secret
+  export DCPP_JOB_ID=lost-test-job
   port=$(free_port)
   "$coordinator" --port "$port" --world 3 >>"$log" 2>&1 &
   cpid=$!
@@ -206,6 +208,7 @@ netns)
     exit 77
   fi
   export DCPP_SECRET=netns-test-secret
+  export DCPP_JOB_ID=netns-test-job
   addr=${net}2
   for phase in save load; do
     n=2
