@@ -11,8 +11,19 @@
 // `__<rank>_<n>.distcp`, written by PyTorch, loads here as well.) A save,
 // possibly over an existing checkpoint, runs these steps:
 //
+// 0. One writer per directory: the coordinator's set_up takes an exclusive
+//    flock on `<dir>/.dcpp.lock` (never through a symlink), writes its
+//    identity into it (host, pid, time, save tag) and holds it until its
+//    commit (after the garbage collection) or abort, then unlinks the file
+//    and drops the lock. A second save into the directory fails in its
+//    set_up with errc::storage_failure naming the directory and the holder;
+//    nothing of either save is touched. The kernel drops the lock of a dead
+//    process, so a lock file a crash left behind does not block. Other ranks
+//    do not lock (they share the directory with their coordinator).
 // 1. set_up (every rank): `mkdir -p` the directory, fsyncing the parent of
-//    every directory it creates. An existing checkpoint is left alone.
+//    every directory it creates. An existing checkpoint is left alone. The
+//    coordinator then takes the lock (step 0) and notes the data files
+//    present.
 // 2. write_data (every rank): create each data file of this save (a fresh
 //    name), append its items, fsync it, close it (close errors count:
 //    network file systems report write errors there); then fsync the
@@ -29,20 +40,23 @@
 //    rename is the commit point; the directory fsync makes it durable.
 // 4. garbage collection (coordinator, at the end of finish): remove every
 //    `__*.distcp` that the new `.metadata` does not name (the replaced
-//    checkpoint's data and leftovers of aborted saves); nothing else is
-//    ever removed. Best effort: failures are reported on stderr, and what
+//    checkpoint's data and leftovers of aborted saves) and that was already
+//    there when the lock was taken and not modified since; nothing else is
+//    ever removed. So a save that runs alongside without the lock (ranks
+//    of a save whose coordinator died, an older dcpp) never loses files it
+//    is writing. Best effort: failures are reported on stderr, and what
 //    remains is collected by the next commit.
 // 5. abort (any rank, on failure): unlink the data files this writer created
 //    for the current save, unless the current `.metadata` names them (the
 //    save did commit, e.g. only the final directory fsync failed) or cannot
-//    be read; the coordinator also unlinks its `.metadata.tmp`. The old
-//    checkpoint's files are never touched.
+//    be read; the coordinator also unlinks its `.metadata.tmp` and then
+//    releases the lock. The old checkpoint's files are never touched.
 //
 // Crash analysis (O = the old checkpoint, if any; N = the new one):
 //
 //   crash point                          | a reader loads | left behind
 //   -------------------------------------+----------------+----------------
-//   during / after set_up                | O (or nothing) | nothing
+//   during / after set_up                | O (or nothing) | a stale lock
 //   during write_data, some ranks done   | O              | N's data files
 //   all ranks wrote, before finish       | O              | N's data files
 //   `.metadata.tmp` written, no rename   | O              | N's data, tmp
@@ -50,11 +64,15 @@
 //   rename and fsync done, before GC     | N              | O's data files
 //   during / after GC                    | N              | part of O's data
 //
+// From set_up on, every crash point also leaves a stale `.dcpp.lock`
+// (unlocked: it blocks no one).
+//
 // O's files are never modified before the commit, and N's `.metadata`
 // names only N's files, so whichever `.metadata` the directory holds points
 // at complete, durable data. Everything "left behind" is a `__*.distcp` not
 // named by `.metadata` (the next commit's GC removes it) or a
-// `.metadata.tmp` (never read, truncated by the next finish). With a fresh
+// `.metadata.tmp` (never read, truncated by the next finish) or a stale
+// `.dcpp.lock` (not locked by anyone, reused by the next save). With a fresh
 // directory "O" is "no checkpoint" (load fails with errc::not_found). With
 // `sync_files = false` step 2 skips its fsyncs (step 3 keeps them): a crash
 // shortly after the commit may then leave `.metadata` pointing at data that
@@ -79,6 +97,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -86,6 +105,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <map>
 #include <mutex>
 #include <random>
@@ -243,6 +263,155 @@ caf::error write_whole(int fd, const std::string& path, const char* data,
   return {};
 }
 
+// -- directory lock -----------------------------------------------------------
+
+/// The lock file of a checkpoint directory.
+constexpr const char* lock_name = ".dcpp.lock";
+
+/// One writer per checkpoint directory: an exclusive flock(2) on
+/// `<dir>/.dcpp.lock`, held by the coordinator from `set_up` until its
+/// commit (the end of `finish`, garbage collection included) or `abort`.
+/// The file holds the holder's identity (host, pid, time, save tag) for the
+/// error message of a save that finds the directory taken.
+///
+/// The kernel drops a flock when the last descriptor of the open file goes
+/// away, so a process that dies (kill -9 included) releases its lock: a
+/// lock file left behind by a dead process is stale by construction and
+/// does not block anyone; no pid check is needed (and none would work
+/// across hosts). On NFS, Linux emulates flock with byte-range locks,
+/// which the server arbitrates across clients.
+///
+/// The holder unlinks the file before it releases the lock, so a finished
+/// save leaves the directory as it found it. A save that opened the old
+/// file just before the unlink may then lock an orphaned inode: after
+/// locking, the open file must still be the one the path names, else the
+/// lock is retried on the new file.
+class dir_lock {
+public:
+  dir_lock() = default;
+  dir_lock(const dir_lock&) = delete;
+  dir_lock& operator=(const dir_lock&) = delete;
+
+  ~dir_lock() {
+    release();
+  }
+
+  bool held() const {
+    return fd_.get() >= 0;
+  }
+
+  /// The lock file's mtime once the identity was written: a time on the
+  /// file system's own clock, not earlier than any data file that existed
+  /// when the lock was taken.
+  const struct timespec& since() const {
+    return since_;
+  }
+
+  caf::error acquire(const std::string& dir, const std::string& tag) {
+    release();
+    auto path = join(dir, lock_name);
+    for (int attempt = 0; attempt < 16; ++attempt) {
+      fd_guard fd{
+        open_fd(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644)};
+      if (fd.get() < 0)
+        return os_error("open lock file", path, errno);
+      struct stat st {};
+      if (::fstat(fd.get(), &st) != 0)
+        return os_error("stat lock file", path, errno);
+      if (!S_ISREG(st.st_mode))
+        return make_error(errc::storage_failure,
+                          path + ": the lock file is not a regular file");
+      int rc;
+      do {
+        rc = ::flock(fd.get(), LOCK_EX | LOCK_NB);
+      } while (rc != 0 && errno == EINTR);
+      if (rc != 0) {
+        auto err = errno;
+        if (err != EWOULDBLOCK)
+          return os_error("flock", path, err);
+        return make_error(errc::storage_failure,
+                          dir
+                            + ": another save is writing into this "
+                              "checkpoint directory (lock "
+                            + path + " held by " + holder_of(fd.get()) + ")");
+      }
+      // The previous holder may have unlinked the file between our open and
+      // our flock: then this is a lock on nothing.
+      struct stat now {};
+      if (::lstat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino
+          || now.st_dev != st.st_dev)
+        continue;
+      if (auto err = write_identity(fd.get(), path, tag))
+        return err;
+      if (::fstat(fd.get(), &st) != 0)
+        return os_error("stat lock file", path, errno);
+      since_ = st.st_mtim;
+      path_ = std::move(path);
+      fd_ = std::move(fd);
+      return {};
+    }
+    return make_error(errc::storage_failure,
+                      path + ": the lock file keeps being replaced");
+  }
+
+  /// Unlinks the lock file, then drops the lock (closing the descriptor).
+  void release() {
+    if (!held())
+      return;
+    ::unlink(path_.c_str());
+    (void)fd_.close();
+    path_.clear();
+  }
+
+private:
+  static caf::error write_identity(int fd, const std::string& path,
+                                   const std::string& tag) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof(host) - 1) != 0)
+      std::snprintf(host, sizeof(host), "?");
+    auto now = std::time(nullptr);
+    struct tm utc {};
+    char when[32] = "?";
+    if (::gmtime_r(&now, &utc) != nullptr)
+      std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &utc);
+    auto text = std::string{"host "} + host + " pid "
+                + std::to_string(::getpid()) + " since " + when + " save " + tag
+                + "\n";
+    if (::ftruncate(fd, 0) != 0)
+      return os_error("truncate lock file", path, errno);
+    uint64_t done = 0;
+    auto res
+      = detail::transfer_fully(text.size(), done, [&](uint64_t off, size_t n) {
+          return ::pwrite(fd, text.data() + off, n, static_cast<off_t>(off));
+        });
+    if (res != 0)
+      return os_error("write lock file", path, res == -1 ? EIO : res);
+    return {};
+  }
+
+  /// The identity a holder wrote, for the error message.
+  static std::string holder_of(int fd) {
+    char buf[512];
+    ssize_t n;
+    do {
+      n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0)
+      return "a save that has not written its identity yet";
+    std::string text(buf, static_cast<size_t>(n));
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\0'))
+      text.pop_back();
+    for (auto& c : text)
+      if (c < 0x20 || c == 0x7f)
+        c = '?';
+    return text;
+  }
+
+  fd_guard fd_;
+  std::string path_;
+  struct timespec since_ {};
+};
+
 // -- writer -------------------------------------------------------------------
 
 /// Where a plan (or a part of one) writes.
@@ -272,6 +441,17 @@ public:
     local_tag_ = make_save_tag();
     if (auto err = make_directories(dir_, opts_.sync_files))
       return with_context(err, "set_up");
+    if (is_coordinator) {
+      // One save per directory: the coordinator holds the directory lock
+      // until its commit or abort. Other ranks do not lock: the lock guards
+      // the commit and the garbage collection, which only the coordinator
+      // does, and the ranks of one save (threads of one process, too) share
+      // the directory.
+      save_tag_ = make_save_tag();
+      if (auto err = lock_.acquire(dir_, save_tag_))
+        return err;
+      before_lock_ = data_files_present();
+    }
     // An earlier checkpoint in the directory stays as it is: this save
     // writes files of its own and replaces `.metadata` only in `finish`.
     // A stale `.metadata.tmp` of an aborted save is never read; `finish`
@@ -285,8 +465,10 @@ public:
 
   caf::expected<std::vector<save_plan>>
   prepare_global_plan(std::vector<save_plan> plans) override {
-    // One tag for the whole save, the same on every rank.
-    auto tag = make_save_tag();
+    // One tag for the whole save, the same on every rank: the one the
+    // coordinator's set_up wrote into the lock file, once.
+    auto tag = save_tag_.empty() ? make_save_tag()
+                                 : std::exchange(save_tag_, {});
     for (size_t i = 0; i < plans.size(); ++i)
       plans[i].storage_data = "__" + std::to_string(i) + "_" + tag_separator
                               + tag;
@@ -400,6 +582,7 @@ public:
       if (auto err = fsync_dir(dir_))
         return with_context(err, "finish");
       collect_garbage(out);
+      lock_.release();
       return {};
     } catch (const std::exception& ex) {
       return make_error(errc::invalid_argument,
@@ -409,6 +592,13 @@ public:
   }
 
   void abort() override {
+    // The directory lock goes last, after this save's files.
+    struct release_on_exit {
+      dir_lock& lock;
+      ~release_on_exit() {
+        lock.release();
+      }
+    } release{lock_};
     std::vector<std::string> files;
     bool tmp = false;
     {
@@ -473,13 +663,51 @@ private:
     return caf::none;
   }
 
+  /// The data files (`__*.distcp`) in the directory now.
+  std::set<std::string> data_files_present() const {
+    std::set<std::string> names;
+    if (DIR* d = ::opendir(dir_.c_str())) {
+      while (auto entry = ::readdir(d)) {
+        std::string name = entry->d_name;
+        if (is_data_file_name(name))
+          names.insert(std::move(name));
+      }
+      ::closedir(d);
+    }
+    return names;
+  }
+
+  /// Whether the garbage collection may remove `name`: it was in the
+  /// directory when this save took the lock and was not modified since
+  /// (mtime not after the lock file's, both on the file system's clock).
+  bool older_than_lock(const std::string& name) const {
+    if (before_lock_.count(name) == 0)
+      return false;
+    struct stat st {};
+    if (::lstat(join(dir_, name).c_str(), &st) != 0)
+      return false;
+    const auto& t = lock_.since();
+    return st.st_mtim.tv_sec < t.tv_sec
+           || (st.st_mtim.tv_sec == t.tv_sec
+               && st.st_mtim.tv_nsec <= t.tv_nsec);
+  }
+
   /// After a commit: removes every data file (`__*.distcp`, nothing else)
   /// that the new metadata does not refer to, i.e. the files of the
   /// replaced checkpoint and of aborted saves. Files of the committed save
   /// itself stay even where no item points into them (the empty per-rank
   /// files of idle writer threads). Best effort: failures are reported on
   /// stderr and leave garbage, never a broken checkpoint.
+  ///
+  /// Only files that existed when this save took the directory lock and
+  /// were not written since are candidates: a save that runs alongside
+  /// (one that ignores the lock, or ranks of a save whose coordinator died
+  /// and are still writing) keeps its files; the next commit collects what
+  /// is really garbage. A writer that holds no lock (its set_up was not a
+  /// coordinator's) collects nothing.
   void collect_garbage(const metadata& md) {
+    if (!lock_.held())
+      return;
     std::set<std::string> keep;
     std::set<std::string> keep_tags;
     for (const auto& [idx, info] : md.storage_data) {
@@ -497,7 +725,7 @@ private:
     while (auto entry = ::readdir(d)) {
       std::string name = entry->d_name;
       if (is_data_file_name(name) && keep.count(name) == 0
-          && keep_tags.count(tag_of_file(name)) == 0)
+          && keep_tags.count(tag_of_file(name)) == 0 && older_than_lock(name))
         garbage.push_back(std::move(name));
     }
     ::closedir(d);
@@ -720,6 +948,14 @@ private:
   bool tmp_created_ = false;
   /// Tag of plans without one (set_up draws a fresh one per save).
   std::string local_tag_ = make_save_tag();
+  /// The coordinator's: this save's tag, drawn in set_up (and written into
+  /// the lock file), handed out by prepare_global_plan.
+  std::string save_tag_;
+  /// The coordinator's directory lock, from set_up to commit or abort.
+  dir_lock lock_;
+  /// The data files in the directory when the lock was taken: the only
+  /// ones the garbage collection may remove.
+  std::set<std::string> before_lock_;
 };
 
 } // namespace

@@ -13,6 +13,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -491,7 +494,9 @@ TEST_CASE("abort removes the files of the current save", "[filesystem]") {
   auto central = w->prepare_global_plan(s.local_plans);
   FS_REQUIRE(central);
   FS_REQUIRE(w->write_data((*central)[0], s.sources[0]));
-  CHECK(list_dir(dir).size() == 2);
+  // Two data files and the coordinator's directory lock.
+  CHECK(list_dir(dir).size() == 3);
+  CHECK(list_dir(dir).count(".dcpp.lock") == 1);
   w->abort();
   CHECK(list_dir(dir).empty());
 }
@@ -1109,5 +1114,240 @@ TEST_CASE("abort of an overwrite removes only the files of its save",
   w0->abort();
   w1->abort();
   CHECK(list_dir(dir) == before);
+  CHECK(loaded_version(dir) == 1);
+}
+
+// -- one writer per directory (issue 11) --------------------------------------
+
+namespace {
+
+std::string lock_path(const std::string& dir) {
+  return dir + "/.dcpp.lock";
+}
+
+/// The ranks of one save ("job") into `dir`, driven step by step.
+struct job {
+  save_setup s;
+  std::vector<storage_writer_ptr> writers;
+  std::vector<save_plan> central;
+  std::vector<std::vector<write_result>> results;
+
+  job(const std::string& dir, int version)
+    : s(make_setup(versioned_ranks(version))) {
+    for (int r = 0; r < 2; ++r)
+      writers.push_back(make_filesystem_writer(dir));
+  }
+
+  caf::error set_up() {
+    if (auto err = writers[0]->set_up(true, 0))
+      return err;
+    return writers[1]->set_up(false, 1);
+  }
+
+  caf::error write() {
+    auto plans = writers[0]->prepare_global_plan(s.local_plans);
+    if (!plans)
+      return plans.error();
+    central = *plans;
+    for (size_t r = 0; r < 2; ++r) {
+      auto res = writers[r]->write_data(central[r], s.sources[r]);
+      if (!res)
+        return res.error();
+      results.push_back(*res);
+    }
+    return {};
+  }
+
+  caf::error finish() {
+    return writers[0]->finish(s.md, results);
+  }
+
+  void abort() {
+    for (auto& w : writers)
+      w->abort();
+  }
+};
+
+} // namespace
+
+TEST_CASE("a second save into a directory in use fails naming the holder",
+          "[filesystem][dir_lock]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(1)));
+  job a{dir, 2};
+  FS_REQUIRE(a.set_up());
+  // The holder's identity is in the lock file while it holds the lock.
+  auto identity = read_file(lock_path(dir));
+  INFO("lock file: " << identity);
+  CHECK(identity.find("pid " + std::to_string(::getpid()))
+        != std::string::npos);
+  FS_REQUIRE(a.write());
+  // Another job's coordinator is refused at once, naming the directory and
+  // the holder.
+  job b{dir, 3};
+  auto err = b.writers[0]->set_up(true, 0);
+  REQUIRE(err);
+  CHECK(code_of(err) == errc::storage_failure);
+  auto text = describe(err);
+  INFO(text);
+  CHECK(text.find(dir) != std::string::npos);
+  CHECK(text.find("pid " + std::to_string(::getpid())) != std::string::npos);
+  CHECK(text.find("host ") != std::string::npos);
+  // The refused job's abort touches neither the lock nor the other's files.
+  b.abort();
+  CHECK(read_file(lock_path(dir)) == identity);
+  FS_REQUIRE(a.finish());
+  CHECK(loaded_version(dir) == 2);
+  // The commit released the lock (and removed its file): a new save works.
+  CHECK(!exists(lock_path(dir)));
+  job c{dir, 4};
+  FS_REQUIRE(c.set_up());
+  FS_REQUIRE(c.write());
+  FS_REQUIRE(c.finish());
+  CHECK(loaded_version(dir) == 4);
+  CHECK(list_dir(dir) == committed_files(dir));
+}
+
+TEST_CASE("abort releases the directory lock", "[filesystem][dir_lock]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  job a{dir, 1};
+  FS_REQUIRE(a.set_up());
+  FS_REQUIRE(a.write());
+  job b{dir, 2};
+  CHECK(b.writers[0]->set_up(true, 0));
+  a.abort();
+  CHECK(!exists(lock_path(dir)));
+  FS_REQUIRE(b.set_up());
+  FS_REQUIRE(b.write());
+  FS_REQUIRE(b.finish());
+  CHECK(loaded_version(dir) == 2);
+}
+
+TEST_CASE("overlapping saves: the refused one leaves the first's checkpoint "
+          "loadable",
+          "[filesystem][dir_lock]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(1)));
+  job a{dir, 2};
+  FS_REQUIRE(a.set_up());
+  FS_REQUIRE(a.write());
+  // A second job starts while the first is between its writes and its
+  // commit. Without a lock it runs through, and its garbage collection
+  // removes the first job's data files.
+  job b{dir, 3};
+  auto refused = b.set_up();
+  CHECK(refused);
+  if (!refused) {
+    (void)b.write();
+    (void)b.finish();
+  } else {
+    b.abort();
+  }
+  FS_REQUIRE(a.finish());
+  CHECK(loaded_version(dir) == 2);
+  CHECK(list_dir(dir) == committed_files(dir));
+}
+
+TEST_CASE("garbage collection keeps files newer than the lock",
+          "[filesystem][dir_lock]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(1)));
+  auto old_files = list_dir(dir);
+  // A leftover of an aborted save from before: collected.
+  write_file(dir + "/__7_0.00000000000000aa.distcp", "old leftover");
+  // A leftover that existed before the lock but is written to after it
+  // (a rank of a save whose coordinator died): kept.
+  write_file(dir + "/__7_1.00000000000000bb.distcp", "still written");
+  job a{dir, 2};
+  FS_REQUIRE(a.set_up());
+  struct timespec later[2];
+  later[0].tv_sec = 0;
+  later[0].tv_nsec = UTIME_OMIT;
+  later[1].tv_sec = ::time(nullptr) + 60;
+  later[1].tv_nsec = 0;
+  REQUIRE(::utimensat(AT_FDCWD,
+                      (dir + "/__7_1.00000000000000bb.distcp").c_str(), later,
+                      0)
+          == 0);
+  // A lockless writer (the ranks of such a save) creates files after the
+  // lock was taken: kept.
+  job x{dir, 5};
+  FS_REQUIRE(x.writers[1]->set_up(false, 1));
+  auto x_plans = x.writers[1]->prepare_global_plan(x.s.local_plans);
+  FS_REQUIRE(x_plans);
+  FS_REQUIRE(x.writers[1]->write_data((*x_plans)[1], x.s.sources[1]));
+  std::set<std::string> x_files;
+  for (const auto& name : list_dir(dir))
+    if (name.rfind("__1_", 0) == 0 && old_files.count(name) == 0)
+      x_files.insert(name);
+  REQUIRE(!x_files.empty());
+  FS_REQUIRE(a.write());
+  FS_REQUIRE(a.finish());
+  CHECK(loaded_version(dir) == 2);
+  auto after = list_dir(dir);
+  CHECK(after.count("__7_0.00000000000000aa.distcp") == 0);
+  CHECK(after.count("__7_1.00000000000000bb.distcp") == 1);
+  for (const auto& name : old_files)
+    if (name != ".metadata")
+      CHECK(after.count(name) == 0);
+  for (const auto& name : x_files) {
+    INFO(name);
+    CHECK(after.count(name) == 1);
+  }
+}
+
+TEST_CASE("a lock file left by a dead process does not block",
+          "[filesystem][dir_lock]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(1)));
+  // A process takes the lock, writes its identity and dies holding it.
+  auto path = lock_path(dir);
+  auto child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 || ::flock(fd, LOCK_EX | LOCK_NB) != 0)
+      ::_exit(1);
+    static const char text[] = "host elsewhere pid 1 since then save dead\n";
+    if (::write(fd, text, sizeof(text) - 1) != sizeof(text) - 1)
+      ::_exit(1);
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(exists(path));
+  job a{dir, 2};
+  FS_REQUIRE(a.set_up());
+  // The new holder's identity replaced the dead one's.
+  auto identity = read_file(path);
+  INFO(identity);
+  CHECK(identity.find("pid " + std::to_string(::getpid()))
+        != std::string::npos);
+  CHECK(identity.find("dead") == std::string::npos);
+  FS_REQUIRE(a.write());
+  FS_REQUIRE(a.finish());
+  CHECK(loaded_version(dir) == 2);
+  CHECK(!exists(path));
+}
+
+TEST_CASE("the directory lock never follows a symlink",
+          "[filesystem][dir_lock]") {
+  temp_dir tmp;
+  auto dir = tmp / "ckpt";
+  FS_REQUIRE(save_all(dir, {}, versioned_ranks(1)));
+  auto victim = tmp / "victim";
+  write_file(victim, "do not touch");
+  REQUIRE(::symlink(victim.c_str(), lock_path(dir).c_str()) == 0);
+  job a{dir, 2};
+  auto err = a.writers[0]->set_up(true, 0);
+  CHECK(err);
+  CHECK(read_file(victim) == "do not touch");
   CHECK(loaded_version(dir) == 1);
 }
