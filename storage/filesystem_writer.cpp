@@ -142,6 +142,9 @@ constexpr uint64_t direct_min_item = uint64_t{16} << 20;
 /// no newline.
 constexpr char part_separator = '\n';
 
+/// Name prefix of the probe files (filesystem_writer::place_probe).
+constexpr std::string_view probe_prefix = ".dcpp.probe.";
+
 /// Separates the file prefix from the save tag in `save_plan::storage_data`.
 constexpr char tag_separator = '\t';
 
@@ -441,6 +444,8 @@ public:
     local_tag_ = make_save_tag();
     if (auto err = make_directories(dir_, opts_.sync_files))
       return with_context(err, "set_up");
+    if (auto err = place_probe())
+      return with_context(err, "set_up");
     if (is_coordinator) {
       // One save per directory: the coordinator holds the directory lock
       // until its commit or abort. Other ranks do not lock: the lock guards
@@ -460,11 +465,15 @@ public:
   }
 
   caf::expected<save_plan> prepare_local_plan(save_plan plan) override {
+    // The coordinator looks for this rank's probe in its own directory.
+    plan.storage_data = probe_;
     return plan;
   }
 
   caf::expected<std::vector<save_plan>>
   prepare_global_plan(std::vector<save_plan> plans) override {
+    if (auto err = check_probes(plans))
+      return err;
     // One tag for the whole save, the same on every rank: the one the
     // coordinator's set_up wrote into the lock file, once.
     auto tag = save_tag_.empty() ? make_save_tag()
@@ -599,6 +608,7 @@ public:
         lock.release();
       }
     } release{lock_};
+    remove_probe();
     std::vector<std::string> files;
     bool tmp = false;
     {
@@ -939,8 +949,80 @@ private:
     return {};
   }
 
+  /// Every rank leaves a probe file (`.dcpp.probe.<rank>.<random>`) in the
+  /// directory it was given, and names it in its local plan. The
+  /// coordinator's prepare_global_plan checks that every rank's probe is in
+  /// *its* directory: ranks of one save that were given different
+  /// directories (or see different file systems) fail in step "plan",
+  /// before anything is written or deleted. A file name, not a path or a
+  /// device and inode number, so that hosts that mount one shared file
+  /// system at different paths still agree.
+  caf::error place_probe() {
+    remove_probe();
+    probe_ = std::string{probe_prefix} + std::to_string(rank_) + "."
+             + make_save_tag();
+    auto path = join(dir_, probe_);
+    fd_guard fd{open_fd(
+      path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)};
+    if (fd.get() < 0) {
+      probe_.clear();
+      return os_error("create", path, errno);
+    }
+    return caf::none;
+  }
+
+  void remove_probe() {
+    if (!probe_.empty())
+      ::unlink(join(dir_, probe_).c_str());
+    probe_.clear();
+  }
+
+  /// The coordinator: fails naming every rank whose probe is not in this
+  /// directory (plans that name no probe, made without a file-system
+  /// writer's prepare_local_plan, are not checked). Then removes every
+  /// probe in the directory but its own: the ones it found did their job,
+  /// others are left by crashed or refused saves (the directory lock is
+  /// held, so no other save of this directory is under way).
+  caf::error check_probes(const std::vector<save_plan>& plans) {
+    std::string missing;
+    for (size_t r = 0; r < plans.size(); ++r) {
+      const auto& name = plans[r].storage_data;
+      if (name.rfind(probe_prefix, 0) != 0)
+        continue;
+      struct stat st {};
+      if (!plain_file_name(name) || ::lstat(join(dir_, name).c_str(), &st) != 0
+          || !S_ISREG(st.st_mode))
+        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    }
+    if (DIR* d = ::opendir(dir_.c_str())) {
+      std::vector<std::string> probes;
+      while (auto entry = ::readdir(d)) {
+        std::string name = entry->d_name;
+        if (name.rfind(probe_prefix, 0) == 0 && name != probe_)
+          probes.push_back(std::move(name));
+      }
+      ::closedir(d);
+      for (const auto& name : probes)
+        ::unlink(join(dir_, name).c_str());
+    }
+    remove_probe();
+    if (missing.empty())
+      return caf::none;
+    return make_error(errc::invalid_argument,
+                      "prepare_global_plan: rank(s) " + missing
+                        + " do not write into the coordinator's checkpoint "
+                          "directory "
+                        + dir_
+                        + " (their probe files are not there): every rank of "
+                          "a save must be given the same directory, on a "
+                          "file system all ranks share");
+  }
+
   std::string dir_;
   filesystem_writer_options opts_;
+  /// This rank's probe file in `dir_` (see `place_probe`), until the
+  /// coordinator's check or an abort removes it.
+  std::string probe_;
   bool is_coordinator_ = false;
   int32_t rank_ = 0;
   std::mutex mx_;

@@ -32,7 +32,9 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -592,6 +594,67 @@ TEST_CASE("a failure carries each failing rank with its own error code",
           != std::string::npos);
   }
   CHECK(dir.count(".metadata") == 0);
+}
+
+TEST_CASE("ranks given different directories fail in step plan, writing "
+          "and deleting nothing",
+          "[group]") {
+  real_system rs;
+  checkpoint_dir a{"dirs_a"};
+  checkpoint_dir b{"dirs_b"};
+  constexpr int32_t n = 3;
+  auto save_all = [&](auto dir_of, int seed) {
+    auto grp = make_local_process_group(rs.sys, n);
+    std::vector<save_result> results(n, save_result{make_error(errc::aborted,
+                                                               "not run")});
+    on_every_rank(n, [&](int32_t r) {
+      checkpointer_options opts;
+      opts.process_group = grp[r];
+      opts.step_timeout = 20s;
+      auto dir = dir_of(r).string();
+      checkpointer cp{make_filesystem_writer(dir, fast_writer_options()),
+                      make_filesystem_reader(dir), opts};
+      auto sd = make_rank_dict(r, n, seed != 0);
+      results[r] = cp.save(sd);
+    });
+    return results;
+  };
+  auto read_file = [](const fs::path& p) {
+    std::ifstream in{p, std::ios::binary};
+    return std::string{std::istreambuf_iterator<char>{in}, {}};
+  };
+  auto probes = [](const fs::path& dir) {
+    size_t k = 0;
+    for (auto& entry : fs::directory_iterator(dir))
+      if (entry.path().filename().string().rfind(".dcpp.probe.", 0) == 0)
+        ++k;
+    return k;
+  };
+  // A good checkpoint in `a` first.
+  for (auto& res : save_all([&](int32_t) { return a.path; }, 0))
+    REQUIRE(res);
+  auto files_a = a.count(".distcp");
+  auto md_a = read_file(a.path / ".metadata");
+  // Rank 1 is given `b`.
+  auto results = save_all([&](int32_t r) { return r == 1 ? b.path : a.path; },
+                          1);
+  for (int32_t r = 0; r < n; ++r) {
+    INFO("rank " << r);
+    REQUIRE_FALSE(results[r]);
+    auto failure = checkpoint_failure_of(results[r].error());
+    REQUIRE(failure);
+    CHECK(failure->step == "plan");
+    REQUIRE(failure->failures.count(0) == 1);
+    auto text = describe(failure->failures.at(0));
+    CHECK(text.find("rank(s) 1 do not write into") != std::string::npos);
+  }
+  // Nothing written, nothing deleted: `a` holds its checkpoint as it was.
+  CHECK(read_file(a.path / ".metadata") == md_a);
+  CHECK(a.count(".distcp") == files_a);
+  CHECK(b.count(".distcp") == 0);
+  CHECK(b.count(".metadata") == 0);
+  CHECK(probes(a.path) == 0);
+  CHECK(probes(b.path) == 0);
 }
 
 TEST_CASE("a rank whose state dict is broken fails the save everywhere",
