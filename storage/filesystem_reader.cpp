@@ -5,9 +5,11 @@
 // its durability protocol are in filesystem_writer.cpp.
 
 #include "core/error.hpp"
+#include "storage/checksum.hpp"
 #include "storage/filesystem.hpp"
 #include "storage/filesystem_layout.hpp"
 #include "storage/item_io.hpp"
+#include "storage/metadata_codec.hpp"
 #include "storage/posix_file.hpp"
 #include "storage/thread_pool.hpp"
 
@@ -35,6 +37,16 @@ using detail::os_error;
 using detail::plain_file_name;
 using detail::read_metadata_file;
 using detail::run_parallel;
+
+/// Prefix of a load plan's fingerprint (`filesystem_reader::fingerprint_of`).
+constexpr const char* fingerprint_prefix = "dcpp-metadata ";
+
+/// What identifies a checkpoint: the checksum of its metadata, encoded the
+/// one way dcpp encodes it (equal metadata, equal fingerprint).
+std::string fingerprint_of(const metadata& md) {
+  return fingerprint_prefix + std::string{".metadata is "}
+         + item_checksum(encode_metadata(md, metadata_flavor::torch_2));
+}
 
 class filesystem_reader final : public storage_reader {
 public:
@@ -85,7 +97,46 @@ public:
     }
     std::lock_guard<std::mutex> guard{mx_};
     md_ = std::make_shared<const metadata>(md);
+    fingerprint_ = fingerprint_of(md);
     return {};
+  }
+
+  /// Names the checkpoint this rank read (see `fingerprint_of`), for the
+  /// coordinator's check.
+  caf::expected<load_plan> prepare_local_plan(load_plan plan) override {
+    std::lock_guard<std::mutex> guard{mx_};
+    plan.storage_data = fingerprint_;
+    return plan;
+  }
+
+  /// The coordinator: every rank of a load must have read the same
+  /// checkpoint (ranks given different directories, or a `.metadata`
+  /// replaced between their reads, would otherwise load mixed data). Fails
+  /// naming the ranks of each checkpoint read.
+  caf::expected<std::vector<load_plan>>
+  prepare_global_plan(std::vector<load_plan> plans) override {
+    std::map<std::string, std::string> ranks_of;
+    for (size_t r = 0; r < plans.size(); ++r) {
+      auto& fp = plans[r].storage_data;
+      if (fp.rfind(fingerprint_prefix, 0) != 0)
+        continue; // not prepared by a file-system reader
+      auto& ranks = ranks_of[fp];
+      ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+      fp.clear();
+    }
+    if (ranks_of.size() <= 1)
+      return plans;
+    std::string what;
+    for (const auto& [fp, ranks] : ranks_of)
+      what += (what.empty() ? "" : "; ") + std::string{"rank(s) "} + ranks
+              + " read the checkpoint whose "
+              + fp.substr(std::string_view{fingerprint_prefix}.size());
+    return make_error(errc::invalid_argument,
+                      "prepare_global_plan: the ranks of this load read "
+                      "different checkpoints: "
+                        + what
+                        + "; every rank of a load must read the same "
+                          "checkpoint");
   }
 
   caf::error read_data(const load_plan& plan, load_target& target) override {
@@ -296,6 +347,8 @@ private:
   filesystem_reader_options opts_;
   mutable std::mutex mx_;
   std::shared_ptr<const metadata> md_;
+  /// The checkpoint set_up accepted (`fingerprint_of`).
+  std::string fingerprint_;
 };
 
 } // namespace
