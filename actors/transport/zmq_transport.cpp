@@ -3,6 +3,7 @@
 #include "actors/coordinator.hpp"
 #include "actors/peers.hpp"
 #include "actors/rank_agent.hpp"
+#include "actors/transport/log_limiter.hpp"
 #include "core/error.hpp"
 #include "messages/wire.hpp"
 
@@ -458,15 +459,13 @@ private:
         return;
       if (hub_) {
         if (frames.size() != 2) {
-          spdlog::error("dcpp zmq: dropped a message of {} parts",
-                        frames.size());
+          peer_error("dcpp zmq: dropped a message of {} parts", frames.size());
           continue;
         }
         on_hub_frame(frames[0].to_string(), frames[1]);
       } else {
         if (frames.size() != 1) {
-          spdlog::error("dcpp zmq: dropped a message of {} parts",
-                        frames.size());
+          peer_error("dcpp zmq: dropped a message of {} parts", frames.size());
           continue;
         }
         on_spoke_frame(frames[0]);
@@ -474,8 +473,22 @@ private:
     }
   }
 
+  /// An error line that a peer caused (a refused hello, a dropped frame):
+  /// rate-limited, so that a peer sending garbage in a loop cannot flood
+  /// the log.
+  template <class... Ts>
+  void peer_error(const char* fmt, Ts&&... xs) {
+    uint64_t suppressed = 0;
+    if (!peer_log_.allow(detail::log_limiter::clock::now(), suppressed))
+      return;
+    if (suppressed > 0)
+      spdlog::error("dcpp zmq: {} more lines like the next one suppressed",
+                    suppressed);
+    spdlog::error(fmt, std::forward<Ts>(xs)...);
+  }
+
   void refuse(const std::string& rid, char code, const std::string& why) {
-    spdlog::error("dcpp zmq: refused a rank: {}", why);
+    peer_error("dcpp zmq: refused a rank: {}", why);
     send_to_rid(rid, control(tag_refuse, std::string(1, code) + why));
   }
 
@@ -566,8 +579,8 @@ private:
     }
     if (rank < 0) {
       if (tag != tag_heartbeat && tag != tag_bye)
-        spdlog::error("dcpp zmq: dropped a frame from an unauthenticated "
-                      "peer");
+        peer_error("dcpp zmq: dropped a frame from an unauthenticated "
+                   "peer");
       return;
     }
     if (tag == tag_heartbeat)
@@ -629,39 +642,40 @@ private:
   /// Decodes a protocol frame and sends it to the local target.
   void deliver(const zmq::message_t& msg, int32_t peer_rank, bool from_rank) {
     if (msg.size() > opts_.max_frame_bytes) {
-      spdlog::error("dcpp zmq: dropped an inbound frame of {} bytes (limit "
-                    "{} bytes)",
-                    msg.size(), opts_.max_frame_bytes);
+      peer_error("dcpp zmq: dropped an inbound frame of {} bytes (limit "
+                 "{} bytes)",
+                 msg.size(), opts_.max_frame_bytes);
       return;
     }
     std::string frame = msg.to_string();
     auto hdr = envelope_from_wire(frame);
     if (!hdr) {
-      spdlog::error("dcpp zmq: dropped an undecodable frame: {}",
-                    describe(hdr.error()));
+      peer_error("dcpp zmq: dropped an undecodable frame: {}",
+                 describe(hdr.error()));
       return;
     }
     if (from_rank ? hdr->from != peer_rank : hdr->to != peer_rank) {
-      spdlog::error("dcpp zmq: dropped a misrouted frame ({})",
-                    to_string(*hdr));
+      peer_error("dcpp zmq: dropped a misrouted frame ({})", to_string(*hdr));
       return;
     }
     if (from_rank && hdr->to != opts_.coordinator_rank) {
-      spdlog::error("dcpp zmq: dropped a frame for coordinator rank {}; this "
-                    "group's coordinator is rank {}",
-                    hdr->to, opts_.coordinator_rank);
+      peer_error("dcpp zmq: dropped a frame for coordinator rank {}; this "
+                 "group's coordinator is rank {}",
+                 hdr->to, opts_.coordinator_rank);
       return;
     }
     auto m = message_from_wire(frame);
     if (!m) {
-      spdlog::error("dcpp zmq: dropped an undecodable frame: {}",
-                    describe(m.error()));
+      peer_error("dcpp zmq: dropped an undecodable frame: {}",
+                 describe(m.error()));
       return;
     }
     if (target_)
       caf::anon_send(target_, std::move(*m));
   }
 
+  /// Lines that peers cause: 20 per 10 seconds.
+  detail::log_limiter peer_log_{20, std::chrono::seconds(10)};
   caf::actor_system& sys_;
   bool hub_;
   launch_env env_;

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""A peer that announces a 1 GiB frame and streams it must not make the
-coordinator buffer it (issue 11: RSS went 182 -> 1,219 MiB before the 64 MiB
-frame limit applied). ZeroMQ's ZMQ_MAXMSGSIZE must cut the connection when
-the frame header arrives, before any byte is buffered.
+"""Hostile peers against a coordinator (issue 11), with real processes:
 
-    big_frame_test.py BUILD_APPS_DIR
+1. A peer that announces a 1 GiB frame and streams it must not make the
+   coordinator buffer it (RSS went 182 -> 1,219 MiB before the 64 MiB frame
+   limit applied): ZeroMQ's ZMQ_MAXMSGSIZE must cut the connection when the
+   frame header arrives.
+2. A peer that sends 2,000 hellos with a wrong secret must not flood the
+   log (each cost ~2 lines, unthrottled): at most a few dozen lines.
 
-Starts rank 0 of a 2-rank `dcpp-worker save` (it binds MASTER_PORT), speaks
-ZMTP 3.0 to it by hand as a DEALER (no secret), announces one 1 GiB message
-frame and streams up to 1 GiB of zeros while sampling rank 0's RSS. Then
-rank 1 joins and the save must still commit.
+    hostile_peer_test.py BUILD_APPS_DIR
+
+Starts rank 0 of a 2-rank `dcpp-worker save` (it binds MASTER_PORT) and
+speaks ZMTP 3.0 to it by hand as a DEALER. Then rank 1 joins and the save
+must still commit.
 """
 import os
 import socket
@@ -69,9 +72,10 @@ def main():
     args = [os.path.join(apps, "dcpp-worker"), "save", "--dir",
             os.path.join(tmp, "ckpt"), "--size-mb", "2", "--step-timeout",
             "30"]
-    rank0 = subprocess.Popen(args, env=dict(env, RANK="0"),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    # A file, not a pipe: a flood of log lines must not block rank 0.
+    log0 = open(os.path.join(tmp, "rank0.log"), "w+")
+    rank0 = subprocess.Popen(args, env=dict(env, RANK="0"), stdout=log0,
+                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 20
         sock = None
@@ -108,15 +112,31 @@ def main():
         if not cut:
             fail("the coordinator accepted a 1 GiB frame without closing "
                  "the connection")
+        flood = zmtp_dealer(port)
+        hello = b"\xa0dcpp-zmq-2\n1\n2\n\nnot-the-secret"
+        for _ in range(2000):
+            flood.sendall(b"\x00" + bytes([len(hello)]) + hello)
+        time.sleep(0.5)
+        flood.close()
         rank1 = subprocess.run(args, env=dict(env, RANK="1"), timeout=60,
                                stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-        out0, _ = rank0.communicate(timeout=60)
+        rank0.wait(timeout=60)
+        log0.seek(0)
+        out0 = log0.read()
         if rank0.returncode != 0 or rank1.returncode != 0:
-            fail("the save after the big frame failed:\n" + out0
+            fail("the save after the hostile peers failed:\n" + out0
                  + rank1.stdout)
-        print("big_frame_test: frame refused before buffering; the save "
-              "then committed")
+        lines = out0.count("\n")
+        refused = out0.count("refused a rank")
+        print("rank 0 logged %d lines, %d of them refusals, for 2000 bogus "
+              "hellos" % (lines, refused))
+        if refused == 0:
+            fail("the bogus hellos were not refused:\n" + out0[-2000:])
+        if lines > 60:
+            fail("2000 bogus hellos logged %d lines" % lines)
+        print("hostile_peer_test: big frame refused before buffering, bogus "
+              "hellos logged at a bounded rate; the save then committed")
     finally:
         if rank0.poll() is None:
             rank0.kill()
