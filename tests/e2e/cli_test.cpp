@@ -11,6 +11,7 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/full.h>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -462,4 +463,62 @@ TEST_CASE("usage errors exit with code 2") {
   auto help = s.cli("export --help");
   CHECK(help.code == 0);
   CHECK(help.out.find("flattened") != std::string::npos);
+}
+
+// -- hostile directories (issue 11) -------------------------------------------
+
+namespace {
+
+/// Saves `w` (float32, size 4, values 1..4) as two chunks, then rewrites
+/// `.metadata` so that the second chunk starts at 1 instead of 2: the
+/// chunks overlap at element 1 and leave element 3 uncovered, while their
+/// sizes still add up to 4.
+void write_overlapping_chunks_with_gap(const std::string& dir) {
+  state_dict sd;
+  sharded_tensor st;
+  st.global_size = {4};
+  auto full = at::arange(1, 5, at::kFloat);
+  st.local_shards.push_back({full.narrow(0, 0, 2).clone(), {0}});
+  st.local_shards.push_back({full.narrow(0, 2, 2).clone(), {2}});
+  sd.set("w", st);
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
+                  opts};
+  REQUIRE(cp.save(sd));
+  auto md = read_md(dir);
+  auto& chunks = md.state_dict_metadata.at("w").tensor.chunks;
+  REQUIRE(chunks.size() == 2);
+  for (auto& c : chunks)
+    if (c.offsets == shape_t{2})
+      c.offsets = shape_t{1};
+  auto node = md.storage_data.extract(metadata_index{"w", shape_t{2}});
+  REQUIRE(!node.empty());
+  md.storage_data.emplace(metadata_index{"w", shape_t{1}},
+                          std::move(node.mapped()));
+  spit(fs::path{dir} / ".metadata", encode_metadata(md));
+}
+
+} // namespace
+
+TEST_CASE("overlapping chunks with a gap fail load and export naming the key",
+          "[issue11]") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_overlapping_chunks_with_gap(dir);
+  auto ex = s.cli("export " + dir + " " + s.path("x.pt"));
+  check_one_line_error(ex);
+  CHECK(ex.err.find("overlapping_chunks") != std::string::npos);
+  CHECK(!fs::exists(s.path("x.pt")));
+  state_dict dest;
+  dest.set("w", at::full({4}, -1.0f));
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
+                  opts};
+  auto err = cp.load(dest);
+  INFO(describe(err));
+  REQUIRE(err);
+  CHECK(describe(err).find("overlapping_chunks") != std::string::npos);
+  CHECK(describe(err).find("w: chunk #") != std::string::npos);
 }
