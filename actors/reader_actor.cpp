@@ -2,6 +2,7 @@
 
 #include "actors/guarded_call.hpp"
 #include "core/error.hpp"
+#include "core/planner.hpp"
 #include "storage/storage.hpp"
 
 #include <caf/all.hpp>
@@ -22,15 +23,26 @@ call(const std::shared_ptr<storage_reader>& reader, const char* what, F&& f) {
                                  errc::storage_failure, std::forward<F>(f));
 }
 
+/// The storage's metadata, refused unless it passes the checks of `dcpp
+/// verify` (validate_metadata). Every load, whatever its planner or
+/// storage, comes through here: overlapping chunks whose sizes add up to
+/// the tensor's would pass the load planner's coverage count and leave the
+/// elements that no chunk holds unloaded.
+caf::expected<metadata> checked_metadata(storage_reader& r) {
+  auto md = r.read_metadata();
+  if (md)
+    if (auto err = validate_metadata(*md))
+      return err;
+  return md;
+}
+
 reader_actor::behavior_type reader_impl(reader_actor::pointer,
                                         std::shared_ptr<storage_reader> reader,
                                         std::shared_ptr<load_target> target) {
   using plans = std::vector<load_plan>;
   return {
     [=](read_metadata_atom) -> caf::result<metadata> {
-      return call<metadata>(reader, "read_metadata", [&](storage_reader& r) {
-        return r.read_metadata();
-      });
+      return call<metadata>(reader, "read_metadata", checked_metadata);
     },
     [=](set_up_atom, const metadata& md, bool is_coordinator,
         int32_t rank) -> caf::result<caf::ok_atom> {

@@ -78,6 +78,30 @@ caf::expected<std::string> read_whole_file(const std::string& path,
   return buf;
 }
 
+/// Reads a file of a checkpoint directory: never through a symbolic link,
+/// never blocking on a FIFO (detail::open_regular_file).
+caf::expected<std::string> read_checkpoint_file(const std::string& path,
+                                                uint64_t limit) {
+  auto fd = detail::open_regular_file(path);
+  if (!fd)
+    return std::move(fd.error());
+  struct stat st {};
+  if (::fstat(fd->get(), &st) != 0)
+    return os_error("stat", path, errno);
+  auto size = static_cast<uint64_t>(st.st_size);
+  if (size > limit)
+    return make_error(errc::too_large,
+                      path + " holds " + std::to_string(size) + " bytes");
+  std::string buf(size, '\0');
+  uint64_t done = 0;
+  auto err = detail::pread_fully(fd->get(), buf.data(), buf.size(), 0, done);
+  if (err > 0)
+    return os_error("read", path, err);
+  if (err < 0)
+    return make_error(errc::io_error, "short read of " + path);
+  return buf;
+}
+
 /// A checkpoint's decoded `.metadata` plus the raw bytes (for the flavor).
 struct checkpoint_info {
   metadata md;
@@ -91,7 +115,7 @@ caf::expected<checkpoint_info> load_metadata(const std::string& dir) {
   auto path = (fs::path{dir} / ".metadata").string();
   if (!fs::exists(path, ec))
     return make_error(errc::not_found, "no .metadata in " + dir);
-  auto raw = read_whole_file(path, uint64_t{1} << 30);
+  auto raw = read_checkpoint_file(path, uint64_t{1} << 30);
   if (!raw)
     return raw.error();
   auto md = decode_metadata(*raw);
@@ -276,8 +300,9 @@ caf::error write_atomically(const std::string& path,
     return os_error(what, tmp, err);
   };
   {
-    fd_guard fd{
-      detail::open_fd(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
+    // Created afresh: a planted `OUT.tmp` link is removed, never written
+    // through.
+    fd_guard fd{detail::create_exclusive(tmp, O_WRONLY | O_CLOEXEC, 0644)};
     if (fd.get() < 0)
       return os_error("open", tmp, errno);
     uint64_t done = 0;
@@ -471,9 +496,10 @@ caf::error check_item(const std::string& dir, const storage_info& si,
     return make_error(errc::path_escape,
                       "'" + si.relative_path + "' leaves " + dir);
   auto path = (fs::path{dir} / si.relative_path).string();
-  fd_guard f{detail::open_fd(path, O_RDONLY | O_CLOEXEC)};
-  if (f.get() < 0)
-    return os_error("open", path, errno);
+  auto opened = detail::open_regular_file(path);
+  if (!opened)
+    return std::move(opened.error());
+  auto& f = *opened;
   struct stat st {};
   if (::fstat(f.get(), &st) != 0)
     return os_error("stat", path, errno);

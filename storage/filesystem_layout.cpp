@@ -37,9 +37,9 @@ bool plain_file_name(const std::string& name) {
 
 caf::expected<metadata> read_metadata_file(const std::string& dir) {
   auto path = join(dir, metadata_name);
-  fd_guard fd{open_fd(path, O_RDONLY | O_CLOEXEC)};
-  if (fd.get() < 0) {
-    auto err = errno;
+  int err = 0;
+  auto opened = open_regular_file(path, &err);
+  if (!opened) {
     if (err == ENOENT) {
       struct stat st;
       if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
@@ -48,8 +48,9 @@ caf::expected<metadata> read_metadata_file(const std::string& dir) {
       return make_error(errc::not_found, dir + ": no committed checkpoint ("
                                            + metadata_name + " is missing)");
     }
-    return os_error("open", path, err);
+    return std::move(opened.error());
   }
+  auto& fd = *opened;
   struct stat st;
   if (::fstat(fd.get(), &st) != 0)
     return os_error("stat", path, errno);

@@ -22,6 +22,8 @@ std::string join(const std::string& dir, const std::string& name);
 bool plain_file_name(const std::string& name);
 
 /// Reads and decodes `<dir>/.metadata`: errc::not_found without one,
+/// errc::path_escape if it is a symbolic link, errc::io_error if it is not
+/// a regular file (a FIFO fails at once instead of blocking),
 /// errc::too_large beyond 1 GiB, errc::corrupt_metadata if it cannot be
 /// decoded.
 caf::expected<metadata> read_metadata_file(const std::string& dir);

@@ -32,7 +32,6 @@ namespace {
 
 using detail::fd_guard;
 using detail::join;
-using detail::open_fd;
 using detail::os_error;
 using detail::plain_file_name;
 using detail::read_metadata_file;
@@ -72,7 +71,7 @@ public:
       if (i == sizes.end()) {
         auto path = join(dir_, info.relative_path);
         struct stat st;
-        if (::stat(path.c_str(), &st) != 0) {
+        if (::lstat(path.c_str(), &st) != 0) {
           auto err = errno;
           if (err == ENOENT)
             return make_error(errc::corrupt_item, to_string(idx)
@@ -80,6 +79,11 @@ public:
                                                     + " is missing");
           return os_error("stat", path, err);
         }
+        // A link could lead anywhere (/etc/passwd): never followed.
+        if (S_ISLNK(st.st_mode))
+          return make_error(errc::path_escape,
+                            to_string(idx) + ": " + path
+                              + ": is a symbolic link, not a regular file");
         if (!S_ISREG(st.st_mode))
           return make_error(errc::corrupt_item, to_string(idx) + ": " + path
                                                   + " is not a regular file");
@@ -163,11 +167,12 @@ public:
                                 + u.info->relative_path
                                 + "' is not a file inside " + dir_);
           auto path = join(dir_, u.info->relative_path);
-          int fd = open_fd(path, O_RDONLY | O_CLOEXEC);
-          if (fd < 0)
-            return with_context(os_error("open", path, errno),
-                                to_string(u.index));
-          guards.push_back(std::make_unique<fd_guard>(fd));
+          // Checked again here: the file may have been replaced since.
+          auto opened = detail::open_regular_file(path);
+          if (!opened)
+            return with_context(opened.error(), to_string(u.index));
+          int fd = opened->get();
+          guards.push_back(std::make_unique<fd_guard>(std::move(*opened)));
           // Items are read in file order: let readahead run far.
           (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
           i = fds.emplace(u.info->relative_path, fd).first;

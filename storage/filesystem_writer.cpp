@@ -553,8 +553,9 @@ public:
       auto tmp = join(dir_, metadata_tmp_name);
       auto final_path = join(dir_, metadata_name);
       {
-        fd_guard fd{
-          open_fd(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
+        // Created afresh: a planted `.metadata.tmp` link is removed, never
+        // written through (nor renamed into `.metadata`).
+        fd_guard fd{detail::create_exclusive(tmp, O_WRONLY | O_CLOEXEC, 0644)};
         if (fd.get() < 0)
           return with_context(os_error("create", tmp, errno), "finish");
         {
@@ -870,13 +871,16 @@ private:
                        bool large) {
     f.name = data_file_name(target.prefix, target.tag, n);
     f.path = join(dir_, f.name);
-    auto flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+    // Created afresh (O_EXCL | O_NOFOLLOW after removing any leftover of
+    // the name): nothing planted there is written through.
+    auto flags = O_WRONLY | O_CLOEXEC;
     bool direct = large && opts_.direct_io && opts_.sync_files;
-    int fd = open_fd(f.path, flags | (direct ? O_DIRECT : 0), 0644);
+    int fd = detail::create_exclusive(f.path, flags | (direct ? O_DIRECT : 0),
+                                      0644);
     if (fd < 0 && direct && errno == EINVAL) {
       // The file system does not do direct I/O (tmpfs, some FUSE mounts).
       direct = false;
-      fd = open_fd(f.path, flags, 0644);
+      fd = detail::create_exclusive(f.path, flags, 0644);
     }
     if (fd < 0)
       return os_error("create", f.path, errno);

@@ -3,6 +3,7 @@
 #include "core/fault.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -43,6 +44,62 @@ int open_fd(const std::string& path, int flags, mode_t mode) {
 int fd_guard::close() {
   auto fd = std::exchange(fd_, -1);
   return fd >= 0 ? ::close(fd) : 0;
+}
+
+namespace {
+
+/// What a file of mode `mode` is, for "<path>: is <what>, not a regular
+/// file".
+const char* file_kind(mode_t mode) {
+  if (S_ISFIFO(mode))
+    return "a FIFO";
+  if (S_ISDIR(mode))
+    return "a directory";
+  if (S_ISCHR(mode))
+    return "a character device";
+  if (S_ISBLK(mode))
+    return "a block device";
+  if (S_ISSOCK(mode))
+    return "a socket";
+  if (S_ISLNK(mode))
+    return "a symbolic link";
+  return "a special file";
+}
+
+} // namespace
+
+caf::expected<fd_guard> open_regular_file(const std::string& path,
+                                          int* open_errno) {
+  if (open_errno)
+    *open_errno = 0;
+  fd_guard fd{open_fd(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)};
+  if (fd.get() < 0) {
+    auto err = errno;
+    if (open_errno)
+      *open_errno = err;
+    struct stat st;
+    if (err == ELOOP && ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+      return make_error(errc::path_escape,
+                        path + ": is a symbolic link, not a regular file");
+    return os_error("open", path, err);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0)
+    return os_error("stat", path, errno);
+  if (!S_ISREG(st.st_mode))
+    return make_error(errc::io_error, path + ": is " + file_kind(st.st_mode)
+                                        + ", not a regular file");
+  auto fl = ::fcntl(fd.get(), F_GETFL);
+  if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0)
+    return os_error("fcntl", path, errno);
+  return fd;
+}
+
+int create_exclusive(const std::string& path, int flags, mode_t mode) {
+  // A leftover that cannot be removed (a directory, no permission) makes
+  // the open below fail with EEXIST.
+  (void)::unlink(path.c_str());
+  return open_fd(path, flags | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
 }
 
 int fsync_fd(int fd) {

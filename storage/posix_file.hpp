@@ -78,6 +78,24 @@ private:
   int fd_;
 };
 
+/// Opens an existing checkpoint file (data file, `.metadata`) for reading,
+/// refusing what a hostile directory may plant in its place: a symbolic
+/// link is never followed (O_NOFOLLOW: `errc::path_escape`, "<path>: is a
+/// symbolic link, not a regular file"), and a FIFO, device, socket or
+/// directory is refused without blocking in open(2) (O_NONBLOCK, cleared
+/// again on success: `errc::io_error`, "<path>: is a FIFO, not a regular
+/// file"). Any other failure is `os_error("open", path, errno)`, and
+/// `open_errno` (if given) receives that errno (0 when open succeeded).
+caf::expected<fd_guard> open_regular_file(const std::string& path,
+                                          int* open_errno = nullptr);
+
+/// Creates `path` afresh for writing (`flags` | O_CREAT | O_EXCL |
+/// O_NOFOLLOW): a leftover entry of that name (an old temp file, or a
+/// symbolic link or FIFO someone planted) is unlinked first, so nothing is
+/// ever written through a link or into a file that was there before.
+/// Returns the descriptor, or -1 with errno set.
+int create_exclusive(const std::string& path, int flags, mode_t mode);
+
 /// fsync(2) retried on EINTR: 0 or an errno.
 int fsync_fd(int fd);
 

@@ -15,7 +15,6 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,7 +33,6 @@ using detail::advise_huge_pages;
 using detail::block_size;
 using detail::check_checksum_form;
 using detail::compare_checksum;
-using detail::errno_text;
 using detail::hasher;
 using detail::host_is_little_endian;
 using detail::scratch_buffer;
@@ -707,13 +705,10 @@ caf::error read_tensor_plan_item(const item_location& loc, dtype type,
 caf::expected<at::Tensor> read_tensor_item(const std::string& path,
                                            uint64_t offset, uint64_t length,
                                            std::string_view checksum) {
-  detail::fd_guard fd{detail::open_fd(path, O_RDONLY | O_CLOEXEC)};
-  if (fd.get() < 0) {
-    auto err = errno;
-    return make_error(errc::io_error,
-                      path + ": cannot open: " + errno_text(err));
-  }
-  item_location loc{fd.get(), path, offset, length};
+  auto fd = detail::open_regular_file(path);
+  if (!fd)
+    return std::move(fd.error());
+  item_location loc{fd->get(), path, offset, length};
   auto reader = tensor_item_reader::open(loc);
   caf::expected<at::Tensor> result{at::Tensor{}};
   if (!reader)

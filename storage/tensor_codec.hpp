@@ -142,8 +142,9 @@ private:
   std::unique_ptr<impl> impl_;
 };
 
-/// Opens `path`, reads the tensor item at `[offset, offset + length)` into
-/// fresh memory (see `tensor_item_reader::read_tensor`).
+/// Opens `path` (a regular file, never through a link:
+/// detail::open_regular_file), reads the tensor item at `[offset, offset +
+/// length)` into fresh memory (see `tensor_item_reader::read_tensor`).
 caf::expected<at::Tensor> read_tensor_item(const std::string& path,
                                            uint64_t offset, uint64_t length,
                                            std::string_view checksum = {});

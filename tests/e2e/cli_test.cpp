@@ -11,9 +11,11 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/full.h>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -498,4 +500,127 @@ TEST_CASE("usage errors exit with code 2") {
   auto help = s.cli("export --help");
   CHECK(help.code == 0);
   CHECK(help.out.find("flattened") != std::string::npos);
+}
+
+// -- hostile directories (issue 11) -------------------------------------------
+
+namespace {
+
+/// Saves `w` (float32, size 4, values 1..4) as two chunks, then rewrites
+/// `.metadata` so that the second chunk starts at 1 instead of 2: the
+/// chunks overlap at element 1 and leave element 3 uncovered, while their
+/// sizes still add up to 4.
+void write_overlapping_chunks_with_gap(const std::string& dir) {
+  state_dict sd;
+  sharded_tensor st;
+  st.global_size = {4};
+  auto full = at::arange(1, 5, at::kFloat);
+  st.local_shards.push_back({full.narrow(0, 0, 2).clone(), {0}});
+  st.local_shards.push_back({full.narrow(0, 2, 2).clone(), {2}});
+  sd.set("w", st);
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
+                  opts};
+  REQUIRE(cp.save(sd));
+  auto md = read_md(dir);
+  auto& chunks = md.state_dict_metadata.at("w").tensor.chunks;
+  REQUIRE(chunks.size() == 2);
+  for (auto& c : chunks)
+    if (c.offsets == shape_t{2})
+      c.offsets = shape_t{1};
+  auto node = md.storage_data.extract(metadata_index{"w", shape_t{2}});
+  REQUIRE(!node.empty());
+  md.storage_data.emplace(metadata_index{"w", shape_t{1}},
+                          std::move(node.mapped()));
+  spit(fs::path{dir} / ".metadata", encode_metadata(md));
+}
+
+/// The data file that holds `big` (relative path).
+std::string big_file(const std::string& dir) {
+  return read_md(dir)
+    .storage_data.at(metadata_index{"big", shape_t{0}})
+    .relative_path;
+}
+
+} // namespace
+
+TEST_CASE("overlapping chunks with a gap fail load and export naming the key",
+          "[issue11]") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_overlapping_chunks_with_gap(dir);
+  auto ex = s.cli("export " + dir + " " + s.path("x.pt"));
+  check_one_line_error(ex);
+  CHECK(ex.err.find("overlapping_chunks") != std::string::npos);
+  CHECK(!fs::exists(s.path("x.pt")));
+  state_dict dest;
+  dest.set("w", at::full({4}, -1.0f));
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
+                  opts};
+  auto err = cp.load(dest);
+  INFO(describe(err));
+  REQUIRE(err);
+  CHECK(describe(err).find("overlapping_chunks") != std::string::npos);
+  CHECK(describe(err).find("w: chunk #") != std::string::npos);
+}
+
+TEST_CASE("verify and export refuse a symlinked data file, naming it",
+          "[issue11]") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto name = big_file(dir);
+  // The same bytes outside the directory: checksums still match.
+  auto outside = s.path("outside.bin");
+  fs::rename(fs::path{dir} / name, outside);
+  fs::create_symlink(outside, fs::path{dir} / name);
+  auto v = s.cli("verify " + dir);
+  INFO(v.out << v.err);
+  CHECK(v.code == 1);
+  CHECK(v.out.find("BROKEN big") != std::string::npos);
+  CHECK(v.out.find(name + ": is a symbolic link") != std::string::npos);
+  auto ex = s.cli("export " + dir + " " + s.path("x.pt"));
+  check_one_line_error(ex);
+  CHECK(ex.err.find(name + ": is a symbolic link") != std::string::npos);
+  CHECK(!fs::exists(s.path("x.pt")));
+}
+
+TEST_CASE("export does not write through a planted OUT.tmp symlink",
+          "[issue11]") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto victim = s.path("victim.txt");
+  spit(victim, "precious");
+  auto out = s.path("x.pt");
+  fs::create_symlink(victim, out + ".tmp");
+  auto ex = s.cli("export " + dir + " " + out);
+  INFO(ex.out << ex.err);
+  CHECK(ex.code == 0);
+  CHECK(slurp(victim) == "precious");
+  CHECK(fs::is_regular_file(fs::symlink_status(out)));
+  CHECK(!fs::exists(fs::symlink_status(out + ".tmp")));
+}
+
+TEST_CASE("verify of a FIFO as a data file fails at once, naming it",
+          "[issue11]") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto name = big_file(dir);
+  auto path = fs::path{dir} / name;
+  fs::remove(path);
+  REQUIRE(::mkfifo(path.c_str(), 0644) == 0);
+  // `timeout` turns a verify that blocks in open() into exit code 124.
+  auto out = s.root / "verify.out";
+  cli_result v;
+  v.code = run_shell("timeout 20 " + std::string{DCPP_CLI} + " verify " + dir
+                     + " >" + out.string() + " 2>&1");
+  v.out = slurp(out);
+  INFO(v.out << v.err);
+  CHECK(v.code == 1);
+  CHECK(v.out.find(name + ": is a FIFO") != std::string::npos);
 }
