@@ -1352,67 +1352,67 @@ TEST_CASE("the directory lock never follows a symlink",
   CHECK(err);
   CHECK(read_file(victim) == "do not touch");
   CHECK(loaded_version(dir) == 1);
+}
 
-  // -- hostile directories (issue 11)
-  // -------------------------------------------
+// -- hostile directories (issue 11)
+// -------------------------------------------
 
-  TEST_CASE("the reader refuses a symlinked data file, naming it",
-            "[filesystem][issue11]") {
-    temp_dir tmp;
-    temp_dir outside;
-    auto dir = tmp.path();
-    FS_REQUIRE(save_all(dir, {}, two_ranks()));
-    auto path = data_file(dir, "__1_0.distcp");
-    // The same bytes outside the directory: checksums still match.
-    auto target = outside / "data.bin";
-    REQUIRE(::rename(path.c_str(), target.c_str()) == 0);
-    REQUIRE(::symlink(target.c_str(), path.c_str()) == 0);
-    map_target t;
-    auto err = load_all(dir, {}, t);
-    INFO(describe(err));
-    REQUIRE(err);
-    CHECK(code_of(err) == errc::path_escape);
-    CHECK(describe(err).find(path + ": is a symbolic link")
-          != std::string::npos);
+TEST_CASE("the reader refuses a symlinked data file, naming it",
+          "[filesystem][issue11]") {
+  temp_dir tmp;
+  temp_dir outside;
+  auto dir = tmp.path();
+  FS_REQUIRE(save_all(dir, {}, two_ranks()));
+  auto path = data_file(dir, "__1_0.distcp");
+  // The same bytes outside the directory: checksums still match.
+  auto target = outside / "data.bin";
+  REQUIRE(::rename(path.c_str(), target.c_str()) == 0);
+  REQUIRE(::symlink(target.c_str(), path.c_str()) == 0);
+  map_target t;
+  auto err = load_all(dir, {}, t);
+  INFO(describe(err));
+  REQUIRE(err);
+  CHECK(code_of(err) == errc::path_escape);
+  CHECK(describe(err).find(path + ": is a symbolic link") != std::string::npos);
+}
+
+TEST_CASE("a planted .metadata.tmp symlink is not written through",
+          "[filesystem][issue11]") {
+  temp_dir tmp;
+  temp_dir outside;
+  auto dir = tmp.path();
+  auto victim = outside / "victim";
+  write_file(victim, "precious");
+  REQUIRE(::symlink(victim.c_str(), (tmp / ".metadata.tmp").c_str()) == 0);
+  FS_REQUIRE(save_all(dir, {}, two_ranks()));
+  CHECK(read_file(victim) == "precious");
+  struct stat st;
+  REQUIRE(::lstat((tmp / ".metadata").c_str(), &st) == 0);
+  CHECK(S_ISREG(st.st_mode));
+  CHECK(!exists(tmp / ".metadata.tmp"));
+  map_target t;
+  FS_REQUIRE(load_all(dir, {}, t));
+  check_two_ranks(t);
+}
+
+TEST_CASE("a FIFO as .metadata fails the load at once, naming it",
+          "[filesystem][issue11]") {
+  temp_dir tmp;
+  auto fifo = tmp / ".metadata";
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  auto reader = make_filesystem_reader(tmp.path());
+  auto res = std::async(std::launch::async,
+                        [&] { return reader->read_metadata(); });
+  if (res.wait_for(std::chrono::seconds{10}) != std::future_status::ready) {
+    FAIL_CHECK("read_metadata blocks on a FIFO");
+    // Unblock the open (a writer appears and leaves at once).
+    int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0)
+      ::close(fd);
   }
-
-  TEST_CASE("a planted .metadata.tmp symlink is not written through",
-            "[filesystem][issue11]") {
-    temp_dir tmp;
-    temp_dir outside;
-    auto dir = tmp.path();
-    auto victim = outside / "victim";
-    write_file(victim, "precious");
-    REQUIRE(::symlink(victim.c_str(), (tmp / ".metadata.tmp").c_str()) == 0);
-    FS_REQUIRE(save_all(dir, {}, two_ranks()));
-    CHECK(read_file(victim) == "precious");
-    struct stat st;
-    REQUIRE(::lstat((tmp / ".metadata").c_str(), &st) == 0);
-    CHECK(S_ISREG(st.st_mode));
-    CHECK(!exists(tmp / ".metadata.tmp"));
-    map_target t;
-    FS_REQUIRE(load_all(dir, {}, t));
-    check_two_ranks(t);
-  }
-
-  TEST_CASE("a FIFO as .metadata fails the load at once, naming it",
-            "[filesystem][issue11]") {
-    temp_dir tmp;
-    auto fifo = tmp / ".metadata";
-    REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
-    auto reader = make_filesystem_reader(tmp.path());
-    auto res = std::async(std::launch::async,
-                          [&] { return reader->read_metadata(); });
-    if (res.wait_for(std::chrono::seconds{10}) != std::future_status::ready) {
-      FAIL_CHECK("read_metadata blocks on a FIFO");
-      // Unblock the open (a writer appears and leaves at once).
-      int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-      if (fd >= 0)
-        ::close(fd);
-    }
-    auto md = res.get();
-    REQUIRE(!md);
-    INFO(describe(md.error()));
-    CHECK(code_of(md.error()) == errc::io_error);
-    CHECK(describe(md.error()).find(fifo + ": is a FIFO") != std::string::npos);
-  }
+  auto md = res.get();
+  REQUIRE(!md);
+  INFO(describe(md.error()));
+  CHECK(code_of(md.error()) == errc::io_error);
+  CHECK(describe(md.error()).find(fifo + ": is a FIFO") != std::string::npos);
+}
