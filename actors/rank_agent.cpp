@@ -162,6 +162,15 @@ caf::error local_error(agent_ptr self, const agent_op& op, caf::error err,
     return make_error(errc::timeout, what + " did not finish within "
                                        + std::to_string(op.timeout.count())
                                        + " ms");
+  // Storage backends often name the call themselves ("set_up: ..."): say
+  // it once ("set_up: ...", "write_data (part 1 of 2): ...").
+  if (code_of(err) != errc::none) {
+    auto call = what.substr(0, what.find(" ("));
+    auto ctx = context_of(err);
+    if (ctx.compare(0, call.size() + 2, call + ": ") == 0)
+      return make_error(code_of(err),
+                        what + ": " + ctx.substr(call.size() + 2));
+  }
   return with_context(err, what, errc::aborted);
 }
 

@@ -110,8 +110,12 @@ struct checkpoint_info {
 
 caf::expected<checkpoint_info> load_metadata(const std::string& dir) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec))
+  if (!fs::is_directory(dir, ec)) {
+    if (fs::exists(dir, ec))
+      return make_error(errc::invalid_argument,
+                        dir + " is a file, not a checkpoint directory");
     return make_error(errc::not_found, "no such directory: " + dir);
+  }
   auto path = (fs::path{dir} / ".metadata").string();
   if (!fs::exists(path, ec))
     return make_error(errc::not_found, "no .metadata in " + dir);

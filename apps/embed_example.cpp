@@ -147,6 +147,16 @@ void app_actor(caf::event_based_actor* self,
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
+  if (argc > 1 && argv[1][0] == '-') {
+    // Not a directory to create: any option, --help included.
+    std::cerr << "usage: " << argv[0] << " [DIR [WORLD_SIZE]]\n"
+              << "  saves a model on WORLD_SIZE (default 4) ranks of this "
+                 "process into DIR\n  (default: "
+              << (fs::temp_directory_path() / "dcpp-embed").string()
+              << ") and loads it back\n";
+    return std::string{argv[1]} == "--help" || std::string{argv[1]} == "-h" ? 0
+                                                                            : 2;
+  }
   std::string dir = argc > 1
                       ? argv[1]
                       : (fs::temp_directory_path() / "dcpp-embed").string();

@@ -71,6 +71,7 @@ def main():
     if not os.path.exists(BENCH):
         sys.exit(f"{BENCH} missing: run scripts/build.sh first")
     parent = args.dir or tempfile.mkdtemp(prefix="dcpp-bench-")
+    os.makedirs(parent, exist_ok=True)
     os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
     out_path = os.path.join(ROOT, "results", time.strftime("bench-%Y%m%d-%H%M%S.jsonl"))
     records = []

@@ -491,6 +491,19 @@ TEST_CASE("bad inputs end in one line and exit code 1") {
   CHECK(!fs::exists(fs::path{s.path("c2")} / ".metadata"));
 }
 
+TEST_CASE("a file where a checkpoint directory is expected is named as one") {
+  scratch s;
+  auto file = s.path("plain.txt");
+  spit(file, "not a checkpoint");
+  for (auto cmd : {"inspect ", "verify "}) {
+    auto r = s.cli(cmd + file);
+    check_one_line_error(r);
+    CHECK(r.err.find("is a file, not a checkpoint directory")
+          != std::string::npos);
+    CHECK(r.err.find("no such directory") == std::string::npos);
+  }
+}
+
 TEST_CASE("usage errors exit with code 2") {
   scratch s;
   check_one_line_error(s.cli(""), 2);

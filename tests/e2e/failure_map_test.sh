@@ -29,4 +29,7 @@ for r in 0 1 2 3; do
   echo "$lines" | grep -q "rank 3 failed in step write: dcpp::storage_failure: " \
     || fail "rank $r: rank 3's own code is lost: $lines"
 done
+# Each rank's error names the storage call once, not twice.
+! grep -q "write_data: write_data\|(part 1 of 1): write_data:" "$tmp/out" \
+  || fail "an error names its call twice: $(grep -m1 'write_data:' "$tmp/out")"
 echo "failure_map_test: every rank names exactly ranks 1 (injected_fault) and 3 (storage_failure)"
