@@ -147,34 +147,10 @@ caf::error check_committed(const std::string& dir) {
              : std::move(md.error());
   if (auto err = validate_metadata(*md))
     return with_context(err, md_path, errc::corrupt_metadata);
-  // One stat per data file, however many items it holds.
-  std::map<std::string, uint64_t> file_sizes;
-  for (const auto& [idx, si] : md->storage_data) {
-    const auto& name = si.relative_path;
-    if (!detail::plain_file_name(name))
-      return make_error(errc::path_escape,
-                        md_path + ": " + to_string(idx) + " is stored in \""
-                          + name + "\", not a file of the directory");
-    auto known = file_sizes.find(name);
-    if (known == file_sizes.end()) {
-      struct stat data_st;
-      auto path = join(dir, name);
-      // A missing data file makes the record broken, not absent: never
-      // errc::not_found here.
-      if (::lstat(path.c_str(), &data_st) != 0)
-        return make_error(errc::corrupt_item,
-                          path + ": stat: " + std::strerror(errno));
-      if (!S_ISREG(data_st.st_mode))
-        return make_error(errc::corrupt_item, path + ": not a regular file");
-      known = file_sizes.emplace(name, data_st.st_size).first;
-    }
-    auto end = si.offset + si.length;
-    if (end < si.offset || end > known->second)
-      return make_error(errc::corrupt_item,
-                        join(dir, name) + " holds "
-                          + std::to_string(known->second) + " bytes, "
-                          + to_string(idx) + " ends at " + std::to_string(end));
-  }
+  // A missing data file makes the record broken, not absent: never
+  // errc::not_found here.
+  if (auto err = detail::check_data_files(dir, *md))
+    return with_context(err, md_path, errc::corrupt_item);
   return caf::none;
 }
 

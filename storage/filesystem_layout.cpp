@@ -11,6 +11,8 @@
 #include <cerrno>
 #include <cstdint>
 #include <exception>
+#include <map>
+#include <string>
 
 namespace dcpp::detail {
 
@@ -81,6 +83,47 @@ caf::expected<metadata> read_metadata_file(const std::string& dir) {
   } catch (const std::exception& ex) {
     return make_error(errc::corrupt_metadata, path + ": " + ex.what());
   }
+}
+
+caf::error check_data_files(const std::string& dir, const metadata& md) {
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& [idx, info] : md.storage_data) {
+    if (!plain_file_name(info.relative_path))
+      return make_error(errc::path_escape, to_string(idx) + ": relative path '"
+                                             + info.relative_path
+                                             + "' is not a file inside " + dir);
+    auto i = sizes.find(info.relative_path);
+    if (i == sizes.end()) {
+      auto path = join(dir, info.relative_path);
+      struct stat st;
+      if (::lstat(path.c_str(), &st) != 0) {
+        auto err = errno;
+        if (err == ENOENT)
+          return make_error(errc::corrupt_item, to_string(idx) + ": data file "
+                                                  + path + " is missing");
+        return os_error("stat", path, err);
+      }
+      // A link could lead anywhere (/etc/passwd): never followed.
+      if (S_ISLNK(st.st_mode))
+        return make_error(errc::path_escape,
+                          to_string(idx) + ": " + path
+                            + ": is a symbolic link, not a regular file");
+      if (!S_ISREG(st.st_mode))
+        return make_error(errc::corrupt_item, to_string(idx) + ": " + path
+                                                + " is not a regular file");
+      i = sizes.emplace(info.relative_path, static_cast<uint64_t>(st.st_size))
+            .first;
+    }
+    auto file_size = i->second;
+    if (info.offset > file_size || info.length > file_size - info.offset)
+      return make_error(
+        errc::corrupt_item,
+        to_string(idx) + ": item [" + std::to_string(info.offset) + ", +"
+          + std::to_string(info.length) + ") extends past the end of "
+          + join(dir, info.relative_path) + " (" + std::to_string(file_size)
+          + " bytes)");
+  }
+  return caf::none;
 }
 
 } // namespace dcpp::detail

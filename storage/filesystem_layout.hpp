@@ -6,6 +6,7 @@
 
 #include "core/metadata.hpp"
 
+#include <caf/error.hpp>
 #include <caf/expected.hpp>
 
 #include <string>
@@ -27,5 +28,13 @@ bool plain_file_name(const std::string& name);
 /// errc::too_large beyond 1 GiB, errc::corrupt_metadata if it cannot be
 /// decoded.
 caf::expected<metadata> read_metadata_file(const std::string& dir);
+
+/// Checks that every storage entry of `md` names a plain, regular file of
+/// `dir` (a symbolic link is never followed) that holds the entry's bytes;
+/// one lstat per file. Errors name the item and the file: errc::path_escape
+/// for a name that leaves the directory or a link, errc::corrupt_item for
+/// a missing file, one that is not a regular file or one too short for the
+/// item, errc::io_error when lstat fails otherwise.
+caf::error check_data_files(const std::string& dir, const metadata& md);
 
 } // namespace dcpp::detail

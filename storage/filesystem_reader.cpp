@@ -30,6 +30,7 @@ namespace dcpp {
 
 namespace {
 
+using detail::check_data_files;
 using detail::fd_guard;
 using detail::join;
 using detail::os_error;
@@ -60,45 +61,8 @@ public:
   }
 
   caf::error set_up(const metadata& md, bool, int32_t) override {
-    std::map<std::string, uint64_t> sizes;
-    for (const auto& [idx, info] : md.storage_data) {
-      if (!plain_file_name(info.relative_path))
-        return make_error(errc::path_escape,
-                          to_string(idx) + ": relative path '"
-                            + info.relative_path + "' is not a file inside "
-                            + dir_);
-      auto i = sizes.find(info.relative_path);
-      if (i == sizes.end()) {
-        auto path = join(dir_, info.relative_path);
-        struct stat st;
-        if (::lstat(path.c_str(), &st) != 0) {
-          auto err = errno;
-          if (err == ENOENT)
-            return make_error(errc::corrupt_item, to_string(idx)
-                                                    + ": data file " + path
-                                                    + " is missing");
-          return os_error("stat", path, err);
-        }
-        // A link could lead anywhere (/etc/passwd): never followed.
-        if (S_ISLNK(st.st_mode))
-          return make_error(errc::path_escape,
-                            to_string(idx) + ": " + path
-                              + ": is a symbolic link, not a regular file");
-        if (!S_ISREG(st.st_mode))
-          return make_error(errc::corrupt_item, to_string(idx) + ": " + path
-                                                  + " is not a regular file");
-        i = sizes.emplace(info.relative_path, static_cast<uint64_t>(st.st_size))
-              .first;
-      }
-      auto file_size = i->second;
-      if (info.offset > file_size || info.length > file_size - info.offset)
-        return make_error(
-          errc::corrupt_item,
-          to_string(idx) + ": item [" + std::to_string(info.offset) + ", +"
-            + std::to_string(info.length) + ") extends past the end of "
-            + join(dir_, info.relative_path) + " (" + std::to_string(file_size)
-            + " bytes)");
-    }
+    if (auto err = check_data_files(dir_, md))
+      return err;
     std::lock_guard<std::mutex> guard{mx_};
     md_ = std::make_shared<const metadata>(md);
     fingerprint_ = fingerprint_of(md);

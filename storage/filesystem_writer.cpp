@@ -547,8 +547,10 @@ public:
       auto& out = *record;
       // ... and the files holding it are still there (a rank that aborted
       // removed its own; committing then would lose old and new alike).
-      if (auto err = check_data_files(out))
-        return err;
+      if (auto err = detail::check_data_files(dir_, out))
+        return make_error(errc::storage_failure,
+                          "finish: the data is not all there: "
+                            + context_of(err));
       auto bytes = encode_metadata(out, opts_.flavor);
       auto tmp = join(dir_, metadata_tmp_name);
       auto final_path = join(dir_, metadata_name);
@@ -644,36 +646,6 @@ public:
   }
 
 private:
-  /// Before a commit: every data file the record names still exists, is a
-  /// regular file and holds the bytes of its items. A rank that aborted
-  /// removed its own files; committing then would point `.metadata` at
-  /// nothing while the garbage collection removes the old checkpoint.
-  caf::error check_data_files(const metadata& md) const {
-    std::map<std::string, std::pair<uint64_t, const metadata_index*>> need;
-    for (const auto& [idx, info] : md.storage_data) {
-      auto end = info.offset + info.length;
-      auto& entry = need[info.relative_path];
-      if (entry.second == nullptr || end > entry.first)
-        entry = {end, &idx};
-    }
-    for (const auto& [name, entry] : need) {
-      auto path = join(dir_, name);
-      struct stat st {};
-      if (::stat(path.c_str(), &st) != 0)
-        return make_error(errc::storage_failure,
-                          "finish: the data of " + to_string(*entry.second)
-                            + " is gone: " + path + ": " + errno_text(errno));
-      if (!S_ISREG(st.st_mode)
-          || static_cast<uint64_t>(st.st_size) < entry.first)
-        return make_error(errc::storage_failure,
-                          "finish: " + path + " does not hold the data of "
-                            + to_string(*entry.second) + " (its bytes end at "
-                            + std::to_string(entry.first) + ", the file has "
-                            + std::to_string(st.st_size) + ")");
-    }
-    return caf::none;
-  }
-
   /// The data files (`__*.distcp`) in the directory now.
   std::set<std::string> data_files_present() const {
     std::set<std::string> names;
