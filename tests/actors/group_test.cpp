@@ -516,26 +516,41 @@ TEST_CASE("async_save returns before the write and commits in the background",
   }
 }
 
-TEST_CASE("a rank that fails to write aborts the save on every rank",
-          "[group]") {
-  real_system rs;
-  checkpoint_dir dir{"failed"};
-  constexpr int32_t n = 4;
-  auto grp = make_local_process_group(rs.sys, n);
+/// Saves `make_rank_dict(r, n, changed)` on every rank of a fresh local
+/// group of `n` ranks in `sys`, rank r with the storage writer
+/// `writer_of(r)`, coordinated by `coordinator`; every rank's result.
+template <class WriterOf>
+std::vector<save_result>
+save_on_every_rank(caf::actor_system& sys, int32_t n, WriterOf writer_of,
+                   bool changed = false, int32_t coordinator = 0) {
+  auto grp = make_local_process_group(sys, n);
   std::vector<save_result> results(n, save_result{
                                         make_error(errc::aborted, "not run")});
   on_every_rank(n, [&](int32_t r) {
     checkpointer_options opts;
     opts.process_group = grp[r];
-    opts.coordinator_rank = 1;
+    opts.coordinator_rank = coordinator;
     opts.step_timeout = 20s;
-    auto fs_writer = make_filesystem_writer(dir.path.string(),
-                                            fast_writer_options());
-    checkpointer cp{std::make_shared<faulty_writer>(fs_writer, r == 2),
-                    make_filesystem_reader(dir.path.string()), opts};
-    auto sd = make_rank_dict(r, n, false);
+    checkpointer cp{writer_of(r), nullptr, opts};
+    auto sd = make_rank_dict(r, n, changed);
     results[r] = cp.save(sd);
   });
+  return results;
+}
+
+TEST_CASE("a rank that fails to write aborts the save on every rank",
+          "[group]") {
+  real_system rs;
+  checkpoint_dir dir{"failed"};
+  constexpr int32_t n = 4;
+  auto results = save_on_every_rank(
+    rs.sys, n,
+    [&](int32_t r) {
+      auto fs_writer = make_filesystem_writer(dir.path.string(),
+                                              fast_writer_options());
+      return std::make_shared<faulty_writer>(fs_writer, r == 2);
+    },
+    false, 1);
   for (int32_t r = 0; r < n; ++r) {
     INFO("rank " << r);
     REQUIRE_FALSE(results[r]);
@@ -556,9 +571,6 @@ TEST_CASE("a failure carries each failing rank with its own error code",
   real_system rs;
   checkpoint_dir dir{"failure_map"};
   constexpr int32_t n = 4;
-  auto grp = make_local_process_group(rs.sys, n);
-  std::vector<save_result> results(n, save_result{
-                                        make_error(errc::aborted, "not run")});
   auto error_of = [](int32_t r) {
     if (r == 1)
       return make_error(errc::storage_failure, "rank 1: disk full");
@@ -566,16 +578,10 @@ TEST_CASE("a failure carries each failing rank with its own error code",
       return make_error(errc::io_error, "rank 3: EIO on __3_0.distcp");
     return caf::error{};
   };
-  on_every_rank(n, [&](int32_t r) {
-    checkpointer_options opts;
-    opts.process_group = grp[r];
-    opts.step_timeout = 20s;
+  auto results = save_on_every_rank(rs.sys, n, [&](int32_t r) {
     auto fs_writer = make_filesystem_writer(dir.path.string(),
                                             fast_writer_options());
-    checkpointer cp{std::make_shared<faulty_writer>(fs_writer, error_of(r)),
-                    make_filesystem_reader(dir.path.string()), opts};
-    auto sd = make_rank_dict(r, n, false);
-    results[r] = cp.save(sd);
+    return std::make_shared<faulty_writer>(fs_writer, error_of(r));
   });
   for (int32_t r = 0; r < n; ++r) {
     INFO("rank " << r);
@@ -603,21 +609,14 @@ TEST_CASE("ranks given different directories fail in step plan, writing "
   checkpoint_dir a{"dirs_a"};
   checkpoint_dir b{"dirs_b"};
   constexpr int32_t n = 3;
-  auto save_all = [&](auto dir_of, int seed) {
-    auto grp = make_local_process_group(rs.sys, n);
-    std::vector<save_result> results(n, save_result{make_error(errc::aborted,
-                                                               "not run")});
-    on_every_rank(n, [&](int32_t r) {
-      checkpointer_options opts;
-      opts.process_group = grp[r];
-      opts.step_timeout = 20s;
-      auto dir = dir_of(r).string();
-      checkpointer cp{make_filesystem_writer(dir, fast_writer_options()),
-                      make_filesystem_reader(dir), opts};
-      auto sd = make_rank_dict(r, n, seed != 0);
-      results[r] = cp.save(sd);
-    });
-    return results;
+  auto save_all = [&](auto dir_of, bool changed) {
+    return save_on_every_rank(
+      rs.sys, n,
+      [&](int32_t r) {
+        return make_filesystem_writer(dir_of(r).string(),
+                                      fast_writer_options());
+      },
+      changed);
   };
   auto read_file = [](const fs::path& p) {
     std::ifstream in{p, std::ios::binary};
