@@ -4,12 +4,14 @@
 //
 //   export DCPP_SECRET=s DCPP_JOB_ID=j
 //   dcpp-coordinator --port 29500 --world 4 &
-//   dcpp-launch --nproc 4 --master-port 29500 -- \
-//     env DCPP_COORDINATOR=external dcpp-worker save --dir /tmp/ckpt
+//   dcpp-launch --nproc 4 --master-port 29500 -- env DCPP_COORDINATOR=external \
+//     dcpp-worker save --dir /tmp/ckpt
 //
 // It serves operations until every rank connected and disconnected again,
 // or until SIGTERM / SIGINT. Binds 127.0.0.1 unless --addr or MASTER_ADDR
-// says otherwise; DCPP_SECRET is the secret every rank must present, and
+// says otherwise; DCPP_SECRET (or DCPP_SECRET_FILE) is the secret every
+// rank must hold (the connections are CURVE-encrypted with keys derived
+// from it; without one it refuses to start unless --insecure), and
 // DCPP_JOB_ID the job it must belong to (dcpp-launch passes its own on).
 
 #include "actors/system.hpp"
@@ -54,6 +56,9 @@ int main(int argc, char** argv) {
                  "the rank number the ranks name as coordinator rank");
   app.add_option("--peer-timeout-ms", peer_timeout_ms,
                  "a silent rank is lost after this long");
+  bool insecure = false;
+  app.add_flag("--insecure", insecure,
+               "run without DCPP_SECRET: no encryption, no authentication");
   CLI11_PARSE(app, argc, argv);
   if (world < 1 || port < 1 || port > 65535) {
     std::fprintf(stderr, "dcpp-coordinator: need --world >= 1 and a port\n");
@@ -66,13 +71,16 @@ int main(int argc, char** argv) {
     env.master_addr = addr;
   else if (const char* a = std::getenv("MASTER_ADDR"); a && *a)
     env.master_addr = a;
-  if (const char* j = std::getenv("DCPP_JOB_ID"))
-    env.job_id = j;
-  if (const char* s = std::getenv("DCPP_SECRET"))
-    env.secret = s;
-  else
-    std::fprintf(stderr, "dcpp-coordinator: warning: DCPP_SECRET is not set; "
-                         "only ranks without a secret are accepted\n");
+  // The secret (DCPP_SECRET or DCPP_SECRET_FILE) and the job id as ranks
+  // read them.
+  auto ranks_env = read_launch_env();
+  if (!ranks_env) {
+    std::fprintf(stderr, "dcpp-coordinator: %s\n",
+                 describe(ranks_env.error()).c_str());
+    return 2;
+  }
+  env.job_id = ranks_env->job_id;
+  env.secret = ranks_env->secret;
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -87,6 +95,7 @@ int main(int argc, char** argv) {
   zmq_options zopts;
   zopts.coordinator_rank = coordinator_rank;
   zopts.peer_timeout = std::chrono::milliseconds(peer_timeout_ms);
+  zopts.insecure = insecure;
   std::printf("dcpp-coordinator: serving %d ranks on tcp://%s:%d\n", world,
               env.master_addr.c_str(), port);
   std::fflush(stdout);

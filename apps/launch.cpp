@@ -148,7 +148,12 @@ int main(int argc, char** argv) {
 
   if (master_port == 0)
     master_port = free_port();
+  // The job's secret (the ranks derive their CURVE keys from it): the
+  // caller's DCPP_SECRET or DCPP_SECRET_FILE, else a fresh one.
   const char* env_secret = std::getenv("DCPP_SECRET");
+  const char* env_secret_file = std::getenv("DCPP_SECRET_FILE");
+  bool secret_from_file = !(env_secret && *env_secret) && env_secret_file
+                          && *env_secret_file;
   std::string secret = env_secret && *env_secret ? env_secret : random_secret();
   // The job's identity: the ranks' coordinator refuses ranks of another job
   // (two jobs that share a port and a secret never pair up).
@@ -193,7 +198,8 @@ int main(int argc, char** argv) {
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(master_port).c_str(), 1);
-      ::setenv("DCPP_SECRET", secret.c_str(), 1);
+      if (!secret_from_file)
+        ::setenv("DCPP_SECRET", secret.c_str(), 1);
       ::setenv("DCPP_JOB_ID", job_id.c_str(), 1);
       std::vector<char*> args;
       for (auto& a : command)

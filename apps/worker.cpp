@@ -115,6 +115,9 @@ int main(int argc, char** argv) {
                  "deadline of each collective step (seconds)");
   app.add_option("--peer-timeout-ms", peer_timeout_ms,
                  "a silent peer is lost after this long");
+  bool insecure = false;
+  app.add_flag("--insecure", insecure,
+               "run without DCPP_SECRET: no encryption, no authentication");
   app.add_option("--fault", fault_spec,
                  "inject faults, e.g. write:hang@1 or io:enospc@0:3 (see "
                  "core/fault.hpp; also: DCPP_FAULT)");
@@ -148,6 +151,7 @@ int main(int argc, char** argv) {
     zopts.coordinator_rank = coordinator_rank;
     zopts.external_coordinator = external;
     zopts.peer_timeout = std::chrono::milliseconds(peer_timeout_ms);
+    zopts.insecure = insecure;
     rep.progress("connecting");
     auto t0 = clock_type::now();
     auto group = make_zmq_process_group(sys, *env, zopts);

@@ -26,6 +26,13 @@ set(CMAKE_CXX_FLAGS "${_dcpp_saved_cxx_flags}")
 
 find_package(cereal REQUIRED)
 find_package(cppzmq REQUIRED)
+# libsodium (libsodium-dev, what libzmq's CURVE is built on): derives the
+# CURVE keys from the job's secret. No CMake package; pkg-config has it.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(sodium REQUIRED IMPORTED_TARGET libsodium)
+if(NOT TARGET PkgConfig::sodium)
+  message(FATAL_ERROR "libsodium not found (apt install libsodium-dev)")
+endif()
 find_package(CLI11 REQUIRED)
 find_package(spdlog REQUIRED)
 

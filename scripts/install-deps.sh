@@ -5,9 +5,9 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config
-  libcaf-dev libtorch-dev libcereal-dev libzmq3-dev cppzmq-dev catch2
+  libcaf-dev libtorch-dev libcereal-dev libzmq3-dev cppzmq-dev libsodium-dev catch2
   libcli11-dev libspdlog-dev libxxhash-dev nlohmann-json3-dev
-  python3 python3-torch iproute2 clang-format
+  python3 python3-torch iproute2 clang-format tcpdump
 )
 
 missing=()

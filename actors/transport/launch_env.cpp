@@ -2,7 +2,12 @@
 
 #include "core/error.hpp"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <optional>
 
 namespace dcpp {
@@ -25,6 +30,28 @@ caf::expected<std::optional<int64_t>> number(const getter& get,
                       std::string{name} + "='" + str
                         + "' is not a non-negative integer");
   return std::optional<int64_t>{value};
+}
+
+/// The secret in a key file: its first line (a trailing newline and
+/// carriage return dropped). Refuses an empty or unreadable file, and one
+/// that others than its owner may read.
+caf::expected<std::string> read_secret_file(const char* path) {
+  auto what = std::string{"DCPP_SECRET_FILE="} + path;
+  std::ifstream in{path, std::ios::binary};
+  struct stat st {};
+  if (!in || ::stat(path, &st) != 0)
+    return make_error(errc::invalid_argument,
+                      what + ": cannot be read (" + std::strerror(errno) + ")");
+  if (st.st_mode & (S_IRWXG | S_IRWXO))
+    return make_error(errc::invalid_argument,
+                      what + ": group or others may read it (chmod 600)");
+  std::string line;
+  std::getline(in, line);
+  if (!line.empty() && line.back() == '\r')
+    line.pop_back();
+  if (line.empty())
+    return make_error(errc::invalid_argument, what + ": is empty");
+  return line;
 }
 
 struct convention {
@@ -88,8 +115,14 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
                           + " is not a TCP port");
     out.master_port = static_cast<uint16_t>(**port);
   }
-  if (const char* secret = get("DCPP_SECRET"))
+  if (const char* secret = get("DCPP_SECRET"); secret && *secret) {
     out.secret = secret;
+  } else if (const char* file = get("DCPP_SECRET_FILE"); file && *file) {
+    auto text = read_secret_file(file);
+    if (!text)
+      return text.error();
+    out.secret = std::move(*text);
+  }
   auto set = [&](const char* name) {
     const char* v = get(name);
     return v && *v ? std::string{v} : std::string{};

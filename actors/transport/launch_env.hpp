@@ -5,7 +5,8 @@
 // MASTER_ADDR, MASTER_PORT) first, then SLURM (SLURM_PROCID, SLURM_NTASKS,
 // SLURM_LOCALID, SLURM_LAUNCH_NODE_IPADDR) and Open MPI
 // (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK).
-// The shared secret comes from DCPP_SECRET.
+// The shared secret comes from DCPP_SECRET, else from the file that
+// DCPP_SECRET_FILE names (its first line; the file must be private).
 
 #include <caf/expected.hpp>
 
@@ -22,7 +23,8 @@ struct launch_env {
   /// Address and port of the coordinator endpoint.
   std::string master_addr = "127.0.0.1";
   uint16_t master_port = 29500;
-  /// Shared secret every rank presents (empty: none configured).
+  /// The job's shared secret (empty: none configured), from which the
+  /// transport derives its CURVE keys; it never crosses the wire.
   std::string secret;
   /// The job every rank belongs to: DCPP_JOB_ID, else the launcher's own
   /// (torchrun's TORCHELASTIC_RUN_ID, SLURM_JOB_ID[.SLURM_STEP_ID], Open

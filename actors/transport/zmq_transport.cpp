@@ -3,21 +3,28 @@
 #include "actors/coordinator.hpp"
 #include "actors/peers.hpp"
 #include "actors/rank_agent.hpp"
+#include "actors/transport/curve_keys.hpp"
 #include "actors/transport/log_limiter.hpp"
 #include "core/error.hpp"
 #include "messages/wire.hpp"
 
 #include <caf/all.hpp>
 
+#include <sodium.h>
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include <sys/socket.h>
+
+#include <array>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -36,11 +43,16 @@ constexpr char tag_refuse = static_cast<char>(0xA2);
 constexpr char tag_heartbeat = static_cast<char>(0xA3);
 constexpr char tag_bye = static_cast<char>(0xA4);
 
-// Version 2 adds the job id (launch_env::job_id) before the secret.
-constexpr const char* hello_magic = "dcpp-zmq-2";
+// Version 2 added the job id (launch_env::job_id); version 3 drops the
+// secret (CURVE authenticates the peer; the hello is encrypted).
+constexpr const char* hello_magic = "dcpp-zmq-3";
+
+// ZeroMQ's fixed endpoint of the ZAP handler in a context, and the domain
+// our server sockets name in their requests.
+constexpr const char* zap_endpoint = "inproc://zeromq.zap.01";
+constexpr const char* zap_domain = "dcpp";
 
 // Refusal reasons (first byte after the tag).
-constexpr char refuse_unauthorized = 'U';
 constexpr char refuse_protocol = 'P';
 constexpr char refuse_other_job = 'J';
 
@@ -52,15 +64,30 @@ std::string control(char tag, const std::string& body = {}) {
   return out;
 }
 
-bool same_secret(const std::string& a, const std::string& b) {
-  // Length leaks; the contents do not (no early exit).
-  if (a.size() != b.size())
-    return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
+/// What a monitor event's code means, for log lines and errors.
+std::string handshake_failure(uint16_t event, uint32_t value) {
+  switch (event) {
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+      return "the key was refused (ZAP status " + std::to_string(value) + ")";
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+      if (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
+        return "the peer's CURVE keys do not match";
+      if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+        return "the peer does not speak CURVE (security mechanism mismatch)";
+      return "protocol error 0x" + [&] {
+        char buf[16];
+        std::snprintf(buf, sizeof(buf), "%x", value);
+        return std::string{buf};
+      }();
+    default:
+      return std::string{"the connection closed during the handshake ("}
+             + zmq_strerror(static_cast<int>(value)) + ")";
+  }
 }
+
+constexpr int handshake_failed_events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                        | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                        | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
 
 std::string endpoint_of(const std::string& addr, uint16_t port) {
   return "tcp://" + addr + ":" + std::to_string(port);
@@ -171,6 +198,64 @@ public:
                static_cast<int64_t>(opts_.max_frame_bytes));
   }
 
+  /// Makes the socket a CURVE server (hub) or client (spoke) with the
+  /// job's keys; the hub also starts answering ZAP requests. Without a
+  /// secret: refuses unless insecure, and then says so.
+  caf::error secure() {
+    auto who = hub_ ? std::string{"the coordinator"}
+                    : "rank " + std::to_string(env_.rank);
+    if (env_.secret.empty()) {
+      if (!opts_.insecure)
+        return make_error(
+          errc::unauthorized,
+          who
+            + ": no DCPP_SECRET (or DCPP_SECRET_FILE) is set; set the same "
+              "secret on every rank (dcpp-launch draws one), or pass "
+              "--insecure to run without encryption and authentication");
+      spdlog::warn("dcpp zmq: {} runs without a secret (--insecure): the "
+                   "connection is neither encrypted nor authenticated, and "
+                   "anyone who reaches {} can join",
+                   who, endpoint_of(env_.master_addr, env_.master_port));
+      return caf::none;
+    }
+    auto keys = detail::derive_curve_keys(env_.secret);
+    if (!keys)
+      return keys.error();
+    auto key = [](const std::array<uint8_t, 32>& k) {
+      return zmq::const_buffer(k.data(), k.size());
+    };
+    if (hub_) {
+      client_key_ = keys->client.public_key;
+      zap_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::rep);
+      zap_->set(zmq::sockopt::linger, 0);
+      zap_->bind(zap_endpoint);
+      sock_->set(zmq::sockopt::curve_server, true);
+      sock_->set(zmq::sockopt::curve_secretkey, key(keys->server.secret_key));
+      sock_->set(zmq::sockopt::zap_domain, zap_domain);
+    } else {
+      sock_->set(zmq::sockopt::curve_serverkey, key(keys->server.public_key));
+      sock_->set(zmq::sockopt::curve_publickey, key(keys->client.public_key));
+      sock_->set(zmq::sockopt::curve_secretkey, key(keys->client.secret_key));
+    }
+    return caf::none;
+  }
+
+  /// Watches the socket's connections (monitor events), before it binds or
+  /// connects so that no event is missed.
+  void watch() {
+    auto ep = wake_endpoint_ + "-monitor";
+    int events = handshake_failed_events | ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+    if (hub_)
+      events |= ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED;
+    if (zmq_socket_monitor(sock_->handle(), ep.c_str(), events) != 0)
+      throw zmq::error_t{};
+    monitor_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
+    // Unbounded: a dropped ACCEPTED or DISCONNECTED would skew the count
+    // of open connections.
+    monitor_->set(zmq::sockopt::rcvhwm, 0);
+    monitor_->connect(ep);
+  }
+
   /// Binds or connects, then starts the I/O thread.
   caf::error start() {
     try {
@@ -181,24 +266,29 @@ public:
                                                    zmq::socket_type::push);
       box_->wake->connect(wake_endpoint_);
       auto ep = endpoint_of(env_.master_addr, env_.master_port);
+      sock_ = std::make_unique<zmq::socket_t>(
+        ctx_, hub_ ? zmq::socket_type::router : zmq::socket_type::dealer);
+      sock_->set(zmq::sockopt::linger, 2000);
+      limit_frames();
+      if (auto err = secure())
+        return err;
+      watch();
       if (hub_) {
-        sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::router);
-        sock_->set(zmq::sockopt::linger, 2000);
-        limit_frames();
+        sock_->set(zmq::sockopt::handshake_ivl,
+                   static_cast<int>(opts_.handshake_timeout.count()));
         sock_->bind(ep);
-        spdlog::debug("dcpp zmq: coordinator listening on {} for {} ranks", ep,
-                      env_.world_size);
+        spdlog::debug("dcpp zmq: coordinator listening on {} for {} ranks{}",
+                      ep, env_.world_size,
+                      env_.secret.empty() ? " (insecure)" : " (CURVE)");
       } else {
-        sock_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
-        sock_->set(zmq::sockopt::linger, 2000);
-        limit_frames();
         sock_->connect(ep);
         std::ostringstream hello;
         hello << hello_magic << '\n'
               << env_.rank << '\n'
               << env_.world_size << '\n'
-              << env_.job_id << '\n'
-              << env_.secret;
+              << env_.job_id;
+        // Queued until CURVE's handshake completes: only the coordinator
+        // holding the job's key can read it.
         sock_->send(zmq::buffer(control(tag_hello, hello.str())),
                     zmq::send_flags::dontwait);
       }
@@ -219,11 +309,14 @@ public:
                            [&] { return welcome_ != 0; });
     if (!ok)
       return make_error(
-        errc::timeout,
-        "rank " + std::to_string(env_.rank)
-          + ": no answer from the coordinator at "
-          + endpoint_of(env_.master_addr, env_.master_port) + " within "
-          + std::to_string(opts_.connect_timeout.count()) + " ms");
+        errc::timeout, "rank " + std::to_string(env_.rank)
+                         + ": no answer from the coordinator at "
+                         + endpoint_of(env_.master_addr, env_.master_port)
+                         + " within "
+                         + std::to_string(opts_.connect_timeout.count()) + " ms"
+                         + (last_failure_.empty()
+                              ? std::string{}
+                              : " (last handshake: " + last_failure_ + ")"));
     if (welcome_ == 1)
       return caf::none;
     return refusal_;
@@ -275,7 +368,9 @@ public:
     for (auto& p : peers_)
       if (p.bridge)
         caf::anon_send_exit(p.bridge, caf::exit_reason::user_shutdown);
+    monitor_.reset();
     sock_.reset();
+    zap_.reset();
     wake_pull_.reset();
   }
 
@@ -291,8 +386,10 @@ private:
 
   void run() {
     std::vector<zmq::pollitem_t> items{{sock_->handle(), 0, ZMQ_POLLIN, 0},
-                                       {wake_pull_->handle(), 0, ZMQ_POLLIN,
-                                        0}};
+                                       {wake_pull_->handle(), 0, ZMQ_POLLIN, 0},
+                                       {monitor_->handle(), 0, ZMQ_POLLIN, 0}};
+    if (zap_)
+      items.push_back({zap_->handle(), 0, ZMQ_POLLIN, 0});
     auto tick = std::min(opts_.heartbeat_interval,
                          std::chrono::milliseconds(100));
     auto last_beat = clock_type::now();
@@ -305,6 +402,12 @@ private:
         spdlog::error("dcpp zmq: poll failed: {}", e.what());
         break;
       }
+      // Connection events and authentication first: a connection over the
+      // cap is closed before its peer can send anything.
+      if (items[2].revents & ZMQ_POLLIN)
+        read_monitor();
+      if (zap_ && (items[3].revents & ZMQ_POLLIN))
+        answer_zap();
       if (items[0].revents & ZMQ_POLLIN)
         read_all();
       if (items[1].revents & ZMQ_POLLIN) {
@@ -320,6 +423,7 @@ private:
         beat();
       }
       check_timeouts(now);
+      check_handshakes(now);
     }
     flush();
     // Say goodbye to the peers still there. Frames for peers known to be
@@ -487,6 +591,160 @@ private:
     spdlog::error(fmt, std::forward<Ts>(xs)...);
   }
 
+  /// Connection events: counts the hub's open connections and closes those
+  /// beyond the cap; turns a failed handshake into a log line (hub) or the
+  /// rank's refusal (spoke).
+  void read_monitor() {
+    for (;;) {
+      zmq::message_t head;
+      zmq::message_t addr;
+      try {
+        if (!monitor_->recv(head, zmq::recv_flags::dontwait))
+          return;
+        (void)monitor_->recv(addr); // always follows its head
+      } catch (const zmq::error_t& e) {
+        spdlog::error("dcpp zmq: monitor failed: {}", e.what());
+        return;
+      }
+      if (head.size() < 6)
+        continue;
+      uint16_t event = 0;
+      uint32_t value = 0;
+      std::memcpy(&event, head.data(), sizeof(event));
+      std::memcpy(&value, static_cast<const char*>(head.data()) + 2,
+                  sizeof(value));
+      if (event == ZMQ_EVENT_ACCEPTED) {
+        on_accepted(static_cast<int>(value));
+      } else if (event == ZMQ_EVENT_DISCONNECTED) {
+        open_.erase(static_cast<int>(value));
+      } else if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+        first_failure_.reset();
+      } else if (event & handshake_failed_events) {
+        on_handshake_failed(event, value);
+      }
+    }
+  }
+
+  void on_accepted(int fd) {
+    open_.insert(fd);
+    auto cap = static_cast<size_t>(env_.world_size)
+               + opts_.max_pending_connections;
+    if (open_.size() <= cap)
+      return;
+    // Over the cap: close this (the newest) connection, so established
+    // ranks keep theirs. shutdown(), not close(): libzmq owns the
+    // descriptor, sees the end of the stream and closes it itself (and
+    // reports DISCONNECTED). Should the descriptor already have been
+    // closed and reused, shutdown() of a file fails harmlessly, and a
+    // reused socket is a newer incoming connection that reconnects.
+    ::shutdown(fd, SHUT_RDWR);
+    peer_error("dcpp zmq: closed an incoming connection: {} connections "
+               "open, at most {} ({} ranks + {} in their handshake)",
+               open_.size(), cap, env_.world_size,
+               opts_.max_pending_connections);
+  }
+
+  void on_handshake_failed(uint16_t event, uint32_t value) {
+    auto why = handshake_failure(event, value);
+    if (hub_) {
+      peer_error("dcpp zmq: refused a peer at the handshake: {} (another "
+                 "DCPP_SECRET, or not a dcpp rank)",
+                 why);
+      return;
+    }
+    // A refused key (ZAP) or a mismatched mechanism or key is final. A
+    // connection that merely closed during the handshake is what both a
+    // coordinator with another secret (it cannot decrypt our hello) and
+    // one shedding a flood of connections (over its cap) look like: final
+    // only once no handshake succeeded for twice the handshake timeout, in
+    // which any flood's idle connections have been closed (checked in
+    // check_timeouts, since the coordinator may go away meanwhile).
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+      if (!first_failure_)
+        first_failure_ = clock_type::now();
+      std::lock_guard<std::mutex> guard{mx_};
+      last_failure_ = why;
+      return;
+    }
+    give_up(why);
+  }
+
+  /// A spoke whose handshakes keep failing gives up (see
+  /// on_handshake_failed).
+  void check_handshakes(clock_type::time_point now) {
+    if (hub_ || !first_failure_
+        || now - *first_failure_ < 2 * opts_.handshake_timeout)
+      return;
+    std::string why;
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      why = last_failure_;
+    }
+    auto secs = std::chrono::duration_cast<std::chrono::seconds>(
+                  now - *first_failure_)
+                  .count();
+    first_failure_.reset();
+    give_up(why + " (every try for " + std::to_string(secs) + " s)");
+  }
+
+  /// Fails a spoke's wait for the welcome: its handshake was refused.
+  void give_up(const std::string& why) {
+    {
+      std::lock_guard<std::mutex> guard{mx_};
+      if (welcome_ != 0)
+        return; // after the welcome: the heartbeat timeout reports the loss
+      welcome_ = 2;
+      peers_[0].state = peer_state::gone;
+      refusal_ = make_error(
+        errc::unauthorized,
+        "rank " + std::to_string(env_.rank)
+          + ": the secure handshake with the coordinator at "
+          + endpoint_of(env_.master_addr, env_.master_port) + " failed: " + why
+          + "; the coordinator holds another DCPP_SECRET, or what listens "
+            "there is not this job's coordinator (nothing was sent to it)");
+    }
+    cv_.notify_all();
+  }
+
+  /// ZAP (ZeroMQ's authentication protocol, RFC 27): admits a CURVE client
+  /// only if it holds the ranks' key of this job.
+  void answer_zap() {
+    for (;;) {
+      std::vector<zmq::message_t> req;
+      try {
+        if (!zmq::recv_multipart(*zap_, std::back_inserter(req),
+                                 zmq::recv_flags::dontwait))
+          return;
+      } catch (const zmq::error_t& e) {
+        spdlog::error("dcpp zmq: ZAP handler failed: {}", e.what());
+        return;
+      }
+      // version, request id, domain, address, identity, mechanism, key
+      bool ok = req.size() == 7 && req[0].to_string_view() == "1.0"
+                && req[2].to_string_view() == zap_domain
+                && req[5].to_string_view() == "CURVE"
+                && req[6].size() == client_key_.size()
+                && sodium_memcmp(req[6].data(), client_key_.data(),
+                                 client_key_.size())
+                     == 0;
+      std::array<std::string, 6> reply{"1.0",
+                                       req.size() > 1 ? req[1].to_string()
+                                                      : std::string{},
+                                       ok ? "200" : "400",
+                                       ok ? "OK" : "not a key of this job",
+                                       "",
+                                       ""};
+      try {
+        for (size_t i = 0; i < reply.size(); ++i)
+          zap_->send(zmq::buffer(reply[i]), i + 1 < reply.size()
+                                              ? zmq::send_flags::sndmore
+                                              : zmq::send_flags::none);
+      } catch (const zmq::error_t& e) {
+        spdlog::error("dcpp zmq: ZAP reply failed: {}", e.what());
+      }
+    }
+  }
+
   void refuse(const std::string& rid, char code, const std::string& why) {
     peer_error("dcpp zmq: refused a rank: {}", why);
     send_to_rid(rid, control(tag_refuse, std::string(1, code) + why));
@@ -494,22 +752,17 @@ private:
 
   void on_hello(const std::string& rid, const std::string& body) {
     std::istringstream in{body};
-    std::string magic, rank_str, world_str, job, secret;
+    std::string magic, rank_str, world_str, job;
     std::getline(in, magic);
     std::getline(in, rank_str);
     std::getline(in, world_str);
-    std::getline(in, job);
-    std::getline(in, secret, '\0');
+    std::getline(in, job, '\0');
     if (magic != hello_magic) {
       refuse(rid, refuse_protocol, "unknown hello (protocol mismatch)");
       return;
     }
-    if (!same_secret(secret, env_.secret)) {
-      refuse(rid, refuse_unauthorized,
-             "rank " + rank_str + " presented a wrong secret (DCPP_SECRET)");
-      return;
-    }
-    // Checked after the secret: only a peer that holds it learns the ids.
+    // With a secret, only a peer that completed the CURVE handshake with
+    // the job's key gets here: it may learn the ids.
     if (job != env_.job_id) {
       refuse(rid, refuse_other_job,
              "rank " + rank_str + " belongs to job '" + job
@@ -612,10 +865,8 @@ private:
           std::string why{data + std::min<size_t>(2, msg.size()),
                           msg.size() - std::min<size_t>(2, msg.size())};
           auto reason = msg.size() > 1 ? data[1] : refuse_protocol;
-          auto code = reason == refuse_unauthorized
-                          || reason == refuse_other_job
-                        ? errc::unauthorized
-                        : errc::protocol_error;
+          auto code = reason == refuse_other_job ? errc::unauthorized
+                                                 : errc::protocol_error;
           refusal_ = make_error(code,
                                 "rank " + std::to_string(env_.rank)
                                   + " refused by the coordinator: " + why);
@@ -685,6 +936,18 @@ private:
   std::shared_ptr<outbox> box_;
   std::unique_ptr<zmq::socket_t> wake_pull_;
   std::unique_ptr<zmq::socket_t> sock_;
+  /// Connection events of sock_ (see watch()).
+  std::unique_ptr<zmq::socket_t> monitor_;
+  /// The hub's ZAP handler socket (with a secret only).
+  std::unique_ptr<zmq::socket_t> zap_;
+  /// The public key clients must present (hub).
+  std::array<uint8_t, 32> client_key_{};
+  /// The hub's open connections by descriptor (I/O thread only).
+  std::set<int> open_;
+  /// A spoke's failed handshakes since the last success (I/O thread only;
+  /// last_failure_ also read by await_welcome under mx_ after a timeout).
+  std::optional<clock_type::time_point> first_failure_;
+  std::string last_failure_;
   std::thread io_;
   std::atomic<bool> stop_flag_{false};
   std::atomic<bool> stopped_{false};

@@ -15,10 +15,27 @@
 // remote rank, on a rank's side one bridge for the coordinator. One I/O
 // thread per process owns the socket; bridges hand it encoded frames.
 //
-// Handshake: a DEALER first sends hello {rank, world size, secret}; the
-// ROUTER answers welcome, or a refusal with its reason (wrong secret: the
-// rank fails with errc::unauthorized; wrong world size, rank out of range or
-// already connected: errc::protocol_error). Both sides send heartbeats; a
+// Security: with a secret (DCPP_SECRET), every connection is a ZeroMQ
+// CURVE connection (encrypted and authenticated) with key pairs derived from
+// the secret (actors/transport/curve_keys.hpp): the coordinator's ROUTER is
+// the CURVE server and admits, through its ZAP handler, only clients that
+// hold the ranks' key. The secret itself never crosses the wire. A rank
+// whose handshake fails (another secret, or something else listening on the
+// port) fails at once with errc::unauthorized and has sent nothing. Without
+// a secret a process refuses to start (errc::unauthorized) unless
+// `zmq_options::insecure` is set (the programs' `--insecure`).
+//
+// Before authentication a peer costs little: frames above
+// `max_frame_bytes` are refused by ZeroMQ when their header arrives
+// (ZMQ_MAXMSGSIZE), a connection that has not completed its handshake
+// within `handshake_timeout` is closed (ZMQ_HANDSHAKE_IVL), connections
+// beyond `world_size + max_pending_connections` are closed as they are
+// accepted, and log lines that peers cause are rate-limited.
+//
+// Handshake: after CURVE's, a DEALER sends hello {rank, world size, job
+// id}; the ROUTER answers welcome, or a refusal with its reason (another
+// job: errc::unauthorized; wrong world size, rank out of range or already
+// connected: errc::protocol_error). Both sides send heartbeats; a
 // peer silent for `peer_timeout` (killed, unplugged) or one that said
 // goodbye is lost: its bridge quits, which the coordinator and the agents
 // report as errc::rank_lost for the operation in flight.
@@ -49,6 +66,16 @@ struct zmq_options {
   bool external_coordinator = false;
   /// Frames above this size are dropped with a logged error.
   size_t max_frame_bytes = size_t{64} << 20;
+  /// Run without a secret: no encryption, no authentication, anyone who
+  /// reaches the port is welcomed. Without it and without a secret,
+  /// making the group fails with errc::unauthorized.
+  bool insecure = false;
+  /// Connections the coordinator keeps open beyond one per rank (peers
+  /// still in their handshake); more are closed as they are accepted.
+  size_t max_pending_connections = 64;
+  /// A connection that has not completed its handshake (CURVE and hello)
+  /// within this time is closed.
+  std::chrono::milliseconds handshake_timeout{5000};
   std::chrono::milliseconds heartbeat_interval{500};
   /// A peer silent this long is lost.
   std::chrono::milliseconds peer_timeout{5000};
@@ -63,7 +90,7 @@ struct zmq_options {
 
 /// This process's member of a process group whose ranks are processes.
 /// Blocks until the coordinator welcomed this rank (or refused it:
-/// errc::unauthorized for a wrong secret). On the coordinator rank's
+/// errc::unauthorized for another secret or job). On the coordinator rank's
 /// process it binds and returns at once. The actor system must outlive the
 /// returned object.
 caf::expected<process_group_ptr> make_zmq_process_group(caf::actor_system& sys,

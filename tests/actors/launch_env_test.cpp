@@ -4,6 +4,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 
@@ -107,4 +112,40 @@ TEST_CASE("the job id comes from DCPP_JOB_ID, else from the launcher",
   CHECK(id({{"SLURM_JOB_ID", "9"}}) == "9");
   CHECK(id({{"OMPI_MCA_ess_base_jobid", "41"}}) == "41");
   CHECK(id({{"DCPP_JOB_ID", ""}, {"SLURM_JOB_ID", "9"}}) == "9");
+}
+
+TEST_CASE("the secret may come from a private key file", "[launch_env]") {
+  auto dir = std::filesystem::temp_directory_path()
+             / ("dcpp-secret-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto file = (dir / "secret").string();
+  {
+    std::ofstream out{file};
+    out << "from-the-file\n";
+  }
+  ::chmod(file.c_str(), 0600);
+  auto env = read({{"DCPP_SECRET_FILE", file}});
+  REQUIRE(env);
+  CHECK(env->secret == "from-the-file");
+  SECTION("DCPP_SECRET wins over the file") {
+    auto both = read({{"DCPP_SECRET", "inline"}, {"DCPP_SECRET_FILE", file}});
+    REQUIRE(both);
+    CHECK(both->secret == "inline");
+  }
+  SECTION("a file others may read is refused") {
+    ::chmod(file.c_str(), 0644);
+    auto open = read({{"DCPP_SECRET_FILE", file}});
+    REQUIRE(!open);
+    CHECK(describe(open.error()).find("chmod 600") != std::string::npos);
+  }
+  SECTION("a missing or empty file is refused, naming it") {
+    auto missing = read({{"DCPP_SECRET_FILE", file + ".none"}});
+    REQUIRE(!missing);
+    CHECK(describe(missing.error()).find(file + ".none") != std::string::npos);
+    std::ofstream{file, std::ios::trunc}.flush();
+    auto empty = read({{"DCPP_SECRET_FILE", file}});
+    REQUIRE(!empty);
+    CHECK(describe(empty.error()).find("is empty") != std::string::npos);
+  }
+  std::filesystem::remove_all(dir);
 }
