@@ -4,8 +4,8 @@
 //
 //   export DCPP_SECRET=s DCPP_JOB_ID=j
 //   dcpp-coordinator --port 29500 --world 4 &
-//   dcpp-launch --nproc 4 --master-port 29500 -- env DCPP_COORDINATOR=external \
-//     dcpp-worker save --dir /tmp/ckpt
+//   export DCPP_COORDINATOR=external
+//   dcpp-launch --nproc 4 --master-port 29500 -- dcpp-worker save --dir /tmp/c
 //
 // It serves operations until every rank connected and disconnected again,
 // or until SIGTERM / SIGINT. Binds 127.0.0.1 unless --addr or MASTER_ADDR
