@@ -20,6 +20,7 @@
 #include "actors/checkpointer.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
+#include "actors/transport/zmq_transport.hpp"
 #include "apps/synthetic.hpp"
 #include "core/error.hpp"
 #include "core/fault.hpp"
@@ -29,6 +30,10 @@
 #include <caf/actor_system.hpp>
 
 #include <CLI/CLI.hpp>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -74,6 +79,10 @@ struct settings {
   bool verbose = false;
   /// With --fault: this save fault in every cycle instead of random ones.
   std::string fixed_fault;
+  /// "local": ranks talk through their actor system; "zmq": each rank has
+  /// its own ZeroMQ process group (CURVE, keys from a secret of the run)
+  /// over loopback, as ranks in separate processes do.
+  std::string transport = "local";
 };
 
 struct counters {
@@ -413,6 +422,80 @@ call_result run_ranks(int32_t n, F fn, uint64_t cycle, const std::string& spec,
   return out;
 }
 
+/// One process group per rank, as `cfg.transport` says. For "zmq", the
+/// coordinator rank's group binds a fresh loopback port, the others connect
+/// to it with the run's secret. Empty on failure (printed).
+struct rank_groups {
+  std::vector<process_group_ptr> groups;
+  int32_t hub = -1;
+
+  rank_groups() = default;
+  rank_groups(const rank_groups&) = delete;
+  rank_groups& operator=(const rank_groups&) = delete;
+
+  process_group_ptr operator[](size_t r) const {
+    return groups[r];
+  }
+
+  /// The hub last: it waits for the others' goodbye.
+  ~rank_groups() {
+    for (size_t r = 0; r < groups.size(); ++r)
+      if (static_cast<int32_t>(r) != hub)
+        groups[r].reset();
+    groups.clear();
+  }
+};
+
+uint16_t free_loopback_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  uint16_t port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0
+      && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
+    port = ntohs(addr.sin_port);
+  ::close(fd);
+  return port;
+}
+
+void make_groups(rank_groups& out, caf::actor_system& sys, int32_t world,
+                 int32_t coord) {
+  if (cfg.transport == "local") {
+    out.groups = make_local_process_group(sys, world);
+    return;
+  }
+  out.hub = coord;
+  launch_env env;
+  env.world_size = world;
+  env.master_port = free_loopback_port();
+  env.secret = "dcpp-soak-" + std::to_string(cfg.seed);
+  env.job_id = "dcpp-soak";
+  zmq_options zopts;
+  zopts.coordinator_rank = coord;
+  zopts.peer_timeout = ms{2000};
+  zopts.drain_timeout = ms{2000};
+  zopts.connect_timeout = ms{10000};
+  out.groups.resize(static_cast<size_t>(world));
+  // The hub binds first; every other rank blocks until it is welcomed.
+  std::vector<int32_t> order{coord};
+  for (int32_t r = 0; r < world; ++r)
+    if (r != coord)
+      order.push_back(r);
+  for (auto r : order) {
+    env.rank = r;
+    auto g = make_zmq_process_group(sys, env, zopts);
+    if (!g) {
+      std::printf("dcpp-soak: rank %d cannot join: %s\n", r,
+                  describe(g.error()).c_str());
+      out.groups.clear();
+      return;
+    }
+    out.groups[static_cast<size_t>(r)] = std::move(*g);
+  }
+}
+
 checkpointer_options cp_options(const process_group_ptr& pg, int32_t coord) {
   checkpointer_options o;
   o.process_group = pg;
@@ -442,7 +525,15 @@ call_result save_step(caf::actor_system& sys, uint64_t step,
                       synthetic::layout split, int32_t coord, writer_choice wc,
                       uint64_t cycle, const std::string& spec,
                       clock_type::time_point t_start) {
-  auto group = make_local_process_group(sys, cfg.world);
+  rank_groups group;
+  make_groups(group, sys, cfg.world, coord);
+  if (group.groups.empty()) {
+    call_result failed;
+    failed.ranks.resize(static_cast<size_t>(cfg.world));
+    for (auto& r : failed.ranks)
+      r.error = "no process group";
+    return failed;
+  }
   auto dir = step_directory(cfg.root, step);
   filesystem_writer_options wopts;
   wopts.thread_count = wc.threads;
@@ -471,7 +562,15 @@ call_result load_step(caf::actor_system& sys, uint64_t step, uint32_t seed,
                       synthetic::layout split, int32_t world, int32_t coord,
                       uint64_t cycle, const std::string& spec,
                       clock_type::time_point t_start) {
-  auto group = make_local_process_group(sys, world);
+  rank_groups group;
+  make_groups(group, sys, world, coord);
+  if (group.groups.empty()) {
+    call_result failed;
+    failed.ranks.resize(static_cast<size_t>(world));
+    for (auto& r : failed.ranks)
+      r.error = "no process group";
+    return failed;
+  }
   auto dir = step_directory(cfg.root, step);
   auto fn = [&group, dir, seed, split, world, coord](int32_t r) {
     rank_result res;
@@ -673,6 +772,11 @@ int main(int argc, char** argv) {
   app.add_option("--keep", cfg.keep, "committed steps kept by prune")
     ->check(CLI::Range(size_t{1}, size_t{1000000}));
   app.add_flag("--verbose,-v", cfg.verbose, "more detail per cycle");
+  app
+    .add_option("--transport", cfg.transport,
+                "local (ranks share the actor system) or zmq (each rank its "
+                "own ZeroMQ process group, CURVE-encrypted, over loopback)")
+    ->check(CLI::IsMember({"local", "zmq"}));
   app.add_option("--fault", cfg.fixed_fault,
                  "inject this save fault in every cycle (core/fault.hpp "
                  "syntax) instead of random ones, to reproduce a failure");
@@ -688,10 +792,10 @@ int main(int argc, char** argv) {
   }
   if (!prepare_root(cfg.root))
     return 2;
-  std::printf("dcpp-soak: seed %llu, root %s, world %d, %.1f MiB, step "
+  std::printf("dcpp-soak: seed %llu, root %s, world %d (%s), %.1f MiB, step "
               "timeout %lld ms, keep %zu, %.0f s%s\n",
               static_cast<unsigned long long>(cfg.seed), cfg.root.c_str(),
-              cfg.world, cfg.size_mb,
+              cfg.world, cfg.transport.c_str(), cfg.size_mb,
               static_cast<long long>(cfg.step_timeout_ms), cfg.keep,
               cfg.seconds, cfg.max_cycles ? " (or cycle limit)" : "");
   std::fflush(stdout);
