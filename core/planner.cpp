@@ -8,6 +8,9 @@
 #include "core/error.hpp"
 
 #include <cstdint>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 namespace dcpp {
@@ -63,11 +66,21 @@ create_default_global_save_plan(std::vector<save_plan> plans,
   global_save_plan result;
   result.plans = std::move(*deduped);
   auto& sdm = result.md.state_dict_metadata;
+  // Entries by fqn through a hash map: the ordered map's string compares
+  // were a third of the global plan at 1024 ranks x 1000 tensors. Its
+  // nodes never move, so the pointers stay valid.
+  std::unordered_map<std::string_view, item_metadata*> entries;
   for (size_t rank = 0; rank < result.plans.size(); ++rank) {
     for (auto& item : result.plans[rank].items) {
       const auto& fqn = item.index.fqn;
-      auto [it, added] = sdm.try_emplace(fqn);
-      auto& entry = it->second;
+      bool added = false;
+      auto cached = entries.find(fqn);
+      if (cached == entries.end()) {
+        auto [it, fresh] = sdm.try_emplace(fqn);
+        added = fresh;
+        cached = entries.emplace(it->first, &it->second).first;
+      }
+      auto& entry = *cached->second;
       if (item.type == write_item_type::bytes) {
         // dedup_save_plans leaves one bytes item per fqn and no tensor
         // under the same fqn; this guards callers of custom planners.
@@ -94,10 +107,12 @@ create_default_global_save_plan(std::vector<save_plan> plans,
     }
   }
   // Merge the flatten mappings; like DCP's ChainMap, the lowest rank wins
-  // when two ranks map the same key differently.
+  // when two ranks map the same key differently. Ranks of one model mostly
+  // send the same mapping: each distinct one is decoded once.
+  std::unordered_set<std::string_view> merged;
   for (size_t rank = 0; rank < result.plans.size(); ++rank) {
     const auto& data = result.plans[rank].planner_data;
-    if (data.empty())
+    if (data.empty() || !merged.insert(data).second)
       continue;
     auto mapping = decode_flatten_mapping(data);
     if (!mapping)
