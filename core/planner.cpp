@@ -129,9 +129,13 @@ create_default_global_save_plan(std::vector<save_plan> plans,
 
 // -- load planning ------------------------------------------------------------
 
+namespace {
+
+/// The load plan, with the sweep of each requested tensor from `sweep_of`.
+template <class SweepOf>
 caf::expected<load_plan>
-create_default_local_load_plan(const state_dict_view& request,
-                               const metadata& md, const load_options& opts) {
+local_load_plan(const state_dict_view& request, const metadata& md,
+                const load_options& opts, SweepOf&& sweep_of) {
   load_plan plan;
   for (const auto& item : request.items) {
     const auto& fqn = item.fqn;
@@ -172,14 +176,12 @@ create_default_local_load_plan(const state_dict_view& request,
                           + ", the checkpoint holds "
                           + to_string(tensor.properties.type));
     const auto ndim = tensor.size.size();
-    for (size_t j = 0; j < tensor.chunks.size(); ++j) {
-      const auto& c = tensor.chunks[j];
-      if (c.offsets.size() != ndim || c.sizes.size() != ndim)
-        return make_error(errc::corrupt_metadata,
-                          fqn + ": saved chunk #" + std::to_string(j)
-                            + " does not have the tensor's rank "
-                            + std::to_string(ndim));
-    }
+    const chunk_sweep& sweep = sweep_of(fqn, tensor);
+    if (sweep.bad_chunk >= 0)
+      return make_error(
+        errc::corrupt_metadata,
+        fqn + ": saved chunk #" + std::to_string(sweep.bad_chunk)
+          + " does not have the tensor's rank " + std::to_string(ndim));
     auto local = chunks_of(item);
     std::vector<int64_t> volumes(local.size());
     for (size_t i = 0; i < local.size(); ++i) {
@@ -197,7 +199,7 @@ create_default_local_load_plan(const state_dict_view& request,
                             + to_string(tensor.size));
       volumes[i] = numel(c.sizes);
     }
-    auto items = create_read_items(fqn, tensor, local);
+    auto items = create_read_items(fqn, tensor, sweep, local);
     // Every requested element must come from exactly one saved element;
     // DCP leaves holes of a broken checkpoint silently uninitialized.
     std::vector<int64_t> covered(local.size(), 0);
@@ -218,6 +220,38 @@ create_default_local_load_plan(const state_dict_view& request,
                       std::make_move_iterator(items.end()));
   }
   return plan;
+}
+
+} // namespace
+
+caf::expected<load_plan>
+create_default_local_load_plan(const state_dict_view& request,
+                               const metadata& md, const load_options& opts) {
+  // Without an index: the sweep of each requested tensor, built here.
+  chunk_sweep scratch;
+  return local_load_plan(
+    request, md, opts,
+    [&](const std::string&,
+        const tensor_storage_metadata& t) -> const chunk_sweep& {
+      scratch = make_chunk_sweep(t);
+      return scratch;
+    });
+}
+
+caf::expected<load_plan>
+create_default_local_load_plan(const state_dict_view& request,
+                               const metadata& md, const load_options& opts,
+                               const load_index& index) {
+  chunk_sweep scratch;
+  return local_load_plan(
+    request, md, opts,
+    [&](const std::string& fqn,
+        const tensor_storage_metadata& t) -> const chunk_sweep& {
+      if (auto sweep = index.find(fqn))
+        return *sweep;
+      scratch = make_chunk_sweep(t);
+      return scratch;
+    });
 }
 
 // -- pluggable planners -------------------------------------------------------

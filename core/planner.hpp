@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace dcpp {
@@ -79,11 +80,59 @@ caf::expected<load_plan>
 create_default_local_load_plan(const state_dict_view& request,
                                const metadata& md, const load_options& opts);
 
+
+/// The saved chunks of one tensor, ordered for resharding: sorted by their
+/// offset along the tensor's largest dimension, with a running maximum of
+/// their ends, so that the chunks a local box overlaps are found by binary
+/// search instead of a scan.
+struct chunk_sweep {
+  /// The dimension swept (the largest; the first one on ties).
+  size_t dim = 0;
+  /// Positions (in `chunks`) of the chunks that can overlap anything (the
+  /// tensor's rank, no empty dimension), by (start along dim, position).
+  std::vector<size_t> order;
+  /// max_end[k]: the largest end along `dim` among order[0..k].
+  std::vector<int64_t> max_end;
+  /// The first chunk whose rank is not the tensor's (corrupt metadata), or
+  /// -1 if none.
+  int64_t bad_chunk = -1;
+};
+
+/// Builds the sweep of one tensor: O(chunks log chunks).
+chunk_sweep make_chunk_sweep(const tensor_storage_metadata& saved);
+
+/// The sweeps of every tensor of a checkpoint, built once per metadata and
+/// then shared, read-only, by every rank that plans a load against it (in
+/// one process, or one per process): each rank's planning then costs what
+/// its own chunks overlap, not the number of saved chunks.
+class load_index {
+public:
+  explicit load_index(const metadata& md);
+
+  /// The sweep of `fqn`, or null if it is not a tensor of the metadata.
+  const chunk_sweep* find(const std::string& fqn) const;
+
+private:
+  std::unordered_map<std::string, chunk_sweep> sweeps_;
+};
+
 /// Read items for one tensor: `local_chunks` (destination boxes in global
 /// coordinates) against the saved chunks of `saved`.
 std::vector<read_item>
 create_read_items(const std::string& fqn, const tensor_storage_metadata& saved,
                   const std::vector<chunk_storage_metadata>& local_chunks);
+
+/// The same through a prebuilt sweep of `saved`.
+std::vector<read_item>
+create_read_items(const std::string& fqn, const tensor_storage_metadata& saved,
+                  const chunk_sweep& sweep,
+                  const std::vector<chunk_storage_metadata>& local_chunks);
+
+/// create_default_local_load_plan with the sweeps of `index` (built from `md`).
+caf::expected<load_plan>
+create_default_local_load_plan(const state_dict_view& request,
+                               const metadata& md, const load_options& opts,
+                               const load_index& index);
 
 // -- pluggable planners (DCP's SavePlanner / LoadPlanner) --------------------
 

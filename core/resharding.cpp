@@ -2,10 +2,11 @@
 // (DCP's `create_read_items_for_chunk_list` and `resharding.py`).
 //
 // DCP 1.13 compares every local chunk with every saved chunk. Here the saved
-// chunks are sorted by their offset along the tensor's largest dimension;
-// a prefix maximum of their ends finds, by binary search, the first chunk
-// that can reach a local chunk, and the scan stops at the first chunk that
-// starts after it. The items come out in the same order as DCP's quadratic
+// chunks are sorted by their offset along the tensor's largest dimension
+// (a `chunk_sweep`, built once per metadata by `load_index`); a prefix
+// maximum of their ends finds, by binary search, the first chunk that can
+// reach a local chunk, and the scan stops at the first chunk that starts
+// after it. The items come out in the same order as DCP's quadratic
 // loop (local chunk, then saved chunk position), so plans are identical.
 
 #include "core/planner.hpp"
@@ -74,40 +75,81 @@ read_item make_item(const std::string& fqn, const chunk_storage_metadata& local,
 
 } // namespace
 
-std::vector<read_item>
-create_read_items(const std::string& fqn, const tensor_storage_metadata& saved,
-                  const std::vector<chunk_storage_metadata>& local_chunks) {
-  std::vector<read_item> result;
+chunk_sweep make_chunk_sweep(const tensor_storage_metadata& saved) {
+  chunk_sweep sweep;
   const auto ndim = saved.size.size();
   const auto& chunks = saved.chunks;
+  for (size_t j = 0; j < chunks.size(); ++j)
+    if (chunks[j].offsets.size() != ndim || chunks[j].sizes.size() != ndim) {
+      sweep.bad_chunk = static_cast<int64_t>(j);
+      break;
+    }
   if (ndim == 0) {
-    // 0-d: every pair "overlaps" (DCP), nothing to sweep.
-    for (size_t i = 0; i < local_chunks.size(); ++i)
-      if (usable(local_chunks[i], 0))
-        for (size_t j = 0; j < chunks.size(); ++j)
-          if (usable(chunks[j], 0))
-            result.push_back(make_item(fqn, local_chunks[i], i, chunks[j], j));
-    return result;
+    for (size_t j = 0; j < chunks.size(); ++j)
+      if (usable(chunks[j], 0))
+        sweep.order.push_back(j);
+    return sweep;
   }
-  // Sweep along the largest dimension (first one on ties), like newest DCP.
-  auto dim = static_cast<size_t>(
+  sweep.dim = static_cast<size_t>(
     std::max_element(saved.size.begin(), saved.size.end())
     - saved.size.begin());
-  std::vector<size_t> order;
+  const auto dim = sweep.dim;
+  auto& order = sweep.order;
   order.reserve(chunks.size());
   for (size_t j = 0; j < chunks.size(); ++j)
     if (usable(chunks[j], ndim))
       order.push_back(j);
   auto start = [&](size_t j) { return chunks[j].offsets[dim]; };
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+  auto before = [&](size_t a, size_t b) {
     return std::make_pair(start(a), a) < std::make_pair(start(b), b);
-  });
-  // max_end[k]: the largest end among order[0..k]; non-decreasing.
-  std::vector<int64_t> max_end(order.size());
+  };
+  // Chunks saved in rank order are usually sorted already.
+  if (!std::is_sorted(order.begin(), order.end(), before))
+    std::sort(order.begin(), order.end(), before);
+  sweep.max_end.resize(order.size());
   for (size_t k = 0; k < order.size(); ++k) {
     auto e = end_of(start(order[k]), chunks[order[k]].sizes[dim]);
-    max_end[k] = k == 0 ? e : std::max(max_end[k - 1], e);
+    sweep.max_end[k] = k == 0 ? e : std::max(sweep.max_end[k - 1], e);
   }
+  return sweep;
+}
+
+load_index::load_index(const metadata& md) {
+  sweeps_.reserve(md.state_dict_metadata.size());
+  for (const auto& [fqn, item] : md.state_dict_metadata)
+    if (item.kind == item_kind::tensor)
+      sweeps_.emplace(fqn, make_chunk_sweep(item.tensor));
+}
+
+const chunk_sweep* load_index::find(const std::string& fqn) const {
+  auto i = sweeps_.find(fqn);
+  return i == sweeps_.end() ? nullptr : &i->second;
+}
+
+std::vector<read_item>
+create_read_items(const std::string& fqn, const tensor_storage_metadata& saved,
+                  const std::vector<chunk_storage_metadata>& local_chunks) {
+  return create_read_items(fqn, saved, make_chunk_sweep(saved), local_chunks);
+}
+
+std::vector<read_item>
+create_read_items(const std::string& fqn, const tensor_storage_metadata& saved,
+                  const chunk_sweep& sweep,
+                  const std::vector<chunk_storage_metadata>& local_chunks) {
+  std::vector<read_item> result;
+  const auto ndim = saved.size.size();
+  const auto& chunks = saved.chunks;
+  const auto& order = sweep.order;
+  if (ndim == 0) {
+    // 0-d: every pair "overlaps" (DCP), nothing to sweep.
+    for (size_t i = 0; i < local_chunks.size(); ++i)
+      if (usable(local_chunks[i], 0))
+        for (auto j : order)
+          result.push_back(make_item(fqn, local_chunks[i], i, chunks[j], j));
+    return result;
+  }
+  const auto dim = sweep.dim;
+  auto start = [&](size_t j) { return chunks[j].offsets[dim]; };
   std::vector<size_t> hits;
   for (size_t i = 0; i < local_chunks.size(); ++i) {
     const auto& local = local_chunks[i];
@@ -116,8 +158,9 @@ create_read_items(const std::string& fqn, const tensor_storage_metadata& saved,
     auto lo = local.offsets[dim];
     auto hi = end_of(lo, local.sizes[dim]);
     // Chunks before `first` all end at or before `lo`.
-    auto first = std::upper_bound(max_end.begin(), max_end.end(), lo)
-                 - max_end.begin();
+    auto first = std::upper_bound(sweep.max_end.begin(), sweep.max_end.end(),
+                                  lo)
+                 - sweep.max_end.begin();
     hits.clear();
     for (auto k = static_cast<size_t>(first);
          k < order.size() && start(order[k]) < hi; ++k)
