@@ -204,6 +204,58 @@ bool int_tuple(const pickle::value_ptr& x, shape_t& out) {
 
 } // namespace
 
+caf::error check_view(const shape_t& sizes, const shape_t& strides,
+                      int64_t storage_offset, int64_t storage_numel) {
+  auto view = [&] {
+    return "view (offset " + std::to_string(storage_offset) + ", sizes "
+           + to_string(sizes) + ", strides " + to_string(strides) + ")";
+  };
+  if (sizes.size() != strides.size())
+    return make_error(errc::corrupt_item, view()
+                                            + ": sizes and strides differ"
+                                              " in length");
+  if (storage_offset < 0 || storage_numel < 0)
+    return make_error(errc::corrupt_item,
+                      view() + ": negative storage offset or size");
+  bool empty = false;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] < 0 || strides[i] < 0)
+      return make_error(errc::corrupt_item, "negative size or stride in "
+                                              + to_string(sizes) + " / "
+                                              + to_string(strides));
+    if (sizes[i] == 0)
+      empty = true;
+  }
+  if (empty)
+    return {};
+  // Largest element index, computed without overflow: every term is
+  // bounded by the storage size first.
+  auto limit = static_cast<uint64_t>(storage_numel);
+  auto last = static_cast<uint64_t>(storage_offset);
+  bool inside = last < limit;
+  uint64_t count = 1;
+  for (size_t i = 0; inside && i < sizes.size(); ++i) {
+    auto extent = static_cast<uint64_t>(sizes[i] - 1);
+    auto stride = static_cast<uint64_t>(strides[i]);
+    if (extent > 0 && stride > 0 && extent > (limit - 1 - last) / stride)
+      inside = false;
+    else
+      last += extent * stride;
+    // Zero strides repeat elements: bound the element count too.
+    if (static_cast<uint64_t>(sizes[i]) > (uint64_t{1} << 62) / count)
+      inside = false;
+    else
+      count *= static_cast<uint64_t>(sizes[i]);
+  }
+  if (!inside || last >= limit)
+    return make_error(errc::corrupt_item, view() + " exceeds its storage of "
+                                            + std::to_string(storage_numel)
+                                            + " elements");
+  return {};
+}
+
+namespace {} // namespace
+
 caf::error tensor_item_reader::impl::parse_pickle(std::string_view bytes,
                                                   std::string& key) {
   auto root = pickle::read(bytes);
@@ -267,42 +319,17 @@ caf::error tensor_item_reader::impl::open() {
   auto entries = read_directory();
   if (!entries)
     return std::move(entries.error());
-  // The pickle: "<prefix>/data.pkl" under a single top-level folder.
-  const zip_entry* pkl = nullptr;
   std::string prefix;
-  for (const auto& e : *entries) {
-    static constexpr std::string_view suffix = "/data.pkl";
-    if (e.name.size() > suffix.size()
-        && e.name.compare(e.name.size() - suffix.size(), suffix.size(), suffix)
-             == 0
-        && e.name.find('/') == e.name.size() - suffix.size()) {
-      pkl = &e;
-      prefix = e.name.substr(0, e.name.size() - suffix.size());
-      break;
-    }
-  }
-  if (pkl == nullptr)
-    return corrupt("no data.pkl record: not a torch.save archive");
+  auto found = torch_pickle_record(*entries, prefix);
+  if (!found)
+    return std::move(found.error());
+  const zip_entry* pkl = *found;
   auto find = [&](const std::string& name) -> const zip_entry* {
     for (const auto& e : *entries)
       if (e.name == name)
         return &e;
     return nullptr;
   };
-  if (auto bo = find(prefix + "/byteorder")) {
-    auto start = record_data(*bo);
-    if (!start)
-      return std::move(start.error());
-    if (bo->size > 16)
-      return corrupt("bad byteorder record");
-    auto text = fetch(*start, bo->size);
-    if (!text)
-      return std::move(text.error());
-    if (*text != "little")
-      return make_error(errc::unsupported,
-                        describe() + ": byte order '" + *text
-                          + "' (only little-endian items are supported)");
-  }
   if (pkl->size > max_pickle)
     return corrupt("data.pkl of " + std::to_string(pkl->size)
                    + " bytes is too large for a tensor item");
@@ -331,41 +358,9 @@ caf::error tensor_item_reader::impl::open() {
                    + std::to_string(data->size) + " bytes");
   x.data_offset = *data_start;
   x.data_size = data->size;
-  // The view must lie inside the storage.
-  bool empty = false;
-  for (size_t i = 0; i < x.sizes.size(); ++i) {
-    if (x.sizes[i] < 0 || x.strides[i] < 0)
-      return corrupt("negative size or stride in " + to_string(x.sizes) + " / "
-                     + to_string(x.strides));
-    if (x.sizes[i] == 0)
-      empty = true;
-  }
-  if (!empty) {
-    // Largest element index, computed without overflow: every term is
-    // bounded by the storage size first.
-    auto limit = static_cast<uint64_t>(x.storage_numel);
-    uint64_t last = static_cast<uint64_t>(x.storage_offset);
-    bool inside = last < limit;
-    uint64_t count = 1;
-    for (size_t i = 0; inside && i < x.sizes.size(); ++i) {
-      auto extent = static_cast<uint64_t>(x.sizes[i] - 1);
-      auto stride = static_cast<uint64_t>(x.strides[i]);
-      if (extent > 0 && stride > 0 && extent > (limit - last) / stride) {
-        inside = false;
-        break;
-      }
-      last += extent * stride;
-      if (static_cast<uint64_t>(x.sizes[i]) > (uint64_t{1} << 62) / count)
-        inside = false;
-      else
-        count *= static_cast<uint64_t>(x.sizes[i]);
-    }
-    if (!inside || last >= limit)
-      return corrupt("view (offset " + std::to_string(x.storage_offset)
-                     + ", sizes " + to_string(x.sizes) + ", strides "
-                     + to_string(x.strides) + ") exceeds its storage of "
-                     + std::to_string(x.storage_numel) + " elements");
-  }
+  if (auto err = check_view(x.sizes, x.strides, x.storage_offset,
+                            x.storage_numel))
+    return corrupt(context_of(err));
   return {};
 }
 

@@ -83,6 +83,15 @@ struct tensor_item_layout {
   uint64_t data_size = 0;
 };
 
+/// Fails with `errc::corrupt_item` unless a tensor with `sizes` and
+/// `strides` at `storage_offset` lies inside a storage of `storage_numel`
+/// elements: no negative size, stride or offset, and (unless the tensor is
+/// empty) every element index below `storage_numel`. The message names the
+/// view; callers add which tensor it is.
+[[nodiscard]] caf::error
+check_view(const shape_t& sizes, const shape_t& strides, int64_t storage_offset,
+           int64_t storage_numel);
+
 /// One box of a saved chunk copied into a destination: the box
 /// `[offsets, offsets + lengths)` of the saved tensor goes into `dest`,
 /// whose shape must equal `lengths`. `dest` may have any strides, dtype and
