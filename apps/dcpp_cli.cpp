@@ -387,8 +387,9 @@ int run_import(const std::string& in, const std::string& dir,
   // Read through dcpp's restricted unpickler: nothing in the file runs, and
   // nothing is written unless all of it reads.
   auto md = import_torch_save(in, make_filesystem_writer(dir, wopts));
+  // Errors reading the file name it, errors writing name the directory.
   if (!md)
-    return fail(what, md.error());
+    return fail("import", md.error());
   std::cout << "imported " << md->state_dict_metadata.size() << " keys ("
             << tensor_bytes(*md) << " tensor bytes) into " << dir << std::endl;
   return 0;
