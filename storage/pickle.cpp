@@ -28,6 +28,25 @@ namespace dcpp::pickle {
 
 // -- value --------------------------------------------------------------------
 
+const char* kind_name(kind k) {
+  switch (k) {
+    case kind::none: return "None";
+    case kind::boolean: return "bool";
+    case kind::integer: return "int";
+    case kind::floating: return "float";
+    case kind::string: return "str";
+    case kind::bytes: return "bytes";
+    case kind::tuple: return "tuple";
+    case kind::list: return "list";
+    case kind::dict: return "dict";
+    case kind::global: return "global";
+    case kind::object: return "object";
+    case kind::persid: return "persistent id";
+    case kind::mark: return "mark";
+  }
+  return "?";
+}
+
 value_ptr value::get(std::string_view key) const {
   if (k != kind::dict)
     return nullptr;

@@ -56,6 +56,10 @@ enum class kind : uint8_t {
   mark,   ///< internal; never in a value returned by `read`
 };
 
+/// "None", "bool", "int", "float", "str", "bytes", "tuple", "list", "dict",
+/// "global", "object", "persistent id" (Python's names where there are).
+const char* kind_name(kind k);
+
 struct value {
   kind k = kind::none;
   bool b = false;

@@ -50,9 +50,6 @@ using pickle::kind;
 using pickle::value;
 using pickle::value_ptr;
 
-/// Bound on the dimensions of a tensor (as the item reader's).
-constexpr size_t max_ndim = 64;
-
 /// The first bytes of a legacy (non-zip) torch.save file: protocol 2, then
 /// torch's magic number as a 10-byte LONG1.
 constexpr std::string_view legacy_magic
@@ -143,27 +140,13 @@ bool allowed(const value& g) {
 }
 
 std::string kind_name(const value& x) {
-  switch (x.k) {
-    case kind::none: return "None";
-    case kind::boolean: return "bool";
-    case kind::integer: return "int";
-    case kind::floating: return "float";
-    case kind::string: return "str";
-    case kind::bytes: return "bytes";
-    case kind::tuple: return "tuple";
-    case kind::list: return "list";
-    case kind::dict: return "dict";
-    case kind::global: return "global " + x.s + "." + x.name;
-    case kind::object:
-      if (is_tensor_call(x))
-        return "tensor";
-      if (!x.global_name().empty())
-        return x.global_module() + "." + x.global_name() + " object";
-      return "object";
-    case kind::persid: return "persistent id";
-    case kind::mark: break;
-  }
-  return "value";
+  if (x.is(kind::global))
+    return "global " + x.s + "." + x.name;
+  if (x.is(kind::object) && is_tensor_call(x))
+    return "tensor";
+  if (x.is(kind::object) && !x.global_name().empty())
+    return x.global_module() + "." + x.global_name() + " object";
+  return pickle::kind_name(x.k);
 }
 
 /// A dict key as DCP's flattening spells it (`str(key)`), for the kinds of
@@ -191,18 +174,6 @@ std::string join(const std::string& path, const std::string& key) {
 
 std::string where(const std::string& path) {
   return path.empty() ? "the top level" : "'" + path + "'";
-}
-
-bool int_tuple(const value_ptr& x, shape_t& out) {
-  if (!x || !x->is(kind::tuple) || x->items.size() > max_ndim)
-    return false;
-  out.clear();
-  for (const auto& item : x->items) {
-    if (!item || !item->is(kind::integer))
-      return false;
-    out.push_back(item->i);
-  }
-  return true;
 }
 
 class importer {
@@ -464,53 +435,30 @@ private:
         return bad("a parameter that does not wrap a tensor");
       return tensor(*args->items[0], path, nesting + 1);
     }
-    // _rebuild_tensor_v2(storage, storage_offset, size, stride,
-    //                    requires_grad, backward_hooks[, metadata])
-    const auto& a = args->items;
-    if (a.size() < 6 || a.size() > 7)
-      return bad(std::to_string(a.size()) + " arguments (want 6 or 7)");
-    if (!a[0] || !a[0]->is(kind::persid) || a[0]->items.size() != 1)
-      return bad("the storage is not a persistent id");
-    const auto& id = a[0]->items[0];
-    if (!id || !id->is(kind::tuple) || id->items.size() != 5)
-      return bad("the storage id is not a 5-tuple");
-    const auto& tag = id->items[0];
-    const auto& cls = id->items[1];
-    const auto& key = id->items[2];
-    const auto& numel = id->items[4];
-    if (!tag || !tag->is(kind::string) || tag->s != "storage")
-      return bad("the storage id is not tagged 'storage'");
-    if (!cls || !cls->is(kind::global) || cls->s != "torch")
-      return bad("the storage type is not a torch storage class");
-    auto type = dtype_from_storage_class(cls->name);
-    if (!type)
-      return bad("unknown storage class torch." + cls->name);
-    if (!key || !key->is(kind::string) || key->s.empty())
-      return bad("bad storage key");
-    if (!numel || !numel->is(kind::integer) || numel->i < 0)
-      return bad("bad storage size");
-    if (!a[1] || !a[1]->is(kind::integer))
-      return bad("the storage offset is not an int");
-    shape_t sizes;
-    shape_t strides;
-    if (!int_tuple(a[2], sizes))
-      return bad("sizes are not a tuple of at most 64 ints");
-    if (!int_tuple(a[3], strides))
-      return bad("strides are not a tuple of at most 64 ints");
-    if (auto err = check_view(sizes, strides, a[1]->i, numel->i))
+    auto call = read_tensor_call(x);
+    if (!call)
+      return bad(context_of(call.error()));
+    if (args->items.size() > 7)
+      return bad(std::to_string(args->items.size())
+                 + " arguments (want 6 or 7)");
+    const auto& sizes = call->sizes;
+    const auto& strides = call->strides;
+    auto offset = call->storage_offset;
+    auto numel = call->storage_numel;
+    if (auto err = check_view(sizes, strides, offset, numel))
       return bad(context_of(err));
     int64_t count = 1;
     for (auto s : sizes)
       count *= s;
-    if (count > numel->i)
+    if (count > numel)
       return bad("a view of " + std::to_string(count)
                  + " elements repeats elements of its storage of "
-                 + std::to_string(numel->i));
-    auto storage = load_storage(key->s, *type, numel->i, path);
+                 + std::to_string(numel));
+    auto storage = load_storage(call->key, call->type, numel, path);
     if (!storage)
       return storage;
     try {
-      return storage->as_strided(sizes, strides, a[1]->i);
+      return storage->as_strided(sizes, strides, offset);
     } catch (const std::exception& ex) {
       return bad(std::string{"torch: "} + ex.what());
     }

@@ -308,7 +308,7 @@ def check_hostile(name):
         lines = p.stderr.strip().splitlines()
         if p.returncode != 1:
             fail(f"exit code {p.returncode}, expected 1")
-        if len(lines) != 1 or not lines[0].startswith("dcpp: import "):
+        if len(lines) != 1 or not lines[0].startswith("dcpp: import: "):
             fail(f"expected one error line, got {lines!r}")
         if want not in lines[0]:
             fail(f"the error does not say {want!r}")

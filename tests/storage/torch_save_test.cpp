@@ -1,16 +1,16 @@
 // Reading torch.save files through the restricted unpickler: archives are
 // built here by hand (data.pkl from dcpp's pickle model, records written by
-// libtorch's PyTorchStreamWriter), so hostile ones are easy to make.
+// dcpp's zip writer), so hostile ones are easy to make.
 
 #include "storage/torch_save.hpp"
 
 #include "core/error.hpp"
 #include "storage/pickle.hpp"
 #include "storage/tensor_codec.hpp"
+#include "storage/zip_writer.hpp"
 #include "tests/storage/fs_test_util.hpp"
 
 #include <ATen/ATen.h>
-#include <caffe2/serialize/inline_container.h>
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -29,20 +29,23 @@ using pickle::value_ptr;
 
 namespace {
 
-/// A torch.save zip of `pkl` (the data.pkl bytes) and storage records.
+/// A torch.save zip of `pkl` (the data.pkl bytes) and storage records,
+/// written by dcpp's zip writer (the layout of torch.save's).
 std::string archive(const std::string& pkl,
                     const std::map<std::string, std::string>& storages = {}) {
-  std::string out;
-  caffe2::serialize::PyTorchStreamWriter writer(
-    [&out](const void* buf, size_t n) -> size_t {
-      out.append(static_cast<const char*>(buf), n);
-      return n;
-    });
-  writer.writeRecord("data.pkl", pkl.data(), pkl.size());
+  string_sink out;
+  dcpp::detail::zip_writer zip{out, nullptr};
+  auto record = [&zip](const std::string& name, const std::string& bytes) {
+    REQUIRE(!zip.begin_record("archive/" + name, bytes.size()));
+    REQUIRE(!zip.data(bytes.data(), bytes.size()));
+    REQUIRE(!zip.end_record());
+  };
+  record("data.pkl", pkl);
   for (const auto& [key, bytes] : storages)
-    writer.writeRecord("data/" + key, bytes.data(), bytes.size());
-  writer.writeEndOfFile();
-  return out;
+    record("data/" + key, bytes);
+  record("version", "3\n");
+  REQUIRE(!zip.finish());
+  return std::move(out.buffer());
 }
 
 /// The raw bytes of a float storage 0, 1, ..., n-1.
