@@ -5,8 +5,9 @@
 // through dcpp's restricted pickle reader (storage/pickle.hpp): nothing in
 // the file is ever executed, and only torch.save's own globals are honoured
 // (tensor and parameter rebuilds, typed storages, OrderedDict, set,
-// frozenset, complex, torch.Size, torch.device and dtypes). Any other
-// global is refused with its name.
+// frozenset, complex, torch.Size, torch.device and dtypes, and the
+// torch.jit._pickle wrappers libtorch's pickler adds, e.g. in `dcpp export`
+// output). Any other global is refused with its name.
 //
 // The nesting is what DCP's `flatten_state_dict` traverses: dicts and
 // OrderedDicts (keys turned into strings, as `str(key)`), and lists that
