@@ -5,9 +5,11 @@
 //
 // Every failure ends as one line `dcpp: <what>: <error>` on stderr with exit
 // code 1 (2 for usage errors); nothing escapes main as an exception. This is
-// the only TU that includes libtorch's pickle header (slow to compile).
+// the only TU that includes libtorch's pickle header (slow to compile), for
+// `export`; `import` reads through dcpp's restricted unpickler instead.
 
 #include "actors/checkpointer.hpp"
+#include "actors/format_utils.hpp"
 #include "core/error.hpp"
 #include "core/metadata.hpp"
 #include "core/planner.hpp"
@@ -58,25 +60,6 @@ void warn(const std::string& msg) {
 
 using detail::fd_guard;
 using detail::os_error;
-
-caf::expected<std::string> read_whole_file(const std::string& path,
-                                           uint64_t limit) {
-  std::error_code ec;
-  auto size = fs::file_size(path, ec);
-  if (ec)
-    return make_error(errc::io_error, path + ": " + ec.message());
-  if (size > limit)
-    return make_error(errc::too_large,
-                      path + " holds " + std::to_string(size) + " bytes");
-  std::ifstream in{path, std::ios::binary};
-  if (!in)
-    return os_error("open", path, errno);
-  std::string buf(size, '\0');
-  in.read(buf.data(), static_cast<std::streamsize>(size));
-  if (static_cast<uint64_t>(in.gcount()) != size)
-    return make_error(errc::io_error, "short read of " + path);
-  return buf;
-}
 
 /// Reads a file of a checkpoint directory: never through a symbolic link,
 /// never blocking on a FIFO (detail::open_regular_file).
@@ -388,81 +371,12 @@ int run_export(const std::string& dir, const std::string& out) {
 
 // -- import -------------------------------------------------------------------
 
-caf::expected<std::string> key_string(const c10::IValue& k) {
-  if (k.isString())
-    return k.toStringRef();
-  if (k.isInt())
-    return std::to_string(k.toInt());
-  return make_error(errc::invalid_argument,
-                    "dict key of type " + k.tagKind() + " (want str or int)");
-}
-
-caf::error fill_state_dict(state_dict& sd, const c10::impl::GenericDict& d,
-                           const std::string& prefix) {
-  for (const auto& e : d) {
-    auto key = key_string(e.key());
-    if (!key)
-      return with_context(key.error(), prefix.empty() ? "<top>" : prefix,
-                          errc::invalid_argument);
-    auto path = prefix.empty() ? *key : prefix + "." + *key;
-    const auto& v = e.value();
-    if (v.isTensor()) {
-      sd.set(*key, v.toTensor());
-    } else if (v.isGenericDict()) {
-      if (auto err = fill_state_dict(sd.nested(*key), v.toGenericDict(), path))
-        return err;
-    } else if (v.isInt()) {
-      sd.set(*key, bytes_value::from_int(v.toInt()));
-    } else if (v.isDouble()) {
-      sd.set(*key, bytes_value::from_double(v.toDouble()));
-    } else if (v.isString()) {
-      sd.set(*key, bytes_value::from_string(v.toStringRef()));
-    } else {
-      // Lists, tuples, bools, None: kept as a torch.save archive.
-      auto bytes = torch::jit::pickle_save(v);
-      sd.set(*key, bytes_value::raw(std::string(bytes.begin(), bytes.end())));
-    }
-  }
-  return {};
-}
-
 int run_import(const std::string& in, const std::string& dir,
                const std::string& flavor_str, bool force) {
   auto what = "import " + in;
   auto flavor = parse_metadata_flavor(flavor_str);
   if (!flavor)
     return fail(what, flavor.error());
-  auto raw = read_whole_file(in, uint64_t{1} << 40);
-  if (!raw)
-    return fail(what, raw.error());
-  // libtorch's unpickler cannot build a collections.OrderedDict (what
-  // model.state_dict() returns); name the fix instead of its opcode error.
-  std::string hint;
-  if (raw->find("OrderedDict") != std::string::npos)
-    hint = " (an OrderedDict? save dict(state_dict) instead)";
-  c10::IValue obj;
-  try {
-    obj = torch::jit::pickle_load(std::vector<char>(raw->begin(), raw->end()));
-  } catch (const c10::Error& e) {
-    std::string msg = e.what_without_backtrace();
-    msg = msg.substr(0, msg.find('\n'));
-    return fail(what,
-                make_error(errc::corrupt_item,
-                           "not a readable torch.save file: " + msg + hint));
-  } catch (const std::exception& e) {
-    std::string msg = e.what();
-    msg = msg.substr(0, msg.find('\n'));
-    return fail(what,
-                make_error(errc::corrupt_item,
-                           "not a readable torch.save file: " + msg + hint));
-  }
-  if (!obj.isGenericDict())
-    return fail(what, make_error(errc::invalid_argument,
-                                 "top-level object is a " + obj.tagKind()
-                                   + ", not a dict"));
-  state_dict sd;
-  if (auto err = fill_state_dict(sd, obj.toGenericDict(), ""))
-    return fail(what, err);
   std::error_code ec;
   if (!force && fs::exists(fs::path{dir} / ".metadata", ec))
     return fail("import " + dir,
@@ -470,13 +384,12 @@ int run_import(const std::string& in, const std::string& dir,
                            "already holds a checkpoint (use --force)"));
   filesystem_writer_options wopts;
   wopts.flavor = *flavor;
-  checkpointer_options opts;
-  opts.no_dist = true;
-  checkpointer cp{make_filesystem_writer(dir, wopts),
-                  make_filesystem_reader(dir), opts};
-  auto md = cp.save(sd);
+  // Read through dcpp's restricted unpickler: nothing in the file runs, and
+  // nothing is written unless all of it reads.
+  auto md = import_torch_save(in, make_filesystem_writer(dir, wopts));
+  // Errors reading the file name it, errors writing name the directory.
   if (!md)
-    return fail("import " + dir, md.error());
+    return fail("import", md.error());
   std::cout << "imported " << md->state_dict_metadata.size() << " keys ("
             << tensor_bytes(*md) << " tensor bytes) into " << dir << std::endl;
   return 0;
@@ -643,10 +556,11 @@ int run_main(int argc, char** argv) {
   exp->add_option("DIR", dir, "checkpoint directory")->required();
   exp->add_option("FILE", file, "output .pt file")->required();
   auto* imp = app.add_subcommand(
-    "import", "Write a torch.save'd dict (str -> tensor, nested dicts become "
-              "dotted keys, int/float/str become bytes items) as a DCP "
-              "checkpoint (like DCP's torch_save_to_dcp). The top level "
-              "must be a plain dict (use dict(model.state_dict()))");
+    "import", "Write a torch.save'd state dict as a DCP checkpoint (like "
+              "DCP's torch_save_to_dcp): dicts, OrderedDicts and lists "
+              "holding tensors become dotted keys, other values bytes items. "
+              "Read by a restricted unpickler: only torch.save's own "
+              "globals are accepted, nothing in the file is executed");
   imp->add_option("FILE", file, "input .pt file")->required();
   imp->add_option("DIR", dir, "checkpoint directory to create")->required();
   imp->add_option("--flavor", flavor, ".metadata flavor: 1.13 or 2")

@@ -155,24 +155,7 @@ caf::error check_globals(const value_ptr& root) {
 // -- interpretation -----------------------------------------------------------
 
 const char* kind_name(const value_ptr& x) {
-  if (!x)
-    return "nothing";
-  switch (x->k) {
-    case kind::none: return "None";
-    case kind::boolean: return "bool";
-    case kind::integer: return "int";
-    case kind::floating: return "float";
-    case kind::string: return "str";
-    case kind::bytes: return "bytes";
-    case kind::tuple: return "tuple";
-    case kind::list: return "list";
-    case kind::dict: return "dict";
-    case kind::global: return "global";
-    case kind::object: return "object";
-    case kind::persid: return "persistent id";
-    case kind::mark: return "mark";
-  }
-  return "?";
+  return x ? pickle::kind_name(x->k) : "nothing";
 }
 
 /// A short description of what was found: "int", "object torch.Size".

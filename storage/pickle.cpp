@@ -28,6 +28,25 @@ namespace dcpp::pickle {
 
 // -- value --------------------------------------------------------------------
 
+const char* kind_name(kind k) {
+  switch (k) {
+    case kind::none: return "None";
+    case kind::boolean: return "bool";
+    case kind::integer: return "int";
+    case kind::floating: return "float";
+    case kind::string: return "str";
+    case kind::bytes: return "bytes";
+    case kind::tuple: return "tuple";
+    case kind::list: return "list";
+    case kind::dict: return "dict";
+    case kind::global: return "global";
+    case kind::object: return "object";
+    case kind::persid: return "persistent id";
+    case kind::mark: return "mark";
+  }
+  return "?";
+}
+
 value_ptr value::get(std::string_view key) const {
   if (k != kind::dict)
     return nullptr;
@@ -131,6 +150,16 @@ value_ptr make_reduce(value_ptr callable, value_ptr args, value_ptr state) {
   auto result = make_kind(kind::object);
   result->items = {std::move(callable), std::move(args)};
   result->state = std::move(state);
+  return result;
+}
+
+value_ptr make_ordered_dict(std::vector<std::pair<value_ptr, value_ptr>> kvs) {
+  auto result = make_kind(kind::object);
+  result->items = {make_global("collections", "OrderedDict"), make_tuple({})};
+  for (auto& [key, val] : kvs) {
+    result->dictitems.emplace_back(std::move(key));
+    result->dictitems.emplace_back(std::move(val));
+  }
   return result;
 }
 
@@ -479,17 +508,20 @@ private:
     return check_depth(target);
   }
 
-  /// Adds key/value pairs to the dict `target` (SETITEM / SETITEMS).
+  /// Adds key/value pairs to the dict `target`, or to the dictitems of the
+  /// object `target` (SETITEM / SETITEMS).
   caf::error extend_dict(const node_ptr& target, std::vector<node_ptr> xs) {
-    if (!target->is(kind::dict))
-      return fail("target is not a dict");
+    if ((!target->is(kind::dict) && !target->is(kind::object))
+        || target->is_set)
+      return fail("target is not a dict or an object");
     if (xs.size() % 2 != 0)
       return fail("odd number of items for a dict");
+    auto& slots = target->is(kind::dict) ? target->items : target->dictitems;
     for (auto& x : xs) {
       if (auto err = check_mutation(target, x))
         return err;
       target->depth = std::max(target->depth, adopt(x) + 1);
-      target->items.emplace_back(std::move(x));
+      slots.emplace_back(std::move(x));
     }
     return check_depth(target);
   }

@@ -17,8 +17,9 @@
 //   BUILD may only modify a value that no other value holds yet, and never
 //   add a value to itself. So every value graph is acyclic (shared
 //   references stay shared) and at most `max_depth` deep.
-// - APPEND(S) / SETITEM(S) only target lists / dicts (not objects made by
-//   REDUCE, e.g. a non-empty OrderedDict); BUILD only targets objects, once.
+// - APPEND(S) only targets lists; SETITEM(S) targets dicts and objects (the
+//   `dictitems` of `__reduce__`, how an OrderedDict is pickled); BUILD only
+//   targets objects, once.
 // - Sets are kept as protocol 2 spells them: an `object` REDUCE of the
 //   global `builtins.set` (or `frozenset`) with args `([items],)`.
 // - NEWOBJ_EX with non-empty keyword arguments gives an object whose
@@ -55,6 +56,10 @@ enum class kind : uint8_t {
   mark,   ///< internal; never in a value returned by `read`
 };
 
+/// "None", "bool", "int", "float", "str", "bytes", "tuple", "list", "dict",
+/// "global", "object", "persistent id" (Python's names where there are).
+const char* kind_name(kind k);
+
 struct value {
   kind k = kind::none;
   bool b = false;
@@ -69,6 +74,10 @@ struct value {
   std::vector<value_ptr> items;
   /// object: the BUILD state (nullptr if none); set by BUILD.
   value_ptr state;
+  /// object: key/value pairs added by SETITEM(S), interleaved like a dict's
+  /// `items` (what `__reduce__` returns as dictitems, e.g. the entries of a
+  /// `collections.OrderedDict`).
+  std::vector<value_ptr> dictitems;
   /// object: made by NEWOBJ (cls.__new__) rather than REDUCE.
   bool newobj = false;
 
@@ -97,6 +106,9 @@ value_ptr make_global(std::string module, std::string name);
 /// REDUCE(callable, args) with optional BUILD state.
 value_ptr make_reduce(value_ptr callable, value_ptr args,
                       value_ptr state = nullptr);
+/// `collections.OrderedDict` as Python pickles it: REDUCE of the class with
+/// no arguments, then its entries as SETITEMS.
+value_ptr make_ordered_dict(std::vector<std::pair<value_ptr, value_ptr>> kvs);
 /// NEWOBJ(cls, args) with optional BUILD state.
 value_ptr make_newobj(value_ptr cls, value_ptr args, value_ptr state = nullptr);
 value_ptr make_persid(value_ptr pid);
@@ -116,11 +128,11 @@ caf::expected<value_ptr> read(std::string_view bytes,
 
 /// Encodes `x` as protocol 2: GLOBAL, BINUNICODE, BININT*/LONG1, BINFLOAT,
 /// NONE, NEWTRUE/NEWFALSE, tuples, EMPTY_LIST+APPENDS, EMPTY_DICT+SETITEMS,
-/// REDUCE, NEWOBJ, BUILD, BINPERSID, STOP. No memo, so shared references
-/// are written once per use. Beyond protocol 2, and only when needed (every
-/// Python 3 reads them): `bytes` as (SHORT_)BINBYTES, a global whose name
-/// contains a newline as STACK_GLOBAL, kwargs (third object item) with
-/// NEWOBJ_EX.
+/// REDUCE, NEWOBJ (then SETITEMS of its dictitems), BUILD, BINPERSID, STOP. No
+/// memo, so shared references are written once per use. Beyond protocol 2, and
+/// only when needed (every Python 3 reads them): `bytes` as (SHORT_)BINBYTES, a
+/// global whose name contains a newline as STACK_GLOBAL, kwargs (third object
+/// item) with NEWOBJ_EX.
 std::string write(const value& x);
 
 } // namespace dcpp::pickle

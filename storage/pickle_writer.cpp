@@ -176,6 +176,12 @@ private:
     } else {
       out += static_cast<char>(x.newobj ? op::newobj : op::reduce);
     }
+    if (!x.dictitems.empty()) {
+      out += static_cast<char>(op::mark);
+      for (const auto& item : x.dictitems)
+        emit(item.get());
+      out += static_cast<char>(op::setitems);
+    }
     if (x.state) {
       emit(x.state.get());
       out += static_cast<char>(op::build);

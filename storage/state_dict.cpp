@@ -62,6 +62,10 @@ bytes_value bytes_value::from_string(const std::string& x) {
   return bytes_value{save_object(*pickle::make_string(x))};
 }
 
+bytes_value bytes_value::from_pickle(const pickle::value& x) {
+  return bytes_value{save_object(x)};
+}
+
 caf::expected<int64_t> bytes_value::to_int() const {
   auto obj = load_object(data);
   if (!obj)

@@ -25,6 +25,10 @@
 
 namespace dcpp {
 
+namespace pickle {
+struct value;
+} // namespace pickle
+
 /// One local shard of a sharded tensor: a tensor and where it sits in the
 /// global shape.
 struct shard {
@@ -41,7 +45,7 @@ struct sharded_tensor {
 
 /// A serialized non-tensor value. `data` is stored verbatim; PyTorch loads it
 /// with `torch.load`, so it should be a torch.save archive (see
-/// `bytes_value::from_int` and friends, or `encode_object`).
+/// `bytes_value::from_int` and friends, or `from_pickle`).
 struct bytes_value {
   std::string data;
 
@@ -54,6 +58,9 @@ struct bytes_value {
   static bytes_value from_int(int64_t x);
   static bytes_value from_double(double x);
   static bytes_value from_string(const std::string& x);
+  /// torch.save of any value of dcpp's pickle model (storage/pickle.hpp)
+  /// that holds no persistent ids (no tensors).
+  static bytes_value from_pickle(const pickle::value& x);
 
   /// Decoders of the same forms; fail with `errc::corrupt_item`.
   caf::expected<int64_t> to_int() const;

@@ -184,18 +184,64 @@ struct tensor_item_reader::impl : detail::zip_reader {
   caf::error stream(std::vector<segment> segments, hasher* hash) const;
 };
 
-namespace {
-
-bool is_int(const pickle::value_ptr& x) {
-  return x && x->is(pickle::kind::integer);
+caf::error check_view(const shape_t& sizes, const shape_t& strides,
+                      int64_t storage_offset, int64_t storage_numel) {
+  auto view = [&] {
+    return "view (offset " + std::to_string(storage_offset) + ", sizes "
+           + to_string(sizes) + ", strides " + to_string(strides) + ")";
+  };
+  if (sizes.size() != strides.size())
+    return make_error(errc::corrupt_item, view()
+                                            + ": sizes and strides differ"
+                                              " in length");
+  if (storage_offset < 0 || storage_numel < 0)
+    return make_error(errc::corrupt_item,
+                      view() + ": negative storage offset or size");
+  bool empty = false;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] < 0 || strides[i] < 0)
+      return make_error(errc::corrupt_item, "negative size or stride in "
+                                              + to_string(sizes) + " / "
+                                              + to_string(strides));
+    if (sizes[i] == 0)
+      empty = true;
+  }
+  if (empty)
+    return {};
+  // Largest element index, computed without overflow: every term is
+  // bounded by the storage size first.
+  auto limit = static_cast<uint64_t>(storage_numel);
+  auto last = static_cast<uint64_t>(storage_offset);
+  bool inside = last < limit;
+  uint64_t count = 1;
+  for (size_t i = 0; inside && i < sizes.size(); ++i) {
+    auto extent = static_cast<uint64_t>(sizes[i] - 1);
+    auto stride = static_cast<uint64_t>(strides[i]);
+    if (extent > 0 && stride > 0 && extent > (limit - 1 - last) / stride)
+      inside = false;
+    else
+      last += extent * stride;
+    // Zero strides repeat elements: bound the element count too.
+    if (static_cast<uint64_t>(sizes[i]) > (uint64_t{1} << 62) / count)
+      inside = false;
+    else
+      count *= static_cast<uint64_t>(sizes[i]);
+  }
+  if (!inside || last >= limit)
+    return make_error(errc::corrupt_item, view() + " exceeds its storage of "
+                                            + std::to_string(storage_numel)
+                                            + " elements");
+  return {};
 }
 
+namespace {
+
 bool int_tuple(const pickle::value_ptr& x, shape_t& out) {
-  if (!x || !x->is(pickle::kind::tuple))
+  if (!x || !x->is(pickle::kind::tuple) || x->items.size() > max_ndim)
     return false;
   out.clear();
   for (const auto& item : x->items) {
-    if (!is_int(item))
+    if (!item || !item->is(pickle::kind::integer))
       return false;
     out.push_back(item->i);
   }
@@ -204,60 +250,77 @@ bool int_tuple(const pickle::value_ptr& x, shape_t& out) {
 
 } // namespace
 
+caf::expected<tensor_call> read_tensor_call(const pickle::value& v) {
+  auto bad = [](const std::string& what) {
+    return make_error(errc::corrupt_item, what);
+  };
+  using pickle::kind;
+  if (!v.is(kind::object) || v.items.size() < 2)
+    return bad("not a call");
+  const auto& fn = v.items[0];
+  const auto& args = v.items[1];
+  if (!fn || !fn->is(kind::global) || fn->s != "torch._utils"
+      || fn->name != "_rebuild_tensor_v2")
+    return bad("callable is not torch._utils._rebuild_tensor_v2");
+  // (storage, storage_offset, size, stride, requires_grad, backward_hooks
+  // [, metadata])
+  if (!args || !args->is(kind::tuple) || args->items.size() < 5)
+    return bad("wrong arguments");
+  const auto& a = args->items;
+  const auto& pid = a[0];
+  if (!pid || !pid->is(kind::persid) || pid->items.size() != 1)
+    return bad("first argument is not a persistent storage id");
+  const auto& id = pid->items[0];
+  if (!id || !id->is(kind::tuple) || id->items.size() < 5)
+    return bad("bad storage id");
+  const auto& tag = id->items[0];
+  const auto& cls = id->items[1];
+  const auto& key = id->items[2];
+  const auto& numel = id->items[4];
+  if (!tag || !tag->is(kind::string) || tag->s != "storage")
+    return bad("storage id is not tagged 'storage'");
+  if (!cls || !cls->is(kind::global) || cls->s != "torch")
+    return bad("storage type is not a torch storage class");
+  auto type = dtype_from_storage_class(cls->name);
+  if (!type)
+    return bad("unknown storage class torch." + cls->name);
+  if (!key || !key->is(kind::string) || key->s.empty() || key->s.size() > 64)
+    return bad("bad storage key");
+  if (!numel || !numel->is(kind::integer) || numel->i < 0)
+    return bad("bad storage size");
+  if (!a[1] || !a[1]->is(kind::integer) || a[1]->i < 0)
+    return bad("bad storage offset");
+  tensor_call x;
+  x.type = *type;
+  x.key = key->s;
+  x.storage_numel = numel->i;
+  x.storage_offset = a[1]->i;
+  if (!int_tuple(a[2], x.sizes))
+    return bad("sizes are not a tuple of at most 64 ints");
+  if (!int_tuple(a[3], x.strides))
+    return bad("strides are not a tuple of at most 64 ints");
+  if (x.sizes.size() != x.strides.size())
+    return bad("sizes " + to_string(x.sizes) + " and strides "
+               + to_string(x.strides) + " do not match");
+  return x;
+}
+
 caf::error tensor_item_reader::impl::parse_pickle(std::string_view bytes,
                                                   std::string& key) {
   auto root = pickle::read(bytes);
   if (!root)
     return corrupt("data.pkl: " + dcpp::describe(root.error()));
-  auto& v = *root;
-  auto not_tensor = [&](const std::string& what) {
-    return corrupt("data.pkl does not hold a plain tensor: " + what);
-  };
-  if (!v || !v->is(pickle::kind::object) || v->items.size() < 2)
-    return not_tensor("top-level value is not a call");
-  const auto& fn = v->items[0];
-  const auto& args = v->items[1];
-  if (!fn || !fn->is(pickle::kind::global) || fn->s != "torch._utils"
-      || fn->name != "_rebuild_tensor_v2")
-    return not_tensor("callable is not torch._utils._rebuild_tensor_v2");
-  if (!args || !args->is(pickle::kind::tuple) || args->items.size() < 5)
-    return not_tensor("wrong arguments");
-  const auto& pid = args->items[0];
-  if (!pid || !pid->is(pickle::kind::persid) || pid->items.size() != 1)
-    return not_tensor("first argument is not a persistent storage id");
-  const auto& id = pid->items[0];
-  if (!id || !id->is(pickle::kind::tuple) || id->items.size() < 5)
-    return not_tensor("bad storage id");
-  const auto& tag = id->items[0];
-  const auto& cls = id->items[1];
-  const auto& key_val = id->items[2];
-  const auto& numel_val = id->items[4];
-  if (!tag || !tag->is(pickle::kind::string) || tag->s != "storage")
-    return not_tensor("storage id is not tagged 'storage'");
-  if (!cls || !cls->is(pickle::kind::global) || cls->s != "torch")
-    return not_tensor("storage type is not a torch storage class");
-  auto type = dtype_from_storage_class(cls->name);
-  if (!type)
-    return corrupt("unknown storage class torch." + cls->name);
-  if (!key_val || !key_val->is(pickle::kind::string) || key_val->s.empty()
-      || key_val->s.size() > 64)
-    return not_tensor("bad storage key");
-  if (!is_int(numel_val) || numel_val->i < 0)
-    return not_tensor("bad storage size");
-  if (!is_int(args->items[1]) || args->items[1]->i < 0)
-    return not_tensor("bad storage offset");
-  tensor_item_layout& x = layout;
-  x.type = *type;
-  x.storage_numel = numel_val->i;
-  x.storage_offset = args->items[1]->i;
-  if (!int_tuple(args->items[2], x.sizes))
-    return not_tensor("sizes are not a tuple of ints");
-  if (!int_tuple(args->items[3], x.strides))
-    return not_tensor("strides are not a tuple of ints");
-  if (x.sizes.size() != x.strides.size() || x.sizes.size() > max_ndim)
-    return corrupt("sizes " + to_string(x.sizes) + " and strides "
-                   + to_string(x.strides) + " do not match");
-  key = key_val->s;
+  auto call = read_tensor_call(**root);
+  if (!call)
+    return corrupt("data.pkl does not hold a plain tensor: "
+                   + context_of(call.error()));
+  auto& x = layout;
+  x.type = call->type;
+  x.storage_numel = call->storage_numel;
+  x.storage_offset = call->storage_offset;
+  x.sizes = std::move(call->sizes);
+  x.strides = std::move(call->strides);
+  key = std::move(call->key);
   return {};
 }
 
@@ -267,42 +330,17 @@ caf::error tensor_item_reader::impl::open() {
   auto entries = read_directory();
   if (!entries)
     return std::move(entries.error());
-  // The pickle: "<prefix>/data.pkl" under a single top-level folder.
-  const zip_entry* pkl = nullptr;
   std::string prefix;
-  for (const auto& e : *entries) {
-    static constexpr std::string_view suffix = "/data.pkl";
-    if (e.name.size() > suffix.size()
-        && e.name.compare(e.name.size() - suffix.size(), suffix.size(), suffix)
-             == 0
-        && e.name.find('/') == e.name.size() - suffix.size()) {
-      pkl = &e;
-      prefix = e.name.substr(0, e.name.size() - suffix.size());
-      break;
-    }
-  }
-  if (pkl == nullptr)
-    return corrupt("no data.pkl record: not a torch.save archive");
+  auto found = torch_pickle_record(*entries, prefix);
+  if (!found)
+    return std::move(found.error());
+  const zip_entry* pkl = *found;
   auto find = [&](const std::string& name) -> const zip_entry* {
     for (const auto& e : *entries)
       if (e.name == name)
         return &e;
     return nullptr;
   };
-  if (auto bo = find(prefix + "/byteorder")) {
-    auto start = record_data(*bo);
-    if (!start)
-      return std::move(start.error());
-    if (bo->size > 16)
-      return corrupt("bad byteorder record");
-    auto text = fetch(*start, bo->size);
-    if (!text)
-      return std::move(text.error());
-    if (*text != "little")
-      return make_error(errc::unsupported,
-                        describe() + ": byte order '" + *text
-                          + "' (only little-endian items are supported)");
-  }
   if (pkl->size > max_pickle)
     return corrupt("data.pkl of " + std::to_string(pkl->size)
                    + " bytes is too large for a tensor item");
@@ -331,41 +369,9 @@ caf::error tensor_item_reader::impl::open() {
                    + std::to_string(data->size) + " bytes");
   x.data_offset = *data_start;
   x.data_size = data->size;
-  // The view must lie inside the storage.
-  bool empty = false;
-  for (size_t i = 0; i < x.sizes.size(); ++i) {
-    if (x.sizes[i] < 0 || x.strides[i] < 0)
-      return corrupt("negative size or stride in " + to_string(x.sizes) + " / "
-                     + to_string(x.strides));
-    if (x.sizes[i] == 0)
-      empty = true;
-  }
-  if (!empty) {
-    // Largest element index, computed without overflow: every term is
-    // bounded by the storage size first.
-    auto limit = static_cast<uint64_t>(x.storage_numel);
-    uint64_t last = static_cast<uint64_t>(x.storage_offset);
-    bool inside = last < limit;
-    uint64_t count = 1;
-    for (size_t i = 0; inside && i < x.sizes.size(); ++i) {
-      auto extent = static_cast<uint64_t>(x.sizes[i] - 1);
-      auto stride = static_cast<uint64_t>(x.strides[i]);
-      if (extent > 0 && stride > 0 && extent > (limit - last) / stride) {
-        inside = false;
-        break;
-      }
-      last += extent * stride;
-      if (static_cast<uint64_t>(x.sizes[i]) > (uint64_t{1} << 62) / count)
-        inside = false;
-      else
-        count *= static_cast<uint64_t>(x.sizes[i]);
-    }
-    if (!inside || last >= limit)
-      return corrupt("view (offset " + std::to_string(x.storage_offset)
-                     + ", sizes " + to_string(x.sizes) + ", strides "
-                     + to_string(x.strides) + ") exceeds its storage of "
-                     + std::to_string(x.storage_numel) + " elements");
-  }
+  if (auto err = check_view(x.sizes, x.strides, x.storage_offset,
+                            x.storage_numel))
+    return corrupt(context_of(err));
   return {};
 }
 

@@ -47,6 +47,10 @@
 
 namespace dcpp {
 
+namespace pickle {
+struct value;
+} // namespace pickle
+
 // -- writing ------------------------------------------------------------------
 
 // Sinks (item_sink, string_sink, file_sink): storage/file_sink.hpp; item
@@ -82,6 +86,32 @@ struct tensor_item_layout {
   /// Bytes of the raw storage (`storage_numel * element_size`).
   uint64_t data_size = 0;
 };
+
+/// What a `torch._utils._rebuild_tensor_v2(...)` call in a `data.pkl`
+/// says (docs/dcp-format.md §3.3); sizes in elements.
+struct tensor_call {
+  dtype type = dtype::float32;
+  /// The storage record: `<prefix>/data/<key>`.
+  std::string key;
+  int64_t storage_numel = 0;
+  int64_t storage_offset = 0;
+  shape_t sizes;
+  shape_t strides;
+};
+
+/// Reads `x` as such a call (at most 64 dimensions; the view is not yet
+/// checked against its storage: `check_view`). Fails with
+/// `errc::corrupt_item` saying what is wrong; callers add where.
+caf::expected<tensor_call> read_tensor_call(const pickle::value& x);
+
+/// Fails with `errc::corrupt_item` unless a tensor with `sizes` and
+/// `strides` at `storage_offset` lies inside a storage of `storage_numel`
+/// elements: no negative size, stride or offset, and (unless the tensor is
+/// empty) every element index below `storage_numel`. The message names the
+/// view; callers add which tensor it is.
+[[nodiscard]] caf::error
+check_view(const shape_t& sizes, const shape_t& strides, int64_t storage_offset,
+           int64_t storage_numel);
 
 /// One box of a saved chunk copied into a destination: the box
 /// `[offsets, offsets + lengths)` of the saved tensor goes into `dest`,

@@ -252,4 +252,40 @@ caf::expected<uint64_t> zip_reader::record_data(const zip_entry& e) {
   return start;
 }
 
+caf::expected<const zip_entry*>
+zip_reader::torch_pickle_record(const std::vector<zip_entry>& entries,
+                                std::string& prefix) {
+  static constexpr std::string_view suffix = "/data.pkl";
+  const zip_entry* pkl = nullptr;
+  for (const auto& e : entries) {
+    if (e.name.size() > suffix.size()
+        && e.name.compare(e.name.size() - suffix.size(), suffix.size(), suffix)
+             == 0
+        && e.name.find('/') == e.name.size() - suffix.size()) {
+      pkl = &e;
+      prefix = e.name.substr(0, e.name.size() - suffix.size());
+      break;
+    }
+  }
+  if (pkl == nullptr)
+    return corrupt("no data.pkl record: not a torch.save archive");
+  for (const auto& e : entries) {
+    if (e.name != prefix + "/byteorder")
+      continue;
+    auto start = record_data(e);
+    if (!start)
+      return std::move(start.error());
+    if (e.size > 16)
+      return corrupt("bad byteorder record");
+    auto text = fetch(*start, e.size);
+    if (!text)
+      return std::move(text.error());
+    if (*text != "little")
+      return make_error(errc::unsupported,
+                        describe() + ": byte order '" + *text
+                          + "' (only little-endian archives are supported)");
+  }
+  return pkl;
+}
+
 } // namespace dcpp::detail

@@ -74,6 +74,13 @@ struct zip_reader {
 
   /// Where the data of the STORED record `e` starts, relative to the item.
   caf::expected<uint64_t> record_data(const zip_entry& e);
+
+  /// The `<prefix>/data.pkl` record of a torch.save archive (one top-level
+  /// folder, any name) among `entries`, with `prefix` set; fails unless
+  /// there is one, or if `<prefix>/byteorder` says anything but "little".
+  caf::expected<const zip_entry*>
+  torch_pickle_record(const std::vector<zip_entry>& entries,
+                      std::string& prefix);
 };
 
 } // namespace dcpp::detail

@@ -43,6 +43,8 @@ uint64_t expanded_size(const value* x,
   auto add = [&](uint64_t n) { total = std::min(total + n, max_expanded + 1); };
   for (const auto& item : x->items)
     add(expanded_size(item.get(), cache));
+  for (const auto& item : x->dictitems)
+    add(expanded_size(item.get(), cache));
   add(expanded_size(x->state.get(), cache));
   cache.emplace(x, total);
   return total;
@@ -62,10 +64,14 @@ bool same(const value* x, const value* y) {
     return x == y;
   if (x->k != y->k || x->b != y->b || x->i != y->i || !same_bits(x->f, y->f)
       || x->s != y->s || x->name != y->name || x->newobj != y->newobj
-      || x->items.size() != y->items.size())
+      || x->items.size() != y->items.size()
+      || x->dictitems.size() != y->dictitems.size())
     return false;
   for (size_t i = 0; i < x->items.size(); ++i)
     if (!same(x->items[i].get(), y->items[i].get()))
+      return false;
+  for (size_t i = 0; i < x->dictitems.size(); ++i)
+    if (!same(x->dictitems[i].get(), y->dictitems[i].get()))
       return false;
   return same(x->state.get(), y->state.get());
 }

@@ -22,12 +22,16 @@ bool same(const value_ptr& x, const value_ptr& y) {
     return !x && !y;
   if (x->k != y->k || x->b != y->b || x->i != y->i || x->s != y->s
       || x->name != y->name || x->newobj != y->newobj
-      || x->items.size() != y->items.size())
+      || x->items.size() != y->items.size()
+      || x->dictitems.size() != y->dictitems.size())
     return false;
   if (x->k == kind::floating && x->f != y->f)
     return false;
   for (size_t i = 0; i < x->items.size(); ++i)
     if (!same(x->items[i], y->items[i]))
+      return false;
+  for (size_t i = 0; i < x->dictitems.size(); ++i)
+    if (!same(x->dictitems[i], y->dictitems[i]))
       return false;
   return same(x->state, y->state);
 }
@@ -234,6 +238,35 @@ TEST_CASE("a torch.save data.pkl decodes to the tensor rebuild call",
   CHECK(args->items[5]->global_name() == "OrderedDict");
   // What the writer makes of it reads back the same.
   CHECK(same(root, read_ok(pickle::write(*root))));
+}
+
+TEST_CASE("an OrderedDict keeps its entries and its state", "[pickle]") {
+  // pickle.dumps(od, 2) of an OrderedDict with a `_metadata` attribute (what
+  // model.state_dict() returns): REDUCE, SETITEMS on the object, BUILD.
+  auto root = read_ok("\x80\x02"
+                      "ccollections\nOrderedDict\nq\x00)Rq\x01"
+                      "(X\x01\x00\x00\x00"
+                      "aK\x01X\x01\x00\x00\x00"
+                      "bK\x02u"
+                      "}X\x09\x00\x00\x00"
+                      "_metadataK\x03"
+                      "sb."s);
+  REQUIRE(root->is(kind::object));
+  CHECK(root->global_name() == "OrderedDict");
+  REQUIRE(root->dictitems.size() == 4);
+  CHECK(root->dictitems[0]->s == "a");
+  CHECK(root->dictitems[3]->i == 2);
+  REQUIRE(root->state);
+  CHECK(root->state->get("_metadata")->i == 3);
+  CHECK(same(root, read_ok(pickle::write(*root))));
+  auto made = pickle::make_ordered_dict(
+    {{pickle::make_string("a"), pickle::make_int(1)},
+     {pickle::make_string("b"), pickle::make_int(2)}});
+  auto back = read_ok(pickle::write(*made));
+  CHECK(same(made, back));
+  // A set takes no dict entries.
+  CHECK(read_error("\x80\x04\x8f(K\x01K\x02u."s).find("not a dict")
+        != std::string::npos);
 }
 
 TEST_CASE("LONG1 and LONG4 accept exactly the int64 range", "[pickle]") {

@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""`dcpp import` of torch.save files written by PyTorch 1.13 (Debian's).
+
+    torch_save_import_test.py BUILD_APPS_DIR CASE
+
+Good cases: torch.save writes the input, `dcpp import` converts it, and DCP
+1.13's `load_state_dict(no_dist=True)` loads every flattened key; values
+(dtype, shape, bits) must equal the input's, flattened as DCP 2.x's
+flatten_state_dict flattens, and `planner_data` must record each key's
+nested path so the nesting can be rebuilt.
+
+Hostile cases: crafted files (by hand, or by patching data.pkl) must end in
+one error line naming what is wrong, exit code 1, and nothing written to the
+target directory. The `os.system` case proves nothing ran: its command
+would create a marker file.
+
+Exit 0 on success, 1 on failure, 77 (printing why) when torch 1.13 DCP
+cannot be imported.
+"""
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import OrderedDict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INTEROP = os.path.join(HERE, "..", "..", "scripts", "interop")
+SKIP = 77
+
+apps, case = sys.argv[1], sys.argv[2]
+dcpp = os.path.join(apps, "dcpp")
+
+try:
+    sys.path.insert(0, INTEROP)
+    import torch113_compat as compat  # noqa: E402
+    import torch  # noqa: E402
+except Exception as e:  # noqa: BLE001
+    print(f"SKIP: torch 1.13 DCP cannot be imported by {sys.executable}: {e!r}")
+    sys.exit(SKIP)
+
+
+def fail(msg):
+    print("FAILED: " + msg)
+    sys.exit(1)
+
+
+def run_import(src, dst, flavor="2"):
+    cmd = [dcpp, "import", "--flavor", flavor, src, dst]
+    print("$", " ".join(cmd), flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    sys.stdout.write(p.stdout)
+    sys.stdout.write(p.stderr)
+    return p
+
+
+# -- DCP's flattening (torch 2.x flatten_state_dict / traverse_state_dict) --
+
+
+def is_terminal(value):
+    if isinstance(value, dict):
+        return False
+    if not isinstance(value, list):
+        return True
+    for entry in value:
+        if isinstance(entry, (dict, list)) and not is_terminal(entry):
+            return False
+        if isinstance(entry, torch.Tensor):
+            return False
+    return True
+
+
+def dcp_flatten(sd):
+    flat, mapping = {}, {}
+
+    def visit(path, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(path + (str(k),), v)
+        elif is_terminal(value):
+            key = ".".join(map(str, path))
+            assert key not in flat, key
+            flat[key] = value
+            mapping[key] = path
+        else:
+            for i, v in enumerate(value):
+                visit(path + (i,), v)
+
+    for k, v in sd.items():
+        visit((str(k),), v)
+    return flat, mapping
+
+
+def same(a, b):
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.dtype == b.dtype and a.shape == b.shape
+                and torch.equal(a, b))
+    return type(a) is type(b) and a == b
+
+
+def check_good(obj, flavor):
+    scratch = tempfile.mkdtemp(prefix="dcpp-import-")
+    try:
+        src = os.path.join(scratch, "in.pt")
+        ckpt = os.path.join(scratch, "ckpt")
+        torch.save(obj, src)
+        p = run_import(src, ckpt, flavor)
+        if p.returncode != 0:
+            fail(f"dcpp import exited with {p.returncode}")
+        flat, mapping = dcp_flatten(obj)
+        sd = {k: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor)
+              else None for k, v in flat.items()}
+        reader = compat.RemappingReader(ckpt)
+        compat.dcp.load_state_dict(sd, reader, no_dist=True)
+        bad = [k for k, v in flat.items() if not same(sd[k], v)]
+        if bad:
+            fail(f"{len(bad)} keys differ after the DCP load, e.g. {bad[0]}: "
+                 f"{sd[bad[0]]!r} != {flat[bad[0]]!r}")
+        md = reader.read_metadata()
+        if set(md.state_dict_metadata) != set(flat):
+            fail(f"checkpoint keys {sorted(md.state_dict_metadata)} != "
+                 f"{sorted(flat)}")
+        # The nesting: planner_data holds each nested key's path (list
+        # indices spelled as strings: dcpp records path parts as str).
+        planner = md.planner_data or {}
+        for key, path in mapping.items():
+            want = tuple(str(x) for x in path)
+            got = tuple(planner.get(key, (key,)))
+            if got != want:
+                fail(f"planner_data[{key!r}] is {got}, expected {want}")
+        rebuilt = {}
+        for key, value in sd.items():
+            node = rebuilt
+            path = planner.get(key, (key,))
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        if not same_tree(rebuilt, normalize(obj)):
+            fail("the nesting rebuilt from planner_data differs from the input")
+        print(f"PASSED: {case}: {len(flat)} keys load in DCP 1.13 "
+              f"(flavor {flavor}) equal to the input, nesting rebuilt")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def normalize(value):
+    """The input as DCP's flattening nests it: mappings and traversed lists
+    become dicts keyed by str, containers without leaves vanish."""
+    if isinstance(value, dict) or (isinstance(value, list) and not is_terminal(value)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        out = {}
+        for k, v in items:
+            n = normalize(v)
+            if not (isinstance(n, dict) and not n):
+                out[str(k)] = n
+        return out
+    return value
+
+
+def same_tree(a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
+    return same(a, b)
+
+
+# -- inputs ------------------------------------------------------------------
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
+                               torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def training_checkpoint():
+    m = model()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    return {"model": m.state_dict(), "optim": opt.state_dict(), "epoch": 3}
+
+
+def views():
+    base = torch.arange(20.0).reshape(4, 5)
+    return {"base": base, "row": base[1], "col": base[:, 2], "t": base.t(),
+            "narrow": base.narrow(1, 1, 3), "strided": base[::2, ::2],
+            "scalar": base[2, 3], "nested": {"again": base[3], "list": [base[0], 7]},
+            "alone": torch.arange(6, dtype=torch.int64).reshape(2, 3).t()}
+
+
+def dtypes():
+    x = torch.arange(-3, 5)
+    return {"float64": x.double() / 3, "float32": x.float() / 3,
+            "float16": x.half() / 4, "bfloat16": x.bfloat16() / 4,
+            "int8": x.to(torch.int8), "int16": x.to(torch.int16) * 300,
+            "int32": x.int() * 70000, "int64": x.long() << 40,
+            "uint8": (x + 3).to(torch.uint8) * 30, "bool": x > 0,
+            "complex64": torch.complex(x.float(), -x.float()),
+            "complex128": torch.complex(x.double(), x.double() / 7)}
+
+
+GOOD = {
+    "model_state_dict": (lambda: model().state_dict(), "1.13"),
+    "training_checkpoint": (training_checkpoint, "2"),
+    "views": (views, "1.13"),
+    "dtypes": (dtypes, "2"),
+}
+
+
+# -- hostile inputs ------------------------------------------------------------
+
+
+class _Storage:
+    def __init__(self, numel):
+        self.numel = numel
+
+
+class _View:
+    """Pickles as torch.save pickles a tensor, with any offset/size/stride."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, size, stride)
+
+    def __reduce__(self):
+        storage, offset, size, stride = self.args
+        return (torch._utils._rebuild_tensor_v2,
+                (storage, offset, size, stride, False, OrderedDict()))
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, "0", "cpu", obj.numel)
+        return None
+
+
+def write_archive(path, pkl, storages):
+    """What torch.save does, through torch's own zip writer."""
+    w = torch._C.PyTorchFileWriter(path)
+    w.write_record("data.pkl", pkl, len(pkl))
+    for key, data in storages.items():
+        w.write_record("data/" + key, data, len(data))
+    w.write_end_of_file()
+
+
+def view_file(path, offset, size, stride):
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump({"x": _View(_Storage(10), offset, size, stride)})
+    storage = torch.arange(10.0).numpy().tobytes()
+    write_archive(path, buf.getvalue(), {"0": storage})
+
+
+class _System:
+    def __init__(self, cmd):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def hostile(name, scratch):
+    """Writes the hostile input; returns (path, text the error must hold)."""
+    path = os.path.join(scratch, "in.pt")
+    marker = os.path.join(scratch, "ran")
+    if name == "reduce_os_system":
+        torch.save({"w": torch.ones(2), "evil": _System("touch " + marker)}, path)
+        return path, "global posix.system (under 'evil') is not allowed"
+    if name == "global_outside_allowlist":
+        import argparse
+        torch.save({"w": torch.ones(2), "args": argparse.Namespace(lr=0.1)}, path)
+        return path, "global argparse.Namespace (under 'args') is not allowed"
+    if name == "view_offset_past_storage":
+        view_file(path, 20, (4,), (1,))
+        return path, "tensor 'x': view (offset 20, sizes [4], strides [1]) exceeds its storage of 10 elements"
+    if name == "size_1e6_over_10":
+        view_file(path, 0, (1000000,), (1,))
+        return path, "tensor 'x': view (offset 0, sizes [1000000], strides [1]) exceeds its storage"
+    if name == "negative_stride":
+        view_file(path, 9, (3,), (-1,))
+        return path, "tensor 'x': negative size or stride in [3] / [-1]"
+    if name == "nested_100000":
+        pkl = b"\x80\x02}" + b"X\x01\x00\x00\x00k}" * 100000 + b"s" * 100000 + b"."
+        write_archive(path, pkl, {})
+        return path, "data.pkl: pickle: nesting deeper than 256"
+    if name == "key_collision":
+        torch.save({1: torch.ones(2), "1": torch.zeros(2)}, path)
+        return path, "keys 1 and '1' of the top level both become the key '1'"
+    if name == "legacy_format":
+        torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+        return path, "the legacy (non-zip) torch.save format"
+    raise KeyError(name)
+
+
+HOSTILE = ["reduce_os_system", "global_outside_allowlist",
+           "view_offset_past_storage", "size_1e6_over_10", "negative_stride",
+           "nested_100000", "key_collision", "legacy_format"]
+
+
+def check_hostile(name):
+    scratch = tempfile.mkdtemp(prefix="dcpp-import-hostile-")
+    try:
+        src, want = hostile(name, scratch)
+        ckpt = os.path.join(scratch, "ckpt")
+        p = run_import(src, ckpt)
+        lines = p.stderr.strip().splitlines()
+        if p.returncode != 1:
+            fail(f"exit code {p.returncode}, expected 1")
+        if len(lines) != 1 or not lines[0].startswith("dcpp: import: "):
+            fail(f"expected one error line, got {lines!r}")
+        if want not in lines[0]:
+            fail(f"the error does not say {want!r}")
+        if os.path.exists(ckpt):
+            fail(f"{ckpt} was created: {os.listdir(ckpt)}")
+        if os.path.exists(os.path.join(scratch, "ran")):
+            fail("the pickled os.system call ran")
+        print(f"PASSED: {name}: refused, nothing written: {lines[0]}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if case in GOOD:
+    make, flavor = GOOD[case]
+    check_good(make(), flavor)
+elif case in HOSTILE:
+    check_hostile(case)
+else:
+    fail(f"unknown case {case}")
