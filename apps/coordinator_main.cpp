@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
   }
   env.job_id = ranks_env->job_id;
   env.secret = ranks_env->secret;
+  env.bind_addr = ranks_env->bind_addr;
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;

@@ -1,11 +1,20 @@
 // dcpp-launch: starts N copies of a command as the ranks of one job on this
 // host, the way torchrun does, and supervises them.
 //
-//   dcpp-launch --nproc N [--master-port P] [--master-addr A] -- CMD ARGS...
+//   dcpp-launch --nproc N [--master-port P] [--master-addr A] [--] CMD ARGS...
+//
+// torchrun's spellings work too (--nproc-per-node / --nproc_per_node,
+// --nnodes, --node-rank, --master-addr, --master-port, with dashes or
+// underscores), and the command may follow without `--`: the first word
+// that is not an option starts it. With --nnodes M > 1 one dcpp-launch runs
+// on each host (--node-rank 0..M-1) and its ranks are node_rank * N + 0..N-1
+// of M * N; every host must then be given the same DCPP_SECRET and
+// DCPP_JOB_ID, and node 0's address as --master-addr (port default 29500).
 //
 // Every child gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
-// MASTER_ADDR, MASTER_PORT, DCPP_SECRET and DCPP_JOB_ID (fresh random
-// values unless set already) in its environment, in its own process group.
+// GROUP_RANK, MASTER_ADDR, MASTER_PORT, DCPP_SECRET and DCPP_JOB_ID (fresh
+// random values unless set already) in its environment, in its own process
+// group.
 // Ctrl-C / SIGTERM are forwarded to every child. As soon as one child fails
 // (non-zero exit or killed by a signal) the others get SIGTERM, then SIGKILL
 // after a grace period, and dcpp-launch exits non-zero naming the rank.
@@ -130,21 +139,66 @@ size_t count_running(const std::vector<child>& children) {
 int main(int argc, char** argv) {
   CLI::App app{"dcpp-launch: run N ranks of a command on this host"};
   int nproc = 1;
+  int nnodes = 1;
+  int node_rank = 0;
   int master_port = 0;
   std::string master_addr = "127.0.0.1";
   double grace_s = 5;
-  std::vector<std::string> command;
-  app.add_option("--nproc,-n", nproc, "number of ranks")
+  app
+    .add_option("--nproc,-n,--nproc-per-node,--nproc_per_node", nproc,
+                "number of ranks on this host")
     ->required()
     ->check(CLI::Range(1, 4096));
-  app.add_option("--master-port", master_port,
-                 "coordinator port (default: a free one)");
-  app.add_option("--master-addr", master_addr, "coordinator address");
+  app.add_option("--nnodes", nnodes, "number of hosts (one dcpp-launch each)")
+    ->check(CLI::Range(1, 4096));
+  app
+    .add_option("--node-rank,--node_rank", node_rank,
+                "this host's index among --nnodes (0: the coordinator's)")
+    ->check(CLI::Range(0, 4095));
+  app.add_option("--master-port,--master_port", master_port,
+                 "coordinator port (default: a free one; 29500 with "
+                 "--nnodes > 1)");
+  app.add_option("--master-addr,--master_addr", master_addr,
+                 "coordinator address or host name");
   app.add_option("--grace", grace_s,
                  "seconds between SIGTERM and SIGKILL when stopping ranks");
-  app.add_option("command", command, "the command to run (after --)")
-    ->required();
+  app.footer("The command follows the options, after -- or directly.");
+  // Everything from the first word that is not an option on is the command
+  // (its own options included), with or without `--` before it.
+  app.prefix_command();
   CLI11_PARSE(app, argc, argv);
+  std::vector<std::string> command = app.remaining();
+  if (!command.empty() && command.front() == "--")
+    command.erase(command.begin());
+  if (command.empty()) {
+    std::fprintf(stderr, "dcpp-launch: no command to run (dcpp-launch "
+                         "--nproc N [--] CMD ARGS...)\n");
+    return 2;
+  }
+  if (node_rank >= nnodes) {
+    std::fprintf(stderr,
+                 "dcpp-launch: --node-rank %d is not below --nnodes "
+                 "%d\n",
+                 node_rank, nnodes);
+    return 2;
+  }
+  if (nnodes > 1) {
+    for (const char* name : {"DCPP_JOB_ID", "DCPP_SECRET"}) {
+      const char* v = std::getenv(name);
+      if ((v == nullptr || *v == '\0')
+          && !(std::string{name} == "DCPP_SECRET"
+               && std::getenv("DCPP_SECRET_FILE"))) {
+        std::fprintf(stderr,
+                     "dcpp-launch: --nnodes %d: set %s to the same value on "
+                     "every host (a value drawn here would differ between "
+                     "hosts)\n",
+                     nnodes, name);
+        return 2;
+      }
+    }
+    if (master_port == 0)
+      master_port = 29500;
+  }
 
   if (master_port == 0)
     master_port = free_port();
@@ -170,7 +224,7 @@ int main(int argc, char** argv) {
   const pid_t launcher_pid = ::getpid();
   for (int r = 0; r < nproc; ++r) {
     auto& c = children[static_cast<size_t>(r)];
-    c.rank = r;
+    c.rank = node_rank * nproc + r;
     pid_t pid = ::fork();
     if (pid < 0) {
       std::fprintf(stderr, "dcpp-launch: fork failed: %s\n",
@@ -184,7 +238,7 @@ int main(int argc, char** argv) {
       // setting survives exec. If the launcher died before prctl, nobody
       // would send the signal: check the parent after setting it.
       if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
-        std::fprintf(stderr, "dcpp-launch: rank %d: prctl: %s\n", r,
+        std::fprintf(stderr, "dcpp-launch: rank %d: prctl: %s\n", c.rank,
                      std::strerror(errno));
         ::_exit(127);
       }
@@ -192,10 +246,11 @@ int main(int argc, char** argv) {
         ::_exit(137);
       ::signal(SIGINT, SIG_DFL);
       ::signal(SIGTERM, SIG_DFL);
-      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("RANK", std::to_string(node_rank * nproc + r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(nnodes * nproc).c_str(), 1);
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("GROUP_RANK", std::to_string(node_rank).c_str(), 1);
       ::setenv("MASTER_ADDR", master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(master_port).c_str(), 1);
       if (!secret_from_file)
@@ -206,7 +261,7 @@ int main(int argc, char** argv) {
         args.push_back(a.data());
       args.push_back(nullptr);
       ::execvp(args[0], args.data());
-      std::fprintf(stderr, "dcpp-launch: rank %d: cannot run %s: %s\n", r,
+      std::fprintf(stderr, "dcpp-launch: rank %d: cannot run %s: %s\n", c.rank,
                    args[0], std::strerror(errno));
       ::_exit(127);
     }

@@ -16,6 +16,7 @@
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
 #include "actors/transport/launch_env.hpp"
+#include "actors/transport/tcp_store_rendezvous.hpp"
 #include "actors/transport/zmq_transport.hpp"
 #include "apps/synthetic.hpp"
 #include "core/error.hpp"
@@ -154,6 +155,12 @@ int main(int argc, char** argv) {
     zopts.insecure = insecure;
     rep.progress("connecting");
     auto t0 = clock_type::now();
+    // Under torchrun the coordinator's endpoint goes through torchrun's
+    // store (its port is taken by that store).
+    auto directory = launcher_directory(*env);
+    if (!directory)
+      return rep.fail("connect", describe(directory.error()));
+    zopts.directory = *directory;
     auto group = make_zmq_process_group(sys, *env, zopts);
     if (!group)
       return rep.fail("connect", describe(group.error()));

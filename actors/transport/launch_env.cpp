@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -101,20 +102,43 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
     out.source = conv.source;
     break;
   }
-  if (const char* addr = get("MASTER_ADDR"); addr && *addr)
+  auto set = [&](const char* name) {
+    const char* v = get(name);
+    return v && *v ? std::string{v} : std::string{};
+  };
+  auto addr = set("DCPP_MASTER_ADDR");
+  if (addr.empty())
+    addr = set("MASTER_ADDR");
+  for (const char* name :
+       {"SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"})
+    if (addr.empty())
+      addr = first_slurm_host(set(name));
+  if (addr.empty())
+    addr = set("SLURM_LAUNCH_NODE_IPADDR");
+  if (!addr.empty())
     out.master_addr = addr;
-  else if (const char* node = get("SLURM_LAUNCH_NODE_IPADDR"); node && *node)
-    out.master_addr = node;
-  auto port = number(get, "MASTER_PORT");
-  if (!port)
-    return port.error();
-  if (*port) {
+  bool own_port = false;
+  for (const char* name : {"DCPP_MASTER_PORT", "MASTER_PORT"}) {
+    auto port = number(get, name);
+    if (!port)
+      return port.error();
+    if (!*port)
+      continue;
     if (**port < 1 || **port > 65535)
-      return make_error(errc::invalid_argument,
-                        "MASTER_PORT=" + std::to_string(**port)
-                          + " is not a TCP port");
+      return make_error(errc::invalid_argument, std::string{name} + "="
+                                                  + std::to_string(**port)
+                                                  + " is not a TCP port");
     out.master_port = static_cast<uint16_t>(**port);
+    own_port = std::string{name} == "DCPP_MASTER_PORT";
+    break;
   }
+  out.bind_addr = set("DCPP_BIND_ADDR");
+  out.agent_store = !own_port && set("TORCHELASTIC_USE_AGENT_STORE") == "True";
+  auto restarts = number(get, "TORCHELASTIC_RESTART_COUNT");
+  if (!restarts)
+    return restarts.error();
+  out.restart_count = static_cast<int32_t>(
+    std::min<int64_t>(restarts->value_or(0), 1'000'000));
   if (const char* secret = get("DCPP_SECRET"); secret && *secret) {
     out.secret = secret;
   } else if (const char* file = get("DCPP_SECRET_FILE"); file && *file) {
@@ -123,10 +147,6 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
       return text.error();
     out.secret = std::move(*text);
   }
-  auto set = [&](const char* name) {
-    const char* v = get(name);
-    return v && *v ? std::string{v} : std::string{};
-  };
   out.job_id = set("DCPP_JOB_ID");
   if (out.job_id.empty())
     out.job_id = set("TORCHELASTIC_RUN_ID");
@@ -138,6 +158,31 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
   if (out.job_id.empty())
     out.job_id = set("OMPI_MCA_ess_base_jobid");
   return out;
+}
+
+std::string first_slurm_host(const std::string& list) {
+  // The first entry ends at a comma outside brackets.
+  auto open = list.find('[');
+  auto comma = list.find(',');
+  if (comma != std::string::npos && (open == std::string::npos || comma < open))
+    return list.substr(0, comma);
+  if (open == std::string::npos)
+    return list;
+  auto close = list.find(']', open);
+  if (close == std::string::npos)
+    return {};
+  // "node[07-09,12]": the prefix and the first number of the first range,
+  // zero padding kept.
+  auto ranges = list.substr(open + 1, close - open - 1);
+  auto first = ranges.substr(0, ranges.find_first_of(",-"));
+  if (first.empty()
+      || first.find_first_not_of("0123456789") != std::string::npos)
+    return {};
+  auto suffix_end = list.find(',', close);
+  auto suffix = list.substr(close + 1, suffix_end == std::string::npos
+                                         ? std::string::npos
+                                         : suffix_end - close - 1);
+  return list.substr(0, open) + first + suffix;
 }
 
 } // namespace dcpp

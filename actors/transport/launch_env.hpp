@@ -3,10 +3,23 @@
 // Where a rank learns who it is: the environment conventions launchers
 // already use. torchrun / dcpp-launch (RANK, WORLD_SIZE, LOCAL_RANK,
 // MASTER_ADDR, MASTER_PORT) first, then SLURM (SLURM_PROCID, SLURM_NTASKS,
-// SLURM_LOCALID, SLURM_LAUNCH_NODE_IPADDR) and Open MPI
+// SLURM_LOCALID, SLURM_STEP_NODELIST, SLURM_LAUNCH_NODE_IPADDR) and Open MPI
 // (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK).
 // The shared secret comes from DCPP_SECRET, else from the file that
 // DCPP_SECRET_FILE names (its first line; the file must be private).
+//
+// The coordinator's endpoint, first match wins:
+//   host: DCPP_MASTER_ADDR, MASTER_ADDR, the first host of SLURM's node list
+//         (SLURM_STEP_NODELIST, SLURM_JOB_NODELIST, SLURM_NODELIST: where
+//         task 0 runs), SLURM_LAUNCH_NODE_IPADDR, 127.0.0.1. A host name is
+//         resolved by the transport (getaddrinfo), IPv4 or IPv6.
+//   port: DCPP_MASTER_PORT, else MASTER_PORT, else 29500.
+// Under torchrun's static rendezvous (TORCHELASTIC_USE_AGENT_STORE=True)
+// torchrun's own c10d store listens on MASTER_ADDR:MASTER_PORT: then
+// `agent_store` is set and the coordinator binds a free port and publishes
+// it in that store (actors/transport/tcp_store_rendezvous.hpp) instead of
+// competing for the port. DCPP_MASTER_PORT turns this off (the port is
+// then used as is).
 
 #include <caf/expected.hpp>
 
@@ -20,9 +33,20 @@ struct launch_env {
   int32_t rank = 0;
   int32_t world_size = 1;
   int32_t local_rank = 0;
-  /// Address and port of the coordinator endpoint.
+  /// Address (a literal or a host name) and port of the coordinator
+  /// endpoint; under `agent_store`, of torchrun's store.
   std::string master_addr = "127.0.0.1";
   uint16_t master_port = 29500;
+  /// Where the coordinator's process binds (DCPP_BIND_ADDR): empty for
+  /// `master_addr`; "*" or "0.0.0.0" for every interface ("::" for every
+  /// IPv6 and IPv4 interface).
+  std::string bind_addr;
+  /// torchrun's agent store listens on master_addr:master_port
+  /// (TORCHELASTIC_USE_AGENT_STORE=True and no DCPP_MASTER_PORT).
+  bool agent_store = false;
+  /// TORCHELASTIC_RESTART_COUNT: keeps the endpoints of a restarted worker
+  /// group apart from those of the previous attempt in the same store.
+  int32_t restart_count = 0;
   /// The job's shared secret (empty: none configured), from which the
   /// transport derives its CURVE keys; it never crosses the wire.
   std::string secret;
@@ -41,5 +65,9 @@ struct launch_env {
 /// not a number or out of range (rank >= world size, port > 65535).
 caf::expected<launch_env>
 read_launch_env(const std::function<const char*(const char*)>& get = {});
+
+/// The first host of a SLURM host list ("node[07-09,12],gpu3" -> "node07");
+/// empty if `list` is empty or malformed.
+std::string first_slurm_host(const std::string& list);
 
 } // namespace dcpp

@@ -4,6 +4,7 @@
 #include "actors/peers.hpp"
 #include "actors/rank_agent.hpp"
 #include "actors/transport/curve_keys.hpp"
+#include "actors/transport/endpoint.hpp"
 #include "actors/transport/log_limiter.hpp"
 #include "core/error.hpp"
 #include "messages/wire.hpp"
@@ -16,6 +17,7 @@
 #include <zmq_addon.hpp>
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <array>
 #include <condition_variable>
@@ -163,6 +165,7 @@ public:
     box_->max_frame = opts.max_frame_bytes;
     int32_t n = hub ? env.world_size : 1;
     peers_.resize(static_cast<size_t>(n));
+    endpoint_ = endpoint_of(env.master_addr, env.master_port);
   }
 
   ~zmq_link() {
@@ -215,7 +218,7 @@ public:
       spdlog::warn("dcpp zmq: {} runs without a secret (--insecure): the "
                    "connection is neither encrypted nor authenticated, and "
                    "anyone who reaches {} can join",
-                   who, endpoint_of(env_.master_addr, env_.master_port));
+                   who, endpoint_);
       return caf::none;
     }
     auto keys = detail::derive_curve_keys(env_.secret);
@@ -265,7 +268,6 @@ public:
       box_->wake = std::make_unique<zmq::socket_t>(ctx_,
                                                    zmq::socket_type::push);
       box_->wake->connect(wake_endpoint_);
-      auto ep = endpoint_of(env_.master_addr, env_.master_port);
       sock_ = std::make_unique<zmq::socket_t>(
         ctx_, hub_ ? zmq::socket_type::router : zmq::socket_type::dealer);
       sock_->set(zmq::sockopt::linger, 2000);
@@ -274,14 +276,11 @@ public:
         return err;
       watch();
       if (hub_) {
-        sock_->set(zmq::sockopt::handshake_ivl,
-                   static_cast<int>(opts_.handshake_timeout.count()));
-        sock_->bind(ep);
-        spdlog::debug("dcpp zmq: coordinator listening on {} for {} ranks{}",
-                      ep, env_.world_size,
-                      env_.secret.empty() ? " (insecure)" : " (CURVE)");
+        if (auto err = bind())
+          return err;
       } else {
-        sock_->connect(ep);
+        if (auto err = connect())
+          return err;
         std::ostringstream hello;
         hello << hello_magic << '\n'
               << env_.rank << '\n'
@@ -293,13 +292,97 @@ public:
                     zmq::send_flags::dontwait);
       }
     } catch (const zmq::error_t& e) {
-      return make_error(errc::io_error,
-                        std::string{"zmq endpoint "}
-                          + endpoint_of(env_.master_addr, env_.master_port)
-                          + ": " + e.what());
+      return make_error(errc::io_error, std::string{"zmq endpoint "} + endpoint_
+                                          + ": " + e.what());
     }
     io_ = std::thread{[this] { run(); }};
     return caf::none;
+  }
+
+  /// Hub: binds DCPP_BIND_ADDR or MASTER_ADDR (resolved), at MASTER_PORT,
+  /// or with a directory at a free port, which it then publishes there.
+  caf::error bind() {
+    const auto& host = env_.bind_addr.empty() ? env_.master_addr
+                                              : env_.bind_addr;
+    auto addr = resolve_host(host);
+    if (!addr)
+      return make_error(errc::io_error, "the coordinator cannot bind: "
+                                          + context_of(addr.error()));
+    bool publish = opts_.directory && !directory_key_.empty();
+    uint16_t port = publish ? 0 : env_.master_port;
+    endpoint_ = tcp_endpoint(*addr, port);
+    if (addr->ipv6)
+      sock_->set(zmq::sockopt::ipv6, true);
+    sock_->set(zmq::sockopt::handshake_ivl,
+               static_cast<int>(opts_.handshake_timeout.count()));
+    sock_->bind(endpoint_);
+    endpoint_ = sock_->get(zmq::sockopt::last_endpoint);
+    spdlog::debug("dcpp zmq: coordinator listening on {} for {} ranks{}",
+                  endpoint_, env_.world_size,
+                  env_.secret.empty() ? " (insecure)" : " (CURVE)");
+    if (!publish)
+      return caf::none;
+    // Bound to every interface: the ranks reach this host by its name.
+    auto published = endpoint_;
+    if (addr->address == "*") {
+      char name[256] = {};
+      ::gethostname(name, sizeof name - 1);
+      auto hp = parse_tcp_endpoint(endpoint_);
+      if (!hp)
+        return hp.error();
+      published = "tcp://" + std::string{name} + ":" + std::to_string(hp->port);
+    }
+    if (auto err = opts_.directory->publish(directory_key_, published))
+      return make_error(errc::io_error,
+                        "the coordinator cannot publish its endpoint "
+                          + published + " in " + opts_.directory->name() + ": "
+                          + describe(err));
+    return caf::none;
+  }
+
+  /// Spoke: connects to MASTER_ADDR:MASTER_PORT (resolved), or to what
+  /// the coordinator published in the directory.
+  caf::error connect() {
+    auto who = "rank " + std::to_string(env_.rank);
+    std::string host = env_.master_addr;
+    uint16_t port = env_.master_port;
+    if (opts_.directory && !directory_key_.empty()
+        && !opts_.external_coordinator) {
+      auto value = opts_.directory->lookup(directory_key_,
+                                           opts_.connect_timeout);
+      if (!value)
+        return make_error(code_of(value.error()),
+                          who + ": no coordinator endpoint under '"
+                            + directory_key_ + "' in " + opts_.directory->name()
+                            + ": " + context_of(value.error()));
+      auto hp = parse_tcp_endpoint(*value);
+      if (!hp)
+        return make_error(errc::protocol_error,
+                          who + ": " + opts_.directory->name() + " holds "
+                            + context_of(hp.error()) + " under '"
+                            + directory_key_ + "'");
+      host = hp->host;
+      port = hp->port;
+    }
+    auto addr = resolve_host(host);
+    if (!addr)
+      return make_error(errc::io_error,
+                        who + " cannot connect: " + context_of(addr.error()));
+    if (addr->address == "*")
+      return make_error(errc::invalid_argument,
+                        who + " cannot connect to '" + host
+                          + "' (every interface): set MASTER_ADDR to the "
+                            "coordinator's host");
+    endpoint_ = tcp_endpoint(*addr, port);
+    if (addr->ipv6)
+      sock_->set(zmq::sockopt::ipv6, true);
+    sock_->connect(endpoint_);
+    return caf::none;
+  }
+
+  /// The directory key of this group (set before start()).
+  void set_directory_key(std::string key) {
+    directory_key_ = std::move(key);
   }
 
   /// Spoke: waits for the hub's answer to the hello.
@@ -310,8 +393,7 @@ public:
     if (!ok)
       return make_error(
         errc::timeout, "rank " + std::to_string(env_.rank)
-                         + ": no answer from the coordinator at "
-                         + endpoint_of(env_.master_addr, env_.master_port)
+                         + ": no answer from the coordinator at " + endpoint_
                          + " within "
                          + std::to_string(opts_.connect_timeout.count()) + " ms"
                          + (last_failure_.empty()
@@ -698,8 +780,8 @@ private:
       refusal_ = make_error(
         errc::unauthorized,
         "rank " + std::to_string(env_.rank)
-          + ": the secure handshake with the coordinator at "
-          + endpoint_of(env_.master_addr, env_.master_port) + " failed: " + why
+          + ": the secure handshake with the coordinator at " + endpoint_
+          + " failed: " + why
           + "; the coordinator holds another DCPP_SECRET, or what listens "
             "there is not this job's coordinator (nothing was sent to it)");
     }
@@ -933,6 +1015,10 @@ private:
   zmq_options opts_;
   zmq::context_t ctx_;
   std::string wake_endpoint_;
+  /// Where the hub listens, for messages: MASTER_ADDR:MASTER_PORT until
+  /// bound or connected, then the numeric endpoint.
+  std::string endpoint_;
+  std::string directory_key_;
   std::shared_ptr<outbox> box_;
   std::unique_ptr<zmq::socket_t> wake_pull_;
   std::unique_ptr<zmq::socket_t> sock_;
@@ -1013,6 +1099,19 @@ public:
 
 } // namespace
 
+namespace {
+
+/// 1, 2, ... for the groups that `env.rank` of `env.job_id` makes (one rank
+/// per process in a job; several when ranks are threads, as in tests).
+uint64_t next_group_instance(const launch_env& env) {
+  static std::mutex mx;
+  static std::map<std::pair<std::string, int32_t>, uint64_t> made;
+  std::lock_guard<std::mutex> guard{mx};
+  return ++made[{env.job_id, env.rank}];
+}
+
+} // namespace
+
 caf::expected<process_group_ptr> make_zmq_process_group(caf::actor_system& sys,
                                                         const launch_env& env,
                                                         zmq_options opts) {
@@ -1033,6 +1132,12 @@ caf::expected<process_group_ptr> make_zmq_process_group(caf::actor_system& sys,
   group->hosts_hub_ = hub;
   group->link_ = std::make_unique<zmq_link>(sys, hub, env, opts);
   auto& link = *group->link_;
+  // Every rank of the job makes its groups in the same order, so the n-th
+  // group of each rank is the same group: its key in the directory is new
+  // for each group and each restart of the job's workers.
+  link.set_directory_key(
+    "dcpp/" + env.job_id + "/restart-" + std::to_string(env.restart_count)
+    + "/group-" + std::to_string(next_group_instance(env)) + "/coordinator");
   auto agent = spawn_rank_agent(sys, env.rank, peers, opts.group.agent);
   group->agent_ = agent;
   group->local_.push_back(caf::actor_cast<caf::actor>(agent));

@@ -3,12 +3,17 @@
 // Ranks as processes: a ZeroMQ transport between actor systems.
 //
 // Topology (a star): the coordinator's process binds a ROUTER socket at
-// tcp://MASTER_ADDR:MASTER_PORT; every other rank's process connects one
-// DEALER socket to it. The coordinator's process is either the process of
-// rank `coordinator_rank` or a standalone process (`serve_zmq_coordinator`,
-// the `dcpp-coordinator` program) with `external_coordinator` set on every
-// rank. Only coordinator <-> rank messages (messages/wire.hpp) cross; tensor
-// data never does (every rank reads and writes the shared storage itself).
+// tcp://MASTER_ADDR:MASTER_PORT (or DCPP_BIND_ADDR; host names resolved,
+// IPv4 or IPv6: actors/transport/endpoint.hpp); every other rank's process
+// connects one DEALER socket to it. With a directory (`zmq_options::
+// directory`, torchrun's store) the coordinator binds a free port instead
+// and publishes its endpoint there under a key of this job, its restart and
+// this group; the other ranks wait for that key and connect to it. The
+// coordinator's process is either the process of rank `coordinator_rank` or a
+// standalone process (`serve_zmq_coordinator`, the `dcpp-coordinator` program)
+// with `external_coordinator` set on every rank. Only coordinator <-> rank
+// messages (messages/wire.hpp) cross; tensor data never does (every rank reads
+// and writes the shared storage itself).
 //
 // In each process the peer table (actors/peers.hpp) holds bridge actors in
 // place of the remote actors: on the coordinator's side one bridge per
@@ -43,6 +48,7 @@
 // zmq headers stay in the .cpp.
 
 #include "actors/process_group.hpp"
+#include "actors/transport/endpoint.hpp"
 #include "actors/transport/launch_env.hpp"
 
 #include <caf/error.hpp>
@@ -53,6 +59,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace dcpp {
@@ -85,6 +92,10 @@ struct zmq_options {
   /// waits for the remote ranks to say goodbye (so that they receive the
   /// outcome of the last operation).
   std::chrono::milliseconds drain_timeout{15000};
+  /// Where the coordinator publishes the endpoint it bound (a free port)
+  /// and the ranks look it up; null: MASTER_ADDR:MASTER_PORT. Not used
+  /// with `external_coordinator`. See tcp_store_rendezvous.hpp.
+  std::shared_ptr<endpoint_directory> directory;
   process_group_options group;
 };
 

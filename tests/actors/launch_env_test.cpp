@@ -149,3 +149,51 @@ TEST_CASE("the secret may come from a private key file", "[launch_env]") {
   }
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("the coordinator's endpoint: DCPP_ first, then the launcher's",
+          "[launch_env]") {
+  auto own = read({{"DCPP_MASTER_ADDR", "10.0.0.9"},
+                   {"DCPP_MASTER_PORT", "4000"},
+                   {"MASTER_ADDR", "10.0.0.1"},
+                   {"MASTER_PORT", "29500"},
+                   {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                   {"DCPP_BIND_ADDR", "*"}});
+  REQUIRE(own);
+  CHECK(own->master_addr == "10.0.0.9");
+  CHECK(own->master_port == 4000);
+  CHECK(own->bind_addr == "*");
+  CHECK(!own->agent_store); // DCPP_MASTER_PORT: the port is ours
+  auto torchrun = read({{"RANK", "1"},
+                        {"WORLD_SIZE", "2"},
+                        {"MASTER_ADDR", "localhost"},
+                        {"MASTER_PORT", "29500"},
+                        {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                        {"TORCHELASTIC_RESTART_COUNT", "2"}});
+  REQUIRE(torchrun);
+  CHECK(torchrun->agent_store);
+  CHECK(torchrun->restart_count == 2);
+  CHECK(torchrun->master_addr == "localhost");
+  auto standalone = read({{"RANK", "1"},
+                          {"WORLD_SIZE", "2"},
+                          {"TORCHELASTIC_USE_AGENT_STORE", "False"}});
+  REQUIRE(standalone);
+  CHECK(!standalone->agent_store);
+  auto slurm = read({{"SLURM_PROCID", "1"},
+                     {"SLURM_NTASKS", "4"},
+                     {"SLURM_STEP_NODELIST", "gpu[07-09,12]"},
+                     {"SLURM_LAUNCH_NODE_IPADDR", "192.0.2.1"}});
+  REQUIRE(slurm);
+  CHECK(slurm->master_addr == "gpu07");
+}
+
+TEST_CASE("the first host of a SLURM node list", "[launch_env]") {
+  CHECK(first_slurm_host("node1") == "node1");
+  CHECK(first_slurm_host("node1,node2") == "node1");
+  CHECK(first_slurm_host("node[007-009]") == "node007");
+  CHECK(first_slurm_host("node[3,5-6],gpu1") == "node3");
+  CHECK(first_slurm_host("rack[1-2]-n") == "rack1-n");
+  CHECK(first_slurm_host("a,b[1-2]") == "a");
+  CHECK(first_slurm_host("").empty());
+  CHECK(first_slurm_host("node[x]").empty());
+  CHECK(first_slurm_host("node[1").empty());
+}

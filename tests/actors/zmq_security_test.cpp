@@ -7,6 +7,7 @@
 #include "actors/transport/curve_keys.hpp"
 #include "actors/transport/zmq_transport.hpp"
 #include "core/error.hpp"
+#include "tests/support/free_port.hpp"
 
 #include <caf/actor_system.hpp>
 
@@ -25,19 +26,7 @@ using namespace dcpp;
 
 namespace {
 
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  uint16_t port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0
-      && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
-}
+using test::free_port;
 
 launch_env hub_env(uint16_t port, std::string secret) {
   launch_env env;

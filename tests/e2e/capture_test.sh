@@ -101,7 +101,8 @@ if ! command -v tcpdump > /dev/null; then
   exit 77
 fi
 capture() { # capture NAME PORT -> starts tcpdump into $tmp/NAME.txt
-  tcpdump -i lo -A -U -n -s 0 "tcp port $2" > "$tmp/$1.txt" 2> "$tmp/$1.err" &
+  # A 16 MiB buffer: on a loaded machine the kernel must not drop packets.
+  tcpdump -i lo -A -U -n -s 0 -B 16384 "tcp port $2" > "$tmp/$1.txt" 2> "$tmp/$1.err" &
   cap_pid=$!
   for _ in $(seq 100); do
     grep -q "listening on" "$tmp/$1.err" && return 0
@@ -119,7 +120,7 @@ DCPP_SECRET=$secret DCPP_JOB_ID=$job timeout -k 5 120 \
   "$apps/dcpp-launch" --nproc 2 --master-port "$port" -- \
   "$apps/dcpp-worker" save --dir "$tmp/ckpt" --size-mb 2 \
   > "$tmp/save.out" 2>&1 || fail "the save failed: $(cat "$tmp/save.out")"
-sleep 0.5
+sleep 1
 kill -INT "$cap_pid"; wait "$cap_pid" 2>/dev/null
 packets=$(grep -c "IP 127.0.0.1" "$tmp/secure.txt")
 [ "$packets" -gt 10 ] || fail "the capture holds $packets packets: $(cat "$tmp/secure.err")"
@@ -139,11 +140,11 @@ for r in 0 1; do
   pids+=($!)
 done
 wait "${pids[@]}"
-sleep 0.5
+sleep 1
 kill -INT "$cap_pid"; wait "$cap_pid" 2>/dev/null
 [ -f "$tmp/ckpt2/.metadata" ] || fail "the insecure save failed: $(cat "$tmp"/insecure.*.out)"
 grep -q "insecure" "$tmp/insecure.0.out" || fail "no warning about --insecure: $(cat "$tmp/insecure.0.out")"
 grep -aq -- "$plan_word" "$tmp/insecure.txt" \
-  || fail "the control capture shows no plan: the check above could not fail"
+  || fail "the control capture shows no plan: the check above could not fail ($(tail -3 "$tmp/insecure.err" | tr '\n' ' '))"
 echo "control: the --insecure save shows '$plan_word' in the capture"
 echo "capture_test: passed"
