@@ -108,23 +108,24 @@ caf::error check_same_fqn(const fqn_signature& first, size_t rank,
   return caf::none;
 }
 
-/// All copies of one index.
-struct group {
-  /// (rank, position in that rank's plan), ascending rank.
-  std::vector<std::pair<size_t, size_t>> holders;
-};
-
 } // namespace
 
 caf::expected<std::vector<save_plan>>
 dedup_save_plans(std::vector<save_plan> plans, bool to_lowest_rank) {
+  // Items are numbered across plans: rank r's item p is base[r] + p. The
+  // holders of each group sit in one flat array (by group, then rank), not
+  // in a vector per group: at 1024 ranks x 1000 tensors there are half a
+  // million groups.
+  std::vector<size_t> base(plans.size() + 1, 0);
+  for (size_t rank = 0; rank < plans.size(); ++rank)
+    base[rank + 1] = base[rank] + plans[rank].items.size();
+  const size_t total = base.back();
   std::unordered_map<std::string_view, fqn_signature> signatures;
-  std::unordered_map<index_key, size_t, index_key_hash> group_of;
-  std::vector<group> groups; // in first-seen order
-  size_t total = 0;
-  for (const auto& plan : plans)
-    total += plan.items.size();
+  std::unordered_map<index_key, uint32_t, index_key_hash> group_of;
   group_of.reserve(total);
+  std::vector<uint32_t> group_of_item(total);
+  std::vector<uint32_t> holder_count; // per group
+  std::vector<size_t> last_holder;    // per group: item number
   for (size_t rank = 0; rank < plans.size(); ++rank) {
     const auto& items = plans[rank].items;
     for (size_t pos = 0; pos < items.size(); ++pos) {
@@ -136,65 +137,89 @@ dedup_save_plans(std::vector<save_plan> plans, bool to_lowest_rank) {
         if (auto err = check_same_fqn(sig->second, rank, item))
           return err;
       index_key key{sig->second.id, item.index.has_offset, &item.index.offset};
-      auto [git, added] = group_of.try_emplace(key, groups.size());
+      auto next_group = static_cast<uint32_t>(holder_count.size());
+      auto [git, added] = group_of.try_emplace(key, next_group);
+      auto g = git->second;
       if (added) {
-        groups.emplace_back();
+        holder_count.push_back(0);
+        last_holder.push_back(0);
       } else {
-        const auto& last = groups[git->second].holders.back();
-        if (last.first == rank)
+        auto last = last_holder[g];
+        if (last >= base[rank]) // the same rank holds it already
           return make_error(errc::conflicting_item,
                             to_string(item.index) + ": " + rank_str(rank)
                               + " lists it twice (positions "
-                              + std::to_string(last.second) + " and "
+                              + std::to_string(last - base[rank]) + " and "
                               + std::to_string(pos) + ")");
       }
-      groups[git->second].holders.emplace_back(rank, pos);
+      ++holder_count[g];
+      last_holder[g] = base[rank] + pos;
+      group_of_item[base[rank] + pos] = g;
     }
   }
-  auto item_at = [&](std::pair<size_t, size_t> h) -> const write_item& {
+  const size_t ngroups = holder_count.size();
+  // first[g]: where group g's holders start in `holders`.
+  std::vector<size_t> first(ngroups + 1, 0);
+  for (size_t g = 0; g < ngroups; ++g)
+    first[g + 1] = first[g] + holder_count[g];
+  std::vector<std::pair<uint32_t, uint32_t>> holders(total); // (rank, pos)
+  {
+    std::vector<size_t> fill(first.begin(), first.end() - 1);
+    for (size_t rank = 0; rank < plans.size(); ++rank)
+      for (size_t pos = 0; pos < plans[rank].items.size(); ++pos)
+        holders[fill[group_of_item[base[rank] + pos]]++]
+          = {static_cast<uint32_t>(rank), static_cast<uint32_t>(pos)};
+  }
+  auto item_at = [&](std::pair<uint32_t, uint32_t> h) -> const write_item& {
     return plans[h.first].items[h.second];
   };
   std::vector<uint64_t> plan_bytes(plans.size(), 0);
-  std::vector<std::vector<bool>> keep(plans.size());
-  for (size_t rank = 0; rank < plans.size(); ++rank)
-    keep[rank].resize(plans[rank].items.size(), false);
-  std::vector<std::pair<size_t, size_t>> eligible;
-  for (const auto& g : groups) {
-    // Copies with elements win over empty ones; the rest must agree.
-    eligible.clear();
-    for (const auto& h : g.holders)
-      if (has_elements(item_at(h)))
-        eligible.push_back(h);
-    if (eligible.empty())
-      eligible = g.holders;
-    const auto& ref = item_at(eligible.front());
-    for (size_t k = 1; k < eligible.size(); ++k) {
-      const auto& other = item_at(eligible[k]);
-      if (has_elements(ref)
-          && ref.tensor_data.chunk.sizes != other.tensor_data.chunk.sizes)
-        return make_error(
-          errc::conflicting_item,
-          to_string(ref.index) + ": " + rank_str(eligible.front().first)
-            + " has chunk sizes " + to_string(ref.tensor_data.chunk.sizes)
-            + ", " + rank_str(eligible[k].first) + " has "
-            + to_string(other.tensor_data.chunk.sizes));
+  std::vector<char> keep(total, 0);
+  std::vector<std::pair<uint32_t, uint32_t>> eligible;
+  for (size_t g = 0; g < ngroups; ++g) {
+    auto begin = holders.begin() + static_cast<std::ptrdiff_t>(first[g]);
+    auto end = holders.begin() + static_cast<std::ptrdiff_t>(first[g + 1]);
+    auto chosen = *begin; // the lowest rank
+    if (end - begin > 1) {
+      // Copies with elements win over empty ones; the rest must agree.
+      eligible.clear();
+      for (auto h = begin; h != end; ++h)
+        if (has_elements(item_at(*h)))
+          eligible.push_back(*h);
+      if (eligible.empty())
+        eligible.assign(begin, end);
+      const auto& ref = item_at(eligible.front());
+      for (size_t k = 1; k < eligible.size(); ++k) {
+        const auto& other = item_at(eligible[k]);
+        if (has_elements(ref)
+            && ref.tensor_data.chunk.sizes != other.tensor_data.chunk.sizes)
+          return make_error(
+            errc::conflicting_item,
+            to_string(ref.index) + ": " + rank_str(eligible.front().first)
+              + " has chunk sizes " + to_string(ref.tensor_data.chunk.sizes)
+              + ", " + rank_str(eligible[k].first) + " has "
+              + to_string(other.tensor_data.chunk.sizes));
+      }
+      chosen = eligible.front();
+      if (!to_lowest_rank)
+        for (const auto& h : eligible)
+          if (plan_bytes[h.first] < plan_bytes[chosen.first])
+            chosen = h;
     }
-    auto chosen = eligible.front(); // lowest rank
-    if (!to_lowest_rank)
-      for (const auto& h : eligible)
-        if (plan_bytes[h.first] < plan_bytes[chosen.first])
-          chosen = h;
     plan_bytes[chosen.first] += item_at(chosen).byte_count();
-    keep[chosen.first][chosen.second] = true;
+    keep[base[chosen.first] + chosen.second] = 1;
   }
+  // Drop the others in place.
   for (size_t rank = 0; rank < plans.size(); ++rank) {
     auto& items = plans[rank].items;
-    std::vector<write_item> kept;
-    kept.reserve(items.size());
+    size_t out = 0;
     for (size_t pos = 0; pos < items.size(); ++pos)
-      if (keep[rank][pos])
-        kept.push_back(std::move(items[pos]));
-    items = std::move(kept);
+      if (keep[base[rank] + pos]) {
+        if (out != pos)
+          items[out] = std::move(items[pos]);
+        ++out;
+      }
+    items.erase(items.begin() + static_cast<std::ptrdiff_t>(out), items.end());
   }
   return plans;
 }
