@@ -111,6 +111,18 @@ capture() { # capture NAME PORT -> starts tcpdump into $tmp/NAME.txt
   done
   return 1
 }
+# tcpdump may lag behind the packets on a loaded machine, and SIGINT ends
+# it without draining its buffer: stop it once its output stops growing.
+stop_capture() { # stop_capture NAME
+  local last=-1 size
+  for _ in $(seq 40); do
+    size=$(stat -c %s "$tmp/$1.txt")
+    [ "$size" -eq "$last" ] && [ "$size" -gt 0 ] && break
+    last=$size
+    sleep 0.5
+  done
+  kill -INT "$cap_pid"; wait "$cap_pid" 2>/dev/null
+}
 port=$(free_port)
 if ! capture secure "$port"; then
   echo "SKIPPED: cannot capture on lo (needs root or CAP_NET_RAW): $(cat "$tmp/secure.err")"
@@ -120,8 +132,7 @@ DCPP_SECRET=$secret DCPP_JOB_ID=$job timeout -k 5 120 \
   "$apps/dcpp-launch" --nproc 2 --master-port "$port" -- \
   "$apps/dcpp-worker" save --dir "$tmp/ckpt" --size-mb 2 \
   > "$tmp/save.out" 2>&1 || fail "the save failed: $(cat "$tmp/save.out")"
-sleep 1
-kill -INT "$cap_pid"; wait "$cap_pid" 2>/dev/null
+stop_capture secure
 packets=$(grep -c "IP 127.0.0.1" "$tmp/secure.txt")
 [ "$packets" -gt 10 ] || fail "the capture holds $packets packets: $(cat "$tmp/secure.err")"
 for word in "$secret" "$job" dcpp-zmq "$plan_word"; do
@@ -140,8 +151,7 @@ for r in 0 1; do
   pids+=($!)
 done
 wait "${pids[@]}"
-sleep 1
-kill -INT "$cap_pid"; wait "$cap_pid" 2>/dev/null
+stop_capture insecure
 [ -f "$tmp/ckpt2/.metadata" ] || fail "the insecure save failed: $(cat "$tmp"/insecure.*.out)"
 grep -q "insecure" "$tmp/insecure.0.out" || fail "no warning about --insecure: $(cat "$tmp/insecure.0.out")"
 grep -aq -- "$plan_word" "$tmp/insecure.txt" \
