@@ -35,7 +35,7 @@ std::string first_line(const std::string& text) {
 
 } // namespace
 
-void add_common_options(CLI::App& app, log_options& log) {
+void add_common_options(CLI::App& app, log_options& log, bool verbose_flag) {
   app.option_defaults()->always_capture_default();
   app
     .add_option("--log-level", log.level,
@@ -43,8 +43,9 @@ void add_common_options(CLI::App& app, log_options& log) {
                 "off (default: SPDLOG_LEVEL, else info)")
     ->check(CLI::IsMember(
       {"trace", "debug", "info", "warn", "error", "critical", "off"}));
-  app.add_flag("-v,--verbose", log.verbose,
-               "more log lines: -v debug, -vv trace");
+  if (verbose_flag)
+    app.add_flag("-v,--verbose", log.verbose,
+                 "more log lines: -v debug, -vv trace");
 }
 
 std::string env_footer(std::initializer_list<const char*> lines) {

@@ -28,9 +28,11 @@ struct log_options {
   int verbose = 0;
 };
 
-/// Shows every option's default in --help, and adds --log-level and -v.
-/// Call before adding the program's own options.
-void add_common_options(CLI::App& app, log_options& log);
+/// Shows every option's default in --help, and adds --log-level and (unless
+/// `verbose_flag` is false: the program has its own -v) -v/--verbose. Call
+/// before adding the program's own options.
+void add_common_options(CLI::App& app, log_options& log,
+                        bool verbose_flag = true);
 
 /// A help footer naming the environment variables a program reads, e.g.
 /// env_footer({"DCPP_SECRET: ...", ...}).

@@ -753,7 +753,8 @@ void check_latest(uint64_t expected, uint64_t cycle, const std::string& spec,
 int main(int argc, char** argv) {
   CLI::App app{"dcpp-soak: save/load cycles under random injected faults"};
   dcpp::cli::log_options log;
-  dcpp::cli::add_common_options(app, log);
+  // dcpp-soak's own -v shows more per cycle; --log-level sets the logs.
+  dcpp::cli::add_common_options(app, log, false);
   std::optional<uint64_t> seed;
   app
     .add_option("--root", cfg.root,

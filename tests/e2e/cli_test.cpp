@@ -535,7 +535,8 @@ TEST_CASE("a mistyped subcommand gets a suggestion") {
 TEST_CASE("every program exits 2 on an unknown option and 0 on --help") {
   scratch s;
   for (const char* bin :
-       {DCPP_CLI, DCPP_WORKER, DCPP_LAUNCH, DCPP_COORDINATOR_BIN}) {
+       {DCPP_CLI, DCPP_WORKER, DCPP_LAUNCH, DCPP_COORDINATOR_BIN, DCPP_SOAK,
+        DCPP_BENCH, DCPP_DEMO}) {
     INFO(bin);
     auto bogus = s.program(bin, "--bogus");
     INFO("stderr: " << bogus.err);
