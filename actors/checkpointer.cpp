@@ -12,6 +12,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -118,6 +119,22 @@ run_on_agent(const checkpointer_options& o, Atom atom, Job job) {
 
 namespace detail {
 
+/// The last report, written by whichever thread sees an operation end.
+struct report_box {
+  mutable std::mutex mx;
+  op_report last;
+
+  void set(const op_report& x) {
+    std::lock_guard<std::mutex> guard{mx};
+    last = x;
+  }
+
+  op_report get() const {
+    std::lock_guard<std::mutex> guard{mx};
+    return last;
+  }
+};
+
 /// The world of one rank that `no_dist` runs in: a private actor system and
 /// a process group of one, so that a no_dist save or load runs the very
 /// steps a group runs (as DCP's `_DistWrapper` does without a process
@@ -151,7 +168,7 @@ struct solo_world {
 checkpointer::checkpointer(storage_writer_ptr writer, storage_reader_ptr reader,
                            checkpointer_options opts)
   : writer_(std::move(writer)), reader_(std::move(reader)),
-    opts_(std::move(opts)) {
+    opts_(std::move(opts)), report_(std::make_shared<detail::report_box>()) {
   // nop
 }
 
@@ -189,13 +206,35 @@ caf::error checkpointer::begin(bool has_storage, const char* storage) {
   return caf::none;
 }
 
+op_report checkpointer::last_report() const {
+  return report_->get();
+}
+
+namespace {
+
+/// `job`, leaving its report in a fresh slot.
+template <class Job>
+Job with_report(Job job, std::shared_ptr<op_report>& slot) {
+  slot = std::make_shared<op_report>();
+  job.report = slot;
+  return job;
+}
+
+} // namespace
+
 save_result checkpointer::save(const state_dict& sd) {
   if (auto err = begin(writer_ != nullptr, "writer"))
     return err;
   const auto& opts = group_options();
-  return run_on_agent(
+  std::shared_ptr<op_report> report;
+  auto res = run_on_agent(
     opts, save_atom::value,
-    job_or_failure(make_save_job(sd, writer_, job_options_of(opts)), opts));
+    with_report(job_or_failure(make_save_job(sd, writer_, job_options_of(opts)),
+                               opts),
+                report));
+  if (res)
+    report_->set(*report);
+  return res;
 }
 
 std::future<save_result> checkpointer::async_save(const state_dict& sd) {
@@ -207,14 +246,18 @@ std::future<save_result> checkpointer::async_save(const state_dict& sd) {
   }
   auto staged = std::make_shared<const state_dict>(stage_to_host(sd));
   const auto& opts = group_options();
-  auto job = job_or_failure(
-    make_save_job(staged, writer_, job_options_of(opts)), opts);
+  std::shared_ptr<op_report> report;
+  auto job = with_report(
+    job_or_failure(make_save_job(staged, writer_, job_options_of(opts)), opts),
+    report);
   // The outcome goes to the caller's future and to the one the next
   // operation waits on.
   auto internal = std::make_shared<std::promise<void>>();
   pending_ = internal->get_future().share();
   submit(opts, save_atom::value, std::move(job),
-         [done, internal](caf::expected<metadata> x) {
+         [done, internal, report, box = report_](caf::expected<metadata> x) {
+           if (x)
+             box->set(*report);
            done->set_value(std::move(x));
            internal->set_value();
          });
@@ -225,11 +268,15 @@ caf::error checkpointer::load(state_dict& sd) {
   if (auto err = begin(reader_ != nullptr, "reader"))
     return err;
   const auto& opts = group_options();
+  std::shared_ptr<op_report> report;
   auto res = run_on_agent(
     opts, load_atom::value,
-    job_or_failure(make_load_job(sd, reader_, job_options_of(opts)), opts));
+    with_report(job_or_failure(make_load_job(sd, reader_, job_options_of(opts)),
+                               opts),
+                report));
   if (!res)
     return std::move(res.error());
+  report_->set(*report);
   return caf::none;
 }
 

@@ -9,6 +9,7 @@
 // calling process as a world of one rank.
 
 #include "core/planner.hpp"
+#include "core/report.hpp"
 #include "storage/state_dict.hpp"
 #include "storage/storage.hpp"
 
@@ -27,6 +28,7 @@ class process_group;
 
 namespace detail {
 struct solo_world;
+struct report_box;
 } // namespace detail
 
 struct checkpointer_options {
@@ -78,6 +80,13 @@ public:
     return opts_;
   }
 
+  /// What the last save or load of this checkpointer that succeeded did:
+  /// bytes and files written (read) by all ranks, each step's wall time as
+  /// the slowest rank saw it, and the throughput; the same on every rank.
+  /// An `async_save` counts once its future is ready. Empty before the
+  /// first success; a failure leaves it alone.
+  op_report last_report() const;
+
 private:
   /// `opts_`, or with `no_dist` the options of the private world of one
   /// rank (made on first use) that runs the same steps as a group.
@@ -90,6 +99,8 @@ private:
   storage_writer_ptr writer_;
   storage_reader_ptr reader_;
   checkpointer_options opts_;
+  /// Where operations leave their report (shared with a background save).
+  std::shared_ptr<detail::report_box> report_;
   /// The background save in flight, if any.
   std::shared_future<void> pending_;
   /// With `no_dist`: the world of one rank, and the options that name it.

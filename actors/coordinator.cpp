@@ -2,7 +2,9 @@
 
 #include "actors/delivery.hpp"
 #include "actors/operation.hpp"
+#include "actors/progress.hpp"
 #include "core/error.hpp"
+#include "core/report.hpp"
 
 #include <caf/all.hpp>
 
@@ -63,6 +65,12 @@ bool gathering(step x) {
   return x == step::plan || x == step::data;
 }
 
+using clock_type = std::chrono::steady_clock;
+
+int64_t micros(clock_type::duration d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
+
 /// One open operation.
 struct coord_op {
   op_id id;
@@ -82,6 +90,13 @@ struct coord_op {
   metadata md;
   /// A save's write results (index = rank).
   std::vector<std::vector<write_result>> results;
+  // report
+  clock_type::time_point t_open = clock_type::now();
+  clock_type::time_point t_commit;
+  /// The ranks' final parts, merged.
+  op_report report;
+  /// Step "write" / "read": per rank, bytes done and planned so far.
+  std::vector<std::pair<uint64_t, uint64_t>> progress;
 };
 
 template <class Op>
@@ -148,6 +163,29 @@ void close(coord_ptr self, uint64_t seq) {
   self->state.stats.open_ops = self->state.ops.size();
 }
 
+/// Tells the process's progress listener (actors/progress.hpp) where `op`
+/// stands.
+void notify(coord_ptr self, const coord_op& op, progress_update::state state) {
+  if (!has_progress_listener())
+    return;
+  progress_update u;
+  u.op = to_string(op.id);
+  u.step = step_name(op.cur, op.id.kind);
+  u.world = world_size(self);
+  for (const auto& [done, planned] : op.progress) {
+    u.done += done;
+    u.total += planned;
+  }
+  u.elapsed_s
+    = std::chrono::duration<double>(clock_type::now() - op.t_open).count();
+  u.now = state;
+  if (state == progress_update::state::done) {
+    u.done = op.report.bytes;
+    u.total = op.report.bytes;
+  }
+  publish_progress(u);
+}
+
 /// Ends `op` with errc::checkpoint_failed on every rank.
 void fail(coord_ptr self, coord_op& op) {
   checkpoint_failure failure{to_string(op.id), step_name(op.cur, op.id.kind),
@@ -158,18 +196,21 @@ void fail(coord_ptr self, coord_op& op) {
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
                  op_outcome_msg{reply_header(self, op.id, r), err, metadata{},
-                                failure});
+                                failure, op_report{}});
   ++self->state.stats.ops_failed;
+  notify(self, op, progress_update::state::failed);
   close(self, op.id.seq);
 }
 
 /// Ends `op` successfully on every rank.
 void succeed(coord_ptr self, coord_op& op) {
   auto n = world_size(self);
+  op.report.total_us = micros(clock_type::now() - op.t_open);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
                  op_outcome_msg{reply_header(self, op.id, r), caf::error{},
-                                op.md, checkpoint_failure{}});
+                                op.md, checkpoint_failure{}, op.report});
+  notify(self, op, progress_update::state::done);
   ++self->state.stats.ops_committed;
   close(self, op.id.seq);
 }
@@ -357,6 +398,12 @@ void on_global_plan(coord_ptr self, typename Op::global_done_msg& msg) {
     op->md = std::move(global.md);
   start_gathering(*op, step::data, n);
   op->results.assign(is_save<Op> ? static_cast<size_t>(n) : 0, {});
+  op->progress.assign(static_cast<size_t>(n), {0, 0});
+  // A save's planned bytes are known here; a load's come with the ranks'
+  // progress reports (its items' sizes are in the metadata the ranks read).
+  if constexpr (is_save<Op>)
+    for (int32_t r = 0; r < n; ++r)
+      op->progress[r].second = planned_bytes(plans[r]);
   arm(self, *op);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
@@ -369,16 +416,39 @@ void on_global_plan(coord_ptr self, typename Op::global_done_msg& msg) {
 template <class Op>
 void on_data_done(coord_ptr self, typename Op::data_done_msg& msg) {
   const auto& hdr = msg.hdr;
+  if (msg.report.in_progress) {
+    // A progress report: counted for the progress line only; a late one
+    // (of an operation that ended, or from a rank that already reported
+    // its result) is dropped without counting.
+    auto i = self->state.ops.find(hdr.op.seq);
+    if (i == self->state.ops.end() || hdr.from < 0
+        || hdr.from >= world_size(self))
+      return;
+    auto& op = i->second;
+    if (op.cur != step::data || op.have[hdr.from]
+        || op.progress.size() != op.have.size())
+      return;
+    op.progress[hdr.from].first = msg.report.bytes;
+    op.progress[hdr.from].second = std::max(op.progress[hdr.from].second,
+                                            msg.report.bytes_planned);
+    notify(self, op, progress_update::state::running);
+    return;
+  }
   auto what = std::string{Op::data_step} + " result";
   if (!check_envelope(self, hdr, what.c_str()) || !check_version(self, hdr))
     return;
   auto op = find_op(self, hdr, what.c_str());
   if (!op || !accept_part(self, *op, hdr, step::data, what.c_str()))
     return;
-  if (msg.error)
+  if (msg.error) {
     op->failures[hdr.from] = std::move(msg.error);
-  else if constexpr (is_save<Op>)
-    op->results[hdr.from] = std::move(Op::results_of(msg));
+  } else {
+    if constexpr (is_save<Op>)
+      op->results[hdr.from] = std::move(Op::results_of(msg));
+    merge(op->report, msg.report);
+    op->progress[hdr.from] = {msg.report.bytes, msg.report.bytes};
+    notify(self, *op, progress_update::state::running);
+  }
   if (!complete(self, *op))
     return;
   if (!op->failures.empty()) {
@@ -391,6 +461,8 @@ void on_data_done(coord_ptr self, typename Op::data_done_msg& msg) {
       for (auto& res : per_rank)
         op->md.storage_data[res.index] = res.storage_data;
     op->cur = step::commit;
+    op->t_commit = clock_type::now();
+    notify(self, *op, progress_update::state::running);
     arm(self, *op);
     auto r = self->state.rank;
     send_to_rank(self, r,
@@ -411,6 +483,7 @@ void on_commit_done(coord_ptr self, commit_done_msg& msg) {
     fail(self, *op);
     return;
   }
+  op->report.commit_us = micros(clock_type::now() - op->t_commit);
   succeed(self, *op);
 }
 

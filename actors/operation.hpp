@@ -23,6 +23,7 @@
 #include "core/fault.hpp"
 #include "messages/protocol.hpp"
 
+#include <memory>
 #include <vector>
 
 namespace dcpp::detail {
@@ -55,11 +56,14 @@ struct save_op {
     return x.global;
   }
   static data_done_msg data_done(envelope hdr, std::vector<write_result> res,
-                                 caf::error err) {
-    return {hdr, std::move(res), std::move(err)};
+                                 caf::error err, rank_report report) {
+    return {hdr, std::move(res), std::move(err), report};
   }
   static std::vector<write_result>& results_of(data_done_msg& x) {
     return x.results;
+  }
+  static std::shared_ptr<const item_source>& data_of(job& x) {
+    return x.source;
   }
 };
 
@@ -88,11 +92,14 @@ struct load_op {
     return x.plans;
   }
   static data_done_msg data_done(envelope hdr, std::vector<write_result>,
-                                 caf::error err) {
-    return {hdr, std::move(err)};
+                                 caf::error err, rank_report report) {
+    return {hdr, std::move(err), report};
   }
   static std::vector<write_result> results_of(data_done_msg&) {
     return {};
+  }
+  static std::shared_ptr<load_target>& data_of(job& x) {
+    return x.target;
   }
 };
 

@@ -7,6 +7,8 @@
 #include "actors/writer_actor.hpp"
 #include "core/error.hpp"
 #include "core/fault.hpp"
+#include "core/report.hpp"
+#include "storage/byte_counter.hpp"
 
 #include <caf/all.hpp>
 
@@ -33,6 +35,16 @@ namespace {
 /// one for its own global step or commit; the agent's deadline is only the
 /// backstop for a coordinator that stopped answering).
 constexpr int coordinator_wait_factor = 3;
+
+/// How often a rank reports its bytes done during the data step (the
+/// coordinator's progress line).
+constexpr auto progress_interval = std::chrono::milliseconds(500);
+
+using clock_type = std::chrono::steady_clock;
+
+int64_t micros(clock_type::duration d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
 
 using detail::is_save;
 using detail::load_op;
@@ -73,6 +85,16 @@ struct agent_op {
   /// The deadline armed last (0: none).
   uint64_t gen = 0;
   std::string waiting_for;
+  // report
+  clock_type::time_point t_start = clock_type::now();
+  clock_type::time_point t_central;
+  /// Bytes the writers (readers) have taken (filled) so far.
+  byte_counter_ptr counter = std::make_shared<byte_counter>();
+  /// Bytes and files of this rank's plan (a load's, known from its plan).
+  rank_report planned;
+  uint64_t progress_sent = 0;
+  /// The outcome's report.
+  op_report report;
   // data step
   size_t parts_pending = 0;
   std::vector<std::vector<write_result>> part_results;
@@ -201,6 +223,12 @@ void finalize(agent_ptr self, uint64_t seq) {
       op->rp.deliver(op->error);
   } else {
     ++st.stats.ops_done;
+    std::visit(
+      [&](auto& job) {
+        if (job.report)
+          *job.report = op->report;
+      },
+      op->job);
     if (op->rp.pending())
       op->rp.deliver(std::move(op->md));
   }
@@ -383,12 +411,43 @@ void send_data_done(agent_ptr self, agent_op& op,
   if (!inj.stop) {
     if (err)
       results.clear();
+    rank_report report;
+    if (!err)
+      report = is_save<Op> ? written(results) : op.planned;
+    report.bytes_planned = op.planned.bytes_planned;
+    if (op.got_central) {
+      report.plan_us = micros(op.t_central - op.t_start);
+      report.data_us = micros(clock_type::now() - op.t_central);
+    }
     send_to_coordinator(self, op,
                         Op::data_done(header_to(self, op, op.coordinator),
-                                      std::move(results), std::move(err)),
+                                      std::move(results), std::move(err),
+                                      report),
                         inj.late);
   }
   arm(self, op, "the outcome");
+}
+
+/// During the data step: reports the bytes done so far (if they changed)
+/// and rearms the timer. Progress reports bypass the fault layer's message
+/// rules, so that they do not shift its message counts; the coordinator
+/// uses them only for its progress line.
+template <class Op>
+void report_progress(agent_ptr self, agent_op& op) {
+  if (op.outcome_known || op.parts_pending == 0)
+    return;
+  auto done = op.counter->done.load();
+  if (done != op.progress_sent) {
+    op.progress_sent = done;
+    rank_report report;
+    report.in_progress = true;
+    report.bytes = done;
+    report.bytes_planned = op.planned.bytes_planned;
+    self->send(coordinator_of(self, op),
+               Op::data_done(header_to(self, op, op.coordinator), {},
+                             caf::error{}, report));
+  }
+  self->delayed_send(self, progress_interval, progress_atom::value, op.id.seq);
 }
 
 /// Step "plan", every rank: set up the storage (a load reads the metadata
@@ -412,6 +471,13 @@ void start(agent_ptr self, agent_op& op) {
                                  to_string(Op::kind)
                                    + " job without view, planner or "
                                      "storage"));
+  // The writers (readers) count the bytes they take (fill) for the
+  // progress reports.
+  auto& data = Op::data_of(job_of<Op>(op));
+  if constexpr (is_save<Op>)
+    data = counting_source(std::move(data), op.counter);
+  else
+    data = counting_target(std::move(data), op.counter);
   if constexpr (is_save<Op>)
     op.planner = spawn_planner(self->system(), job.planner, nullptr, job.view);
   else
@@ -444,6 +510,7 @@ void start(agent_ptr self, agent_op& op) {
       self, op, io_of<Op>(op), "read_metadata",
       [=](agent_op& op, metadata& md) {
         op.md = std::move(md);
+        op.counter->md = std::make_shared<const metadata>(op.md);
         ask<caf::ok_atom>(self, op, io_of<Op>(op), "set_up", set_up_done,
                           report, set_up_atom::value, op.md, coord, rank);
       },
@@ -514,6 +581,7 @@ void run_parts(agent_ptr self, agent_op& op,
   }
   auto k = parts.size();
   op.parts_pending = k;
+  self->delayed_send(self, progress_interval, progress_atom::value, op.id.seq);
   op.part_results.assign(k, {});
   for (size_t i = 0; i < k; ++i) {
     auto hdl = io_of<Op>(op);
@@ -554,6 +622,7 @@ void on_central_plan(agent_ptr self, typename Op::central_msg& msg) {
     return;
   }
   op->got_central = true;
+  op->t_central = clock_type::now();
   disarm(*op);
   auto max_parts = io_parts(self, job_of<Op>(*op).io_threads);
   auto fail = [self](agent_op& op, caf::error err) {
@@ -562,6 +631,12 @@ void on_central_plan(agent_ptr self, typename Op::central_msg& msg) {
   ask<plan>(
     self, *op, op->planner, "finish_plan",
     [=](agent_op& op, plan& central) {
+      if constexpr (is_save<Op>) {
+        op.planned.bytes_planned = planned_bytes(central);
+      } else {
+        op.planned = to_read(central, op.md);
+        op.planned.bytes_planned = op.planned.bytes;
+      }
       ask<std::vector<plan>>(
         self, op, io_of<Op>(op), "split_plan",
         [=](agent_op& op, std::vector<plan>& parts) {
@@ -634,6 +709,7 @@ void on_outcome(agent_ptr self, op_outcome_msg& msg) {
   }
   if (!msg.error && op.id.kind == op_kind::save)
     op.md = std::move(msg.md);
+  op.report = msg.report;
   // A transport renders error contexts as text: the failure's data travels
   // beside the error and is put back into it here.
   if (code_of(msg.error) == errc::checkpoint_failed
@@ -746,6 +822,15 @@ rank_agent_actor::behavior_type agent_impl(agent_ptr self, int32_t rank,
                                   + std::to_string(op.timeout.count()
                                                    * coordinator_wait_factor)
                                   + " ms while waiting for " + op.waiting_for));
+    },
+    [=](progress_atom, uint64_t seq) {
+      auto& st = self->state;
+      if (!st.op || st.op->id.seq != seq)
+        return;
+      if (st.op->id.kind == op_kind::save)
+        report_progress<save_op>(self, *st.op);
+      else
+        report_progress<load_op>(self, *st.op);
     },
     [=](caf::get_atom, stats_atom) { return self->state.stats; },
   };

@@ -5,6 +5,7 @@
 // that scripts/bench.py can put both side by side.
 
 #include "actors/checkpointer.hpp"
+#include "apps/cli_common.hpp"
 #include "core/error.hpp"
 #include "storage/filesystem.hpp"
 #include "storage/host_memory.hpp"
@@ -90,6 +91,8 @@ bool equal_state(const state_dict& a, const state_dict& b) {
 
 int main(int argc, char** argv) {
   CLI::App app{"dcpp benchmark: save, cold load, warm load"};
+  dcpp::cli::log_options log;
+  dcpp::cli::add_common_options(app, log);
   std::string layout_path;
   std::string parent = "/tmp";
   size_t threads = 2;
@@ -107,7 +110,10 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-drop-cache", drop, "skip dropping the page cache");
   app.add_option("--iters", iters, "iterations");
   app.add_flag("--keep", keep, "keep the checkpoint directory");
-  CLI11_PARSE(app, argc, argv);
+  app.footer(dcpp::cli::env_footer({}));
+  if (int rc = dcpp::cli::parse(app, argc, argv, "dcpp_bench"); rc >= 0)
+    return rc;
+  dcpp::cli::init_logging(log, "dcpp_bench");
 
   at::set_num_threads(1);
   auto layout = read_layout(layout_path);

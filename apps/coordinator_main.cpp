@@ -17,6 +17,8 @@
 #include "actors/system.hpp"
 #include "actors/transport/launch_env.hpp"
 #include "actors/transport/zmq_transport.hpp"
+#include "apps/cli_common.hpp"
+#include "apps/progress_line.hpp"
 #include "core/error.hpp"
 
 #include <caf/actor_system.hpp>
@@ -43,6 +45,8 @@ extern "C" void on_signal(int) {
 
 int main(int argc, char** argv) {
   CLI::App app{"dcpp-coordinator: the coordinator of ranks run as processes"};
+  dcpp::cli::log_options log;
+  dcpp::cli::add_common_options(app, log);
   int port = 29500;
   std::string addr;
   int32_t world = 0;
@@ -59,7 +63,16 @@ int main(int argc, char** argv) {
   bool insecure = false;
   app.add_flag("--insecure", insecure,
                "run without DCPP_SECRET: no encryption, no authentication");
-  CLI11_PARSE(app, argc, argv);
+  bool quiet = false;
+  app.add_flag("--quiet,-q", quiet,
+               "no progress line (one per save or load, on stderr)");
+  app.footer(dcpp::cli::env_footer(
+    {"MASTER_ADDR: the address to bind without --addr",
+     "DCPP_SECRET / DCPP_SECRET_FILE: the job's secret (CURVE keys)",
+     "DCPP_JOB_ID: the job's id (or TORCHELASTIC_RUN_ID, SLURM_JOB_ID)"}));
+  if (int rc = dcpp::cli::parse(app, argc, argv, "dcpp-coordinator"); rc >= 0)
+    return rc;
+  dcpp::cli::init_logging(log, "dcpp-coordinator");
   if (world < 1 || port < 1 || port > 65535) {
     std::fprintf(stderr, "dcpp-coordinator: need --world >= 1 and a port\n");
     return 2;
@@ -100,7 +113,10 @@ int main(int argc, char** argv) {
   std::printf("dcpp-coordinator: serving %d ranks on tcp://%s:%d\n", world,
               env.master_addr.c_str(), port);
   std::fflush(stdout);
+  if (!quiet)
+    dcpp::cli::start_progress_line();
   auto err = serve_zmq_coordinator(sys, env, zopts, stop_requested);
+  dcpp::cli::stop_progress_line();
   if (err && !stop_requested.load()) {
     std::fprintf(stderr, "dcpp-coordinator: %s\n", describe(err).c_str());
     return 1;

@@ -10,6 +10,7 @@
 
 #include "actors/checkpointer.hpp"
 #include "actors/format_utils.hpp"
+#include "apps/cli_common.hpp"
 #include "core/error.hpp"
 #include "core/metadata.hpp"
 #include "core/planner.hpp"
@@ -443,23 +444,36 @@ caf::error check_item(const std::string& dir, const storage_info& si,
   return t ? caf::error{} : t.error();
 }
 
-int run_verify(const std::string& dir) {
+int run_verify(const std::string& dir, bool as_json) {
   auto ci = load_metadata(dir);
-  if (!ci)
+  if (!ci) {
+    if (as_json)
+      std::cout << nlohmann::json{{"dir", dir},
+                                  {"ok", false},
+                                  {"error", describe(ci.error())}}
+                     .dump()
+                << std::endl;
     return fail("verify " + dir, ci.error());
+  }
   const auto& md = ci->md;
   verify_stats stats;
+  auto problems = nlohmann::json::array();
   auto report = [&](const std::string& key, const std::string& chunk,
                     const std::string& file, const caf::error& err) {
     ++stats.broken;
-    std::cout << "BROKEN " << key << " chunk " << chunk << " file " << file
-              << ": " << describe(err) << std::endl;
+    if (as_json)
+      problems.push_back({{"key", key},
+                          {"chunk", chunk},
+                          {"file", file},
+                          {"error", describe(err)}});
+    else
+      std::cout << "BROKEN " << key << " chunk " << chunk << " file " << file
+                << ": " << describe(err) << std::endl;
   };
   bool coverage_ok = true;
   if (auto err = validate_metadata(md)) {
     coverage_ok = false;
-    ++stats.broken;
-    std::cout << "BROKEN metadata: " << describe(err) << std::endl;
+    report("metadata", "-", ".metadata", err);
   }
   for (const auto& entry : md.state_dict_metadata) {
     const auto& fqn = entry.first;
@@ -482,6 +496,19 @@ int run_verify(const std::string& dir) {
     }
     for (const auto& c : item.tensor.chunks)
       check(&c);
+  }
+  if (as_json) {
+    std::cout << nlohmann::json{{"dir", dir},
+                                {"ok", stats.broken == 0},
+                                {"items", stats.items},
+                                {"broken", stats.broken},
+                                {"checksums_checked", stats.checksummed},
+                                {"without_checksum", stats.without_checksum},
+                                {"coverage_ok", coverage_ok},
+                                {"problems", std::move(problems)}}
+                   .dump()
+              << std::endl;
+    return stats.broken == 0 ? 0 : 1;
   }
   std::cout << "verify " << dir << ": " << stats.items << " items, "
             << stats.broken << " broken; " << stats.checksummed
@@ -539,6 +566,9 @@ int run_main(int argc, char** argv) {
   CLI::App app{"dcpp: inspect, export, import and verify PyTorch DCP "
                "checkpoint directories; find and prune step directories"};
   app.require_subcommand(1);
+  cli::log_options log;
+  cli::add_common_options(app, log);
+  app.footer(cli::env_footer({}));
   bool as_json = false;
   std::string dir;
   std::string file;
@@ -570,6 +600,8 @@ int run_main(int argc, char** argv) {
     "verify", "Check checksums, chunk coverage, file sizes and that every "
               "tensor item decodes to its metadata's dtype and shape");
   ver->add_option("DIR", dir, "checkpoint directory")->required();
+  ver->add_flag("--json", as_json,
+                "one JSON object: counts, chunk coverage, every broken item");
   bool step_only = false;
   auto* latest = app.add_subcommand(
     "latest", "Print the newest committed step directory of a checkpoint "
@@ -593,17 +625,9 @@ int run_main(int argc, char** argv) {
                  "never removed")
     ->required()
     ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "dcpp: usage: " << first_line(e.what()) << " (see dcpp --help)"
-              << std::endl;
-    return 2;
-  }
+  if (int rc = cli::parse(app, argc, argv, "dcpp"); rc >= 0)
+    return rc;
+  cli::init_logging(log, "dcpp");
   if (inspect->parsed())
     return run_inspect(dir, as_json);
   if (exp->parsed())
@@ -614,7 +638,7 @@ int run_main(int argc, char** argv) {
     return run_latest(dir, step_only);
   if (prn->parsed())
     return run_prune(dir, static_cast<size_t>(keep));
-  return run_verify(dir);
+  return run_verify(dir, as_json);
 }
 
 } // namespace

@@ -3,6 +3,7 @@
 // value and prints what it did.
 
 #include "actors/checkpointer.hpp"
+#include "apps/cli_common.hpp"
 #include "core/error.hpp"
 #include "storage/filesystem.hpp"
 
@@ -86,6 +87,8 @@ size_t compare(const state_dict& expected, state_dict& actual,
 
 int main(int argc, char** argv) {
   CLI::App app{"dcpp demo: save a synthetic model and load it back"};
+  dcpp::cli::log_options log;
+  dcpp::cli::add_common_options(app, log);
   std::string dir;
   int64_t layers = 8;
   int64_t hidden = 512;
@@ -96,7 +99,10 @@ int main(int argc, char** argv) {
   app.add_option("--hidden", hidden, "hidden size");
   app.add_option("--vocab", vocab, "vocabulary size");
   app.add_option("--threads", threads, "writer and reader threads");
-  CLI11_PARSE(app, argc, argv);
+  app.footer(dcpp::cli::env_footer({}));
+  if (int rc = dcpp::cli::parse(app, argc, argv, "dcpp_demo"); rc >= 0)
+    return rc;
+  dcpp::cli::init_logging(log, "dcpp_demo");
 
   auto sd = make_model(layers, hidden, vocab);
   auto bytes = count_bytes(sd);

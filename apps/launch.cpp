@@ -21,8 +21,17 @@
 // Ranks die with dcpp-launch: if it is killed (even with -9), the kernel
 // sends every rank SIGKILL (PR_SET_PDEATHSIG), so no rank runs on without
 // its supervisor.
+//
+// Exit code: 0 when every rank exited 0; the first failing rank's exit code
+// (1 for a failed dcpp operation, 2 for its usage error; 1 if it was
+// killed); 2 for dcpp-launch's own usage errors; 128+N after a forwarded
+// signal N. With --json a summary (every rank's exit code or signal, the
+// wall time) goes to stdout as one JSON object at the end.
+
+#include "apps/cli_common.hpp"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <netinet/in.h>
 #include <sys/prctl.h>
@@ -136,8 +145,37 @@ size_t count_running(const std::vector<child>& children) {
 
 } // namespace
 
+/// The --json summary: every rank's end and the wall time.
+void print_summary(const std::vector<child>& children, int failed, int rc,
+                   double wall_s) {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const auto& c : children) {
+    nlohmann::json r{{"rank", c.rank}};
+    if (c.running || c.pid <= 0) {
+      r["exit_code"] = nullptr;
+    } else if (WIFEXITED(c.status)) {
+      r["exit_code"] = WEXITSTATUS(c.status);
+    } else if (WIFSIGNALED(c.status)) {
+      r["exit_code"] = nullptr;
+      r["signal"] = WTERMSIG(c.status);
+    }
+    ranks.push_back(std::move(r));
+  }
+  nlohmann::json j{{"ok", rc == 0},
+                   {"exit_code", rc},
+                   {"wall_s", wall_s},
+                   {"failed_rank", failed >= 0 ? nlohmann::json(failed)
+                                               : nlohmann::json(nullptr)},
+                   {"ranks", std::move(ranks)}};
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
 int main(int argc, char** argv) {
+  auto t_start = std::chrono::steady_clock::now();
   CLI::App app{"dcpp-launch: run N ranks of a command on this host"};
+  dcpp::cli::log_options log;
+  dcpp::cli::add_common_options(app, log);
   int nproc = 1;
   int nnodes = 1;
   int node_rank = 0;
@@ -162,11 +200,23 @@ int main(int argc, char** argv) {
                  "coordinator address or host name");
   app.add_option("--grace", grace_s,
                  "seconds between SIGTERM and SIGKILL when stopping ranks");
-  app.footer("The command follows the options, after -- or directly.");
+  bool as_json = false;
+  app.add_flag("--json", as_json,
+               "print a summary at the end on stdout: every rank's exit "
+               "code (or signal) and the wall time");
+  app.footer(dcpp::cli::env_footer(
+    {"The command follows the options, after -- or directly.",
+     "DCPP_SECRET / DCPP_SECRET_FILE: the job's secret, passed on (default: "
+     "a fresh one)",
+     "DCPP_JOB_ID: the job's id, passed on (default: a fresh one)",
+     "Sets for every rank: RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, "
+     "MASTER_ADDR, MASTER_PORT, DCPP_SECRET, DCPP_JOB_ID"}));
   // Everything from the first word that is not an option on is the command
   // (its own options included), with or without `--` before it.
   app.prefix_command();
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = dcpp::cli::parse(app, argc, argv, "dcpp-launch"); rc >= 0)
+    return rc;
+  dcpp::cli::init_logging(log, "dcpp-launch");
   std::vector<std::string> command = app.remaining();
   if (!command.empty() && command.front() == "--")
     command.erase(command.begin());
@@ -308,15 +358,21 @@ int main(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  int rc = 0;
   if (failed >= 0) {
     const auto& c = children[static_cast<size_t>(failed)];
     std::fprintf(stderr, "dcpp-launch: failed: rank %d %s\n", c.rank,
                  describe_status(c.status).c_str());
-    return WIFEXITED(c.status) && WEXITSTATUS(c.status) != 0
-             ? WEXITSTATUS(c.status)
-             : 1;
+    rc = WIFEXITED(c.status) && WEXITSTATUS(c.status) != 0
+           ? WEXITSTATUS(c.status)
+           : 1;
+  } else if (forwarded != 0) {
+    rc = 128 + forwarded;
   }
-  if (forwarded != 0)
-    return 128 + forwarded;
-  return 0;
+  if (as_json)
+    print_summary(children, failed >= 0 ? children[failed].rank : -1, rc,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now()
+                                                - t_start)
+                    .count());
+  return rc;
 }

@@ -21,6 +21,7 @@
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
 #include "actors/transport/zmq_transport.hpp"
+#include "apps/cli_common.hpp"
 #include "apps/synthetic.hpp"
 #include "core/error.hpp"
 #include "core/fault.hpp"
@@ -751,6 +752,9 @@ void check_latest(uint64_t expected, uint64_t cycle, const std::string& spec,
 
 int main(int argc, char** argv) {
   CLI::App app{"dcpp-soak: save/load cycles under random injected faults"};
+  dcpp::cli::log_options log;
+  // dcpp-soak's own -v shows more per cycle; --log-level sets the logs.
+  dcpp::cli::add_common_options(app, log, false);
   std::optional<uint64_t> seed;
   app
     .add_option("--root", cfg.root,
@@ -780,7 +784,10 @@ int main(int argc, char** argv) {
   app.add_option("--fault", cfg.fixed_fault,
                  "inject this save fault in every cycle (core/fault.hpp "
                  "syntax) instead of random ones, to reproduce a failure");
-  CLI11_PARSE(app, argc, argv);
+  app.footer(dcpp::cli::env_footer({"DCPP_FAULT: further injected faults"}));
+  if (int rc = dcpp::cli::parse(app, argc, argv, "dcpp-soak"); rc >= 0)
+    return rc;
+  dcpp::cli::init_logging(log, "dcpp-soak");
   cfg.seed = seed ? *seed
                   : static_cast<uint64_t>(
                     std::chrono::system_clock::now().time_since_epoch().count()

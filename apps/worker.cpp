@@ -9,8 +9,11 @@
 // MASTER_ADDR:MASTER_PORT; with --external-coordinator (or
 // DCPP_COORDINATOR=external) every rank connects to a dcpp-coordinator
 // process instead. Each rank saves or loads its part of the synthetic model
-// (apps/synthetic.hpp). Exit code 0 on success; otherwise one error line
-// naming the rank and the step.
+// (apps/synthetic.hpp). Exit code 0 on success, 1 with one error line naming
+// the rank and the step, 2 for usage errors. The coordinator rank's process
+// prints one progress line for the whole job (not with --quiet); every rank
+// prints its result, or with --json the operation's report as one JSON
+// object.
 
 #include "actors/checkpointer.hpp"
 #include "actors/process_group.hpp"
@@ -18,6 +21,8 @@
 #include "actors/transport/launch_env.hpp"
 #include "actors/transport/tcp_store_rendezvous.hpp"
 #include "actors/transport/zmq_transport.hpp"
+#include "apps/cli_common.hpp"
+#include "apps/progress_line.hpp"
 #include "apps/synthetic.hpp"
 #include "core/error.hpp"
 #include "core/fault.hpp"
@@ -26,8 +31,8 @@
 #include <caf/actor_system.hpp>
 
 #include <CLI/CLI.hpp>
-
-#include <unistd.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cstdio>
@@ -47,23 +52,29 @@ double seconds_since(clock_type::time_point t0) {
 struct reporter {
   int32_t rank;
   int32_t world;
-  bool tty = ::isatty(STDERR_FILENO) != 0;
+  bool json = false;
+  std::string mode;
 
   void progress(const char* phase) const {
-    if (tty)
-      std::fprintf(stderr, "\rrank %d/%d: %s...\x1b[K", rank, world, phase);
-  }
-
-  void clear() const {
-    if (tty)
-      std::fprintf(stderr, "\r\x1b[K");
+    spdlog::debug("{}", phase);
   }
 
   int fail(const char* step, const std::string& why) const {
-    clear();
     std::fprintf(stderr, "dcpp-worker: rank %d/%d failed in step %s: %s\n",
                  rank, world, step, why.c_str());
+    if (json) {
+      nlohmann::json j{{"rank", rank}, {"world", world}, {"op", mode},
+                       {"ok", false},  {"step", step},   {"error", why}};
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    }
     return 1;
+  }
+
+  /// A bad argument found after parsing: exit code 2.
+  int usage(const std::string& why) const {
+    fail("arguments", why);
+    return cli::exit_usage;
   }
 
   /// A failed save or load: the error, then one line per failing rank from
@@ -82,10 +93,31 @@ struct reporter {
   }
 };
 
+double seconds_of(int64_t us) {
+  return static_cast<double>(us) / 1e6;
+}
+
+/// The report of a save or load as one JSON object.
+nlohmann::json report_json(const op_report& r, const std::string& mode) {
+  return {
+    {"bytes", r.bytes},
+    {"files", r.files},
+    {"ranks", r.ranks},
+    {"steps_s",
+     {{"plan", seconds_of(r.plan_us)},
+      {mode == "save" ? "write" : "read", seconds_of(r.data_us)},
+      {"commit", seconds_of(r.commit_us)}}},
+    {"total_s", seconds_of(r.total_us)},
+    {"bytes_per_s", r.throughput()},
+  };
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"dcpp-worker: one rank of a multi-process save or load"};
+  cli::log_options log;
+  cli::add_common_options(app, log);
   std::string mode;
   std::string dir;
   double size_mb = 16;
@@ -122,7 +154,24 @@ int main(int argc, char** argv) {
   app.add_option("--fault", fault_spec,
                  "inject faults, e.g. write:hang@1 or io:enospc@0:3 (see "
                  "core/fault.hpp; also: DCPP_FAULT)");
-  CLI11_PARSE(app, argc, argv);
+  bool as_json = false;
+  app.add_flag("--json", as_json,
+               "print the operation's report (bytes and files written or "
+               "read, step times, throughput) as one JSON object per rank");
+  bool quiet = false;
+  app.add_flag("--quiet,-q", quiet,
+               "no progress line (the coordinator rank's process prints "
+               "one per job on stderr)");
+  app.footer(cli::env_footer(
+    {"RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: this rank and the "
+     "coordinator's address (or torchrun's, SLURM_*, OMPI_COMM_WORLD_*)",
+     "DCPP_SECRET / DCPP_SECRET_FILE: the job's secret (CURVE keys)",
+     "DCPP_JOB_ID: the job's id (or TORCHELASTIC_RUN_ID, SLURM_JOB_ID)",
+     "DCPP_COORDINATOR=external: as --external-coordinator",
+     "DCPP_FAULT: injected faults, as --fault"}));
+  if (int rc = cli::parse(app, argc, argv, "dcpp-worker"); rc >= 0)
+    return rc;
+  cli::init_logging(log, "dcpp-worker");
   if (const char* c = std::getenv("DCPP_COORDINATOR"))
     if (std::string{c} == "external")
       external = true;
@@ -132,13 +181,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dcpp-worker: %s\n", describe(env.error()).c_str());
     return 2;
   }
-  reporter rep{env->rank, env->world_size};
+  cli::set_log_tag("rank " + std::to_string(env->rank));
+  reporter rep{env->rank, env->world_size, as_json, mode};
+  if (!quiet)
+    cli::start_progress_line();
   if (!fault_spec.empty())
     if (auto err = fault::install(fault_spec))
-      return rep.fail("arguments", describe(err));
+      return rep.usage(describe(err));
   auto layout = synthetic::parse_layout(layout_name);
   if (!layout)
-    return rep.fail("arguments", describe(layout.error()));
+    return rep.usage(describe(layout.error()));
   if (threads < 1)
     threads = 1;
 
@@ -201,6 +253,7 @@ int main(int argc, char** argv) {
       rc = rep.fail_op("load", err);
     }
     double t_op = seconds_since(t0);
+    auto report = cp.last_report();
 
     double t_verify = 0;
     if (rc == 0 && mode == "load" && verify) {
@@ -213,20 +266,39 @@ int main(int argc, char** argv) {
       if (!bad.empty())
         rc = rep.fail("verify", "values differ: " + bad);
     }
-    if (rc == 0) {
-      rep.clear();
+    if (rc == 0 && as_json) {
+      auto j = report_json(report, mode);
+      j["rank"] = env->rank;
+      j["world"] = env->world_size;
+      j["op"] = mode;
+      j["ok"] = true;
+      j["wall_s"] = t_op;
+      j["connect_s"] = t_connect;
+      j["build_s"] = t_build;
+      if (verify && mode == "load")
+        j["verify_s"] = t_verify;
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    } else if (rc == 0) {
       char verify_note[64] = "";
       if (verify && mode == "load")
         std::snprintf(verify_note, sizeof verify_note, ", verify %.3f s",
                       t_verify);
-      std::printf("rank %d/%d: %s ok: model %.1f MiB, %s %.3f s (%.1f MiB/s "
-                  "for the job); connect %.3f s, build %.3f s%s\n",
-                  env->rank, env->world_size, mode.c_str(), size_mb,
-                  mode.c_str(), t_op, t_op > 0 ? size_mb / t_op : 0.0,
+      constexpr double mib = 1024.0 * 1024.0;
+      std::printf("rank %d/%d: %s ok: %.1f MiB in %llu files %s by %d ranks, "
+                  "%.3f s (%.1f MiB/s for the job; plan %.3f s, %s %.3f s, "
+                  "commit %.3f s); connect %.3f s, build %.3f s%s\n",
+                  env->rank, env->world_size, mode.c_str(), report.bytes / mib,
+                  static_cast<unsigned long long>(report.files),
+                  mode == "save" ? "written" : "read", report.ranks,
+                  seconds_of(report.total_us), report.throughput() / mib,
+                  seconds_of(report.plan_us), mode == "save" ? "write" : "read",
+                  seconds_of(report.data_us), seconds_of(report.commit_us),
                   t_connect, t_build, verify_note);
       std::fflush(stdout);
     }
     // The checkpointer and the group go before the actor system.
   }
+  cli::stop_progress_line();
   return rc;
 }

@@ -2,6 +2,8 @@
 
 #include "core/error.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <unistd.h>
 
 #include <atomic>
@@ -78,8 +80,8 @@ registry& reg() {
 thread_local int32_t tl_io_rank = -1;
 
 void announce(const std::string& what) {
-  std::fprintf(stderr, "dcpp: injected fault: %s\n", what.c_str());
-  std::fflush(stderr);
+  spdlog::warn("dcpp: injected fault: {}", what);
+  spdlog::default_logger()->flush();
 }
 
 std::string rank_text(int32_t rank) {
@@ -289,8 +291,7 @@ void read_env(registry& g) {
       return;
     std::lock_guard<std::mutex> guard{g.mx};
     if (auto err = install_locked(g, spec))
-      std::fprintf(stderr, "dcpp: DCPP_FAULT ignored: %s\n",
-                   describe(err).c_str());
+      spdlog::warn("dcpp: DCPP_FAULT ignored: {}", describe(err));
   });
 }
 

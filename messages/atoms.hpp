@@ -95,5 +95,6 @@ CAF_BEGIN_TYPE_ID_BLOCK(dcpp, caf::first_custom_type_id + 1000)
   // timers and introspection
   CAF_ADD_ATOM(dcpp, dcpp, deadline_atom, "deadline")
   CAF_ADD_ATOM(dcpp, dcpp, stats_atom, "stats")
+  CAF_ADD_ATOM(dcpp, dcpp, progress_atom, "progress")
 
 CAF_END_TYPE_ID_BLOCK(dcpp)

@@ -17,6 +17,7 @@
 #include "core/metadata.hpp"
 #include "core/plan.hpp"
 #include "core/planner.hpp"
+#include "core/report.hpp"
 
 #include <caf/meta/annotation.hpp>
 #include <caf/meta/type_name.hpp>
@@ -126,6 +127,19 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, write_result& x) {
   return f(caf::meta::type_name("dcpp.write_result"), x.index, x.size_in_bytes,
            x.storage_data);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rank_report& x) {
+  return f(caf::meta::type_name("dcpp.rank_report"),
+           wire_name("rank_report.in_progress"), x.in_progress, x.bytes,
+           x.bytes_planned, x.files, x.plan_us, x.data_us);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, op_report& x) {
+  return f(caf::meta::type_name("dcpp.op_report"), x.bytes, x.files, x.ranks,
+           x.plan_us, x.data_us, x.commit_us, x.total_us);
 }
 
 template <class Inspector>

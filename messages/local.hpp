@@ -7,6 +7,7 @@
 // errors derived from them cross ranks.
 
 #include "core/planner.hpp"
+#include "core/report.hpp"
 #include "core/state_dict_view.hpp"
 
 #include <caf/allowed_unsafe_message_type.hpp>
@@ -48,6 +49,9 @@ struct save_job {
   /// not flatten). The agent still takes part and reports it in step "plan",
   /// so that every rank fails together instead of waiting for this one.
   caf::error error;
+  /// If set, receives the operation's report (bytes, files, step times)
+  /// before the agent replies with the metadata.
+  std::shared_ptr<op_report> report;
 };
 
 /// Start a load on this rank (message `(load_atom, load_job)`; the reply is
@@ -65,6 +69,8 @@ struct load_job {
   uint32_t io_threads = 1;
   /// As in save_job.
   caf::error error;
+  /// As in save_job.
+  std::shared_ptr<op_report> report;
 };
 
 } // namespace dcpp

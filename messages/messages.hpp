@@ -16,7 +16,8 @@
 //   C -> C  global_save_step_msg       all local plans, to C's own agent
 //   C -> C  global_save_step_done_msg  central plans + metadata, or error
 //   C -> r  central_save_plan_msg      the plan r writes
-//   r -> C  write_done_msg             step "write": r's results or error
+//   r -> C  write_done_msg             step "write": r's progress (a few a
+//                                      second), then its results or error
 //   C -> C  commit_msg                 step "commit": metadata + results
 //   C -> C  commit_done_msg            the commit's outcome
 //   C -> r  op_outcome_msg             committed metadata, or the error
@@ -45,10 +46,11 @@
 
 namespace dcpp {
 
-/// Version of the coordinator <-> rank protocol. A message with another
+/// Version of the coordinator <-> rank protocol (3: data-step results carry
+/// a `rank_report`, outcomes an `op_report`). A message with another
 /// version is rejected (the sending rank's step fails with
 /// `errc::protocol_error`).
-inline constexpr uint32_t protocol_version = 2;
+inline constexpr uint32_t protocol_version = 3;
 
 /// The two kinds of collective operations.
 enum class op_kind : uint8_t {
@@ -120,11 +122,14 @@ struct central_save_plan_msg {
   save_plan plan;
 };
 
-/// Step "write": what a rank wrote, or why it failed.
+/// Step "write": what a rank wrote, or why it failed. With
+/// `report.in_progress` only a progress report (bytes so far); the step's
+/// result comes later.
 struct write_done_msg {
   envelope hdr;
   std::vector<write_result> results;
   caf::error error;
+  rank_report report;
 };
 
 /// Step "commit": the coordinator asks its own rank's agent to call the
@@ -167,10 +172,12 @@ struct central_load_plan_msg {
   load_plan plan;
 };
 
-/// Step "read": a rank's outcome of reading its plan.
+/// Step "read": a rank's outcome of reading its plan (or, with
+/// `report.in_progress`, bytes read so far).
 struct read_done_msg {
   envelope hdr;
   caf::error error;
+  rank_report report;
 };
 
 // -- both -------------------------------------------------------------------
@@ -185,6 +192,8 @@ struct op_outcome_msg {
   caf::error error;
   metadata md;
   checkpoint_failure failure;
+  /// What the operation did (bytes, files, step times); empty on failure.
+  op_report report;
 };
 
 // -- introspection (local) ----------------------------------------------------
@@ -254,7 +263,7 @@ inspect(Inspector& f, central_save_plan_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, write_done_msg& x) {
   return f(caf::meta::type_name("dcpp.write_done_msg"), x.hdr, x.results,
-           x.error);
+           x.error, x.report);
 }
 
 template <class Inspector>
@@ -293,13 +302,14 @@ inspect(Inspector& f, central_load_plan_msg& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, read_done_msg& x) {
-  return f(caf::meta::type_name("dcpp.read_done_msg"), x.hdr, x.error);
+  return f(caf::meta::type_name("dcpp.read_done_msg"), x.hdr, x.error,
+           x.report);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_outcome_msg& x) {
   return f(caf::meta::type_name("dcpp.op_outcome_msg"), x.hdr, x.error, x.md,
-           x.failure);
+           x.failure, x.report);
 }
 
 template <class Inspector>

@@ -69,6 +69,8 @@ using rank_agent_actor = rank_endpoint_actor::extend<
   caf::replies_to<load_atom, load_job>::with<metadata>,
   /// Internal: (seq, generation) of a deadline.
   caf::reacts_to<deadline_atom, uint64_t, uint64_t>,
+  /// Internal: (seq) the data step's progress timer.
+  caf::reacts_to<progress_atom, uint64_t>,
   caf::replies_to<caf::get_atom, stats_atom>::with<agent_stats>>;
 
 /// Wraps a planner (the pure planning functions) and the view of one rank's

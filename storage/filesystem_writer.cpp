@@ -95,6 +95,8 @@
 #include "storage/posix_file.hpp"
 #include "storage/thread_pool.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -700,8 +702,8 @@ private:
     }
     DIR* d = ::opendir(dir_.c_str());
     if (d == nullptr) {
-      std::fprintf(stderr, "dcpp: %s: cannot list for garbage collection: %s\n",
-                   dir_.c_str(), errno_text(errno).c_str());
+      spdlog::warn("dcpp: {}: cannot list for garbage collection: {}", dir_,
+                   errno_text(errno));
       return;
     }
     std::vector<std::string> garbage;
@@ -715,13 +717,13 @@ private:
     for (const auto& name : garbage) {
       auto path = join(dir_, name);
       if (::unlink(path.c_str()) != 0 && errno != ENOENT)
-        std::fprintf(stderr, "dcpp: %s: cannot remove old data file: %s\n",
-                     path.c_str(), errno_text(errno).c_str());
+        spdlog::warn("dcpp: {}: cannot remove old data file: {}", path,
+                     errno_text(errno));
     }
     if (!garbage.empty() && opts_.sync_files)
       if (auto err = fsync_dir(dir_))
-        std::fprintf(stderr, "dcpp: %s: fsync after garbage collection: %s\n",
-                     dir_.c_str(), context_of(err).c_str());
+        spdlog::warn("dcpp: {}: fsync after garbage collection: {}", dir_,
+                     context_of(err));
   }
 
   caf::expected<plan_target> parse_target(const save_plan& plan) const {

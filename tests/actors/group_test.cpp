@@ -14,6 +14,7 @@
 #include "actors/checkpointer.hpp"
 #include "actors/jobs.hpp"
 #include "actors/process_group.hpp"
+#include "actors/progress.hpp"
 #include "actors/system.hpp"
 #include "core/error.hpp"
 #include "storage/filesystem.hpp"
@@ -682,4 +683,104 @@ TEST_CASE("a rank whose state dict is broken fails the save everywhere",
   REQUIRE(failure->failures.count(1) == 1);
   CHECK(failure->failures.at(1).find("broken") != std::string::npos);
   CHECK(committed_items(*store) == 0);
+}
+
+TEST_CASE("the report of a group save counts the bytes of its data files",
+          "[group][report]") {
+  real_system rs;
+  constexpr int32_t n = 3;
+  checkpoint_dir dir{"report"};
+  std::mutex mx;
+  std::vector<progress_update> updates;
+  set_progress_listener([&](const progress_update& u) {
+    std::lock_guard<std::mutex> guard{mx};
+    updates.push_back(u);
+  });
+  // -- save -----------------------------------------------------------------
+  std::vector<op_report> reports(n);
+  {
+    auto grp = make_local_process_group(rs.sys, n);
+    std::vector<caf::error> errors(n);
+    on_every_rank(n, [&](int32_t r) {
+      checkpointer_options opts;
+      opts.process_group = grp[r];
+      opts.coordinator_rank = 1;
+      opts.step_timeout = 20s;
+      checkpointer cp{make_filesystem_writer(dir.path.string(),
+                                             fast_writer_options()),
+                      make_filesystem_reader(dir.path.string()), opts};
+      CHECK(cp.last_report().bytes == 0);
+      auto sd = make_rank_dict(r, n, false);
+      auto md = cp.save(sd);
+      if (!md)
+        errors[r] = md.error();
+      reports[r] = cp.last_report();
+    });
+    for (int32_t r = 0; r < n; ++r) {
+      INFO("rank " << r << ": " << describe(errors[r]));
+      REQUIRE_FALSE(errors[r]);
+    }
+  }
+  set_progress_listener({});
+  uint64_t file_bytes = 0;
+  uint64_t files = 0;
+  for (const auto& entry : fs::directory_iterator(dir.path))
+    if (entry.path().extension() == ".distcp") {
+      file_bytes += fs::file_size(entry.path());
+      ++files;
+    }
+  REQUIRE(file_bytes > 0);
+  for (int32_t r = 0; r < n; ++r) {
+    INFO("rank " << r);
+    const auto& rep = reports[r];
+    CHECK(rep.bytes == file_bytes);
+    CHECK(rep.files == files);
+    CHECK(rep.ranks == n);
+    CHECK(rep.plan_us > 0);
+    CHECK(rep.data_us > 0);
+    CHECK(rep.commit_us > 0);
+    CHECK(rep.total_us >= rep.data_us);
+    CHECK(rep.throughput() > 0);
+    CHECK(rep.total_us == reports[0].total_us); // one report for all ranks
+  }
+  // The coordinator's process heard of the save's end once, with its bytes.
+  {
+    std::lock_guard<std::mutex> guard{mx};
+    size_t done = 0;
+    for (const auto& u : updates)
+      if (u.now == progress_update::state::done) {
+        ++done;
+        CHECK(u.op == "save 1");
+        CHECK(u.done == file_bytes);
+        CHECK(u.world == n);
+      }
+    CHECK(done == 1);
+  }
+  // -- load on two ranks
+  // --------------------------------------------------------
+  {
+    auto grp = make_local_process_group(rs.sys, 2);
+    std::vector<caf::error> errors(2);
+    std::vector<op_report> load_reports(2);
+    on_every_rank(2, [&](int32_t r) {
+      checkpointer_options opts;
+      opts.process_group = grp[r];
+      opts.step_timeout = 20s;
+      checkpointer cp{nullptr, make_filesystem_reader(dir.path.string()), opts};
+      auto sd = make_rank_dict(r, 2, true);
+      errors[r] = cp.load(sd);
+      load_reports[r] = cp.last_report();
+    });
+    for (int32_t r = 0; r < 2; ++r) {
+      INFO("rank " << r << ": " << describe(errors[r]));
+      REQUIRE_FALSE(errors[r]);
+      // Replicated items are read by both ranks: at least every file's bytes
+      // once, at most twice.
+      CHECK(load_reports[r].bytes >= file_bytes);
+      CHECK(load_reports[r].bytes <= 2 * file_bytes);
+      CHECK(load_reports[r].files >= files);
+      CHECK(load_reports[r].data_us > 0);
+      CHECK(load_reports[r].commit_us == 0);
+    }
+  }
 }

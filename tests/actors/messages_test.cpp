@@ -119,6 +119,29 @@ checkpoint_failure sample_failure() {
   return x;
 }
 
+rank_report sample_rank_report() {
+  rank_report x;
+  x.in_progress = true;
+  x.bytes = 0x0102030405060708;
+  x.bytes_planned = 0x1112131415161718;
+  x.files = 3;
+  x.plan_us = -5;
+  x.data_us = 1234567;
+  return x;
+}
+
+op_report sample_op_report() {
+  op_report x;
+  x.bytes = 1 << 30;
+  x.files = 4;
+  x.ranks = 2;
+  x.plan_us = 100;
+  x.data_us = 2000000;
+  x.commit_us = 30000;
+  x.total_us = 2500000;
+  return x;
+}
+
 caf::error sample_error() {
   return make_checkpoint_failure(sample_failure());
 }
@@ -197,6 +220,10 @@ TEST_CASE("every wire message round-trips through both encodings",
     op_outcome_msg{hdr, caf::error{}, sample_metadata(), checkpoint_failure{}});
   round_trip(op_outcome_msg{hdr, sample_error_on_the_wire(), metadata{},
                             sample_failure()});
+  round_trip(write_done_msg{hdr, {}, caf::error{}, sample_rank_report()});
+  round_trip(read_done_msg{lhdr, caf::error{}, sample_rank_report()});
+  round_trip(op_outcome_msg{hdr, caf::error{}, sample_metadata(),
+                            checkpoint_failure{}, sample_op_report()});
 }
 
 TEST_CASE("errors cross the wire with code, category and context",
@@ -409,8 +436,9 @@ TEST_CASE("errors whose category is no atom's text are refused",
 // with dcpp, CAF and non-text contexts), encoded and compared byte for byte
 // with tests/data/wire/<tag>.hex. Those files were produced by the encoder
 // as it was when protocol version 2 was introduced, when inspect and cereal
-// still had a field list each; a change to any field list, order or
-// encoding shows up here. A deliberate
+// still had a field list each, and regenerated for version 3 (data-step
+// results gained a rank_report, outcomes an op_report); a change to any
+// field list, order or encoding shows up here. A deliberate
 // change of the wire format comes with a new `protocol_version`; regenerate
 // the files then with DCPP_WIRE_PIN_WRITE=1 set while running this test.
 
@@ -444,7 +472,8 @@ std::vector<std::pair<std::string, std::string>> pinned_frames() {
                                 caf::make_error(caf::sec::request_timeout)});
   add(central_save_plan_msg{hdr, sample_save_plan(2)});
   add(write_done_msg{hdr, sample_results(3),
-                     make_error(errc::storage_failure, "x")});
+                     make_error(errc::storage_failure, "x"),
+                     sample_rank_report()});
   add(commit_msg{hdr,
                  sample_metadata(),
                  {sample_results(0), {}, sample_results(2)}});
@@ -456,8 +485,10 @@ std::vector<std::pair<std::string, std::string>> pinned_frames() {
                                 {sample_load_plan()},
                                 make_error(errc::corrupt_item, "k")});
   add(central_load_plan_msg{lhdr, sample_load_plan()});
-  add(read_done_msg{lhdr, make_error(errc::checksum_mismatch, "k")});
-  add(op_outcome_msg{hdr, sample_error(), sample_metadata(), sample_failure()});
+  add(read_done_msg{lhdr, make_error(errc::checksum_mismatch, "k"),
+                    sample_rank_report()});
+  add(op_outcome_msg{hdr, sample_error(), sample_metadata(), sample_failure(),
+                     sample_op_report()});
   return out;
 }
 

@@ -86,11 +86,16 @@ struct scratch {
   }
 
   cli_result cli(const std::string& args) const {
+    return program(DCPP_CLI, args);
+  }
+
+  /// Runs `binary` with `args` (shell words).
+  cli_result program(const std::string& binary, const std::string& args) const {
     cli_result r;
     auto out = root / "stdout.txt";
     auto err = root / "stderr.txt";
-    r.code = run_shell(std::string{DCPP_CLI} + " " + args + " >" + out.string()
-                       + " 2>" + err.string());
+    r.code = run_shell(binary + " " + args + " >" + out.string() + " 2>"
+                       + err.string());
     r.out = slurp(out);
     r.err = slurp(err);
     return r;
@@ -518,6 +523,77 @@ TEST_CASE("usage errors exit with code 2") {
   auto help = s.cli("export --help");
   CHECK(help.code == 0);
   CHECK(help.out.find("flattened") != std::string::npos);
+}
+
+TEST_CASE("a mistyped subcommand gets a suggestion") {
+  scratch s;
+  auto r = s.cli("inpsect x");
+  check_one_line_error(r, 2);
+  CHECK(r.err.find("unknown subcommand 'inpsect'; did you mean 'inspect'?")
+        != std::string::npos);
+  auto far = s.cli("zzzzzzzz");
+  check_one_line_error(far, 2);
+  CHECK(far.err.find("unknown subcommand 'zzzzzzzz'") != std::string::npos);
+  CHECK(far.err.find("did you mean") == std::string::npos);
+}
+
+TEST_CASE("every program exits 2 on an unknown option and 0 on --help") {
+  scratch s;
+  for (const char* bin :
+       {DCPP_CLI, DCPP_WORKER, DCPP_LAUNCH, DCPP_COORDINATOR_BIN, DCPP_SOAK,
+        DCPP_BENCH, DCPP_DEMO}) {
+    INFO(bin);
+    auto bogus = s.program(bin, "--bogus");
+    INFO("stderr: " << bogus.err);
+    CHECK(bogus.code == 2);
+    CHECK(std::count(bogus.err.begin(), bogus.err.end(), '\n') == 1);
+    auto help = s.program(bin, "--help");
+    CHECK(help.code == 0);
+    // Defaults, the log level and the exit codes are in every --help.
+    CHECK(help.out.find("--log-level") != std::string::npos);
+    CHECK(help.out.find("SPDLOG_LEVEL") != std::string::npos);
+    CHECK(help.out.find("Exit codes: 0 ok, 1") != std::string::npos);
+  }
+  // ... and the environment variables a program reads.
+  auto worker = s.program(DCPP_WORKER, "--help");
+  for (const char* var : {"DCPP_SECRET", "DCPP_JOB_ID", "DCPP_FAULT",
+                          "DCPP_COORDINATOR", "MASTER_ADDR"})
+    CHECK(worker.out.find(var) != std::string::npos);
+  CHECK(worker.out.find("--peer-timeout-ms INT=5000") != std::string::npos);
+  auto launch = s.program(DCPP_LAUNCH, "--help");
+  CHECK(launch.out.find("DCPP_SECRET") != std::string::npos);
+  auto coord = s.program(DCPP_COORDINATOR_BIN, "--help");
+  CHECK(coord.out.find("DCPP_SECRET") != std::string::npos);
+}
+
+TEST_CASE("verify --json reports counts and every broken item") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto ok = s.cli("verify --json " + dir);
+  INFO(ok.out << ok.err);
+  CHECK(ok.code == 0);
+  auto j = nlohmann::json::parse(ok.out);
+  CHECK(j["ok"] == true);
+  CHECK(j["items"] == 4);
+  CHECK(j["broken"] == 0);
+  CHECK(j["checksums_checked"] == 4);
+  CHECK(j["problems"].empty());
+  auto file = fs::path{dir}
+              / read_md(dir)
+                  .storage_data.at(metadata_index{"big", shape_t{0}})
+                  .relative_path;
+  fs::resize_file(file, fs::file_size(file) / 2);
+  auto bad = s.cli("verify --json " + dir);
+  INFO(bad.out << bad.err);
+  CHECK(bad.code == 1);
+  auto b = nlohmann::json::parse(bad.out);
+  CHECK(b["ok"] == false);
+  REQUIRE(b["problems"].size() >= 1);
+  bool names_big = false;
+  for (const auto& p : b["problems"])
+    names_big = names_big || p["key"] == "big";
+  CHECK(names_big);
 }
 
 // -- hostile directories (issue 11) -------------------------------------------
