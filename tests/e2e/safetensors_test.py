@@ -37,7 +37,7 @@ except Exception as e:  # noqa: BLE001
     print(f"SKIP: torch cannot be imported by {sys.executable}: {e!r}")
     sys.exit(SKIP)
 
-tool, cli, case = sys.argv[1], sys.argv[2], sys.argv[3]
+tool, dcpp_cli, case = sys.argv[1], sys.argv[2], sys.argv[3]
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
@@ -225,28 +225,28 @@ def cli(tmp):
     src = os.path.join(tmp, "in.safetensors")
     write_file(src, expected(), {"format": "pt", "source": "test"})
     ckpt = os.path.join(tmp, "ckpt")
-    r = run(cli, "import", src, ckpt)
+    r = run(dcpp_cli, "import", src, ckpt)
     if r.returncode != 0:
         fail(f"import: {r.stdout}{r.stderr}")
-    r = run(cli, "inspect", ckpt)
+    r = run(dcpp_cli, "inspect", ckpt)
     if r.returncode != 0 or "row" not in r.stdout:
         fail(f"inspect of the imported checkpoint: {r.stdout}{r.stderr}")
     out = os.path.join(tmp, "out.safetensors")
-    r = run(cli, "export", ckpt, out)
+    r = run(dcpp_cli, "export", ckpt, out)
     if r.returncode != 0:
         fail(f"export: {r.stdout}{r.stderr}")
     got, meta = read_file(out)
     check_values(got, expected(), "import + export")
     if meta.get("source") != "test":
         fail(f"__metadata__ not kept through import + export: {meta}")
-    r = run(cli, "inspect", out)
+    r = run(dcpp_cli, "inspect", out)
     if r.returncode != 0 or "BF16" not in r.stdout or "source" not in r.stdout:
         fail(f"inspect {out}: {r.stdout}{r.stderr}")
     print(r.stdout)
     bad = os.path.join(tmp, "bad.safetensors")
     with open(bad, "wb") as f:
         f.write(struct.pack("<Q", 1 << 40))
-    r = run(cli, "inspect", bad)
+    r = run(dcpp_cli, "inspect", bad)
     if r.returncode != 1 or bad not in r.stderr:
         fail(f"inspect of a hostile file: exit {r.returncode}: {r.stderr}")
     print("ok: cli")
