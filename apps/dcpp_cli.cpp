@@ -18,6 +18,7 @@
 #include "storage/filesystem.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/posix_file.hpp"
+#include "storage/safetensors.hpp"
 #include "storage/state_dict.hpp"
 #include "storage/tensor_codec.hpp"
 
@@ -562,6 +563,151 @@ int run_prune(const std::string& root, size_t keep) {
   return 0;
 }
 
+// -- safetensors (issue 15) ---------------------------------------------------
+//
+// `__metadata__` of a safetensors file survives `import` + `export` as the
+// checkpoint's str value `__metadata__` (a JSON object of strings).
+
+constexpr const char* safetensors_metadata_key = "__metadata__";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size()
+         && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int run_inspect_safetensors(const std::string& path, bool as_json) {
+  auto info = read_safetensors_info(path);
+  if (!info)
+    return fail("inspect " + path, info.error());
+  const auto& md = info->md;
+  nlohmann::ordered_json j;
+  j["format"] = "safetensors";
+  j["files"] = info->files;
+  j["metadata"] = info->user_metadata;
+  nlohmann::ordered_json tensors = nlohmann::ordered_json::object();
+  std::vector<row> rows;
+  std::vector<std::string> bytes_keys;
+  uint64_t total = 0;
+  for (const auto& [fqn, item] : md.state_dict_metadata) {
+    if (item.kind == item_kind::bytes) {
+      bytes_keys.push_back(fqn);
+      continue;
+    }
+    const auto& si = md.storage_data.at(
+      metadata_index{fqn, shape_t(item.tensor.size.size(), 0)});
+    total += si.length;
+    auto dt = info->dtype_names.at(fqn);
+    tensors[fqn] = {{"dtype", dt},
+                    {"shape", item.tensor.size},
+                    {"file", si.relative_path},
+                    {"offset", si.offset},
+                    {"length", si.length}};
+    rows.push_back({{fqn, dt, join_shape(item.tensor.size), si.relative_path,
+                     std::to_string(si.offset), std::to_string(si.length)}});
+  }
+  j["tensors"] = tensors;
+  j["bytes"] = bytes_keys;
+  j["tensor_bytes"] = total;
+  if (as_json) {
+    std::cout << j.dump(2) << std::endl;
+    return 0;
+  }
+  print_table({"key", "dtype", "shape", "file", "offset", "length"}, rows);
+  for (const auto& key : bytes_keys)
+    std::cout << "bytes value: " << key << std::endl;
+  for (const auto& [k, v] : info->user_metadata)
+    std::cout << "__metadata__: " << k << " = " << v << std::endl;
+  std::cout << rows.size() << " tensors (" << total << " bytes), "
+            << bytes_keys.size() << " bytes values in " << info->files.size()
+            << " safetensors file(s)" << std::endl;
+  return 0;
+}
+
+/// A DCP checkpoint directory -> one safetensors file of full tensors.
+int run_export_safetensors(const std::string& dir, const std::string& out) {
+  auto what = "export " + dir;
+  auto ci = load_metadata(dir);
+  if (!ci)
+    return fail(what, ci.error());
+  auto sd = make_state_dict_for(ci->md);
+  checkpointer_options opts;
+  opts.no_dist = true;
+  safetensors_writer_options wopts;
+  auto parent = fs::path{out}.parent_path().string();
+  wopts.file_name = fs::path{out}.filename().string();
+  {
+    checkpointer cp{nullptr, make_filesystem_reader(dir), opts};
+    if (auto err = cp.load(sd))
+      return fail(what, err);
+  }
+  // The str value `__metadata__` (from an import) becomes the header's.
+  state_dict rest;
+  for (auto& [key, v] : sd.entries()) {
+    auto* b = std::get_if<bytes_value>(&v);
+    if (key == safetensors_metadata_key && b) {
+      auto text = b->to_string();
+      auto doc = text ? nlohmann::json::parse(*text, nullptr, false)
+                      : nlohmann::json{};
+      if (doc.is_object()) {
+        for (auto& [k, x] : doc.items())
+          if (x.is_string())
+            wopts.metadata[k] = x.get<std::string>();
+        continue;
+      }
+    }
+    rest.set(key, std::move(v));
+  }
+  checkpointer cp{make_safetensors_writer(parent.empty() ? "." : parent, wopts),
+                  nullptr, opts};
+  auto md = cp.save(rest);
+  if (!md)
+    return fail("export " + out, md.error());
+  std::cout << "exported " << md->state_dict_metadata.size() << " keys ("
+            << tensor_bytes(*md) << " tensor bytes) to " << out << std::endl;
+  return 0;
+}
+
+/// A safetensors file (or index, or directory) -> a DCP checkpoint.
+int run_import_safetensors(const std::string& in, const std::string& dir,
+                           const std::string& flavor_str, bool force) {
+  auto what = "import " + in;
+  auto flavor = parse_metadata_flavor(flavor_str);
+  if (!flavor)
+    return fail(what, flavor.error());
+  std::error_code ec;
+  if (!force && fs::exists(fs::path{dir} / ".metadata", ec))
+    return fail("import " + dir,
+                make_error(errc::invalid_argument,
+                           "already holds a checkpoint (use --force)"));
+  auto info = read_safetensors_info(in);
+  if (!info)
+    return fail(what, info.error());
+  auto sd = make_state_dict_for(info->md);
+  checkpointer_options opts;
+  opts.no_dist = true;
+  {
+    checkpointer cp{nullptr, make_safetensors_reader(in), opts};
+    if (auto err = cp.load(sd))
+      return fail(what, err);
+  }
+  if (!info->user_metadata.empty()) {
+    if (sd.find(safetensors_metadata_key))
+      return fail(what, make_error(errc::conflicting_item,
+                                   "a tensor is named __metadata__"));
+    nlohmann::json doc = info->user_metadata;
+    sd.set(safetensors_metadata_key, bytes_value::from_string(doc.dump()));
+  }
+  filesystem_writer_options wopts;
+  wopts.flavor = *flavor;
+  checkpointer cp{make_filesystem_writer(dir, wopts), nullptr, opts};
+  auto md = cp.save(sd);
+  if (!md)
+    return fail("import " + dir, md.error());
+  std::cout << "imported " << md->state_dict_metadata.size() << " keys ("
+            << tensor_bytes(*md) << " tensor bytes) into " << dir << std::endl;
+  return 0;
+}
+
 int run_main(int argc, char** argv) {
   CLI::App app{"dcpp: inspect, export, import and verify PyTorch DCP "
                "checkpoint directories; find and prune step directories"};
@@ -628,10 +774,16 @@ int run_main(int argc, char** argv) {
   if (int rc = cli::parse(app, argc, argv, "dcpp"); rc >= 0)
     return rc;
   cli::init_logging(log, "dcpp");
+  if (inspect->parsed() && is_safetensors_path(dir))
+    return run_inspect_safetensors(dir, as_json);
   if (inspect->parsed())
     return run_inspect(dir, as_json);
+  if (exp->parsed() && ends_with(file, ".safetensors"))
+    return run_export_safetensors(dir, file);
   if (exp->parsed())
     return run_export(dir, file);
+  if (imp->parsed() && is_safetensors_path(file))
+    return run_import_safetensors(file, dir, flavor, force);
   if (imp->parsed())
     return run_import(file, dir, flavor, force);
   if (latest->parsed())
