@@ -280,4 +280,36 @@ caf::error checkpointer::load(state_dict& sd) {
   return caf::none;
 }
 
+save_result checkpointer::save(const state_dict& sd,
+                               const std::string& checkpoint_id) {
+  if (auto err = begin(writer_ != nullptr, "writer"))
+    return err;
+  if (auto err = writer_->reset(checkpoint_id))
+    return err;
+  return save(sd);
+}
+
+std::future<save_result>
+checkpointer::async_save(const state_dict& sd,
+                         const std::string& checkpoint_id) {
+  caf::error err = begin(writer_ != nullptr, "writer");
+  if (!err)
+    err = writer_->reset(checkpoint_id);
+  if (err) {
+    std::promise<save_result> failed;
+    failed.set_value(std::move(err));
+    return failed.get_future();
+  }
+  return async_save(sd);
+}
+
+caf::error checkpointer::load(state_dict& sd,
+                              const std::string& checkpoint_id) {
+  if (auto err = begin(reader_ != nullptr, "reader"))
+    return err;
+  if (auto err = reader_->reset(checkpoint_id))
+    return err;
+  return load(sd);
+}
+
 } // namespace dcpp

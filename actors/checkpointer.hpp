@@ -76,6 +76,16 @@ public:
   /// of `sd` (in place; resharding as needed). Collective.
   caf::error load(state_dict& sd);
 
+  /// `save`, `async_save` and `load` of the checkpoint `checkpoint_id` (for
+  /// the file system: its directory): the storage is `reset` to it first
+  /// (after a background save finished), so one checkpointer serves many
+  /// checkpoints (DCP's `checkpoint_id`). Fails with `errc::unsupported`
+  /// for a storage without `reset`.
+  save_result save(const state_dict& sd, const std::string& checkpoint_id);
+  std::future<save_result> async_save(const state_dict& sd,
+                                      const std::string& checkpoint_id);
+  caf::error load(state_dict& sd, const std::string& checkpoint_id);
+
   const checkpointer_options& options() const {
     return opts_;
   }

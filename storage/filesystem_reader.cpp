@@ -56,6 +56,14 @@ public:
       opts_.thread_count = 1;
   }
 
+  caf::error reset(const std::string& checkpoint_id) override {
+    if (checkpoint_id.empty())
+      return make_error(errc::invalid_argument,
+                        "reset: an empty checkpoint directory");
+    dir_ = checkpoint_id;
+    return {};
+  }
+
   caf::expected<metadata> read_metadata() override {
     return read_metadata_file(dir_);
   }

@@ -436,6 +436,14 @@ public:
       opts_.thread_count = 1;
   }
 
+  caf::error reset(const std::string& checkpoint_id) override {
+    if (checkpoint_id.empty())
+      return make_error(errc::invalid_argument,
+                        "reset: an empty checkpoint directory");
+    dir_ = checkpoint_id;
+    return {};
+  }
+
   caf::error set_up(bool is_coordinator, int32_t rank) override {
     is_coordinator_ = is_coordinator;
     rank_ = rank;

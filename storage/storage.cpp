@@ -1,8 +1,16 @@
 #include "storage/storage.hpp"
 
+#include "core/error.hpp"
+
 namespace dcpp {
 
 storage_writer::~storage_writer() = default;
+
+caf::error storage_writer::reset(const std::string& checkpoint_id) {
+  return make_error(errc::unsupported,
+                    "this storage writer cannot switch to checkpoint "
+                      + checkpoint_id);
+}
 
 void storage_writer::abort() {
   // nop: nothing to remove by default
@@ -14,6 +22,12 @@ std::vector<save_plan> storage_writer::split_plan(const save_plan& plan,
 }
 
 storage_reader::~storage_reader() = default;
+
+caf::error storage_reader::reset(const std::string& checkpoint_id) {
+  return make_error(errc::unsupported,
+                    "this storage reader cannot switch to checkpoint "
+                      + checkpoint_id);
+}
 
 caf::expected<load_plan> storage_reader::prepare_local_plan(load_plan plan) {
   return plan;

@@ -65,9 +65,16 @@ public:
 /// 5. coordinator:     `finish(metadata, every rank's results)` — the
 ///                     commit; only after every rank's step 4 succeeded.
 /// On any failure every rank may call `abort()` to drop what it wrote.
+/// Before step 1, `reset(checkpoint_id)` may point the writer at another
+/// checkpoint (`checkpointer::save(sd, id)`; DCP's `reset`).
 class storage_writer {
 public:
   virtual ~storage_writer();
+
+  /// Makes the next save write the checkpoint `checkpoint_id` (for the
+  /// file system: its directory). Never called while a save runs. The
+  /// default fails with `errc::unsupported`.
+  [[nodiscard]] virtual caf::error reset(const std::string& checkpoint_id);
 
   [[nodiscard]] virtual caf::error set_up(bool is_coordinator, int32_t rank)
     = 0;
@@ -102,9 +109,15 @@ public:
 /// 3. every rank:      `prepare_local_plan(local plan)`
 /// 4. coordinator:     `prepare_global_plan(all local plans)`
 /// 5. every rank:      `read_data(central plan, target)`
+/// Before step 1, `reset(checkpoint_id)` may point the reader at another
+/// checkpoint (`checkpointer::load(sd, id)`; DCP's `reset`).
 class storage_reader {
 public:
   virtual ~storage_reader();
+
+  /// Makes the next load read the checkpoint `checkpoint_id` (for the file
+  /// system: its directory). The default fails with `errc::unsupported`.
+  [[nodiscard]] virtual caf::error reset(const std::string& checkpoint_id);
 
   [[nodiscard]] virtual caf::expected<metadata> read_metadata() = 0;
 
