@@ -80,7 +80,6 @@ caf::expected<load_plan>
 create_default_local_load_plan(const state_dict_view& request,
                                const metadata& md, const load_options& opts);
 
-
 /// The saved chunks of one tensor, ordered for resharding: sorted by their
 /// offset along the tensor's largest dimension, with a running maximum of
 /// their ends, so that the chunks a local box overlaps are found by binary
