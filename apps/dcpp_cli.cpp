@@ -373,28 +373,43 @@ int run_export(const std::string& dir, const std::string& out) {
 
 // -- import -------------------------------------------------------------------
 
-int run_import(const std::string& in, const std::string& dir,
-               const std::string& flavor_str, bool force) {
-  auto what = "import " + in;
+/// The writer options of an import of `in` into `dir`: -1, or the exit code
+/// of a refusal (an unknown flavor; a checkpoint already in `dir` without
+/// --force).
+int import_target(const std::string& in, const std::string& dir,
+                  const std::string& flavor_str, bool force,
+                  filesystem_writer_options& wopts) {
   auto flavor = parse_metadata_flavor(flavor_str);
   if (!flavor)
-    return fail(what, flavor.error());
+    return fail("import " + in, flavor.error());
   std::error_code ec;
   if (!force && fs::exists(fs::path{dir} / ".metadata", ec))
     return fail("import " + dir,
                 make_error(errc::invalid_argument,
                            "already holds a checkpoint (use --force)"));
-  filesystem_writer_options wopts;
   wopts.flavor = *flavor;
+  return -1;
+}
+
+/// The line an import prints when it committed.
+int imported(const metadata& md, const std::string& dir) {
+  std::cout << "imported " << md.state_dict_metadata.size() << " keys ("
+            << tensor_bytes(md) << " tensor bytes) into " << dir << std::endl;
+  return 0;
+}
+
+int run_import(const std::string& in, const std::string& dir,
+               const std::string& flavor_str, bool force) {
+  filesystem_writer_options wopts;
+  if (int rc = import_target(in, dir, flavor_str, force, wopts); rc >= 0)
+    return rc;
   // Read through dcpp's restricted unpickler: nothing in the file runs, and
   // nothing is written unless all of it reads.
   auto md = import_torch_save(in, make_filesystem_writer(dir, wopts));
   // Errors reading the file name it, errors writing name the directory.
   if (!md)
     return fail("import", md.error());
-  std::cout << "imported " << md->state_dict_metadata.size() << " keys ("
-            << tensor_bytes(*md) << " tensor bytes) into " << dir << std::endl;
-  return 0;
+  return imported(*md, dir);
 }
 
 // -- verify -------------------------------------------------------------------
@@ -671,14 +686,9 @@ int run_export_safetensors(const std::string& dir, const std::string& out) {
 int run_import_safetensors(const std::string& in, const std::string& dir,
                            const std::string& flavor_str, bool force) {
   auto what = "import " + in;
-  auto flavor = parse_metadata_flavor(flavor_str);
-  if (!flavor)
-    return fail(what, flavor.error());
-  std::error_code ec;
-  if (!force && fs::exists(fs::path{dir} / ".metadata", ec))
-    return fail("import " + dir,
-                make_error(errc::invalid_argument,
-                           "already holds a checkpoint (use --force)"));
+  filesystem_writer_options wopts;
+  if (int rc = import_target(in, dir, flavor_str, force, wopts); rc >= 0)
+    return rc;
   auto info = read_safetensors_info(in);
   if (!info)
     return fail(what, info.error());
@@ -697,15 +707,11 @@ int run_import_safetensors(const std::string& in, const std::string& dir,
     nlohmann::json doc = info->user_metadata;
     sd.set(safetensors_metadata_key, bytes_value::from_string(doc.dump()));
   }
-  filesystem_writer_options wopts;
-  wopts.flavor = *flavor;
   checkpointer cp{make_filesystem_writer(dir, wopts), nullptr, opts};
   auto md = cp.save(sd);
   if (!md)
     return fail("import " + dir, md.error());
-  std::cout << "imported " << md->state_dict_metadata.size() << " keys ("
-            << tensor_bytes(*md) << " tensor bytes) into " << dir << std::endl;
-  return 0;
+  return imported(*md, dir);
 }
 
 int run_main(int argc, char** argv) {
