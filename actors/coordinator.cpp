@@ -192,13 +192,15 @@ void fail(coord_ptr self, coord_op& op) {
                              std::move(op.failures)};
   auto err = make_checkpoint_failure(failure);
   spdlog::debug("dcpp coordinator {}: {}", self->state.rank, describe(err));
+  // The progress line ends before any rank learns the outcome: the
+  // coordinator rank's program prints its result right after.
+  notify(self, op, progress_update::state::failed);
   auto n = world_size(self);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
                  op_outcome_msg{reply_header(self, op.id, r), err, metadata{},
                                 failure, op_report{}});
   ++self->state.stats.ops_failed;
-  notify(self, op, progress_update::state::failed);
   close(self, op.id.seq);
 }
 
@@ -206,11 +208,12 @@ void fail(coord_ptr self, coord_op& op) {
 void succeed(coord_ptr self, coord_op& op) {
   auto n = world_size(self);
   op.report.total_us = micros(clock_type::now() - op.t_open);
+  // Before the outcomes (see fail): the final line, then the results.
+  notify(self, op, progress_update::state::done);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
                  op_outcome_msg{reply_header(self, op.id, r), caf::error{},
                                 op.md, checkpoint_failure{}, op.report});
-  notify(self, op, progress_update::state::done);
   ++self->state.stats.ops_committed;
   close(self, op.id.seq);
 }
