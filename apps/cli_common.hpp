@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <string>
 
 namespace dcpp::cli {
@@ -52,6 +53,10 @@ void set_log_tag(const std::string& tag);
 
 /// The closest of `candidates` to `word` (edit distance at most 2, or a
 /// prefix), or empty.
+/// A loopback TCP port the kernel considers free right now; 0 if none
+/// could be found. (Another process may take it before the caller binds.)
+uint16_t free_loopback_port();
+
 std::string closest(const std::string& word,
                     const std::vector<std::string>& candidates);
 

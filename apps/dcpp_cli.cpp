@@ -334,19 +334,28 @@ c10::IValue decode_bytes(const std::string& key, const bytes_value& b) {
   return c10::IValue{t};
 }
 
+/// Every value of the checkpoint in `dir` (whose metadata is `md`), read on
+/// one rank: what both exports write out.
+caf::expected<state_dict> read_whole_checkpoint(const std::string& dir,
+                                                const metadata& md) {
+  auto sd = make_state_dict_for(md);
+  checkpointer_options opts;
+  opts.no_dist = true;
+  checkpointer cp{nullptr, make_filesystem_reader(dir), opts};
+  if (auto err = cp.load(sd))
+    return err;
+  return sd;
+}
+
 int run_export(const std::string& dir, const std::string& out) {
   auto what = "export " + dir;
   auto ci = load_metadata(dir);
   if (!ci)
     return fail(what, ci.error());
-  auto sd = make_state_dict_for(ci->md);
-  checkpointer_options opts;
-  opts.no_dist = true;
-  checkpointer cp{make_filesystem_writer(dir), make_filesystem_reader(dir),
-                  opts};
-  if (auto err = cp.load(sd))
-    return fail(what, err);
-  auto flat = flatten(sd);
+  auto sd = read_whole_checkpoint(dir, ci->md);
+  if (!sd)
+    return fail(what, sd.error());
+  auto flat = flatten(*sd);
   if (!flat)
     return fail(what, flat.error());
   c10::impl::GenericDict dict{c10::StringType::get(), c10::AnyType::get()};
@@ -644,20 +653,17 @@ int run_export_safetensors(const std::string& dir, const std::string& out) {
   auto ci = load_metadata(dir);
   if (!ci)
     return fail(what, ci.error());
-  auto sd = make_state_dict_for(ci->md);
+  auto sd = read_whole_checkpoint(dir, ci->md);
+  if (!sd)
+    return fail(what, sd.error());
   checkpointer_options opts;
   opts.no_dist = true;
   safetensors_writer_options wopts;
   auto parent = fs::path{out}.parent_path().string();
   wopts.file_name = fs::path{out}.filename().string();
-  {
-    checkpointer cp{nullptr, make_filesystem_reader(dir), opts};
-    if (auto err = cp.load(sd))
-      return fail(what, err);
-  }
   // The str value `__metadata__` (from an import) becomes the header's.
   state_dict rest;
-  for (auto& [key, v] : sd.entries()) {
+  for (auto& [key, v] : sd->entries()) {
     auto* b = std::get_if<bytes_value>(&v);
     if (key == safetensors_metadata_key && b) {
       auto text = b->to_string();

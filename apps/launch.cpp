@@ -59,24 +59,6 @@ void on_signal(int sig) {
   pending_signal = sig;
 }
 
-/// A port the kernel considers free right now.
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0)
-    return 29500;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 29500;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0
-      && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
-}
-
 std::string random_secret() {
   std::array<unsigned char, 16> buf{};
   std::ifstream urandom{"/dev/urandom", std::ios::binary};
@@ -251,7 +233,10 @@ int main(int argc, char** argv) {
   }
 
   if (master_port == 0)
-    master_port = free_port();
+    if (auto port = dcpp::cli::free_loopback_port(); port != 0)
+      master_port = port;
+    else
+      master_port = 29500;
   // The job's secret (the ranks derive their CURVE keys from it): the
   // caller's DCPP_SECRET or DCPP_SECRET_FILE, else a fresh one.
   const char* env_secret = std::getenv("DCPP_SECRET");

@@ -447,20 +447,6 @@ struct rank_groups {
   }
 };
 
-uint16_t free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  uint16_t port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0
-      && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
-}
-
 void make_groups(rank_groups& out, caf::actor_system& sys, int32_t world,
                  int32_t coord) {
   if (cfg.transport == "local") {
@@ -470,7 +456,7 @@ void make_groups(rank_groups& out, caf::actor_system& sys, int32_t world,
   out.hub = coord;
   launch_env env;
   env.world_size = world;
-  env.master_port = free_loopback_port();
+  env.master_port = cli::free_loopback_port();
   env.secret = "dcpp-soak-" + std::to_string(cfg.seed);
   env.job_id = "dcpp-soak";
   zmq_options zopts;
