@@ -376,9 +376,12 @@ void ask(agent_ptr self, agent_op& op, const Handle& hdl, std::string what,
     = std::conditional_t<caf::is_atom_constant<Result>::value, Result, Result&>;
   auto seq = op.id.seq;
   ++op.inflight;
+  auto t0 = clock_type::now();
   self->request(hdl, op.timeout, std::forward<Ts>(xs)...)
     .then(
       [=](arg x) mutable {
+        spdlog::trace("dcpp agent: {} took {} us", what,
+                      micros(clock_type::now() - t0));
         if (auto op = on_reply(self, seq))
           next(*op, x);
       },

@@ -20,6 +20,7 @@
 #include "core/error.hpp"
 #include "core/planner.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <string_view>
 #include <unordered_map>
@@ -48,35 +49,105 @@ struct fqn_signature {
   uint32_t id;
 };
 
-/// An index (fqn and chunk offset) by the fqn's number and a pointer to
-/// the offset of the first item seen with it: grouping a million items
-/// hashes small integers instead of comparing strings in an ordered map
-/// (1024 ranks x 1000 tensors spent ~60 % of the global plan there).
-struct index_key {
-  uint32_t fqn;
-  bool has_offset;
-  const shape_t* offset;
+/// The groups of equal indexes (fqn and chunk offset), in an open-addressing
+/// table: grouping a million items (1024 ranks x 1000 tensors) is bound by
+/// cache misses, and a node-based map paid three per item (the bucket, the
+/// node, and the first item's offset vector for the compare). A 32-byte
+/// slot holds a hash, the fqn's number and up to two offsets, so a lookup
+/// touches one slot besides the item's own offsets; longer offsets are
+/// compared with the group's first one. Grows at half full.
+class index_groups {
+public:
+  static constexpr uint32_t inline_dims = 2;
 
-  friend bool operator==(const index_key& x, const index_key& y) {
-    return x.fqn == y.fqn && x.has_offset == y.has_offset
-           && *x.offset == *y.offset;
+  /// The group of (fqn, has_offset, offset), numbered in order of
+  /// appearance; `added` tells whether it is new.
+  uint32_t find_or_add(uint32_t fqn, bool has_offset, const shape_t& offset,
+                       bool& added) {
+    if (2 * (firsts_.size() + 1) > slots_.size())
+      grow();
+    auto h = hash(fqn, has_offset, offset);
+    auto dims = static_cast<uint16_t>(std::min<size_t>(offset.size(), 0xFFFF));
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      auto& s = slots_[i];
+      if (s.group == empty) {
+        s.hash = h;
+        s.fqn = fqn;
+        s.dims = dims;
+        s.has_offset = has_offset;
+        for (size_t d = 0; d < std::min<size_t>(dims, inline_dims); ++d)
+          s.offset[d] = offset[d];
+        s.group = static_cast<uint32_t>(firsts_.size());
+        firsts_.push_back(&offset);
+        added = true;
+        return s.group;
+      }
+      if (s.hash == h && s.fqn == fqn && s.dims == dims
+          && s.has_offset == has_offset && same_offset(s, offset)) {
+        added = false;
+        return s.group;
+      }
+    }
   }
-};
 
-struct index_key_hash {
-  size_t operator()(const index_key& k) const noexcept {
-    // FNV-1a over the fqn number and the offsets.
+private:
+  static constexpr uint32_t empty = UINT32_MAX;
+
+  struct slot {
+    uint32_t hash = 0;
+    uint32_t group = empty;
+    uint32_t fqn = 0;
+    uint16_t dims = 0;
+    bool has_offset = false;
+    int64_t offset[inline_dims] = {};
+  };
+
+  bool same_offset(const slot& s, const shape_t& offset) const {
+    if (offset.size() > inline_dims)
+      return *firsts_[s.group] == offset;
+    for (size_t d = 0; d < offset.size(); ++d)
+      if (s.offset[d] != offset[d])
+        return false;
+    return true;
+  }
+
+  void grow() {
+    std::vector<slot> old = std::move(slots_);
+    size_t cap = std::max<size_t>(1024, old.size() * 2);
+    slots_.assign(cap, slot{});
+    mask_ = cap - 1;
+    for (const auto& s : old) {
+      if (s.group == empty)
+        continue;
+      auto i = s.hash & mask_;
+      while (slots_[i].group != empty)
+        i = (i + 1) & mask_;
+      slots_[i] = s;
+    }
+  }
+
+  static uint32_t hash(uint32_t fqn, bool has_offset, const shape_t& offset) {
+    // FNV-1a over the fqn number and the offsets, then a final mix so that
+    // the low bits (the slot) depend on every input bit.
     uint64_t h = 1469598103934665603ull;
     auto mix = [&h](uint64_t v) {
       h ^= v;
       h *= 1099511628211ull;
     };
-    mix(k.fqn);
-    mix(k.has_offset);
-    for (auto v : *k.offset)
+    mix(fqn);
+    mix(has_offset);
+    for (auto v : offset)
       mix(static_cast<uint64_t>(v));
-    return static_cast<size_t>(h);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return static_cast<uint32_t>(h);
   }
+
+  std::vector<slot> slots_;
+  size_t mask_ = 0;
+  /// Per group: the offset of its first item.
+  std::vector<const shape_t*> firsts_;
 };
 
 caf::error check_same_fqn(const fqn_signature& first, size_t rank,
@@ -121,8 +192,7 @@ dedup_save_plans(std::vector<save_plan> plans, bool to_lowest_rank) {
     base[rank + 1] = base[rank] + plans[rank].items.size();
   const size_t total = base.back();
   std::unordered_map<std::string_view, fqn_signature> signatures;
-  std::unordered_map<index_key, uint32_t, index_key_hash> group_of;
-  group_of.reserve(total);
+  index_groups group_of;
   std::vector<uint32_t> group_of_item(total);
   std::vector<uint32_t> holder_count; // per group
   std::vector<size_t> last_holder;    // per group: item number
@@ -136,10 +206,9 @@ dedup_save_plans(std::vector<save_plan> plans, bool to_lowest_rank) {
       if (!fresh)
         if (auto err = check_same_fqn(sig->second, rank, item))
           return err;
-      index_key key{sig->second.id, item.index.has_offset, &item.index.offset};
-      auto next_group = static_cast<uint32_t>(holder_count.size());
-      auto [git, added] = group_of.try_emplace(key, next_group);
-      auto g = git->second;
+      bool added = false;
+      auto g = group_of.find_or_add(sig->second.id, item.index.has_offset,
+                                    item.index.offset, added);
       if (added) {
         holder_count.push_back(0);
         last_holder.push_back(0);

@@ -37,7 +37,8 @@ bool plain_file_name(const std::string& name) {
          && name.find("..") == std::string::npos && name != ".";
 }
 
-caf::expected<metadata> read_metadata_file(const std::string& dir) {
+caf::expected<metadata> read_metadata_file(const std::string& dir,
+                                           std::string* bytes_read) {
   auto path = join(dir, metadata_name);
   int err = 0;
   auto opened = open_regular_file(path, &err);
@@ -79,6 +80,8 @@ caf::expected<metadata> read_metadata_file(const std::string& dir) {
     auto md = decode_metadata(bytes);
     if (!md)
       return with_context(md.error(), path, errc::corrupt_metadata);
+    if (bytes_read != nullptr)
+      *bytes_read = std::move(bytes);
     return md;
   } catch (const std::exception& ex) {
     return make_error(errc::corrupt_metadata, path + ": " + ex.what());

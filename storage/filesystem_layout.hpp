@@ -27,7 +27,10 @@ bool plain_file_name(const std::string& name);
 /// a regular file (a FIFO fails at once instead of blocking),
 /// errc::too_large beyond 1 GiB, errc::corrupt_metadata if it cannot be
 /// decoded.
-caf::expected<metadata> read_metadata_file(const std::string& dir);
+/// With `bytes_read`, also hands out the file's bytes (what identifies the
+/// checkpoint a rank read, without encoding the metadata again).
+caf::expected<metadata> read_metadata_file(const std::string& dir,
+                                           std::string* bytes_read = nullptr);
 
 /// Checks that every storage entry of `md` names a plain, regular file of
 /// `dir` (a symbolic link is never followed) that holds the entry's bytes;

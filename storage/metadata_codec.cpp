@@ -4,7 +4,6 @@
 #include "storage/pickle.hpp"
 
 #include <algorithm>
-#include <unordered_set>
 
 // Decoding runs in three steps: the restricted pickle VM turns the bytes
 // into an inert value graph; `check_globals` walks the whole graph and
@@ -134,22 +133,14 @@ caf::error corrupt(const std::string& what) {
   return make_error(errc::corrupt_metadata, ".metadata: " + what);
 }
 
-/// Refuses any global outside the list above, wherever it appears.
-caf::error check_globals(const value_ptr& root) {
-  std::unordered_set<const value*> seen;
-  std::vector<const value*> todo{root.get()};
-  while (!todo.empty()) {
-    auto x = todo.back();
-    todo.pop_back();
-    if (!x || !seen.insert(x).second)
-      continue;
-    if (x->is(kind::global) && classify(*x) == global_tag::unknown)
-      return corrupt("refusing global '" + x->s + "." + x->name + "'");
-    for (const auto& item : x->items)
-      todo.push_back(item.get());
-    todo.push_back(x->state.get());
-  }
-  return {};
+/// The pickle VM's gate (`read_limits::allow_global`): any global outside
+/// the list above is refused wherever it appears, before it is built.
+bool known_global(std::string_view module, std::string_view name) {
+  value g;
+  g.k = kind::global;
+  g.s.assign(module.data(), module.size());
+  g.name.assign(name.data(), name.size());
+  return classify(g) != global_tag::unknown;
 }
 
 // -- interpretation -----------------------------------------------------------
@@ -784,11 +775,10 @@ caf::expected<metadata> decode_metadata(std::string_view bytes) {
   // default memo limit; each memo entry costs at least one input byte, so
   // the input size still bounds it.
   limits.max_memo = std::max(limits.max_memo, bytes.size());
+  limits.allow_global = known_global;
   auto root = pickle::read(bytes, limits);
   if (!root)
     return with_context(root.error(), ".metadata", errc::corrupt_metadata);
-  if (auto err = check_globals(*root))
-    return err;
   // See `interpreter`: real files decode to a few times their size.
   interpreter interp{64 * static_cast<uint64_t>(bytes.size()) + (1u << 20)};
   return interp.run(*root);

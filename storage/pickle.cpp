@@ -638,11 +638,20 @@ private:
     return push_int(x);
   }
 
+  caf::error check_allowed(std::string_view module, std::string_view name) {
+    if (limits_.allow_global == nullptr || limits_.allow_global(module, name))
+      return {};
+    return fail("refusing global '" + std::string{module} + "."
+                + std::string{name} + "'");
+  }
+
   caf::error push_global(std::string_view module, std::string_view name) {
     if (module.empty() || name.empty())
       return fail("empty global name");
     if (!valid_utf8(module) || !valid_utf8(name))
       return fail("global name is not valid UTF-8");
+    if (auto err = check_allowed(module, name))
+      return err;
     auto result = make(kind::global);
     result->s.assign(module.data(), module.size());
     result->name.assign(name.data(), name.size());
@@ -876,7 +885,10 @@ private:
         return extend_dict(target, std::move(xs));
       }
       // sets
-      case op::empty_set: return push(make_set_node("set", {}));
+      case op::empty_set:
+        if (auto err = check_allowed("builtins", "set"))
+          return err;
+        return push(make_set_node("set", {}));
       case op::additems: {
         std::vector<node_ptr> xs;
         node_ptr target;
@@ -889,6 +901,8 @@ private:
       case op::frozenset: {
         std::vector<node_ptr> xs;
         if (auto err = pop_mark(xs))
+          return err;
+        if (auto err = check_allowed("builtins", "frozenset"))
           return err;
         auto result = make_set("frozenset", std::move(xs));
         if (auto err = check_depth(result))

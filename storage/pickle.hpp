@@ -118,6 +118,13 @@ struct read_limits {
   size_t max_depth = 256;
   /// Most memo entries.
   size_t max_memo = 1u << 20;
+  /// When set, every global the pickle names (GLOBAL, STACK_GLOBAL, and the
+  /// `builtins.set`/`frozenset` of set opcodes) must pass it, or the read
+  /// fails with "refusing global 'module.name'". Checking as the globals
+  /// appear costs nothing; walking the decoded graph for them afterwards
+  /// took as long as decoding it.
+  bool (*allow_global)(std::string_view module, std::string_view name)
+    = nullptr;
 };
 
 /// Decodes one pickle (protocol 0-5 framing, opcodes listed in
