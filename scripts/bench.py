@@ -157,7 +157,7 @@ class Runner:
         c, alloc, err = self.dcpp_op("load", world, mode, size, ckpt, verify=True)
         if err:
             return dict(rec, error=err, verified=False)
-        w, _, err = self.dcpp_op("load", world, mode, size, ckpt)
+        w, _, err = self.dcpp_op("load", world, mode, size, ckpt, verify=self.args.verify_warm)
         if err:
             return dict(rec, error=err)
         rec.update(load_cold_s=c, load_cold_GBps=gb / c, load_warm_s=w, load_warm_GBps=gb / w,
@@ -262,6 +262,8 @@ def main():
     ap.add_argument("--hidden", type=int, default=1024, help="hidden size of the layout (smaller: more tensors)")
     ap.add_argument("--threads", type=int, default=None,
                     help="dcpp I/O threads per rank (default: the programs' own default)")
+    ap.add_argument("--verify-warm", action="store_true",
+                    help="dcpp: verify warm loads too (cold loads always are; verifying is not timed)")
     ap.add_argument("--reshard-from", type=int, default=2)
     ap.add_argument("--reshard-to", default="3,4")
     ap.add_argument("--async-saves", type=int, default=3, help="async saves per async row (at least 2)")

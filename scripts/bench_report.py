@@ -268,6 +268,22 @@ def write_report(lines, path):
         f.write(text)
 
 
+def _bars(ax, groups, series):
+    """Grouped bars with min-max whiskers: `series` is [(label, color, [values per group])],
+    each values entry a list over rounds."""
+    width = 0.8 / len(series)
+    for i, (label, color, per_group) in enumerate(series):
+        xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(groups))]
+        mids = [med(v) or 0 for v in per_group]
+        lo = [m - min(v) if v else 0 for m, v in zip(mids, per_group)]
+        hi = [max(v) - m if v else 0 for m, v in zip(mids, per_group)]
+        ax.bar(xs, mids, width=width, label=label, color=color, yerr=[lo, hi], capsize=2,
+               error_kw={"elinewidth": 0.8})
+    ax.set_xticks(list(range(len(groups))))
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_ylabel("GB/s (median, min-max)")
+
+
 def draw_chart(run, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -277,26 +293,40 @@ def draw_chart(run, path):
     configs = [(w, m) for w, m, _ in run.configs("main")]
     if size is None or not configs:
         return False
+    impls = (("dcp", "PyTorch DCP 1.13", "tab:gray"), ("dcpp", "dcpp", "tab:blue"))
     metrics = (("save_GBps", "save", "write_direct"), ("load_cold_GBps", "cold load", "read_cold"),
                ("load_warm_GBps", "warm load", "read_warm"))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
-    x = range(len(configs))
-    for ax, (key, title, lim) in zip(axes, metrics):
-        for i, (impl, label, color) in enumerate((("dcp", "PyTorch DCP 1.13", "tab:gray"),
-                                                  ("dcpp", "dcpp", "tab:blue"))):
-            vals = [med([r.get(key) for r in run.find("main", impl, size, w, m)]) or 0 for w, m in configs]
-            ax.bar([k + (i - 0.5) * 0.38 for k in x], vals, width=0.38, label=label, color=color)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    for ax, (key, title, lim) in zip(axes.flat, metrics):
+        _bars(ax, [f"w{w}\n{m}" for w, m in configs],
+              [(label, color, [[r[key] for r in run.find("main", impl, size, w, m) if r.get(key)]
+                               for w, m in configs]) for impl, label, color in impls])
         limit = med([run.limit(lim, size, rnd) for rnd in run.rounds])
         if limit:
-            ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1,
-                       label=f"limit: {LIMIT_LABELS[lim]}")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([f"w{w}\n{m}" for w, m in configs])
+            ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1, label=f"limit: {LIMIT_LABELS[lim]}")
         ax.set_title(f"{title}, {size} MiB")
-        ax.set_ylabel("GB/s (median over rounds)")
         ax.legend(fontsize=7)
+    ax = axes.flat[3]
+    # (loaded on, saved on): every resharded load beside its same-layout reference
+    resharded = run.configs("reshard")
+    loads = sorted({(w, s) for w, _, s in resharded} | {(w, w) for w, _, _ in resharded})
+    if loads:
+        series = []
+        for impl, label, color in impls:
+            for key, what, alpha in (("load_cold_GBps", "cold", 0.55), ("load_warm_GBps", "warm", 1.0)):
+                vals = []
+                for world, save_world in loads:
+                    group = "reshard" if save_world != world else "reshard_ref"
+                    vals.append([r[key] for r in run.find(group, impl, size, world, "sharded",
+                                                          save_world=save_world) if r.get(key)])
+                series.append((f"{label} {what}", matplotlib.colors.to_rgba(color, alpha), vals))
+        _bars(ax, [f"saved on {s}\nloaded on {w}" for w, s in loads], series)
+        ax.set_title(f"resharded loads (sharded), {size} MiB")
+        ax.legend(fontsize=7)
+    else:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
