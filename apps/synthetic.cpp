@@ -73,6 +73,11 @@ std::vector<tensor_spec> specs(const options& opts) {
     auto dim = split_for(opts.split, static_cast<int>(shape.size()), attention);
     out.push_back({std::move(path), std::move(shape), type, dim});
   };
+  if (!opts.tensors.empty()) {
+    for (const auto& [name, shape] : opts.tensors)
+      add({name}, shape, dtype::float32, false);
+    return out;
+  }
   add({"model", "embedding", "weight"}, {vocab, hidden}, dtype::float32, false);
   add({"model", "position_ids"}, {vocab}, dtype::int64, false);
   // Per layer: qkv (3h x h) + bias, fc1 (4h x h, bf16) + bias, fc2 (h x 4h)
@@ -114,7 +119,14 @@ uint32_t fnv1a32(const std::string& key) {
   return h;
 }
 
-std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank, int32_t world) {
+std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank, int32_t world,
+                                       bool balanced) {
+  if (balanced) {
+    auto q = n / world;
+    auto r = n % world;
+    auto begin = q * rank + std::min<int64_t>(rank, r);
+    return {begin, begin + q + (rank < r ? 1 : 0)};
+  }
   auto chunk = (n + world - 1) / world;
   auto begin = std::min<int64_t>(n, chunk * rank);
   auto end = std::min<int64_t>(n, begin + chunk);
@@ -168,6 +180,8 @@ state_dict build(const options& opts, bool filled) {
     auto make = [&](const shape_t& off, const shape_t& sz) {
       if (filled)
         return expected_box(key, spec.shape, off, sz, spec.type, opts.seed);
+      if (!opts.huge_pages)
+        return at::zeros(sz, to_scalar_type(spec.type));
       auto t = empty_host_tensor(sz, to_scalar_type(spec.type));
       t.zero_();
       return t;
@@ -178,7 +192,8 @@ state_dict build(const options& opts, bool filled) {
       continue;
     }
     auto d = static_cast<size_t>(spec.split_dim);
-    auto [begin, end] = rank_range(spec.shape[d], opts.rank, opts.world);
+    auto [begin, end] = rank_range(spec.shape[d], opts.rank, opts.world,
+                                   !opts.tensors.empty());
     sharded_tensor st;
     st.global_size = spec.shape;
     if (end > begin) {
@@ -190,6 +205,8 @@ state_dict build(const options& opts, bool filled) {
     }
     place(sd, spec, std::move(st));
   }
+  if (!opts.tensors.empty())
+    return sd;
   sd.set("step",
          filled ? bytes_value::from_int(1000 + opts.seed) : bytes_value{});
   sd.nested("optim").set("param_groups", filled
@@ -236,6 +253,8 @@ std::vector<std::string> verify(const state_dict& sd, const options& opts) {
     if (!ok)
       bad.push_back(key);
   }
+  if (!opts.tensors.empty())
+    return bad;
   auto step = mut.find("step");
   auto s = step ? std::get_if<bytes_value>(step) : nullptr;
   auto n = s ? s->to_int()

@@ -36,6 +36,17 @@ struct options {
   synthetic::layout split = layout::mixed;
   int32_t rank = 0;
   int32_t world = 1;
+  /// Instead of the built-in model: float32 tensors with these flat keys and
+  /// shapes and nothing else (no bytes items), e.g. the layout of PyTorch
+  /// DCP's benchmark (`peer_dcp.py --print-layout`). Splits along dim 0
+  /// then follow `torch.tensor_split`, as that benchmark's ShardedTensors
+  /// do (see rank_range).
+  std::vector<std::pair<std::string, shape_t>> tensors;
+  /// Destination tensors of a load (make_empty_state_dict): dcpp's
+  /// huge-page host memory instead of torch's allocator (`at::zeros`, what
+  /// a PyTorch program's own tensors use). Either way every page is touched
+  /// before the function returns.
+  bool huge_pages = false;
 };
 
 /// One tensor of the model.
@@ -58,8 +69,10 @@ uint32_t fnv1a32(const std::string& key);
 
 /// The rows [begin, end) of `n` that `rank` of `world` holds: chunks of
 /// ceil(n / world), the last ones shorter or empty (torch's
-/// ChunkShardingSpec).
-std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank, int32_t world);
+/// ChunkShardingSpec); with `balanced`, `torch.tensor_split`'s split: the
+/// first n % world ranks hold one row more than the others.
+std::pair<int64_t, int64_t> rank_range(int64_t n, int32_t rank, int32_t world,
+                                       bool balanced = false);
 
 /// The expected values of the box (offsets, sizes) of tensor `key` whose
 /// global shape is `shape`.
@@ -71,7 +84,7 @@ at::Tensor expected_box(const std::string& key, const shape_t& shape,
 state_dict make_state_dict(const options& opts);
 
 /// This rank's state dict with the same structure, zero-filled (the
-/// destination of a load).
+/// destination of a load; see options::huge_pages).
 state_dict make_empty_state_dict(const options& opts);
 
 /// Compares a loaded state dict with the expected values; returns the keys
