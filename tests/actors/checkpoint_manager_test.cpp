@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -92,6 +93,22 @@ struct async_fixture {
   std::string root = tmp / "root";
   checkpoint_manager_options o = solo_options();
 };
+
+/// Runs `rank_main(r, member)` for ranks 0 and 1 of a local process group,
+/// each on its own thread, and waits for both.
+template <class F>
+void run_two_ranks(F rank_main) {
+  system_options sopts;
+  sopts.scheduler_threads = 2;
+  system_config cfg{sopts};
+  caf::actor_system sys{cfg};
+  auto group = make_local_process_group(sys, 2);
+  REQUIRE(group.size() == 2);
+  std::thread t0{rank_main, 0, group[0]};
+  std::thread t1{rank_main, 1, group[1]};
+  t0.join();
+  t1.join();
+}
 
 } // namespace
 
@@ -289,18 +306,12 @@ TEST_CASE("two ranks save a sharded tensor and only the coordinator prunes "
           "[checkpoint_manager]") {
   temp_dir tmp;
   auto root = tmp / "root";
-  system_options sopts;
-  sopts.scheduler_threads = 2;
-  system_config cfg{sopts};
-  caf::actor_system sys{cfg};
-  auto group = make_local_process_group(sys, 2);
-  REQUIRE(group.size() == 2);
   std::vector<std::string> errors(2);
   std::vector<int64_t> restored(2, -1);
-  auto rank_main = [&](int32_t r) {
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
     auto fail = [&](const std::string& what) { errors[r] = what; };
     checkpoint_manager_options o;
-    o.checkpointer.process_group = group[r];
+    o.checkpointer.process_group = member;
     o.checkpointer.coordinator_rank = 1;
     o.max_to_keep = 1;
     o.async = r == 0; // the mode is per rank; the saves are collective
@@ -327,11 +338,7 @@ TEST_CASE("two ranks save a sharded tensor and only the coordinator prunes "
         || !at::equal(std::get<at::Tensor>(*sd.find("fc")), at::full({2}, 3.0)))
       return fail("restored values differ");
     restored[r] = static_cast<int64_t>(*step);
-  };
-  std::thread t0{rank_main, 0};
-  std::thread t1{rank_main, 1};
-  t0.join();
-  t1.join();
+  });
   CHECK(errors[0] == "");
   CHECK(errors[1] == "");
   CHECK(restored == std::vector<int64_t>{3, 3});
@@ -341,5 +348,33 @@ TEST_CASE("two ranks save a sharded tensor and only the coordinator prunes "
   CHECK(fs_test::read_file(step_directory(root, 3) + "/metrics.json")
           .find("\"loss\"")
         != std::string::npos);
-  group.clear();
+}
+
+TEST_CASE("ranks that restore different checkpoints fail on every rank",
+          "[checkpoint_manager]") {
+  // Each rank sees another newest step (here: another root; in a job, a
+  // commit racing the restore or a stale network file system cache): the
+  // load compares the ranks' `.metadata` and refuses, naming them, instead
+  // of loading mixed state.
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  for (uint64_t r = 0; r < 2; ++r) {
+    checkpoint_manager mgr{roots[r], solo_options()};
+    save_steps(mgr, 7 + r, 7 + r);
+  }
+  std::vector<std::string> errors(2);
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
+    checkpoint_manager_options o;
+    o.checkpointer.process_group = member;
+    o.checkpointer.step_timeout = std::chrono::seconds(30);
+    checkpoint_manager mgr{roots[r], o};
+    auto sd = empty_state();
+    auto step = mgr.restore(std::nullopt, sd);
+    errors[r] = step ? "restored step " + std::to_string(*step)
+                     : describe(step.error());
+  });
+  for (const auto& err : errors) {
+    CHECK(err.find("checkpoint_failed") != std::string::npos);
+    CHECK(err.find("read different checkpoints") != std::string::npos);
+  }
 }
