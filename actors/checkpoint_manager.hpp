@@ -60,8 +60,14 @@
 // mixed state: the file-system reader makes the coordinator compare the
 // `.metadata` checksums of all ranks in step plan, and the load fails on
 // every rank naming the ranks of each checkpoint (test
-// fault.ranks_in_different_dirs). The manager never prunes while a restore
-// may read: retention runs only after its own commits.
+// fault.ranks_in_different_dirs). A rank that finds no committed step at
+// all, while the others find one, returns `errc::not_found` without
+// joining the load; the others' load then fails at the plan step's
+// deadline (`checkpointer_options::step_timeout`) naming it. There is no
+// collective that would let the ranks choose one step together; the
+// detection above makes a disagreement an error, never mixed state. The
+// manager never prunes while a restore may read: retention runs only
+// after its own commits.
 
 #include "actors/checkpointer.hpp"
 #include "storage/filesystem.hpp"
