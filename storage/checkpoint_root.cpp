@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <system_error>
 #include <tuple>
@@ -200,13 +201,18 @@ caf::expected<uint64_t> latest_committed_step(const std::string& root) {
   return entry->step;
 }
 
+namespace {
+
+/// Which committed entries (ascending) a prune keeps: one flag per entry.
+using keep_selector
+  = std::function<std::vector<bool>(const std::vector<const step_entry*>&)>;
+
+/// The prune of `prune` and `prune_except`: victims are the committed
+/// entries `select` does not keep, and uncommitted entries of steps older
+/// than the newest committed one.
 caf::expected<std::vector<std::string>>
-prune(const std::string& root, size_t keep, std::vector<step_entry>* broken) {
-  if (keep == 0)
-    return make_error(errc::invalid_argument,
-                      "prune " + root
-                        + ": keep must be at least 1 (keeping nothing would "
-                          "remove the latest checkpoint)");
+prune_selected(const std::string& root, const keep_selector& select,
+               std::vector<step_entry>* broken) {
   root_content content;
   if (auto err = scan(root, content))
     return err;
@@ -218,9 +224,8 @@ prune(const std::string& root, size_t keep, std::vector<step_entry>* broken) {
       return err;
     removed.push_back(path);
   }
-  // Victims: committed entries but the newest `keep`, and uncommitted
-  // entries of steps older than the newest committed one. Broken entries
-  // (neither committed nor uncommitted) are never victims and never count.
+  // Broken entries (neither committed nor uncommitted) are never victims
+  // and never count.
   std::vector<const step_entry*> committed;
   for (const auto& entry : content.steps) {
     if (entry.committed)
@@ -231,10 +236,11 @@ prune(const std::string& root, size_t keep, std::vector<step_entry>* broken) {
   if (committed.empty())
     return removed;
   auto newest = committed.back()->step;
+  auto kept = select(committed);
   std::vector<const step_entry*> victims;
-  auto first_kept = committed.size() > keep ? committed.size() - keep : 0;
-  for (size_t i = 0; i < first_kept; ++i)
-    victims.push_back(committed[i]);
+  for (size_t i = 0; i < committed.size(); ++i)
+    if (committed[i]->step != newest && (i >= kept.size() || !kept[i]))
+      victims.push_back(committed[i]);
   for (const auto& entry : content.steps)
     if (!entry.committed && entry.broken.empty() && entry.step < newest)
       victims.push_back(&entry);
@@ -259,6 +265,45 @@ prune(const std::string& root, size_t keep, std::vector<step_entry>* broken) {
     removed.push_back(victims[i]->path);
   }
   return removed;
+}
+
+} // namespace
+
+caf::expected<std::vector<std::string>>
+prune(const std::string& root, size_t keep, std::vector<step_entry>* broken) {
+  if (keep == 0)
+    return make_error(errc::invalid_argument,
+                      "prune " + root
+                        + ": keep must be at least 1 (keeping nothing would "
+                          "remove the latest checkpoint)");
+  // The newest `keep` committed entries.
+  auto newest_k = [keep](const std::vector<const step_entry*>& committed) {
+    std::vector<bool> kept(committed.size(), false);
+    auto first_kept = committed.size() > keep ? committed.size() - keep : 0;
+    for (auto i = first_kept; i < committed.size(); ++i)
+      kept[i] = true;
+    return kept;
+  };
+  return prune_selected(root, newest_k, broken);
+}
+
+caf::expected<std::vector<std::string>>
+prune_except(const std::string& root, const step_chooser& keep,
+             std::vector<step_entry>* broken) {
+  auto chosen = [&keep](const std::vector<const step_entry*>& committed) {
+    std::vector<uint64_t> steps;
+    for (auto entry : committed)
+      if (steps.empty() || steps.back() != entry->step)
+        steps.push_back(entry->step);
+    auto kept_steps = keep(steps);
+    std::sort(kept_steps.begin(), kept_steps.end());
+    std::vector<bool> kept;
+    for (auto entry : committed)
+      kept.push_back(
+        std::binary_search(kept_steps.begin(), kept_steps.end(), entry->step));
+    return kept;
+  };
+  return prune_selected(root, chosen, broken);
 }
 
 } // namespace dcpp

@@ -42,6 +42,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -130,5 +131,19 @@ caf::expected<uint64_t> latest_committed_step(const std::string& root);
 caf::expected<std::vector<std::string>>
 prune(const std::string& root, size_t keep,
       std::vector<step_entry>* broken = nullptr);
+
+/// Given the committed steps (ascending, without duplicates), the steps to
+/// keep.
+using step_chooser
+  = std::function<std::vector<uint64_t>(const std::vector<uint64_t>&)>;
+
+/// `prune` with the committed steps to keep chosen by `keep` (a retention
+/// policy: newest K, best by a metric, every N-th step, ...): removes every
+/// committed step it does not return, except the newest committed step,
+/// which always stays; uncommitted and `.trash-*` leftovers and broken
+/// steps as `prune`. Crash-safe and failing as `prune`.
+caf::expected<std::vector<std::string>>
+prune_except(const std::string& root, const step_chooser& keep,
+             std::vector<step_entry>* broken = nullptr);
 
 } // namespace dcpp

@@ -125,6 +125,7 @@ using detail::fd_guard;
 using detail::fsync_dir;
 using detail::fsync_fd;
 using detail::join;
+using detail::make_directories;
 using detail::metadata_name;
 using detail::open_fd;
 using detail::os_error;
@@ -132,6 +133,7 @@ using detail::plain_file_name;
 using detail::read_metadata_file;
 using detail::run_parallel;
 using detail::write_fully;
+using detail::write_whole;
 
 constexpr const char* metadata_tmp_name = ".metadata.tmp";
 
@@ -216,57 +218,6 @@ bool is_data_file_name(const std::string& name) {
 }
 
 // -- helpers ------------------------------------------------------------------
-
-std::string parent_of(const std::string& path) {
-  auto pos = path.find_last_of('/');
-  if (pos == std::string::npos)
-    return ".";
-  if (pos == 0)
-    return "/";
-  return path.substr(0, pos);
-}
-
-/// `mkdir -p dir`; fsyncs the parent of each directory it creates if
-/// `sync`.
-caf::error make_directories(const std::string& dir, bool sync) {
-  if (dir.empty())
-    return make_error(errc::invalid_argument, "empty checkpoint directory");
-  size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = dir.find('/', pos + 1);
-    auto part = dir.substr(0, pos);
-    if (part.empty() || part == "/")
-      continue;
-    if (::mkdir(part.c_str(), 0755) == 0) {
-      if (sync)
-        if (auto err = fsync_dir(parent_of(part)))
-          return err;
-      continue;
-    }
-    auto err = errno;
-    if (err != EEXIST)
-      return os_error("mkdir", part, err);
-    struct stat st;
-    if (::stat(part.c_str(), &st) != 0)
-      return os_error("stat", part, errno);
-    if (!S_ISDIR(st.st_mode))
-      return make_error(errc::io_error,
-                        part + ": exists and is not a directory");
-  }
-  return {};
-}
-
-caf::error write_whole(int fd, const std::string& path, const char* data,
-                       size_t size) {
-  uint64_t done = 0;
-  auto res = write_fully(fd, data, size, done);
-  if (res == -1)
-    return make_error(errc::storage_failure,
-                      path + ": short write at offset " + std::to_string(done));
-  if (res != 0)
-    return os_error("write at offset " + std::to_string(done), path, res);
-  return {};
-}
 
 // -- directory lock -----------------------------------------------------------
 

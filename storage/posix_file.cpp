@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <type_traits>
 
@@ -131,6 +132,73 @@ int pread_fully(int fd, char* dst, size_t size, uint64_t offset,
   return transfer_fully(size, done, [&](uint64_t pos, size_t n) {
     return ::pread(fd, dst + pos, n, static_cast<off_t>(offset + pos));
   });
+}
+
+std::string parent_of(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos)
+    return ".";
+  if (pos == 0)
+    return "/";
+  return path.substr(0, pos);
+}
+
+caf::error make_directories(const std::string& dir, bool sync) {
+  if (dir.empty())
+    return make_error(errc::invalid_argument, "empty checkpoint directory");
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = dir.find('/', pos + 1);
+    auto part = dir.substr(0, pos);
+    if (part.empty() || part == "/")
+      continue;
+    if (::mkdir(part.c_str(), 0755) == 0) {
+      if (sync)
+        if (auto err = fsync_dir(parent_of(part)))
+          return err;
+      continue;
+    }
+    auto err = errno;
+    if (err != EEXIST)
+      return os_error("mkdir", part, err);
+    struct stat st;
+    if (::stat(part.c_str(), &st) != 0)
+      return os_error("stat", part, errno);
+    if (!S_ISDIR(st.st_mode))
+      return make_error(errc::io_error,
+                        part + ": exists and is not a directory");
+  }
+  return {};
+}
+
+caf::error write_whole(int fd, const std::string& path, const char* data,
+                       size_t size) {
+  uint64_t done = 0;
+  auto res = write_fully(fd, data, size, done);
+  if (res == -1)
+    return make_error(errc::storage_failure,
+                      path + ": short write at offset " + std::to_string(done));
+  if (res != 0)
+    return os_error("write at offset " + std::to_string(done), path, res);
+  return {};
+}
+
+caf::error replace_file(const std::string& path, std::string_view data,
+                        bool sync) {
+  auto tmp = path + ".tmp";
+  fd_guard fd{create_exclusive(tmp, O_WRONLY | O_CLOEXEC, 0644)};
+  if (fd.get() < 0)
+    return os_error("create", tmp, errno);
+  if (auto err = write_whole(fd.get(), tmp, data.data(), data.size()))
+    return err;
+  if (sync)
+    if (auto err = fsync_fd(fd.get()))
+      return os_error("fsync", tmp, err);
+  if (fd.close() != 0)
+    return os_error("close", tmp, errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    return os_error("rename to " + path, tmp, errno);
+  return sync ? fsync_dir(parent_of(path)) : caf::error{};
 }
 
 } // namespace dcpp::detail

@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace dcpp::detail {
@@ -104,6 +105,28 @@ int fsync_fd(int fd);
 /// EROFS: nothing is pending there) counts as success. Errors are
 /// `os_error("open for fsync" / "fsync", dir, errno)`.
 caf::error fsync_dir(const std::string& dir);
+
+/// The directory part of `path` ("." without a slash, "/" for "/x").
+std::string parent_of(const std::string& path);
+
+/// `mkdir -p dir`; fsyncs the parent of each directory it creates if
+/// `sync`. A part of the path that exists and is not a directory is an
+/// `errc::io_error` naming it.
+caf::error make_directories(const std::string& dir, bool sync);
+
+/// Writes all of `data` to `fd` (`write_fully`): a short write is an
+/// `errc::storage_failure`, any other failure an `os_error`, naming `path`
+/// and the offset.
+caf::error write_whole(int fd, const std::string& path, const char* data,
+                       size_t size);
+
+/// Replaces `path` by a file holding `data`, durably and atomically:
+/// writes `path.tmp` (`create_exclusive`), fsyncs and closes it, renames it
+/// over `path` and fsyncs the directory (the fsyncs only if `sync`).
+/// Readers see the old file or the new one, never a part. Errors name the
+/// path and the call that failed.
+caf::error replace_file(const std::string& path, std::string_view data,
+                        bool sync = true);
 
 /// Largest piece handed to one read or write call.
 constexpr size_t max_io = size_t{1} << 30;

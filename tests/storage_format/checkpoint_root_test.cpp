@@ -247,6 +247,31 @@ TEST_CASE("prune keeps the newest K and saves in flight", "[checkpoint_root]") {
   CHECK(f.exists(step_name(600)));
 }
 
+TEST_CASE("prune_except keeps the chosen steps and always the newest",
+          "[checkpoint_root]") {
+  root_fixture f;
+  for (uint64_t step : {1, 2, 3, 4, 5})
+    f.add_step(step, true);
+  f.add_step(step_name(7), false); // in flight: newer than the newest commit
+  std::vector<uint64_t> seen;
+  auto pruned = prune_except(f.root, [&](const std::vector<uint64_t>& steps) {
+    seen = steps;
+    return std::vector<uint64_t>{4, 2}; // not 5, the newest: it stays
+  });
+  REQUIRE(pruned);
+  CHECK(seen == std::vector<uint64_t>{1, 2, 3, 4, 5});
+  CHECK(sorted(*pruned)
+        == sorted({f.path(step_name(1)), f.path(step_name(3))}));
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{2, 4, 5});
+  CHECK(f.exists(step_name(7)));
+  // Choosing nothing leaves the newest.
+  auto last = prune_except(f.root, [](const std::vector<uint64_t>&) {
+    return std::vector<uint64_t>{};
+  });
+  REQUIRE(last);
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{5});
+}
+
 TEST_CASE("prune with more to keep than exists removes only aborted saves",
           "[checkpoint_root]") {
   root_fixture f;

@@ -1,0 +1,220 @@
+#pragma once
+
+// Checkpoints of a training loop, one per step, in a checkpoint root
+// (`storage/checkpoint_root.hpp`), in the spirit of Orbax's
+// CheckpointManager:
+//
+//   ROOT/step_000000100/.metadata, __0_0.<tag>.distcp, ..., metrics.json
+//
+//   dcpp::checkpoint_manager_options o;
+//   o.save_interval_steps = 100;
+//   o.max_to_keep = 3;
+//   o.checkpointer.process_group = group;      // or o.checkpointer.no_dist
+//   dcpp::checkpoint_manager mgr{root, o};
+//   dcpp::training_stateful app{*model, adam};
+//   dcpp::stateful_list state{{"app", &app}};
+//   auto start = mgr.restore(std::nullopt, state); // latest, if any
+//   for (step = start ? *start + 1 : 1; ...; ++step) {
+//     train(step);
+//     if (mgr.should_save(step))
+//       mgr.save(step, state, {{"loss", loss}});
+//   }
+//   mgr.wait_until_finished();
+//
+// Every rank makes its own manager over the same root with the same options
+// and calls `save` and `restore` with the same steps in the same order
+// (they are collective, as `checkpointer::save` / `load`).
+//
+// Commit, metrics, crash safety. A step is saved into `step_directory(root,
+// step)` by the file-system storage, whose `.metadata` is the commit record
+// (written last, atomically; see storage/filesystem_writer.cpp). Before the
+// save starts, the coordinator rank writes the step's metrics into the same
+// directory as `metrics.json` (write `metrics.json.tmp`, fsync, rename,
+// fsync the directory): a file beside the data, as Orbax keeps a `metrics`
+// item beside the state, rather than a bytes value inside the checkpoint,
+// so that retention reads a few bytes per step instead of loading part of
+// every checkpoint, and the state dict holds only the user's keys (PyTorch
+// loads it into a plain `get_state_dict` layout). Metrics count only once
+// `.metadata` commits the directory; before that the directory is an
+// uncommitted one, ignored by `latest_step`/`all_steps` and removed by a
+// later prune. So a crash at any point (during the metrics write, the data
+// write, the commit or a prune) leaves the newest committed step
+// restorable.
+//
+// Retention (coordinator rank only, only after a save committed; in the
+// background for async saves): of the committed steps, keep
+//   - the newest one, always (a restart resumes from it);
+//   - with `max_to_keep` > 0: the newest `max_to_keep`, or with
+//     `best_metric` the `max_to_keep` best by that metric (`best_mode`; a
+//     step without the metric ranks below every step with it; ties go to
+//     the newer step); with `max_to_keep` == 0 every step;
+//   - with `keep_period` > 0: every step that is a multiple of it;
+// and remove the others with `dcpp::prune_except`, which also removes
+// uncommitted directories of steps older than the newest committed one
+// (saves that died) and leftovers of a prune that crashed.
+//
+// Agreement between ranks. `should_save` is a function of the step and the
+// options only, so every rank decides alike. `restore(latest)` reads the
+// root on every rank; ranks that saw different newest steps (a commit
+// racing the restore, a network file system's stale cache) do not load
+// mixed state: the file-system reader makes the coordinator compare the
+// `.metadata` checksums of all ranks in step plan, and the load fails on
+// every rank naming the ranks of each checkpoint (test
+// fault.ranks_in_different_dirs). A rank that finds no committed step at
+// all, while the others find one, returns `errc::not_found` without
+// joining the load; the others' load then fails at the plan step's
+// deadline (`checkpointer_options::step_timeout`) naming it. There is no
+// collective that would let the ranks choose one step together; the
+// detection above makes a disagreement an error, never mixed state. The
+// manager never prunes while a restore may read: retention runs only
+// after its own commits.
+
+#include "actors/checkpointer.hpp"
+#include "storage/filesystem.hpp"
+#include "storage/state_dict.hpp"
+#include "storage/training_state.hpp"
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dcpp {
+
+/// Named scalar metrics of one step ("loss", "accuracy", ...).
+using step_metrics = std::map<std::string, double>;
+
+/// Whether a smaller (`min`, a loss) or larger (`max`, an accuracy) value of
+/// `best_metric` is better.
+enum class best_mode : uint8_t { min, max };
+
+/// The name of the metrics file in a step directory.
+inline constexpr const char* metrics_file_name = "metrics.json";
+
+struct checkpoint_manager_options {
+  /// `should_save(step)` is true for multiples of it (0: never).
+  uint64_t save_interval_steps = 1;
+  /// How many committed steps retention keeps (0: all); see above.
+  size_t max_to_keep = 0;
+  /// Steps that are multiples of it are kept for good (0: none).
+  uint64_t keep_period = 0;
+  /// Rank steps by this metric instead of by age (empty: by age).
+  std::string best_metric;
+  best_mode mode = best_mode::min;
+  /// `save` stages the state to host memory and returns; the write, the
+  /// commit and retention run in the background, one save after the other.
+  bool async = false;
+  /// Called after each save (sync or async) has finished, in the order of
+  /// the saves, with its error (none: committed, retention done). Async
+  /// saves call it from a background thread.
+  std::function<void(uint64_t step, const caf::error& err)> on_finished;
+  /// The group (or `no_dist`), coordinator rank, timeouts of every save and
+  /// restore.
+  checkpointer_options checkpointer;
+  /// The file-system storage's options.
+  filesystem_writer_options writer;
+  filesystem_reader_options reader;
+};
+
+class checkpoint_manager {
+public:
+  /// A manager of the step directories under `root` (created on the first
+  /// save). Reads nothing yet.
+  checkpoint_manager(std::string root, checkpoint_manager_options opts);
+
+  /// Waits for the saves in flight (as `wait_until_finished`, errors
+  /// logged).
+  ~checkpoint_manager();
+
+  checkpoint_manager(const checkpoint_manager&) = delete;
+  checkpoint_manager& operator=(const checkpoint_manager&) = delete;
+
+  /// Whether `step` is due by `save_interval_steps` (the same on every
+  /// rank: it reads nothing).
+  [[nodiscard]] bool should_save(uint64_t step) const;
+
+  /// Saves `sd` as step `step` with its `metrics`, then applies retention.
+  /// Collective. Synchronous: returns once committed (the save's error, or
+  /// a retention failure as `errc::io_error` naming the path). Async:
+  /// returns once `sd` is staged to host memory (after the previous async
+  /// save finished writing); the outcome goes to `on_finished` and
+  /// `wait_until_finished`. Refuses (`errc::invalid_argument`, nothing
+  /// written) a step not newer than the last one this manager saved or
+  /// restored, or than the newest committed step in the root (retention
+  /// would remove an older save in flight as a leftover); a leftover
+  /// uncommitted directory of the step is saved over. If the coordinator
+  /// cannot write the metrics file it still joins the save and returns
+  /// that error once the save is done.
+  caf::error save(uint64_t step, const state_dict& sd,
+                  const step_metrics& metrics = {});
+
+  /// `save` of `collect_state(objs)`.
+  caf::error save(uint64_t step, const stateful_list& objs,
+                  const step_metrics& metrics = {});
+
+  /// Waits until every async save finished; returns the first error among
+  /// the saves that finished since the last call (none: all committed).
+  caf::error wait_until_finished();
+
+  /// The newest committed step (waits for async saves first);
+  /// `errc::not_found` naming the root if there is none.
+  [[nodiscard]] caf::expected<uint64_t> latest_step();
+
+  /// Every committed step, ascending (waits for async saves first).
+  [[nodiscard]] caf::expected<std::vector<uint64_t>> all_steps();
+
+  /// The metrics saved with committed step `step` (empty if it was saved
+  /// without a metrics file); `errc::not_found` if the step is not
+  /// committed, `errc::corrupt_item` naming the file if it does not parse.
+  [[nodiscard]] caf::expected<step_metrics> metrics(uint64_t step);
+
+  /// Loads step `step` (nothing: the newest committed one) into `sd` in
+  /// place, resharding as needed; returns the step. Collective; waits for
+  /// async saves first. `errc::not_found` naming the root if nothing is
+  /// committed (or `step` is not).
+  caf::expected<uint64_t> restore(std::optional<uint64_t> step, state_dict& sd);
+
+  /// `restore` into `collect_state(objs)`, then `apply_state`.
+  caf::expected<uint64_t> restore(std::optional<uint64_t> step,
+                                  const stateful_list& objs);
+
+  const std::string& root() const {
+    return root_;
+  }
+
+private:
+  /// Whether this rank writes metrics and applies retention.
+  bool is_coordinator() const;
+
+  /// The steps retention keeps among `committed` (ascending).
+  std::vector<uint64_t> steps_to_keep(const std::vector<uint64_t>& committed);
+
+  /// Retention after step `step` committed (coordinator only).
+  caf::error retain();
+
+  /// Records the outcome of the save of `step` and calls `on_finished`.
+  void finished(uint64_t step, const caf::error& err);
+
+  std::string root_;
+  checkpoint_manager_options opts_;
+  checkpointer cp_;
+  /// The newest step `save` accepted or `restore` loaded.
+  std::optional<uint64_t> last_saved_;
+  /// The last async save's completion (retention included); each waits for
+  /// the one before, so they finish in order.
+  std::shared_future<void> tail_;
+  std::mutex mx_;
+  /// The first error of a save since the last `wait_until_finished`.
+  caf::error first_error_;
+};
+
+} // namespace dcpp

@@ -1,0 +1,380 @@
+// The checkpoint manager over real step directories in a temporary root:
+// the save interval, retention (max_to_keep, keep_period, best by a metric,
+// min and max), async saves finishing in order, a failed async save and a
+// restart after it, refused steps, and a group of two ranks (ranks as
+// threads) saving a sharded tensor and restoring it.
+
+#include "actors/checkpoint_manager.hpp"
+
+#include "actors/process_group.hpp"
+#include "actors/system.hpp"
+#include "core/error.hpp"
+#include "core/fault.hpp"
+#include "storage/checkpoint_root.hpp"
+#include "tests/storage/fs_test_util.hpp"
+
+#include <caf/actor_system.hpp>
+
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+using namespace dcpp;
+using fs_test::temp_dir;
+
+namespace {
+
+/// The state of step `step`: values that tell the steps apart.
+state_dict state_of(uint64_t step) {
+  state_dict sd;
+  sd.set("w", at::full({3, 2}, static_cast<double>(step), at::kFloat));
+  sd.nested("optim").set("step", bytes_value::from_int(int64_t(step)));
+  return sd;
+}
+
+state_dict empty_state() {
+  state_dict sd;
+  sd.set("w", at::zeros({3, 2}, at::kFloat));
+  sd.nested("optim").set("step", bytes_value{});
+  return sd;
+}
+
+/// The step a restored `state_of` was saved at (checks both values agree).
+int64_t step_in(state_dict& sd) {
+  auto w = std::get<at::Tensor>(*sd.find("w"));
+  auto step = std::get<bytes_value>(*sd.find_path({"optim", "step"})).to_int();
+  REQUIRE(step);
+  CHECK(at::equal(w, at::full({3, 2}, static_cast<double>(*step), at::kFloat)));
+  return *step;
+}
+
+checkpoint_manager_options solo_options() {
+  checkpoint_manager_options o;
+  o.checkpointer.no_dist = true;
+  return o;
+}
+
+std::vector<uint64_t> steps(checkpoint_manager& mgr) {
+  auto all = mgr.all_steps();
+  REQUIRE(all);
+  return *all;
+}
+
+void save_steps(checkpoint_manager& mgr, uint64_t first, uint64_t last,
+                const std::vector<double>& loss = {}) {
+  for (auto s = first; s <= last; ++s) {
+    step_metrics m;
+    if (!loss.empty())
+      m["loss"] = loss.at(s - first);
+    auto err = mgr.save(s, state_of(s), m);
+    REQUIRE(fs_test::why(err) == "");
+  }
+}
+
+/// Clears injected faults when a test ends, also on failure.
+struct fault_guard {
+  ~fault_guard() {
+    fault::clear();
+  }
+};
+
+/// A temporary root, async saves of a world of one, faults cleared at the
+/// end.
+struct async_fixture {
+  async_fixture() {
+    o.async = true;
+  }
+  temp_dir tmp;
+  fault_guard faults;
+  std::string root = tmp / "root";
+  checkpoint_manager_options o = solo_options();
+};
+
+/// Runs `rank_main(r, member)` for ranks 0 and 1 of a local process group,
+/// each on its own thread, and waits for both.
+template <class F>
+void run_two_ranks(F rank_main) {
+  system_options sopts;
+  sopts.scheduler_threads = 2;
+  system_config cfg{sopts};
+  caf::actor_system sys{cfg};
+  auto group = make_local_process_group(sys, 2);
+  REQUIRE(group.size() == 2);
+  std::thread t0{rank_main, 0, group[0]};
+  std::thread t1{rank_main, 1, group[1]};
+  t0.join();
+  t1.join();
+}
+
+} // namespace
+
+TEST_CASE("should_save follows the save interval", "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto o = solo_options();
+  o.save_interval_steps = 3;
+  checkpoint_manager mgr{tmp / "root", o};
+  CHECK(mgr.should_save(3));
+  CHECK(mgr.should_save(300));
+  CHECK(!mgr.should_save(1));
+  CHECK(!mgr.should_save(301));
+  o.save_interval_steps = 0;
+  checkpoint_manager never{tmp / "root", o};
+  CHECK(!never.should_save(3));
+}
+
+TEST_CASE("max_to_keep keeps the newest steps and restore loads latest or any",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto o = solo_options();
+  o.max_to_keep = 2;
+  checkpoint_manager mgr{tmp / "root", o};
+  auto none = mgr.latest_step();
+  REQUIRE(!none);
+  CHECK(code_of(none.error()) == errc::not_found);
+  auto sd = empty_state();
+  auto nothing = mgr.restore(std::nullopt, sd);
+  REQUIRE(!nothing);
+  CHECK(code_of(nothing.error()) == errc::not_found);
+  save_steps(mgr, 1, 6);
+  CHECK(steps(mgr) == std::vector<uint64_t>{5, 6});
+  CHECK(mgr.latest_step() == 6u);
+  CHECK(!fs_test::exists(step_directory(mgr.root(), 4)));
+  auto restored = mgr.restore(std::nullopt, sd);
+  REQUIRE(restored == 6u);
+  CHECK(step_in(sd) == 6);
+  REQUIRE(mgr.restore(5u, sd) == 5u);
+  CHECK(step_in(sd) == 5);
+  auto gone = mgr.restore(4u, sd);
+  REQUIRE(!gone);
+  CHECK(code_of(gone.error()) == errc::not_found);
+  CHECK(fs_test::why(gone).find("step_000000004") != std::string::npos);
+}
+
+TEST_CASE("keep_period keeps every N-th step besides max_to_keep",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto o = solo_options();
+  o.max_to_keep = 2;
+  o.keep_period = 4;
+  checkpoint_manager mgr{tmp / "root", o};
+  save_steps(mgr, 1, 10);
+  CHECK(steps(mgr) == std::vector<uint64_t>{4, 8, 9, 10});
+}
+
+TEST_CASE("best by metric keeps the best steps and the newest",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto o = solo_options();
+  o.max_to_keep = 2;
+  o.best_metric = "loss";
+  std::vector<double> loss{5, 1, 4, 2, 6, 3}; // steps 1..6
+  // Keeps `kept`; the best step `best` has its metrics.
+  auto run = [&](best_mode mode, std::vector<uint64_t> kept, uint64_t best) {
+    o.mode = mode;
+    checkpoint_manager mgr{tmp / "root", o};
+    save_steps(mgr, 1, 6, loss);
+    CHECK(steps(mgr) == kept);
+    auto m = mgr.metrics(best);
+    REQUIRE(m);
+    CHECK(*m == step_metrics{{"loss", loss.at(best - 1)}});
+  };
+  SECTION("min") {
+    run(best_mode::min, {2, 4, 6}, 2);
+  }
+  SECTION("max") {
+    run(best_mode::max, {1, 5, 6}, 5);
+  }
+  SECTION("a step without the metric ranks last") {
+    checkpoint_manager mgr{tmp / "root", o};
+    save_steps(mgr, 1, 2, {1, 2});
+    REQUIRE(fs_test::why(mgr.save(3, state_of(3))) == "");
+    REQUIRE(fs_test::why(mgr.save(4, state_of(4), {{"loss", 9}})) == "");
+    // 1 and 2 are the best two; 4 is the newest; 3 has no loss.
+    CHECK(steps(mgr) == std::vector<uint64_t>{1, 2, 4});
+  }
+}
+
+TEST_CASE_METHOD(async_fixture,
+                 "async saves finish in order and wait_until_finished waits "
+                 "for all",
+                 "[checkpoint_manager]") {
+  o.max_to_keep = 2;
+  std::mutex mx;
+  std::vector<uint64_t> order;
+  std::string errors; // (Catch2 checks only on the test's thread)
+  o.on_finished = [&](uint64_t step, const caf::error& err) {
+    std::lock_guard<std::mutex> guard{mx};
+    errors += fs_test::why(err);
+    order.push_back(step);
+  };
+  checkpoint_manager mgr{root, o};
+  // Every write of rank 0 sleeps: a save is still writing when `save`
+  // returns.
+  REQUIRE(fs_test::why(fault::install("io:slow@0:100")) == "");
+  save_steps(mgr, 1, 4);
+  CHECK(!is_committed(step_directory(mgr.root(), 4)));
+  CHECK(fs_test::why(mgr.wait_until_finished()) == "");
+  CHECK(is_committed(step_directory(mgr.root(), 4)));
+  std::lock_guard<std::mutex> guard{mx};
+  CHECK(order == std::vector<uint64_t>{1, 2, 3, 4});
+  CHECK(errors == "");
+  CHECK(steps(mgr) == std::vector<uint64_t>{3, 4});
+}
+
+TEST_CASE_METHOD(async_fixture,
+                 "a failed async save leaves the step before it latest also "
+                 "after a restart",
+                 "[checkpoint_manager]") {
+  o.max_to_keep = 3;
+  {
+    checkpoint_manager mgr{root, o};
+    save_steps(mgr, 1, 1);
+    REQUIRE(fs_test::why(mgr.wait_until_finished()) == "");
+    // The first write of the next save fails.
+    REQUIRE(fs_test::why(fault::install("io:eio@0:1")) == "");
+    REQUIRE(fs_test::why(mgr.save(2, state_of(2), {{"loss", 0.5}})) == "");
+    auto err = mgr.wait_until_finished();
+    REQUIRE(err);
+    CHECK(describe(err).find("write") != std::string::npos);
+    CHECK(mgr.latest_step() == 1u);
+    // The errors went to the one call.
+    CHECK(fs_test::why(mgr.wait_until_finished()) == "");
+  } // the "crash": the manager goes, leaving step 2 uncommitted
+  fault::clear();
+  CHECK(fs_test::exists(step_directory(root, 2) + "/metrics.json"));
+  checkpoint_manager again{root, o};
+  CHECK(again.latest_step() == 1u);
+  CHECK(steps(again) == std::vector<uint64_t>{1});
+  CHECK(!again.metrics(2));
+  auto sd = empty_state();
+  REQUIRE(again.restore(std::nullopt, sd) == 1u);
+  CHECK(step_in(sd) == 1);
+  // The next commit's retention removes the leftover of step 2.
+  save_steps(again, 3, 3);
+  CHECK(fs_test::why(again.wait_until_finished()) == "");
+  CHECK(steps(again) == std::vector<uint64_t>{1, 3});
+  CHECK(!fs_test::exists(step_directory(root, 2)));
+}
+
+TEST_CASE_METHOD(async_fixture,
+                 "destroying a manager finishes its pending async save",
+                 "[checkpoint_manager]") {
+  {
+    checkpoint_manager mgr{root, o};
+    REQUIRE(fs_test::why(fault::install("io:slow@0:100")) == "");
+    save_steps(mgr, 1, 2);
+    CHECK(!is_committed(step_directory(root, 2)));
+  }
+  fault::clear();
+  checkpoint_manager again{root, o};
+  CHECK(again.latest_step() == 2u);
+  auto sd = empty_state();
+  REQUIRE(again.restore(std::nullopt, sd) == 2u);
+  CHECK(step_in(sd) == 2);
+}
+
+TEST_CASE("save refuses steps not newer than the last one",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto root = tmp / "root";
+  auto o = solo_options();
+  {
+    checkpoint_manager mgr{root, o};
+    save_steps(mgr, 5, 5);
+    auto err = mgr.save(5, state_of(5));
+    REQUIRE(err);
+    CHECK(code_of(err) == errc::invalid_argument);
+    CHECK(describe(err).find("step 5") != std::string::npos);
+    CHECK(mgr.save(3, state_of(3)));
+  }
+  // A new manager knows the root's newest committed step.
+  checkpoint_manager again{root, o};
+  auto err = again.save(4, state_of(4));
+  REQUIRE(err);
+  CHECK(describe(err).find("newest committed step 5") != std::string::npos);
+  CHECK(!fs_test::exists(step_directory(root, 4)));
+  save_steps(again, 6, 6);
+  CHECK(steps(again) == std::vector<uint64_t>{5, 6});
+}
+
+TEST_CASE("two ranks save a sharded tensor and only the coordinator prunes "
+          "and writes metrics",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto root = tmp / "root";
+  std::vector<std::string> errors(2);
+  std::vector<int64_t> restored(2, -1);
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
+    auto fail = [&](const std::string& what) { errors[r] = what; };
+    checkpoint_manager_options o;
+    o.checkpointer.process_group = member;
+    o.checkpointer.coordinator_rank = 1;
+    o.max_to_keep = 1;
+    o.async = r == 0; // the mode is per rank; the saves are collective
+    checkpoint_manager mgr{root, o};
+    auto rows = [&](uint64_t step) {
+      state_dict sd;
+      sd.set("emb", sharded_tensor{{4, 2},
+                                   {{at::full({2, 2}, double(step * 10 + r)),
+                                     {2 * r, 0}}}});
+      sd.set("fc", at::full({2}, double(step)));
+      return sd;
+    };
+    for (uint64_t step = 1; step <= 3; ++step)
+      if (auto err = mgr.save(step, rows(step), {{"loss", 1.0 / step}}))
+        return fail("save: " + describe(err));
+    if (auto err = mgr.wait_until_finished())
+      return fail("wait: " + describe(err));
+    auto sd = rows(0);
+    auto step = mgr.restore(std::nullopt, sd);
+    if (!step)
+      return fail("restore: " + describe(step.error()));
+    auto& emb = std::get<sharded_tensor>(*sd.find("emb"));
+    if (!at::equal(emb.local_shards[0].tensor, at::full({2, 2}, 30.0 + r))
+        || !at::equal(std::get<at::Tensor>(*sd.find("fc")), at::full({2}, 3.0)))
+      return fail("restored values differ");
+    restored[r] = static_cast<int64_t>(*step);
+  });
+  CHECK(errors[0] == "");
+  CHECK(errors[1] == "");
+  CHECK(restored == std::vector<int64_t>{3, 3});
+  auto all = committed_steps(root);
+  REQUIRE(all);
+  CHECK(*all == std::vector<uint64_t>{3});
+  CHECK(fs_test::read_file(step_directory(root, 3) + "/metrics.json")
+          .find("\"loss\"")
+        != std::string::npos);
+}
+
+TEST_CASE("ranks that restore different checkpoints fail on every rank",
+          "[checkpoint_manager]") {
+  // Each rank sees another newest step (here: another root; in a job, a
+  // commit racing the restore or a stale network file system cache): the
+  // load compares the ranks' `.metadata` and refuses, naming them, instead
+  // of loading mixed state.
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  for (uint64_t r = 0; r < 2; ++r) {
+    checkpoint_manager mgr{roots[r], solo_options()};
+    save_steps(mgr, 7 + r, 7 + r);
+  }
+  std::vector<std::string> errors(2);
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
+    checkpoint_manager_options o;
+    o.checkpointer.process_group = member;
+    o.checkpointer.step_timeout = std::chrono::seconds(30);
+    checkpoint_manager mgr{roots[r], o};
+    auto sd = empty_state();
+    auto step = mgr.restore(std::nullopt, sd);
+    errors[r] = step ? "restored step " + std::to_string(*step)
+                     : describe(step.error());
+  });
+  for (const auto& err : errors) {
+    CHECK(err.find("checkpoint_failed") != std::string::npos);
+    CHECK(err.find("read different checkpoints") != std::string::npos);
+  }
+}
