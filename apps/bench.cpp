@@ -29,6 +29,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -94,6 +95,21 @@ bool equal_state(const state_dict& a, const state_dict& b) {
       return false;
   }
   return true;
+}
+
+/// A checkpointer on the file system under `dir` with the bench's storage
+/// options.
+std::unique_ptr<checkpointer>
+make_bench_checkpointer(const fs::path& dir, size_t threads, bool sync_files,
+                        const checkpointer_options& opts) {
+  filesystem_writer_options wopts;
+  wopts.thread_count = threads;
+  wopts.sync_files = sync_files;
+  filesystem_reader_options ropts;
+  ropts.thread_count = threads;
+  return std::make_unique<checkpointer>(
+    make_filesystem_writer(dir.string(), wopts),
+    make_filesystem_reader(dir.string(), ropts), opts);
 }
 
 /// `name` from /proc/self/status ("VmHWM", "VmRSS") in bytes; 0 if absent.
@@ -180,17 +196,12 @@ int run_async(const std::vector<tensor_desc>& layout, const state_dict& sd,
   auto root = parent / ("dcpp_bench_async_" + std::to_string(::getpid()));
   fs::remove_all(root);
   fs::create_directories(root);
-  filesystem_writer_options wopts;
-  wopts.thread_count = threads;
-  wopts.sync_files = sync_files;
-  filesystem_reader_options ropts;
-  ropts.thread_count = threads;
   checkpointer_options opts;
   opts.no_dist = true;
   opts.keep_staging_memory = !aopts.release_staging;
   opts.staging_threads = aopts.staging_threads;
-  checkpointer cp{make_filesystem_writer(root.string(), wopts),
-                  make_filesystem_reader(root.string(), ropts), opts};
+  auto cp_ptr = make_bench_checkpointer(root, threads, sync_files, opts);
+  auto& cp = *cp_ptr;
   std::vector<double> block_s;
   std::vector<double> durable_s;
   fs::path last;
@@ -367,15 +378,10 @@ int main(int argc, char** argv) {
                / ("dcpp_bench_" + std::to_string(::getpid()) + "_"
                   + std::to_string(it));
     fs::remove_all(dir);
-    filesystem_writer_options wopts;
-    wopts.thread_count = threads;
-    wopts.sync_files = sync_files;
-    filesystem_reader_options ropts;
-    ropts.thread_count = threads;
     checkpointer_options opts;
     opts.no_dist = true;
-    checkpointer cp{make_filesystem_writer(dir.string(), wopts),
-                    make_filesystem_reader(dir.string(), ropts), opts};
+    auto cp_ptr = make_bench_checkpointer(dir, threads, sync_files, opts);
+    auto& cp = *cp_ptr;
     auto t0 = clock_type::now();
     auto md = cp.save(sd);
     auto save_s = seconds_since(t0);

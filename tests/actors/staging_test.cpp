@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "storage/filesystem.hpp"
 #include "storage/staging_pool.hpp"
+#include "tests/storage/fs_test_util.hpp"
 
 #include <caf/all.hpp>
 
@@ -22,7 +23,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -30,30 +30,10 @@
 #include <vector>
 
 using namespace dcpp;
-namespace fs = std::filesystem;
 
 namespace {
 
 constexpr uint64_t mib = uint64_t{1} << 20;
-
-/// A fresh directory, removed with its content.
-struct scratch_dir {
-  fs::path path;
-
-  scratch_dir() {
-    static int counter = 0;
-    path = fs::temp_directory_path()
-           / ("dcpp-staging-" + std::to_string(::getpid()) + "-"
-              + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-
-  ~scratch_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 /// Values of several dtypes, kinds and layouts; `scale` grows the large
 /// tensor (a layout change), `salt` changes the values.
@@ -134,10 +114,10 @@ checkpointer_options solo_options(bool keep) {
   return opts;
 }
 
-std::unique_ptr<checkpointer> make_checkpointer(const fs::path& dir,
+std::unique_ptr<checkpointer> make_checkpointer(const std::string& dir,
                                                 checkpointer_options opts) {
-  return std::make_unique<checkpointer>(make_filesystem_writer(dir.string()),
-                                        make_filesystem_reader(dir.string()),
+  return std::make_unique<checkpointer>(make_filesystem_writer(dir),
+                                        make_filesystem_reader(dir),
                                         std::move(opts));
 }
 
@@ -152,8 +132,7 @@ uint64_t resident_bytes() {
 
 } // namespace
 
-// -- the pool alone
-// -------------------------------------------------------------
+// -- the pool alone ---------------------------------------------------------
 
 TEST_CASE("staging_pool copies bit-exact and reuses its buffer", "[staging]") {
   staging_pool pool;
@@ -270,16 +249,15 @@ TEST_CASE("staging_pool copies on two threads", "[staging]") {
   require_same(sd, *staged);
 }
 
-// -- the checkpointer
-// -----------------------------------------------------------
+// -- the checkpointer -------------------------------------------------------
 
 TEST_CASE("async_save reuses its staging memory and saves what was staged",
           "[staging]") {
-  scratch_dir dir;
-  auto cp = make_checkpointer(dir.path, solo_options(true));
+  fs_test::temp_dir dir;
+  auto cp = make_checkpointer(dir.path(), solo_options(true));
   auto sd = make_state(4, 0);
   auto expected = make_state(4, 0);
-  auto fut = cp->async_save(sd, (dir.path / "a").string());
+  auto fut = cp->async_save(sd, dir / "a");
   // The caller trains on: nothing of this reaches the checkpoint.
   std::get<at::Tensor>(*sd.find("big")).fill_(-1.0f);
   std::get<at::Tensor>(*sd.find("bf16")).zero_();
@@ -293,21 +271,21 @@ TEST_CASE("async_save reuses its staging memory and saves what was staged",
   CHECK(st.buffers_in_use == 0); // released before the future was ready
   CHECK(st.buffers_held == 1);
   // The second save of the same layout allocates nothing.
-  auto second = cp->async_save(sd, (dir.path / "b").string());
+  auto second = cp->async_save(sd, dir / "b");
   REQUIRE(second.get());
   st = cp->staging_stats();
   CHECK(st.allocations == 1);
   CHECK(st.reuses == 1);
   CHECK(st.buffers_in_use == 0);
   auto loaded = zeroed(make_state(4, 0));
-  REQUIRE_FALSE(cp->load(loaded, (dir.path / "a").string()));
+  REQUIRE_FALSE(cp->load(loaded, dir / "a"));
   require_same(expected, loaded);
   loaded = zeroed(make_state(4, 0));
-  REQUIRE_FALSE(cp->load(loaded, (dir.path / "b").string()));
+  REQUIRE_FALSE(cp->load(loaded, dir / "b"));
   require_same(sd, loaded);
   // A larger layout rebuilds; release gives everything back.
   auto large = make_state(40, 1);
-  REQUIRE(cp->async_save(large, (dir.path / "c").string()).get());
+  REQUIRE(cp->async_save(large, dir / "c").get());
   st = cp->staging_stats();
   CHECK(st.allocations == 2);
   CHECK(st.rebuilds == 1);
@@ -316,14 +294,14 @@ TEST_CASE("async_save reuses its staging memory and saves what was staged",
   CHECK(st.buffers_held == 0);
   CHECK(st.bytes_held == 0);
   loaded = zeroed(make_state(40, 1));
-  REQUIRE_FALSE(cp->load(loaded, (dir.path / "c").string()));
+  REQUIRE_FALSE(cp->load(loaded, dir / "c"));
   require_same(large, loaded);
 }
 
 TEST_CASE("async_save with keep_staging_memory = false holds nothing after",
           "[staging]") {
-  scratch_dir dir;
-  auto cp = make_checkpointer(dir.path, solo_options(false));
+  fs_test::temp_dir dir;
+  auto cp = make_checkpointer(dir.path(), solo_options(false));
   auto sd = make_state(4, 2);
   for (int i = 0; i < 2; ++i) {
     auto md = cp->async_save(sd).get();
@@ -340,7 +318,7 @@ TEST_CASE("async_save with keep_staging_memory = false holds nothing after",
 
 TEST_CASE("async_save on a group of two ranks reuses each rank's pool",
           "[staging]") {
-  scratch_dir dir;
+  fs_test::temp_dir dir;
   system_config cfg{system_options{4, false}};
   caf::actor_system sys{cfg};
   {
@@ -352,7 +330,7 @@ TEST_CASE("async_save on a group of two ranks reuses each rank's pool",
       checkpointer_options opts;
       opts.process_group = group[r];
       opts.step_timeout = std::chrono::seconds(30);
-      cps.push_back(make_checkpointer(dir.path, opts));
+      cps.push_back(make_checkpointer(dir.path(), opts));
       // Each rank its own keys: both ranks' data is in the checkpoint.
       state_dict sd;
       sd.set("rank" + std::to_string(r),
