@@ -249,6 +249,33 @@ TEST_CASE("staging_pool copies on two threads", "[staging]") {
   require_same(sd, *staged);
 }
 
+TEST_CASE("staging_pool resolves conjugate and negative views", "[staging]") {
+  staging_pool pool;
+  state_dict sd;
+  auto z = at::view_as_complex(at::arange(8, at::kFloat).reshape({4, 2}));
+  sd.set("conj", z.conj());
+  sd.set("neg", at::_neg_view(at::arange(5, at::kDouble)));
+  auto staged = pool.stage(sd);
+  REQUIRE(staged);
+  auto conj = std::get<at::Tensor>(*staged->find("conj"));
+  CHECK_FALSE(conj.is_conj());
+  CHECK(at::equal(conj, z.conj().resolve_conj()));
+  CHECK(at::equal(std::get<at::Tensor>(*staged->find("neg")),
+                  -at::arange(5, at::kDouble)));
+}
+
+TEST_CASE("staging_pool names the key it cannot copy", "[staging]") {
+  staging_pool pool;
+  state_dict sd;
+  sd.set("dense", at::ones({4}));
+  sd.nested("layer").set("sparse", at::eye(3).to_sparse());
+  auto staged = pool.stage(sd);
+  REQUIRE_FALSE(staged);
+  CHECK(code_of(staged.error()) == errc::invalid_argument);
+  CHECK_THAT(context_of(staged.error()), Catch::Contains("layer.sparse"));
+  CHECK(pool.stats().buffers_in_use == 0); // the buffer came back
+}
+
 // -- the checkpointer -------------------------------------------------------
 
 TEST_CASE("async_save reuses its staging memory and saves what was staged",
