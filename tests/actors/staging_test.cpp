@@ -304,6 +304,17 @@ TEST_CASE("async_save reuses its staging memory and saves what was staged",
   CHECK(st.allocations == 1);
   CHECK(st.reuses == 1);
   CHECK(st.buffers_in_use == 0);
+  // Back to back: the next async_save waits for this one, whose staged
+  // copy is in the pool again by then, so one staged copy at a time.
+  auto third = cp->async_save(sd, dir / "b2");
+  auto fourth = cp->async_save(sd, dir / "b3");
+  CHECK(third.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  REQUIRE(third.get());
+  REQUIRE(fourth.get());
+  st = cp->staging_stats();
+  CHECK(st.allocations == 1);
+  CHECK(st.reuses == 3);
+  CHECK(st.buffers_held == 1);
   auto loaded = zeroed(make_state(4, 0));
   REQUIRE_FALSE(cp->load(loaded, dir / "a"));
   require_same(expected, loaded);
