@@ -234,6 +234,15 @@ int run_async(const std::vector<tensor_desc>& layout, const state_dict& sd,
   fs::remove_all(root);
   auto more = time_memcpy(sd, bytes, aopts.memcpy_rounds);
   memcpy_s.insert(memcpy_s.end(), more.begin(), more.end());
+  // What async_save blocked for before it had a pool: a copy into fresh
+  // host memory (allocated, faulted, freed every time).
+  std::vector<double> fresh_s;
+  for (int i = 0; i < aopts.memcpy_rounds; ++i) {
+    auto t0 = clock_type::now();
+    auto staged = stage_to_host(sd);
+    fresh_s.push_back(seconds_since(t0));
+  }
+  auto fresh = spread_of(fresh_s);
   auto later_block = spread_of({block_s.begin() + 1, block_s.end()});
   auto later_durable = spread_of({durable_s.begin() + 1, durable_s.end()});
   auto copy = spread_of(memcpy_s);
@@ -264,6 +273,9 @@ int run_async(const std::vector<tensor_desc>& layout, const state_dict& sd,
     {"memcpy_max_s", copy.max},
     {"block_over_memcpy",
      copy.median > 0 ? later_block.median / copy.median : 0.0},
+    {"fresh_stage_median_s", fresh.median},
+    {"fresh_stage_min_s", fresh.min},
+    {"fresh_stage_max_s", fresh.max},
     {"state_bytes", bytes},
     {"base_rss_bytes", base_rss},
     {"peak_rss_bytes", peak_rss},
@@ -339,6 +351,8 @@ int main(int argc, char** argv) {
     "    was reset before them, else it includes the memcpy buffer);\n"
     "  peak_over_state: (peak - base + state) / state, the state dict and\n"
     "    all the saves added, in state dicts;\n"
+    "  fresh_stage_{median,min,max}_s: stage_to_host into fresh memory,\n"
+    "    --memcpy-rounds times after the saves (async_save without a pool);\n"
     "  staging_allocations, staging_reuses: the staging pool's counters;\n"
     "  verified: the last save loads back equal.\n"
     + dcpp::cli::env_footer({}));
