@@ -4,6 +4,7 @@
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
 #include "core/error.hpp"
+#include "storage/staging_pool.hpp"
 
 #include <caf/all.hpp>
 
@@ -13,6 +14,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 
@@ -115,6 +117,73 @@ run_on_agent(const checkpointer_options& o, Atom atom, Job job) {
   }
 }
 
+// -- staged copies of async saves ---------------------------------------------
+
+/// Drops every tensor of `sd` in place (bytes values and structure stay).
+void drop_tensors(state_dict& sd) {
+  for (auto& [key, val] : sd.entries()) {
+    if (auto t = std::get_if<at::Tensor>(&val)) {
+      *t = at::Tensor{};
+    } else if (auto st = std::get_if<sharded_tensor>(&val)) {
+      for (auto& sh : st->local_shards)
+        sh.tensor = at::Tensor{};
+    } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
+      if (*sub)
+        drop_tensors(**sub);
+    }
+  }
+}
+
+/// The item source of an async save's staged copy, which the checkpointer
+/// lets go of as soon as the save ended: the rank agent and its writer
+/// actors may hold the job a while longer, but not the staging memory.
+/// After `release`, both calls fail (no writer of an ended save asks);
+/// views of bytes values handed out before stay valid, as the interface
+/// promises, since the staged dict keeps its bytes values.
+class staged_source : public item_source {
+public:
+  staged_source(std::shared_ptr<const item_source> inner,
+                std::shared_ptr<state_dict> staged)
+    : inner_(std::move(inner)), staged_(std::move(staged)) {
+    // nop
+  }
+
+  caf::expected<at::Tensor> tensor(const write_item& item) const override {
+    std::shared_lock<std::shared_mutex> guard{mx_};
+    if (!inner_)
+      return released(item);
+    return inner_->tensor(item);
+  }
+
+  caf::expected<std::string_view> bytes(const write_item& item) const override {
+    std::shared_lock<std::shared_mutex> guard{mx_};
+    if (!inner_)
+      return released(item);
+    return inner_->bytes(item);
+  }
+
+  /// Drops the staged tensors (the inner source holds them too): their
+  /// memory goes back to the staging pool once no writer holds one of them
+  /// any more, at once after a save that wrote everything.
+  void release() {
+    std::unique_lock<std::shared_mutex> guard{mx_};
+    inner_.reset();
+    drop_tensors(*staged_);
+  }
+
+private:
+  static caf::error released(const write_item& item) {
+    return make_error(errc::aborted,
+                      "async_save: " + item.index.fqn
+                        + " asked for after the save ended and its staged "
+                          "copy was released");
+  }
+
+  mutable std::shared_mutex mx_;
+  std::shared_ptr<const item_source> inner_;
+  std::shared_ptr<state_dict> staged_;
+};
+
 } // namespace
 
 namespace detail {
@@ -168,7 +237,10 @@ struct solo_world {
 checkpointer::checkpointer(storage_writer_ptr writer, storage_reader_ptr reader,
                            checkpointer_options opts)
   : writer_(std::move(writer)), reader_(std::move(reader)),
-    opts_(std::move(opts)), report_(std::make_shared<detail::report_box>()) {
+    opts_(std::move(opts)), report_(std::make_shared<detail::report_box>()),
+    staging_(std::make_unique<staging_pool>(
+      staging_pool_options{opts_.keep_staging_memory,
+                           std::max<uint32_t>(opts_.staging_threads, 1)})) {
   // nop
 }
 
@@ -210,6 +282,16 @@ op_report checkpointer::last_report() const {
   return report_->get();
 }
 
+staging_pool_stats checkpointer::staging_stats() const {
+  return staging_->stats();
+}
+
+void checkpointer::release_staging_memory() {
+  if (pending_.valid())
+    pending_.wait();
+  staging_->release();
+}
+
 namespace {
 
 /// `job`, leaving its report in a fresh slot.
@@ -244,18 +326,35 @@ std::future<save_result> checkpointer::async_save(const state_dict& sd) {
     done->set_value(std::move(err));
     return result;
   }
-  auto staged = std::make_shared<const state_dict>(stage_to_host(sd));
   const auto& opts = group_options();
+  // A staging failure still goes through the agent (job_or_failure), so
+  // that every rank of the group fails this save together.
+  std::shared_ptr<staged_source> source;
+  auto made = [&]() -> caf::expected<save_job> {
+    auto staged = staging_->stage(sd);
+    if (!staged)
+      return std::move(staged.error());
+    auto copy = std::make_shared<state_dict>(std::move(*staged));
+    auto job = make_save_job(std::shared_ptr<const state_dict>(copy), writer_,
+                             job_options_of(opts));
+    if (job) {
+      source = std::make_shared<staged_source>(std::move(job->source),
+                                               std::move(copy));
+      job->source = source;
+    }
+    return job;
+  }();
   std::shared_ptr<op_report> report;
-  auto job = with_report(
-    job_or_failure(make_save_job(staged, writer_, job_options_of(opts)), opts),
-    report);
+  auto job = with_report(job_or_failure(std::move(made), opts), report);
   // The outcome goes to the caller's future and to the one the next
-  // operation waits on.
+  // operation waits on, after the staged copy went back to the pool.
   auto internal = std::make_shared<std::promise<void>>();
   pending_ = internal->get_future().share();
   submit(opts, save_atom::value, std::move(job),
-         [done, internal, report, box = report_](caf::expected<metadata> x) {
+         [done, internal, report, source,
+          box = report_](caf::expected<metadata> x) {
+           if (source)
+             source->release();
            if (x)
              box->set(*report);
            done->set_value(std::move(x));

@@ -10,6 +10,7 @@
 
 #include "core/planner.hpp"
 #include "core/report.hpp"
+#include "storage/staging_pool.hpp"
 #include "storage/state_dict.hpp"
 #include "storage/storage.hpp"
 
@@ -48,6 +49,16 @@ struct checkpointer_options {
   uint32_t io_threads = 1;
   /// Deadline of each collective step (plan, write, commit, read).
   std::chrono::milliseconds step_timeout = std::chrono::seconds(300);
+  /// `async_save` stages into a pool of host memory owned by the
+  /// checkpointer. Keep that memory between saves (true: the next
+  /// `async_save` of the same or a smaller state dict copies at memory
+  /// speed without allocating), or give it back to the OS as soon as each
+  /// background save ended (false: every `async_save` maps and faults its
+  /// staging memory anew).
+  bool keep_staging_memory = true;
+  /// Threads that copy a state dict of 64 MiB or more into the staging
+  /// memory (the caller's thread included).
+  uint32_t staging_threads = 1;
 };
 
 /// What a completed save reports.
@@ -70,6 +81,13 @@ public:
   /// Copies `sd` into host memory, returns once the copy is done, and
   /// writes in the background. A second `async_save` waits until the first
   /// finished. The future yields what `save` would have returned.
+  ///
+  /// The copy goes into the checkpointer's staging pool (`staging_stats`):
+  /// the first `async_save` maps it, the next ones of the same or a smaller
+  /// state dict reuse it. When the background save ends, before the future
+  /// becomes ready, the save lets go of the staged tensors and their memory
+  /// goes back to the pool (or to the OS, see `keep_staging_memory`), so at
+  /// most one staged copy exists at any time.
   std::future<save_result> async_save(const state_dict& sd);
 
   /// Loads into the caller's preallocated tensors, shards and bytes values
@@ -97,6 +115,13 @@ public:
   /// first success; a failure leaves it alone.
   op_report last_report() const;
 
+  /// What the staging pool of `async_save` did and holds now.
+  staging_pool_stats staging_stats() const;
+
+  /// Waits for a background save, then gives the staging pool's memory
+  /// back to the OS; the next `async_save` maps it anew.
+  void release_staging_memory();
+
 private:
   /// `opts_`, or with `no_dist` the options of the private world of one
   /// rank (made on first use) that runs the same steps as a group.
@@ -113,6 +138,8 @@ private:
   std::shared_ptr<detail::report_box> report_;
   /// The background save in flight, if any.
   std::shared_future<void> pending_;
+  /// Where `async_save` stages (host memory reused from save to save).
+  std::unique_ptr<staging_pool> staging_;
   /// With `no_dist`: the world of one rank, and the options that name it.
   std::unique_ptr<detail::solo_world> solo_;
   checkpointer_options solo_opts_;
