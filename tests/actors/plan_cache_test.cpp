@@ -193,7 +193,8 @@ void run_scenario(ranks& rk, caf::actor_system& coord_sys, int32_t changed) {
   auto second = rk.save_and_load(0, changed);
   check_ok(second);
   check_cached(second, true);
-  CHECK(second.mds[0].state_dict_metadata == first.mds[0].state_dict_metadata);
+  CHECK(
+    (second.mds[0].state_dict_metadata == first.mds[0].state_dict_metadata));
   CHECK(second.mds[0].storage_data.size() == first.mds[0].storage_data.size());
   auto keys2 = committed_keys(*rk.store);
   for (const auto& key : keys2)
@@ -213,13 +214,14 @@ void run_scenario(ranks& rk, caf::actor_system& coord_sys, int32_t changed) {
   auto fourth = rk.save_and_load(1, changed);
   check_ok(fourth);
   check_cached(fourth, true);
-  CHECK(fourth.mds[0].state_dict_metadata == third.mds[0].state_dict_metadata);
+  CHECK(
+    (fourth.mds[0].state_dict_metadata == third.mds[0].state_dict_metadata));
   // Save 5: that rank's tensor changes its shape: full plans, right shape.
   auto fifth = rk.save_and_load(2, changed);
   check_ok(fifth);
   check_cached(fifth, false);
-  CHECK(fifth.mds[0].state_dict_metadata.at("extra.only_here").tensor.size
-        == shape_t{5});
+  CHECK((fifth.mds[0].state_dict_metadata.at("extra.only_here").tensor.size
+         == shape_t{5}));
   cs = stats_of<coordinator_stats>(coord_sys, rk.group[0]->coordinator());
   CHECK(cs.plan_cache_hits == 2);
   CHECK(cs.plan_cache_misses == 0);
