@@ -79,6 +79,17 @@ bool same_tensors(state_dict& got, const state_dict& want) {
   return true;
 }
 
+/// An actor system with two scheduler threads (the ranks only pass
+/// messages; the memory storage's calls are quick).
+struct small_system {
+  system_config cfg{[] {
+    system_options o;
+    o.scheduler_threads = 2;
+    return o;
+  }()};
+  caf::actor_system sys{cfg};
+};
+
 /// Runs `f(rank)` on one thread per rank and waits for all of them.
 void on_ranks(int32_t n, const std::function<void(int32_t)>& f) {
   std::vector<std::thread> threads;
@@ -231,25 +242,18 @@ void run_scenario(ranks& rk, caf::actor_system& coord_sys, int32_t changed) {
 
 } // namespace
 
-TEST_CASE("a repeated save reuses the plans; a change on one rank plans "
+TEST_CASE("a repeated save reuses the plans, a change on one rank plans "
           "in full",
           "[plan_cache]") {
-  system_options so;
-  so.scheduler_threads = 2;
-  system_config cfg{so};
-  caf::actor_system sys{cfg};
-  {
-    ranks rk{make_local_process_group(sys, 4)};
-    run_scenario(rk, sys, 2);
-  }
+  small_system s;
+  ranks rk{make_local_process_group(s.sys, 4)};
+  run_scenario(rk, s.sys, 2);
 }
 
 TEST_CASE("a failed save makes every rank send its full plan next time",
           "[plan_cache]") {
-  system_options so;
-  so.scheduler_threads = 2;
-  system_config cfg{so};
-  caf::actor_system sys{cfg};
+  small_system s;
+  auto& sys = s.sys;
   {
     ranks rk{make_local_process_group(sys, 3)};
     check_ok(rk.save_and_load(0, 1));
@@ -281,14 +285,9 @@ TEST_CASE("a failed save makes every rank send its full plan next time",
 TEST_CASE("the plan cache over ZeroMQ: one actor system per rank",
           "[plan_cache][zmq]") {
   constexpr int32_t n = 3;
-  system_options so;
-  so.scheduler_threads = 2;
-  std::vector<std::unique_ptr<system_config>> cfgs;
-  std::vector<std::unique_ptr<caf::actor_system>> systems;
-  for (int32_t r = 0; r < n; ++r) {
-    cfgs.push_back(std::make_unique<system_config>(so));
-    systems.push_back(std::make_unique<caf::actor_system>(*cfgs.back()));
-  }
+  std::vector<std::unique_ptr<small_system>> systems;
+  for (int32_t r = 0; r < n; ++r)
+    systems.push_back(std::make_unique<small_system>());
   auto port = test::free_port();
   std::vector<process_group_ptr> members(n);
   std::vector<caf::error> errors(n);
@@ -303,7 +302,7 @@ TEST_CASE("the plan cache over ZeroMQ: one actor system per rank",
     zmq_options opts;
     opts.drain_timeout = 2000ms;
     opts.connect_timeout = 20000ms;
-    auto g = make_zmq_process_group(*systems[r], env, opts);
+    auto g = make_zmq_process_group(systems[r]->sys, env, opts);
     if (g)
       members[r] = std::move(*g);
     else
@@ -314,7 +313,7 @@ TEST_CASE("the plan cache over ZeroMQ: one actor system per rank",
   {
     ranks rk{members};
     members.clear();
-    run_scenario(rk, *systems[0], 1);
+    run_scenario(rk, systems[0]->sys, 1);
     // Groups go before their actor systems, the coordinator's last.
     for (int32_t r = n - 1; r >= 0; --r) {
       rk.cps[r].reset();
