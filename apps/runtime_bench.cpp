@@ -157,12 +157,16 @@ long peak_rss_kib() {
 }
 
 /// One world size, in this process; prints its JSON line.
-int run_world(int64_t world, int64_t tensors, int rounds, size_t threads) {
+int run_world(int64_t world, int64_t tensors, int rounds, size_t threads,
+              bool scheduled_io) {
   system_options so;
   so.scheduler_threads = threads;
   system_config cfg{so};
   caf::actor_system sys{cfg};
-  auto group = make_local_process_group(sys, static_cast<int32_t>(world));
+  process_group_options gopts;
+  gopts.agent.detached_io = !scheduled_io;
+  auto group = make_local_process_group(sys, static_cast<int32_t>(world),
+                                        gopts);
   auto store = make_memory_storage();
   std::vector<std::shared_ptr<const state_dict>> states;
   std::vector<storage_writer_ptr> writers;
@@ -203,7 +207,7 @@ int run_world(int64_t world, int64_t tensors, int rounds, size_t threads) {
     // exchanged in full (no cache on either side).
     if (round > 0) {
       group.clear();
-      group = make_local_process_group(sys, static_cast<int32_t>(world));
+      group = make_local_process_group(sys, static_cast<int32_t>(world), gopts);
     }
     auto jobs = save_jobs();
     if (jobs.empty())
@@ -248,14 +252,16 @@ int run_world(int64_t world, int64_t tensors, int rounds, size_t threads) {
   }
   group.clear();
   std::printf("{\"ranks\": %lld, \"tensors_per_rank\": %lld, "
+              "\"scheduled_io\": %s, "
               "\"saved_chunks\": %zu, \"rounds\": %d, "
               "\"first_save_s\": %.4f, \"first_save_plan_s\": %.4f, "
               "\"save_s\": %.4f, \"cached_save_s\": %.4f, "
               "\"cached_save_plan_s\": %.4f, \"load_s\": %.4f, "
               "\"load_verified\": %s, \"peak_rss_mib\": %.1f}\n",
               static_cast<long long>(world), static_cast<long long>(tensors),
-              chunks, rounds, first_save_s, first_plan_s, median(save_s),
-              median(cached_s), median(cached_plan_s), median(load_s),
+              scheduled_io ? "true" : "false", chunks, rounds, first_save_s,
+              first_plan_s, median(save_s), median(cached_s),
+              median(cached_plan_s), median(load_s),
               loaded_ok ? "true" : "false",
               static_cast<double>(peak_rss_kib()) / 1024.0);
   std::fflush(stdout);
@@ -283,7 +289,7 @@ std::map<std::string, double> parse_line(const std::string& line) {
 
 /// Runs one world size in a child process; returns its JSON line.
 std::string run_child(const char* self_exe, int64_t world, int64_t tensors,
-                      int rounds, size_t threads) {
+                      int rounds, size_t threads, bool scheduled_io) {
   int fds[2];
   if (pipe(fds) != 0)
     return {};
@@ -297,7 +303,8 @@ std::string run_child(const char* self_exe, int64_t world, int64_t tensors,
     auto n = std::to_string(rounds);
     auto th = std::to_string(threads);
     execl(self_exe, self_exe, "--child", "--ranks", w.c_str(), "--tensors",
-          t.c_str(), "--rounds", n.c_str(), "--threads", th.c_str(), nullptr);
+          t.c_str(), "--rounds", n.c_str(), "--threads", th.c_str(),
+          scheduled_io ? "--scheduled-io" : "--detached-io", nullptr);
     _exit(127);
   }
   close(fds[1]);
@@ -326,18 +333,24 @@ int main(int argc, char** argv) {
   int rounds = 3;
   size_t threads = 0;
   bool child = false;
+  bool scheduled_io = false;
   app.add_option("--ranks", worlds, "world sizes")->delimiter(',');
   app.add_option("--tensors", tensors, "tensors per rank");
   app.add_option("--rounds", rounds, "rounds per world size (median)");
   app.add_option("--threads", threads,
                  "scheduler threads (0: CAF's default, max(4, cores))");
   app.add_flag("--child", child, "run one world size in this process");
+  app.add_flag("--scheduled-io,!--detached-io", scheduled_io,
+               "run the writer and reader actors on the scheduler instead "
+               "of a thread each (the memory storage never blocks)");
   CLI11_PARSE(app, argc, argv);
   if (child)
-    return run_world(worlds.at(0), tensors, std::max(rounds, 1), threads);
+    return run_world(worlds.at(0), tensors, std::max(rounds, 1), threads,
+                     scheduled_io);
   std::vector<std::pair<int64_t, std::map<std::string, double>>> lines;
   for (auto world : worlds) {
-    auto line = run_child("/proc/self/exe", world, tensors, rounds, threads);
+    auto line = run_child("/proc/self/exe", world, tensors, rounds, threads,
+                          scheduled_io);
     if (line.empty()) {
       std::fprintf(stderr, "world size %lld failed\n",
                    static_cast<long long>(world));
