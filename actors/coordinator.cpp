@@ -425,6 +425,9 @@ std::shared_ptr<const std::vector<save_plan>> plan_set_of(coord_ptr self,
   auto all_cached = std::all_of(op.plan_cached.begin(), op.plan_cached.end(),
                                 [](bool x) { return x; });
   if (all_cached && st.plan_cache.plans) {
+    spdlog::debug("dcpp coordinator {}: {}: every rank's plan from the plan "
+                  "cache",
+                  st.rank, to_string(op.id));
     ++st.stats.plan_cache_hits;
     op.report.plans_cached = true;
     op.plans_key = st.plan_cache.key;
