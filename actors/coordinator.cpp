@@ -5,6 +5,7 @@
 #include "actors/progress.hpp"
 #include "core/error.hpp"
 #include "core/report.hpp"
+#include "messages/wire.hpp"
 
 #include <caf/all.hpp>
 
@@ -13,7 +14,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <variant>
@@ -97,6 +100,28 @@ struct coord_op {
   op_report report;
   /// Step "write" / "read": per rank, bytes done and planned so far.
   std::vector<std::pair<uint64_t, uint64_t>> progress;
+  // the plan cache (a save only)
+  /// Per rank: the fingerprint of its local plan, and whether it sent only
+  /// that.
+  std::vector<uint64_t> fingerprints;
+  std::vector<bool> plan_cached;
+  /// Every rank's local plan, as the global step got them, and their key.
+  std::shared_ptr<const std::vector<save_plan>> plan_set;
+  uint64_t plans_key = 0;
+};
+
+/// The coordinator's side of the plan cache (DCP's `_cached_all_plans`):
+/// every rank's local plan of the last save that succeeded here. A rank
+/// sends only a fingerprint when its plan is the one of that save; the
+/// global step then gets this very set of plans (shared, not copied) under
+/// the same key, and the agent of the coordinator's rank reuses the global
+/// plan it made for them. What storage adds per save (file names with the
+/// save's tag, DCP's `storage_data`) is never cached: the storage's
+/// `prepare_global_plan` runs on every save.
+struct coord_plan_cache {
+  std::shared_ptr<const std::vector<save_plan>> plans;
+  std::vector<uint64_t> fingerprints;
+  uint64_t key = 0;
 };
 
 template <class Op>
@@ -115,6 +140,7 @@ struct coordinator_state {
   bool monitoring = false;
   uint64_t next_gen = 1;
   coordinator_stats stats;
+  coord_plan_cache plan_cache;
 
   static constexpr const char* name = "dcpp.coordinator";
 };
@@ -198,8 +224,8 @@ void fail(coord_ptr self, coord_op& op) {
   auto n = world_size(self);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
-                 op_outcome_msg{reply_header(self, op.id, r), err, metadata{},
-                                failure, op_report{}});
+                 op_outcome_msg{reply_header(self, op.id, r), err,
+                                shared_metadata{}, failure, op_report{}});
   ++self->state.stats.ops_failed;
   close(self, op.id.seq);
 }
@@ -213,12 +239,23 @@ void succeed(coord_ptr self, coord_op& op) {
   op.report.total_us = std::max(micros(clock_type::now() - op.t_open),
                                 op.report.plan_us + op.report.data_us
                                   + op.report.commit_us);
+  // One metadata object for every rank's outcome: in one process the ranks
+  // share it, over a transport each process decodes it once.
+  shared_metadata md{std::move(op.md)};
+  // The ranks keep their plans as cached once they learn of the success;
+  // so does the coordinator, before it tells them.
+  if (op.plan_set) {
+    auto& cache = self->state.plan_cache;
+    cache.plans = std::move(op.plan_set);
+    cache.fingerprints = std::move(op.fingerprints);
+    cache.key = op.plans_key;
+  }
   // Before the outcomes (see fail): the final line, then the results.
   notify(self, op, progress_update::state::done);
   for (int32_t r = 0; r < n; ++r)
     send_to_rank(self, r,
-                 op_outcome_msg{reply_header(self, op.id, r), caf::error{},
-                                op.md, checkpoint_failure{}, op.report});
+                 op_outcome_msg{reply_header(self, op.id, r), caf::error{}, md,
+                                checkpoint_failure{}, op.report});
   ++self->state.stats.ops_committed;
   close(self, op.id.seq);
 }
@@ -278,10 +315,13 @@ coord_op* find_op(coord_ptr self, const envelope& hdr, const char* what,
   op.timeout = std::chrono::milliseconds{open_timeout_ms};
   start_gathering(op, step::plan, world_size(self));
   auto n = static_cast<size_t>(world_size(self));
-  if (hdr.op.kind == op_kind::save)
+  if (hdr.op.kind == op_kind::save) {
     op.plans = std::vector<save_plan>(n);
-  else
+    op.fingerprints.assign(n, 0);
+    op.plan_cached.assign(n, false);
+  } else {
     op.plans = std::vector<load_plan>(n);
+  }
   st.stats.open_ops = st.ops.size();
   arm(self, op);
   // A rank that already stopped cannot take part.
@@ -351,6 +391,61 @@ coord_op* find_global(coord_ptr self, const envelope& hdr, step expected,
   return op;
 }
 
+// -- the plan cache ---------------------------------------------------------
+
+/// A save's local plan from rank `r`: in full, or only its fingerprint,
+/// which must be the one the plan cache holds for `r`.
+void take_local_plan(coord_ptr self, coord_op& op, int32_t r,
+                     local_save_plan_msg& msg) {
+  auto& cache = self->state.plan_cache;
+  op.fingerprints[r] = msg.fingerprint;
+  if (!msg.plan_cached) {
+    plans_of<save_op>(op)[r] = std::move(msg.plan);
+    return;
+  }
+  auto known = cache.plans && static_cast<size_t>(r) < cache.fingerprints.size()
+               && cache.fingerprints[r] == msg.fingerprint;
+  if (known) {
+    op.plan_cached[r] = true;
+    return;
+  }
+  ++self->state.stats.plan_cache_misses;
+  char fp[17];
+  std::snprintf(fp, sizeof(fp), "%016llx",
+                static_cast<unsigned long long>(msg.fingerprint));
+  op.failures[r] = make_error(
+    errc::protocol_error,
+    "rank " + std::to_string(r) + " sent only the fingerprint " + fp
+      + " of its local plan, which the coordinator (rank "
+      + std::to_string(self->state.rank)
+      + ") does not hold; the rank sends its full plan on the next save");
+}
+
+/// Every rank's local plan of a save, for the global step: the cached set
+/// itself when every rank sent only its fingerprint, else a new set with
+/// the cached plans of those that did.
+std::shared_ptr<const std::vector<save_plan>> plan_set_of(coord_ptr self,
+                                                          coord_op& op) {
+  auto& st = self->state;
+  auto all_cached = std::all_of(op.plan_cached.begin(), op.plan_cached.end(),
+                                [](bool x) { return x; });
+  if (all_cached && st.plan_cache.plans) {
+    spdlog::debug("dcpp coordinator {}: {}: every rank's plan from the plan "
+                  "cache",
+                  st.rank, to_string(op.id));
+    ++st.stats.plan_cache_hits;
+    op.report.plans_cached = true;
+    op.plans_key = st.plan_cache.key;
+    return st.plan_cache.plans;
+  }
+  auto& fresh = plans_of<save_op>(op);
+  for (size_t r = 0; r < fresh.size(); ++r)
+    if (op.plan_cached[r])
+      fresh[r] = (*st.plan_cache.plans)[r];
+  op.plans_key = plans_fingerprint(op.fingerprints);
+  return std::make_shared<const std::vector<save_plan>>(std::move(fresh));
+}
+
 // -- the steps, written once for save and load ------------------------------
 
 /// Step "plan": rank `from`'s local plan (or its failure); once every rank
@@ -366,6 +461,8 @@ void on_local_plan(coord_ptr self, typename Op::local_msg& msg) {
     return;
   if (msg.error)
     op->failures[hdr.from] = std::move(msg.error);
+  else if constexpr (is_save<Op>)
+    take_local_plan(self, *op, hdr.from, msg);
   else
     plans_of<Op>(*op)[hdr.from] = std::move(msg.plan);
   if (!complete(self, *op))
@@ -377,9 +474,16 @@ void on_local_plan(coord_ptr self, typename Op::local_msg& msg) {
   auto r = self->state.rank;
   op->cur = step::global_plan;
   arm(self, *op);
-  send_to_rank(self, r,
-               typename Op::global_msg{reply_header(self, op->id, r),
-                                       std::move(plans_of<Op>(*op))});
+  if constexpr (is_save<Op>) {
+    op->plan_set = plan_set_of(self, *op);
+    send_to_rank(self, r,
+                 global_save_step_msg{reply_header(self, op->id, r),
+                                      op->plan_set, op->plans_key});
+  } else {
+    send_to_rank(self, r,
+                 typename Op::global_msg{reply_header(self, op->id, r),
+                                         std::move(plans_of<Op>(*op))});
+  }
 }
 
 /// Step "plan", end: the global plan from the own rank; scatter each rank's

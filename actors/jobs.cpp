@@ -54,7 +54,15 @@ build(const state_dict& sd, std::shared_ptr<const state_dict> keep_alive,
   save_job job;
   if (auto err = fill(
         job, holder->flat, opts.save_planner,
-        [] { return make_default_save_planner(); }, opts))
+        [] {
+          // Stateless: one instance per process, so that the plan cache
+          // (which reuses a global plan only for the same planner object)
+          // recognizes it from save to save.
+          static const std::shared_ptr<const save_planner> planner
+            = make_default_save_planner();
+          return planner;
+        },
+        opts))
     return err;
   holder->source = make_item_source(holder->flat);
   job.source = std::shared_ptr<const item_source>(holder, holder->source.get());

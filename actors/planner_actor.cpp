@@ -60,13 +60,15 @@ planner_impl(planner_actor::pointer self,
       });
     },
     // -- load ---------------------------------------------------------------
-    [=](local_plan_atom, const metadata& md,
+    [=](local_plan_atom, const metadata_ptr& md,
         bool is_coordinator) -> caf::result<load_plan> {
       if (load && !view)
         return no_view();
+      if (load && !md)
+        return make_error(errc::invalid_argument, "no metadata");
       return call<load_plan>(
         load, "create_local_plan", [&](const load_planner& p) {
-          return p.create_local_plan(*view, md, is_coordinator);
+          return p.create_shared_local_plan(*view, md, is_coordinator);
         });
     },
     [=](global_plan_atom, load_plans& plans) -> caf::result<load_plans> {

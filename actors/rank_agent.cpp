@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "core/fault.hpp"
 #include "core/report.hpp"
+#include "messages/wire.hpp"
 #include "storage/byte_counter.hpp"
 
 #include <caf/all.hpp>
@@ -103,8 +104,34 @@ struct agent_op {
   bool outcome_known = false;
   bool aborting = false;
   caf::error error;
-  /// Save: the committed metadata. Load: the metadata read.
-  metadata md;
+  /// Save: the committed metadata. Load: the metadata read. Shared by the
+  /// ranks of the process (never copied per rank).
+  metadata_ptr md;
+  /// A save's local plan: its fingerprint (the plan cache).
+  uint64_t plan_fingerprint = 0;
+};
+
+/// A rank's side of the plan cache (DCP's `_cached_save_plan`): the
+/// fingerprint of its local plan in the last save that succeeded, and the
+/// coordinator rank of that save. A save whose local plan has that
+/// fingerprint sends only the fingerprint. Any failed save forgets it, so
+/// the next one sends the full plan (which also resynchronizes a
+/// coordinator that missed this rank's last plan).
+struct rank_plan_cache {
+  bool valid = false;
+  int32_t coordinator = -1;
+  uint64_t fingerprint = 0;
+};
+
+/// The coordinator's rank: the planner's global plan (before the storage's
+/// `prepare_global_plan`) for the set of local plans with key `key`, made
+/// by `planner` (DCP's `_cached_global_plan` and metadata). Reused only
+/// for the same key and the same planner object: a deterministic planner
+/// makes the same global plan from the same local plans.
+struct global_plan_cache {
+  std::weak_ptr<const save_planner> planner;
+  uint64_t key = 0;
+  std::shared_ptr<const global_save_plan> global;
 };
 
 struct agent_state {
@@ -118,6 +145,8 @@ struct agent_state {
   std::map<uint64_t, op_outcome_msg> early;
   uint64_t next_gen = 1;
   agent_stats stats;
+  rank_plan_cache plan_cache;
+  global_plan_cache global_cache;
 
   static constexpr const char* name = "dcpp.rank_agent";
 };
@@ -215,6 +244,9 @@ void finalize(agent_ptr self, uint64_t seq) {
   if (!st.op || st.op->id.seq != seq)
     return;
   auto op = std::move(st.op);
+  if (op->id.kind == op_kind::save)
+    st.plan_cache = rank_plan_cache{!op->error, op->coordinator,
+                                    op->plan_fingerprint};
   if (op->error) {
     ++st.stats.ops_failed;
     spdlog::debug("dcpp agent {}: {} failed: {}", st.rank, to_string(op->id),
@@ -223,14 +255,20 @@ void finalize(agent_ptr self, uint64_t seq) {
       op->rp.deliver(op->error);
   } else {
     ++st.stats.ops_done;
+    bool shared = false;
     std::visit(
       [&](auto& job) {
         if (job.report)
           *job.report = op->report;
+        if (job.metadata_out) {
+          *job.metadata_out = op->md;
+          shared = true;
+        }
       },
       op->job);
+    // The caller who took the shared object gets no copy.
     if (op->rp.pending())
-      op->rp.deliver(std::move(op->md));
+      op->rp.deliver(shared || !op->md ? metadata{} : *op->md);
   }
   auto stop = [](const auto& hdl) {
     if (hdl)
@@ -396,12 +434,26 @@ template <class Op>
 void send_local_plan(agent_ptr self, agent_op& op, typename Op::plan plan,
                      caf::error err) {
   auto inj = injected(self, op, fault::step::plan, err);
+  typename Op::local_msg msg{header_to(self, op, op.coordinator),
+                             op.timeout.count(), std::move(plan),
+                             std::move(err)};
+  if constexpr (is_save<Op>) {
+    if (!msg.error) {
+      // The plan cache: the plan of the last successful save goes as its
+      // fingerprint only.
+      const auto& cache = self->state.plan_cache;
+      op.plan_fingerprint = plan_fingerprint(msg.plan);
+      msg.fingerprint = op.plan_fingerprint;
+      if (cache.valid && cache.coordinator == op.coordinator
+          && cache.fingerprint == op.plan_fingerprint) {
+        msg.plan = save_plan{};
+        msg.plan_cached = true;
+        ++self->state.stats.plans_sent_cached;
+      }
+    }
+  }
   if (!inj.stop)
-    send_to_coordinator(self, op,
-                        typename Op::local_msg{
-                          header_to(self, op, op.coordinator),
-                          op.timeout.count(), std::move(plan), std::move(err)},
-                        inj.late);
+    send_to_coordinator(self, op, std::move(msg), inj.late);
   op.sent_local = true;
   arm(self, op, "the central plan");
 }
@@ -509,16 +561,44 @@ void start(agent_ptr self, agent_op& op) {
     ask<caf::ok_atom>(self, op, io_of<Op>(op), "set_up", set_up_done, report,
                       set_up_atom::value, coord, rank);
   } else {
-    ask<metadata>(
+    ask<metadata_ptr>(
       self, op, io_of<Op>(op), "read_metadata",
-      [=](agent_op& op, metadata& md) {
-        op.md = std::move(md);
-        op.counter->md = std::make_shared<const metadata>(op.md);
+      [=](agent_op& op, metadata_ptr& md) {
+        op.md = md;
+        op.counter->md = md;
         ask<caf::ok_atom>(self, op, io_of<Op>(op), "set_up", set_up_done,
                           report, set_up_atom::value, op.md, coord, rank);
       },
       report, read_metadata_atom::value);
   }
+}
+
+/// The planner's global plan of a save: from the plan cache if it holds
+/// the plans of `msg` for this planner, else made by the planner (and
+/// cached). `next` gets a copy that the storage may annotate.
+template <class Next, class Fail>
+void global_save_plan_of(agent_ptr self, agent_op& op,
+                         global_save_step_msg& msg, Next next, Fail fail) {
+  auto& cache = self->state.global_cache;
+  auto planner = job_of<save_op>(op).planner;
+  if (cache.global && cache.key == msg.plans_key
+      && cache.planner.lock() == planner) {
+    ++self->state.stats.global_plans_reused;
+    auto global = *cache.global;
+    next(op, global);
+    return;
+  }
+  auto key = msg.plans_key;
+  ask<global_save_plan>(
+    self, op, op.planner, "create_global_plan",
+    [=](agent_op& op, global_save_plan& planned) {
+      auto& cache = self->state.global_cache;
+      cache.planner = planner;
+      cache.key = key;
+      cache.global = std::make_shared<const global_save_plan>(planned);
+      next(op, planned);
+    },
+    fail, global_plan_atom::value, msg.plans.get());
 }
 
 /// Step "plan", the coordinator's own rank: the global plan from every
@@ -540,20 +620,22 @@ void on_global_step(agent_ptr self, typename Op::global_msg& msg) {
   auto fail = [reply](agent_op& op, caf::error err) {
     reply(op, global_plan{}, std::move(err));
   };
-  ask<global_plan>(
-    self, *op, op->planner, "create_global_plan",
-    [=](agent_op& op, global_plan& planned) {
-      auto global = std::make_shared<global_plan>(std::move(planned));
-      auto local_plans = std::move(Op::plans_of(*global));
-      ask<plans>(
-        self, op, io_of<Op>(op), "prepare_global_plan",
-        [=](agent_op& op, plans& prepared) {
-          Op::plans_of(*global) = std::move(prepared);
-          reply(op, std::move(*global), caf::error{});
-        },
-        fail, prepare_global_atom::value, std::move(local_plans));
-    },
-    fail, global_plan_atom::value, std::move(msg.plans));
+  auto prepare = [=](agent_op& op, global_plan& planned) {
+    auto global = std::make_shared<global_plan>(std::move(planned));
+    auto local_plans = std::move(Op::plans_of(*global));
+    ask<plans>(
+      self, op, io_of<Op>(op), "prepare_global_plan",
+      [=](agent_op& op, plans& prepared) {
+        Op::plans_of(*global) = std::move(prepared);
+        reply(op, std::move(*global), caf::error{});
+      },
+      fail, prepare_global_atom::value, std::move(local_plans));
+  };
+  if constexpr (is_save<Op>)
+    global_save_plan_of(self, *op, msg, prepare, fail);
+  else
+    ask<global_plan>(self, *op, op->planner, "create_global_plan", prepare,
+                     fail, global_plan_atom::value, std::move(msg.plans));
 }
 
 /// One part of the data step finished (or failed); the last one reports.
@@ -637,7 +719,7 @@ void on_central_plan(agent_ptr self, typename Op::central_msg& msg) {
       if constexpr (is_save<Op>) {
         op.planned.bytes_planned = planned_bytes(central);
       } else {
-        op.planned = to_read(central, op.md);
+        op.planned = to_read(central, *op.md);
         op.planned.bytes_planned = op.planned.bytes;
       }
       ask<std::vector<plan>>(
@@ -711,7 +793,7 @@ void on_outcome(agent_ptr self, op_outcome_msg& msg) {
     return;
   }
   if (!msg.error && op.id.kind == op_kind::save)
-    op.md = std::move(msg.md);
+    op.md = std::move(msg.md.ptr);
   op.report = msg.report;
   // A transport renders error contexts as text: the failure's data travels
   // beside the error and is put back into it here.

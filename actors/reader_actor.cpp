@@ -28,10 +28,14 @@ call(const std::shared_ptr<storage_reader>& reader, const char* what, F&& f) {
 /// storage, comes through here: overlapping chunks whose sizes add up to
 /// the tensor's would pass the load planner's coverage count and leave the
 /// elements that no chunk holds unloaded.
-caf::expected<metadata> checked_metadata(storage_reader& r) {
-  auto md = r.read_metadata();
+/// The check runs once per metadata object in the process: ranks that share
+/// the storage's metadata object share its verdict.
+caf::expected<metadata_ptr> checked_metadata(storage_reader& r) {
+  auto md = r.read_shared_metadata();
+  if (md && !*md)
+    return make_error(errc::storage_failure, "read_metadata: no metadata");
   if (md)
-    if (auto err = validate_metadata(*md))
+    if (auto err = validate_shared_metadata(*md))
       return err;
   return md;
 }
@@ -41,13 +45,13 @@ reader_actor::behavior_type reader_impl(reader_actor::pointer,
                                         std::shared_ptr<load_target> target) {
   using plans = std::vector<load_plan>;
   return {
-    [=](read_metadata_atom) -> caf::result<metadata> {
-      return call<metadata>(reader, "read_metadata", checked_metadata);
+    [=](read_metadata_atom) -> caf::result<metadata_ptr> {
+      return call<metadata_ptr>(reader, "read_metadata", checked_metadata);
     },
-    [=](set_up_atom, const metadata& md, bool is_coordinator,
+    [=](set_up_atom, const metadata_ptr& md, bool is_coordinator,
         int32_t rank) -> caf::result<caf::ok_atom> {
       return call<caf::ok_atom>(reader, "set_up", [&](storage_reader& r) {
-        return r.set_up(md, is_coordinator, rank);
+        return r.set_up_shared(md, is_coordinator, rank);
       });
     },
     [=](prepare_local_atom, load_plan& plan) -> caf::result<load_plan> {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -221,6 +222,10 @@ struct metadata {
            && x.save_id == y.save_id && x.checkpoint_id == y.checkpoint_id;
   }
 };
+
+/// A metadata object shared read-only: every rank of a process that saves
+/// or loads the same checkpoint holds this one object, not a copy.
+using metadata_ptr = std::shared_ptr<const metadata>;
 
 /// Total logical bytes of all tensor chunks in `md` (bytes items excluded).
 uint64_t tensor_bytes(const metadata& md);

@@ -8,10 +8,13 @@
 #include "core/error.hpp"
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <vector>
 
 namespace dcpp {
 
@@ -254,6 +257,54 @@ create_default_local_load_plan(const state_dict_view& request,
     });
 }
 
+namespace {
+
+/// A value derived from a metadata object once per process, kept while the
+/// metadata object lives (entries of dead ones go on the next lookup).
+template <class T>
+class per_metadata {
+public:
+  template <class Make>
+  std::shared_ptr<const T> get(const metadata_ptr& md, Make make) {
+    std::lock_guard<std::mutex> guard{mx_};
+    for (auto i = entries_.begin(); i != entries_.end();) {
+      if (i->md.expired()) {
+        i = entries_.erase(i);
+      } else if (!i->md.owner_before(md) && !md.owner_before(i->md)) {
+        return i->value;
+      } else {
+        ++i;
+      }
+    }
+    // Built under the lock: the other ranks of the process wait for this
+    // one instead of building it again.
+    auto value = std::make_shared<const T>(make(*md));
+    entries_.push_back(entry{md, value});
+    return value;
+  }
+
+private:
+  struct entry {
+    std::weak_ptr<const metadata> md;
+    std::shared_ptr<const T> value;
+  };
+
+  std::mutex mx_;
+  std::vector<entry> entries_;
+};
+
+} // namespace
+
+std::shared_ptr<const load_index> shared_load_index(const metadata_ptr& md) {
+  static per_metadata<load_index> cache;
+  return cache.get(md, [](const metadata& x) { return load_index{x}; });
+}
+
+caf::error validate_shared_metadata(const metadata_ptr& md) {
+  static per_metadata<caf::error> cache;
+  return *cache.get(md, [](const metadata& x) { return validate_metadata(x); });
+}
+
 // -- pluggable planners -------------------------------------------------------
 
 save_planner::~save_planner() {
@@ -266,6 +317,13 @@ caf::expected<save_plan> save_planner::finish_plan(save_plan central) const {
 
 load_planner::~load_planner() {
   // nop
+}
+
+caf::expected<load_plan>
+load_planner::create_shared_local_plan(const state_dict_view& request,
+                                       const metadata_ptr& md,
+                                       bool is_coordinator) const {
+  return create_local_plan(request, *md, is_coordinator);
 }
 
 caf::expected<std::vector<load_plan>>
@@ -310,6 +368,13 @@ public:
                                              const metadata& md,
                                              bool) const override {
     return create_default_local_load_plan(request, md, opts_);
+  }
+
+  caf::expected<load_plan>
+  create_shared_local_plan(const state_dict_view& request,
+                           const metadata_ptr& md, bool) const override {
+    return create_default_local_load_plan(request, *md, opts_,
+                                          *shared_load_index(md));
   }
 
 private:

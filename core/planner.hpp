@@ -115,6 +115,16 @@ private:
   std::unordered_map<std::string, chunk_sweep> sweeps_;
 };
 
+/// The load_index of `md`, built once per metadata object in this process
+/// and shared by every rank that plans a load against it (it lives as long
+/// as `md` and the ranks that use it).
+std::shared_ptr<const load_index> shared_load_index(const metadata_ptr& md);
+
+/// `validate_metadata(*md)`, run once per metadata object in this process:
+/// every rank of a process that loads the same checkpoint shares the
+/// result.
+caf::error validate_shared_metadata(const metadata_ptr& md);
+
 /// Read items for one tensor: `local_chunks` (destination boxes in global
 /// coordinates) against the saved chunks of `saved`.
 std::vector<read_item>
@@ -165,6 +175,14 @@ public:
   [[nodiscard]] virtual caf::expected<load_plan>
   create_local_plan(const state_dict_view& request, const metadata& md,
                     bool is_coordinator) const = 0;
+
+  /// Step 1 as the rank agent calls it: with the metadata object that
+  /// every rank of the process shares, so that a planner can share what it
+  /// derives from it (the default planner: one `shared_load_index`). The
+  /// default calls `create_local_plan(request, *md, is_coordinator)`.
+  [[nodiscard]] virtual caf::expected<load_plan>
+  create_shared_local_plan(const state_dict_view& request,
+                           const metadata_ptr& md, bool is_coordinator) const;
 
   [[nodiscard]] virtual caf::expected<std::vector<load_plan>>
   create_global_plan(std::vector<load_plan> plans) const;

@@ -50,6 +50,9 @@ struct op_report {
   int64_t commit_us = 0;
   /// From the coordinator's first message of the operation to its outcome.
   int64_t total_us = 0;
+  /// A save whose every rank sent only its plan's fingerprint: the plans
+  /// came from the coordinator's plan cache.
+  bool plans_cached = false;
 
   /// Bytes per second over the whole operation (0 if it took no time).
   double throughput() const {

@@ -47,6 +47,10 @@ template <class Archive>
 class cereal_inspector {
 public:
   using result_type = void;
+  /// Encoding reads the fields, decoding writes them.
+  static constexpr bool reads_state
+    = std::is_base_of<cereal::detail::OutputArchiveBase, Archive>::value;
+  static constexpr bool writes_state = !reads_state;
 
   explicit cereal_inspector(Archive& ar) : ar_(ar) {
     // nop

@@ -139,7 +139,8 @@ typename Inspector::result_type inspect(Inspector& f, rank_report& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_report& x) {
   return f(caf::meta::type_name("dcpp.op_report"), x.bytes, x.files, x.ranks,
-           x.plan_us, x.data_us, x.commit_us, x.total_us);
+           x.plan_us, x.data_us, x.commit_us, x.total_us,
+           wire_name("op_report.plans_cached"), x.plans_cached);
 }
 
 template <class Inspector>

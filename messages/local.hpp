@@ -52,6 +52,11 @@ struct save_job {
   /// If set, receives the operation's report (bytes, files, step times)
   /// before the agent replies with the metadata.
   std::shared_ptr<op_report> report;
+  /// If set, receives the committed metadata as the one object that every
+  /// rank of this process shares, and the reply carries an empty metadata
+  /// instead of a copy: a group of many ranks in one process then holds
+  /// the metadata once, not once per rank.
+  std::shared_ptr<metadata_ptr> metadata_out;
 };
 
 /// Start a load on this rank (message `(load_atom, load_job)`; the reply is
@@ -71,9 +76,14 @@ struct load_job {
   caf::error error;
   /// As in save_job.
   std::shared_ptr<op_report> report;
+  /// As in save_job: the checkpoint's metadata, shared.
+  std::shared_ptr<metadata_ptr> metadata_out;
 };
 
 } // namespace dcpp
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(dcpp::save_job)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(dcpp::load_job)
+// Between the actors of one rank (reader, planner): the metadata object
+// that the process shares.
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(dcpp::metadata_ptr)

@@ -7,6 +7,7 @@
 #include <caf/make_message.hpp>
 
 #include <cereal/archives/portable_binary.hpp>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
@@ -362,6 +363,20 @@ DCPP_WIRE_CODEC(read_done_msg)
 DCPP_WIRE_CODEC(op_outcome_msg)
 
 #undef DCPP_WIRE_CODEC
+
+uint64_t plan_fingerprint(const save_plan& plan) {
+  std::ostringstream out{std::ios::binary};
+  {
+    cereal::PortableBinaryOutputArchive ar{out};
+    ar(const_cast<save_plan&>(plan));
+  }
+  auto bytes = std::move(out).str();
+  return XXH64(bytes.data(), bytes.size(), 0);
+}
+
+uint64_t plans_fingerprint(const std::vector<uint64_t>& fingerprints) {
+  return XXH64(fingerprints.data(), fingerprints.size() * sizeof(uint64_t), 0);
+}
 
 caf::expected<wire_tag> wire_tag_from_wire(const std::string& frame) {
   return tag_of(frame);

@@ -41,16 +41,21 @@
 #include <caf/meta/type_name.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace dcpp {
 
 /// Version of the coordinator <-> rank protocol (3: data-step results carry
-/// a `rank_report`, outcomes an `op_report`). A message with another
+/// a `rank_report`, outcomes an `op_report`; 4: the plan cache, local save
+/// plans carry a fingerprint and may leave the plan out, outcomes say
+/// whether the plans came from the cache). A message with another
 /// version is rejected (the sending rank's step fails with
 /// `errc::protocol_error`).
-inline constexpr uint32_t protocol_version = 3;
+inline constexpr uint32_t protocol_version = 4;
 
 /// The two kinds of collective operations.
 enum class op_kind : uint8_t {
@@ -90,9 +95,49 @@ struct envelope {
 
 std::string to_string(const envelope& x);
 
+// -- shared fields ----------------------------------------------------------
+
+/// A field that every receiver in one process shares read-only: copying a
+/// message copies the pointer, not the value (a coordinator sends the same
+/// committed metadata to every rank). On the wire it is the value itself
+/// (a default one when null), so each process decodes its own copy once.
+template <class T>
+struct shared_field {
+  std::shared_ptr<const T> ptr;
+
+  shared_field() = default;
+
+  shared_field(std::shared_ptr<const T> x) : ptr(std::move(x)) {
+    // nop
+  }
+
+  shared_field(T x) : ptr(std::make_shared<const T>(std::move(x))) {
+    // nop
+  }
+
+  /// The value, or a default one when null.
+  const T& get() const {
+    static const T empty{};
+    return ptr ? *ptr : empty;
+  }
+
+  const T* operator->() const {
+    return &get();
+  }
+};
+
+using shared_metadata = shared_field<metadata>;
+using shared_save_plans = shared_field<std::vector<save_plan>>;
+
 // -- save -----------------------------------------------------------------
 
 /// Step "plan" of a save: a rank's local plan (or why it has none).
+///
+/// The plan cache (DCP's cached save plans): a rank whose local plan is the
+/// one of its last save that succeeded with this coordinator sends only its
+/// fingerprint (`plan_cached`, `plan` empty); the coordinator holds that
+/// plan from then. Any other plan goes in full, and replaces the
+/// coordinator's copy.
 struct local_save_plan_msg {
   envelope hdr;
   /// The deadline of each step of this operation, as the rank's caller set
@@ -100,13 +145,20 @@ struct local_save_plan_msg {
   int64_t step_timeout_ms = 0;
   save_plan plan;
   caf::error error;
+  /// xxHash64 of the plan's wire encoding (`plan_fingerprint`).
+  uint64_t fingerprint = 0;
+  /// The plan is left out: it is the one whose fingerprint this is.
+  bool plan_cached = false;
 };
 
 /// The coordinator asks its own rank's agent for the global plan.
 struct global_save_step_msg {
   envelope hdr;
-  /// Index = rank.
-  std::vector<save_plan> plans;
+  /// Index = rank; shared with the coordinator's plan cache.
+  shared_save_plans plans;
+  /// Fingerprint of every rank's fingerprint (`plans_fingerprint`): the key
+  /// under which the agent caches the planner's global plan of `plans`.
+  uint64_t plans_key = 0;
 };
 
 /// The global plan (after the storage's `prepare_global_plan`) or an error.
@@ -190,7 +242,7 @@ struct read_done_msg {
 struct op_outcome_msg {
   envelope hdr;
   caf::error error;
-  metadata md;
+  shared_metadata md;
   checkpoint_failure failure;
   /// What the operation did (bytes, files, step times); empty on failure.
   op_report report;
@@ -212,6 +264,11 @@ struct coordinator_stats {
   uint64_t rejected = 0;
   /// Operations open right now.
   uint64_t open_ops = 0;
+  /// Saves whose every rank sent only its plan's fingerprint.
+  uint64_t plan_cache_hits = 0;
+  /// Fingerprints whose plan the coordinator did not hold (the save fails
+  /// in step plan; the rank sends its full plan next time).
+  uint64_t plan_cache_misses = 0;
 };
 
 /// Counters of a rank agent.
@@ -221,6 +278,11 @@ struct agent_stats {
   uint64_t stale = 0;
   uint64_t duplicates = 0;
   uint64_t rejected = 0;
+  /// Saves whose local plan this rank sent as a fingerprint only.
+  uint64_t plans_sent_cached = 0;
+  /// As the coordinator's rank: global plans reused from the plan cache
+  /// (the planner's global step skipped).
+  uint64_t global_plans_reused = 0;
 };
 
 // -- fields -------------------------------------------------------------------
@@ -239,12 +301,14 @@ typename Inspector::result_type inspect(Inspector& f, envelope& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, local_save_plan_msg& x) {
   return f(caf::meta::type_name("dcpp.local_save_plan_msg"), x.hdr,
-           x.step_timeout_ms, x.plan, x.error);
+           x.step_timeout_ms, x.plan, x.error, x.fingerprint,
+           wire_name("local_save_plan_msg.plan_cached"), x.plan_cached);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, global_save_step_msg& x) {
-  return f(caf::meta::type_name("dcpp.global_save_step_msg"), x.hdr, x.plans);
+  return f(caf::meta::type_name("dcpp.global_save_step_msg"), x.hdr, x.plans,
+           x.plans_key);
 }
 
 template <class Inspector>
@@ -306,6 +370,25 @@ typename Inspector::result_type inspect(Inspector& f, read_done_msg& x) {
            x.report);
 }
 
+template <class Inspector, class T>
+typename Inspector::result_type inspect(Inspector& f, shared_field<T>& x) {
+  if constexpr (Inspector::writes_state) {
+    // Decoding: a fresh object, shared from here on.
+    auto value = std::make_shared<T>();
+    if constexpr (std::is_void_v<typename Inspector::result_type>) {
+      f(*value);
+      x.ptr = std::move(value);
+    } else {
+      auto res = f(*value);
+      x.ptr = std::move(value);
+      return res;
+    }
+  } else {
+    // Encoding and printing only read the (shared, const) value.
+    return f(const_cast<T&>(x.get()));
+  }
+}
+
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_outcome_msg& x) {
   return f(caf::meta::type_name("dcpp.op_outcome_msg"), x.hdr, x.error, x.md,
@@ -315,13 +398,15 @@ typename Inspector::result_type inspect(Inspector& f, op_outcome_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, coordinator_stats& x) {
   return f(caf::meta::type_name("dcpp.coordinator_stats"), x.ops_committed,
-           x.ops_failed, x.stale, x.duplicates, x.rejected, x.open_ops);
+           x.ops_failed, x.stale, x.duplicates, x.rejected, x.open_ops,
+           x.plan_cache_hits, x.plan_cache_misses);
 }
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, agent_stats& x) {
   return f(caf::meta::type_name("dcpp.agent_stats"), x.ops_done, x.ops_failed,
-           x.stale, x.duplicates, x.rejected);
+           x.stale, x.duplicates, x.rejected, x.plans_sent_cached,
+           x.global_plans_reused);
 }
 
 } // namespace dcpp

@@ -82,7 +82,7 @@ using planner_actor = caf::typed_actor<
                   std::vector<save_plan>>::with<global_save_plan>,
   caf::replies_to<finish_plan_atom, save_plan>::with<save_plan>,
   // load: (local_plan_atom, checkpoint metadata, is_coordinator)
-  caf::replies_to<local_plan_atom, metadata, bool>::with<load_plan>,
+  caf::replies_to<local_plan_atom, metadata_ptr, bool>::with<load_plan>,
   caf::replies_to<global_plan_atom,
                   std::vector<load_plan>>::with<std::vector<load_plan>>,
   caf::replies_to<finish_plan_atom, load_plan>::with<load_plan>>;
@@ -103,8 +103,8 @@ using writer_actor = caf::typed_actor<
 
 /// Drives one rank's storage_reader for one operation (detached).
 using reader_actor = caf::typed_actor<
-  caf::replies_to<read_metadata_atom>::with<metadata>,
-  caf::replies_to<set_up_atom, metadata, bool, int32_t>::with<caf::ok_atom>,
+  caf::replies_to<read_metadata_atom>::with<metadata_ptr>,
+  caf::replies_to<set_up_atom, metadata_ptr, bool, int32_t>::with<caf::ok_atom>,
   caf::replies_to<prepare_local_atom, load_plan>::with<load_plan>,
   caf::replies_to<prepare_global_atom,
                   std::vector<load_plan>>::with<std::vector<load_plan>>,

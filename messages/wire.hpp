@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dcpp {
 
@@ -106,6 +107,14 @@ caf::expected<envelope> envelope_from_wire(const std::string& frame);
 /// Decodes any frame into a CAF message holding the typed message, ready to
 /// be sent to a local coordinator or rank agent.
 caf::expected<caf::message> message_from_wire(const std::string& frame);
+
+/// The fingerprint of a local save plan in the plan cache: xxHash64 of its
+/// wire encoding.
+uint64_t plan_fingerprint(const save_plan& plan);
+
+/// The key of a set of plans in the plan cache: xxHash64 of every rank's
+/// fingerprint (index = rank).
+uint64_t plans_fingerprint(const std::vector<uint64_t>& fingerprints);
 
 /// Encodes a CAF message that holds exactly one wire message (what a bridge
 /// actor receives). Fails with `errc::protocol_error` for anything else.

@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
-#include <optional>
 #include <set>
 #include <string>
 
@@ -55,7 +54,7 @@ public:
   std::map<std::string, stored_item> staged;
   /// Items of the committed checkpoint.
   std::map<std::string, stored_item> committed;
-  std::optional<metadata> md;
+  metadata_ptr md;
   /// Saves started so far; numbers the next one, so that no two saves
   /// share a key.
   uint64_t saves = 0;
@@ -206,7 +205,7 @@ public:
       }
     }
     store_->committed.swap(committed);
-    store_->md = std::move(copy);
+    store_->md = std::make_shared<const metadata>(std::move(copy));
     written_.clear();
     // Garbage collection: the old checkpoint and leftovers of saves that
     // started before this one; saves that started later keep their items.
@@ -248,21 +247,34 @@ public:
   }
 
   caf::expected<metadata> read_metadata() override {
+    auto md = read_shared_metadata();
+    if (!md)
+      return std::move(md.error());
+    return **md;
+  }
+
+  /// Every reader of the store shares the committed metadata object.
+  caf::expected<metadata_ptr> read_shared_metadata() override {
     std::lock_guard<std::mutex> guard{store_->mx};
     if (!store_->md)
       return make_error(errc::not_found, "memory store holds no checkpoint");
-    return *store_->md;
+    return store_->md;
   }
 
   caf::error set_up(const metadata& md, bool, int32_t) override {
+    md_ = std::make_shared<const metadata>(md);
+    return caf::none;
+  }
+
+  caf::error set_up_shared(const metadata_ptr& md, bool, int32_t) override {
     md_ = md;
     return caf::none;
   }
 
   caf::error read_data(const load_plan& plan, load_target& target) override {
     for (const auto& item : plan.items) {
-      auto info = md_.storage_data.find(item.storage_index);
-      if (info == md_.storage_data.end())
+      auto info = md_->storage_data.find(item.storage_index);
+      if (info == md_->storage_data.end())
         return make_error(errc::missing_key,
                           "no storage for " + to_string(item.storage_index));
       stored_item stored;
@@ -315,7 +327,7 @@ public:
 
 private:
   std::shared_ptr<memory_store> store_;
-  metadata md_;
+  metadata_ptr md_ = std::make_shared<const metadata>();
 };
 
 } // namespace

@@ -2,6 +2,9 @@
 
 #include "core/error.hpp"
 
+#include <memory>
+#include <utility>
+
 namespace dcpp {
 
 storage_writer::~storage_writer() = default;
@@ -27,6 +30,18 @@ caf::error storage_reader::reset(const std::string& checkpoint_id) {
   return make_error(errc::unsupported,
                     "this storage reader cannot switch to checkpoint "
                       + checkpoint_id);
+}
+
+caf::expected<metadata_ptr> storage_reader::read_shared_metadata() {
+  auto md = read_metadata();
+  if (!md)
+    return std::move(md.error());
+  return std::make_shared<const metadata>(std::move(*md));
+}
+
+caf::error storage_reader::set_up_shared(const metadata_ptr& md,
+                                         bool is_coordinator, int32_t rank) {
+  return set_up(*md, is_coordinator, rank);
 }
 
 caf::expected<load_plan> storage_reader::prepare_local_plan(load_plan plan) {

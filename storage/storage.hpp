@@ -125,6 +125,15 @@ public:
   set_up(const metadata& md, bool is_coordinator, int32_t rank)
     = 0;
 
+  /// Steps 1 and 2 as the rank agent calls them: the metadata as one
+  /// read-only object, which every rank of a process that reads the same
+  /// checkpoint may share. A backend that can hand its ranks the same object
+  /// (the memory store) overrides both; the defaults wrap `read_metadata`
+  /// and call `set_up(*md, ...)`.
+  [[nodiscard]] virtual caf::expected<metadata_ptr> read_shared_metadata();
+  [[nodiscard]] virtual caf::error
+  set_up_shared(const metadata_ptr& md, bool is_coordinator, int32_t rank);
+
   [[nodiscard]] virtual caf::expected<load_plan>
   prepare_local_plan(load_plan plan);
 

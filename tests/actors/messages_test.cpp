@@ -139,6 +139,7 @@ op_report sample_op_report() {
   x.data_us = 2000000;
   x.commit_us = 30000;
   x.total_us = 2500000;
+  x.plans_cached = true;
   return x;
 }
 
@@ -201,7 +202,8 @@ TEST_CASE("every wire message round-trips through both encodings",
   round_trip(local_save_plan_msg{hdr, 1500, sample_save_plan(), caf::error{}});
   round_trip(local_save_plan_msg{hdr, 1500, save_plan{},
                                  make_error(errc::io_error, "/x: EIO")});
-  round_trip(global_save_step_msg{hdr, {sample_save_plan(), save_plan{}}});
+  round_trip(global_save_step_msg{
+    hdr, std::vector<save_plan>{sample_save_plan(), save_plan{}}, 7});
   round_trip(global_save_step_done_msg{
     hdr, global_save_plan{{sample_save_plan()}, sample_metadata()},
     caf::error{}});
@@ -437,7 +439,10 @@ TEST_CASE("errors whose category is no atom's text are refused",
 // with tests/data/wire/<tag>.hex. Those files were produced by the encoder
 // as it was when protocol version 2 was introduced, when inspect and cereal
 // still had a field list each, and regenerated for version 3 (data-step
-// results gained a rank_report, outcomes an op_report); a change to any
+// results gained a rank_report, outcomes an op_report) and for version 4
+// (the plan cache: local save plans gained a fingerprint and a
+// plan_cached flag, the global save step a plans key, op_report a
+// plans_cached flag); a change to any
 // field list, order or encoding shows up here. A deliberate
 // change of the wire format comes with a new `protocol_version`; regenerate
 // the files then with DCPP_WIRE_PIN_WRITE=1 set while running this test.
@@ -463,8 +468,11 @@ std::vector<std::pair<std::string, std::string>> pinned_frames() {
     out.emplace_back(to_string(wire_tag_of<type>::value), to_wire(x));
   };
   add(local_save_plan_msg{hdr, -1500, sample_save_plan(3),
-                          make_error(errc::io_error, "/x: EIO")});
-  add(global_save_step_msg{hdr, {sample_save_plan(0), save_plan{}}});
+                          make_error(errc::io_error, "/x: EIO"),
+                          0x0123456789abcdef, true});
+  add(global_save_step_msg{
+    hdr, std::vector<save_plan>{sample_save_plan(0), save_plan{}},
+    0xfedcba9876543210});
   add(global_save_step_done_msg{hdr,
                                 global_save_plan{{sample_save_plan(0),
                                                   sample_save_plan(1)},

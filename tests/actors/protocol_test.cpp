@@ -492,7 +492,7 @@ TEST_CASE_METHOD(coordinator_fixture,
   CHECK(got[0].rank == 0);
   auto steps = all_of<global_save_step_msg>(got);
   REQUIRE(steps.size() == 1);
-  CHECK(steps[0].plans.at(1).storage_data == "from 1");
+  CHECK(steps[0].plans->at(1).storage_data == "from 1");
   global_done(1);
   global_done(1); // duplicate
   got = take();
@@ -514,7 +514,7 @@ TEST_CASE_METHOD(coordinator_fixture,
   REQUIRE(outcomes.size() == 2);
   for (auto& o : outcomes) {
     CHECK_FALSE(o.error);
-    CHECK(o.md.version == "test");
+    CHECK(o.md->version == "test");
     CHECK(o.hdr.op == (op_id{op_kind::save, 1}));
   }
   // -- save 2, with messages of save 1 arriving in between -------------------
