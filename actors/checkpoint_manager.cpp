@@ -88,6 +88,31 @@ public:
   }
 };
 
+/// The reader of a rank that cannot load the step the others load: its
+/// `read_metadata` fails with the reason, which fails the load on every
+/// rank in its plan step.
+class failing_reader final : public storage_reader {
+public:
+  explicit failing_reader(caf::error why) : why_(std::move(why)) {
+    // nop
+  }
+
+  caf::expected<metadata> read_metadata() override {
+    return why_;
+  }
+
+  caf::error set_up(const metadata&, bool, int32_t) override {
+    return why_;
+  }
+
+  caf::error read_data(const load_plan&, load_target&) override {
+    return why_;
+  }
+
+private:
+  caf::error why_;
+};
+
 /// One rank's view: `{"rank": r, "steps": [...]}`, or `{"rank": r,
 /// "error": "..."}` if it could not list its root.
 std::string encode_view(int32_t rank,
@@ -499,9 +524,19 @@ checkpoint_manager::restore(std::optional<uint64_t> step, state_dict& sd) {
     step = *latest;
   }
   auto dir = step_directory(root_, *step);
-  if (auto err = check_committed(dir))
-    return with_context(err, "checkpoint manager: restore step "
-                               + std::to_string(*step));
+  if (auto err = check_committed(dir)) {
+    err = with_context(err, "checkpoint manager: restore step "
+                              + std::to_string(*step));
+    // The other ranks may have the step: take part in their load, failing
+    // it at once with this error, so they do not wait for this rank until
+    // the step deadline.
+    if (!is_local()) {
+      checkpointer failing{nullptr, std::make_shared<failing_reader>(err),
+                           opts_.checkpointer};
+      (void)failing.load(sd);
+    }
+    return err;
+  }
   if (auto err = cp_.load(sd, dir))
     return err;
   last_saved_ = *step;

@@ -201,7 +201,8 @@ public:
   /// the same step) into `sd` in place, resharding as needed; returns the
   /// step. Collective; waits for async saves first. `errc::not_found`
   /// naming the root if nothing is committed on every rank (or `step` is
-  /// not committed on this rank).
+  /// not committed on this rank: the rank still takes part in the load and
+  /// fails it on every rank at once, naming itself).
   caf::expected<uint64_t> restore(std::optional<uint64_t> step, state_dict& sd);
 
   /// `restore` into `collect_state(objs)`, then `apply_state`.

@@ -381,6 +381,44 @@ TEST_CASE("ranks that restore different explicit steps fail on every rank",
   }
 }
 
+TEST_CASE("a rank that lacks an explicit step fails the restore on every "
+          "rank, fast",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  {
+    checkpoint_manager mgr{roots[0], solo_options()};
+    save_steps(mgr, 1, 2);
+  }
+  std::filesystem::copy(roots[0], roots[1],
+                        std::filesystem::copy_options::recursive);
+  std::filesystem::remove(step_directory(roots[1], 2) + "/.metadata");
+  std::vector<std::string> errors(2);
+  std::vector<double> seconds(2, 0);
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
+    checkpoint_manager_options o;
+    o.checkpointer.process_group = member;
+    o.checkpointer.step_timeout = std::chrono::seconds(20);
+    checkpoint_manager mgr{roots[r], o};
+    auto sd = empty_state();
+    auto t0 = std::chrono::steady_clock::now();
+    auto step = mgr.restore(2u, sd);
+    seconds[r] = std::chrono::duration<double>(std::chrono::steady_clock::now()
+                                               - t0)
+                   .count();
+    errors[r] = step ? "restored step " + std::to_string(*step)
+                     : describe(step.error());
+  });
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << errors[r]);
+    CHECK(errors[r].find("restore step 2") != std::string::npos);
+    CHECK(seconds[r] < 5);
+  }
+  // Rank 0 learns which rank failed.
+  CHECK(errors[0].find("rank 1") != std::string::npos);
+  CHECK(errors[1].find("not_found") != std::string::npos);
+}
+
 namespace {
 
 /// What one rank got from the agreement and the restore of the latest step.
