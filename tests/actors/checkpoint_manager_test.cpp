@@ -476,6 +476,43 @@ void save_into(const std::string& root, const std::vector<uint64_t>& steps) {
     REQUIRE(fs_test::why(mgr.save(s, state_of(s))) == "");
 }
 
+/// The mean time of one rank's agreements, or its error.
+struct agreement_cost {
+  double ms = 0;
+  std::string error;
+};
+
+/// `rounds` agreements of the member `member` over `root`, each of which
+/// must agree on step 2.
+agreement_cost time_agreements(const std::string& root,
+                               process_group_ptr member, int rounds) {
+  checkpoint_manager_options o;
+  o.checkpointer.process_group = std::move(member);
+  o.checkpointer.step_timeout = std::chrono::seconds(20);
+  checkpoint_manager mgr{root, o};
+  agreement_cost out;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < rounds; ++i)
+    if (auto latest = mgr.agreed_latest_step(); latest != 2u) {
+      out.error = latest ? "agreed on " + std::to_string(*latest)
+                         : describe(latest.error());
+      return out;
+    }
+  out.ms = std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now() - t0)
+             .count()
+           / rounds;
+  return out;
+}
+
+void check_costs(const std::vector<agreement_cost>& costs, double bound_ms) {
+  for (size_t r = 0; r < costs.size(); ++r) {
+    INFO("rank " << r << ": " << costs[r].ms << " ms per agreement");
+    CHECK(costs[r].error == "");
+    CHECK(costs[r].ms < bound_ms);
+  }
+}
+
 } // namespace
 
 TEST_CASE("ranks that see the same steps agree on them",
@@ -550,30 +587,11 @@ TEST_CASE("an agreement of two ranks costs about one load of nothing",
   temp_dir tmp;
   auto root = tmp / "root";
   save_into(root, {1, 2});
-  constexpr int rounds = 50;
-  std::vector<double> per_round_ms(2, 0);
-  std::vector<std::string> errors(2);
+  std::vector<agreement_cost> costs(2);
   run_two_ranks([&](int32_t r, process_group_ptr member) {
-    checkpoint_manager_options o;
-    o.checkpointer.process_group = member;
-    checkpoint_manager mgr{root, o};
-    auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < rounds; ++i)
-      if (auto latest = mgr.agreed_latest_step(); latest != 2u) {
-        errors[r] = latest ? "agreed on " + std::to_string(*latest)
-                           : describe(latest.error());
-        return;
-      }
-    per_round_ms[r] = std::chrono::duration<double, std::milli>(
-                        std::chrono::steady_clock::now() - t0)
-                        .count()
-                      / rounds;
+    costs[r] = time_agreements(root, std::move(member), 50);
   });
-  for (int r = 0; r < 2; ++r) {
-    INFO("rank " << r << ": " << per_round_ms[r] << " ms per agreement");
-    CHECK(errors[r] == "");
-    CHECK(per_round_ms[r] < 50);
-  }
+  check_costs(costs, 50);
 }
 
 TEST_CASE("an agreement of two ranks over ZeroMQ costs about one load of "
@@ -610,25 +628,9 @@ TEST_CASE("an agreement of two ranks over ZeroMQ costs about one load of "
   auto spoke = make_zmq_process_group(sys1, env_of(1), zo);
   REQUIRE(spoke);
   std::vector<process_group_ptr> members{*hub, *spoke};
-  constexpr int rounds = 20;
-  std::vector<double> per_round_ms(2, 0);
-  std::vector<std::string> errors(2);
+  std::vector<agreement_cost> costs(2);
   auto rank_main = [&](int32_t r) {
-    checkpoint_manager_options o;
-    o.checkpointer.process_group = members[r];
-    o.checkpointer.step_timeout = std::chrono::seconds(20);
-    checkpoint_manager mgr{roots[r], o};
-    auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < rounds; ++i)
-      if (auto latest = mgr.agreed_latest_step(); latest != 2u) {
-        errors[r] = latest ? "agreed on " + std::to_string(*latest)
-                           : describe(latest.error());
-        return;
-      }
-    per_round_ms[r] = std::chrono::duration<double, std::milli>(
-                        std::chrono::steady_clock::now() - t0)
-                        .count()
-                      / rounds;
+    costs[r] = time_agreements(roots[r], members[r], 20);
   };
   std::thread t0{rank_main, 0};
   std::thread t1{rank_main, 1};
@@ -637,11 +639,7 @@ TEST_CASE("an agreement of two ranks over ZeroMQ costs about one load of "
   members.clear();
   spoke->reset();
   hub->reset();
-  for (int r = 0; r < 2; ++r) {
-    INFO("rank " << r << ": " << per_round_ms[r] << " ms per agreement");
-    CHECK(errors[r] == "");
-    CHECK(per_round_ms[r] < 100);
-  }
+  check_costs(costs, 100);
 }
 
 TEST_CASE("a world of one agrees locally", "[checkpoint_manager]") {
