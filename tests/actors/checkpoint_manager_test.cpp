@@ -582,6 +582,25 @@ TEST_CASE("a rank that sees no step makes all ranks agree on none, fast",
   }
 }
 
+TEST_CASE("a rank that cannot list its root fails the agreement on every "
+          "rank, fast",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  save_into(roots[0], {1});
+  fs_test::write_file(roots[1], "not a directory");
+  auto v = agree_two_ranks(roots);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    for (const auto& err : {v[r].steps, v[r].latest, v[r].restored}) {
+      CHECK(err.find("could not list their steps: rank 1")
+            != std::string::npos);
+      CHECK(err.find(roots[1]) != std::string::npos);
+    }
+    CHECK(v[r].seconds < 5);
+  }
+}
+
 TEST_CASE("an agreement of two ranks costs about one load of nothing",
           "[checkpoint_manager]") {
   temp_dir tmp;
