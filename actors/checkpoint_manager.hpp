@@ -71,9 +71,11 @@
 // the agreement in every central plan's; it costs the messages of one load
 // of zero bytes, under the checkpointer's `step_timeout` like any load.
 // With `no_dist` or a world of one it lists the root and sends nothing.
-// The load of the agreed step still has the file-system reader compare the
-// `.metadata` checksums of all ranks in its plan step (an explicit step
-// that differs between ranks fails on every rank naming them; test
+// An explicit `restore(step)` does not agree: a rank that lacks the step
+// joins the load with a reader that fails, so every rank fails at once
+// naming it. Every load still has the file-system reader compare the
+// `.metadata` checksums of all ranks in its plan step (ranks that read
+// different checkpoints fail on every rank naming them; test
 // fault.ranks_in_different_dirs). The manager never prunes while a restore
 // may read: retention runs only after its own commits.
 
