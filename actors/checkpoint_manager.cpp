@@ -2,6 +2,7 @@
 
 #include "actors/process_group.hpp"
 #include "core/error.hpp"
+#include "core/planner.hpp"
 #include "storage/checkpoint_root.hpp"
 #include "storage/posix_file.hpp"
 
@@ -13,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 
 namespace dcpp {
@@ -57,6 +59,214 @@ caf::expected<step_metrics> read_metrics_file(const std::string& path) {
 bool better(double x, double y, best_mode mode) {
   return mode == best_mode::min ? x < y : x > y;
 }
+
+// -- step agreement --------------------------------------------------------
+//
+// A collective "load" of nothing: the reader's metadata is empty and it
+// reads nothing, the planner's local plan carries this rank's committed
+// steps in `planner_data`, the coordinator's global plan computes the
+// agreement into every central plan's `planner_data`, and `finish_plan`
+// hands it back. Zero items, zero bytes: the cost is the protocol's
+// messages only.
+
+/// The metadata of an agreement: empty; the load reads nothing.
+class agreement_reader final : public storage_reader {
+public:
+  caf::expected<metadata> read_metadata() override {
+    return metadata{};
+  }
+
+  caf::error set_up(const metadata&, bool, int32_t) override {
+    return caf::none;
+  }
+
+  caf::error read_data(const load_plan& plan, load_target&) override {
+    if (!plan.items.empty())
+      return make_error(errc::invalid_argument,
+                        "step agreement: a plan with read items");
+    return caf::none;
+  }
+};
+
+/// The reader of a rank that cannot load the step the others load: its
+/// `read_metadata` fails with the reason, which fails the load on every
+/// rank in its plan step.
+class failing_reader final : public storage_reader {
+public:
+  explicit failing_reader(caf::error why) : why_(std::move(why)) {
+    // nop
+  }
+
+  caf::expected<metadata> read_metadata() override {
+    return why_;
+  }
+
+  caf::error set_up(const metadata&, bool, int32_t) override {
+    return why_;
+  }
+
+  caf::error read_data(const load_plan&, load_target&) override {
+    return why_;
+  }
+
+private:
+  caf::error why_;
+};
+
+/// One rank's view: `{"rank": r, "steps": [...]}`, or `{"rank": r,
+/// "error": "..."}` if it could not list its root.
+std::string encode_view(int32_t rank,
+                        const caf::expected<std::vector<uint64_t>>& steps) {
+  json doc{{"rank", rank}};
+  if (steps)
+    doc["steps"] = *steps;
+  else
+    doc["error"] = describe(steps.error());
+  return doc.dump();
+}
+
+} // namespace
+
+/// What the ranks agreed on: the steps committed on every rank (ascending)
+/// and, per rank, the newest step it sees (none: -1).
+struct checkpoint_manager::agreement {
+  std::vector<uint64_t> steps;
+  std::vector<int64_t> newest;
+
+  /// "rank 0: step 8, rank 1: none".
+  std::string describe_newest() const {
+    std::string out;
+    for (size_t r = 0; r < newest.size(); ++r) {
+      if (r > 0)
+        out += ", ";
+      out += "rank " + std::to_string(r) + ": "
+             + (newest[r] < 0 ? std::string{"none"}
+                              : "step " + std::to_string(newest[r]));
+    }
+    return out;
+  }
+
+  static std::string encode(const agreement& x) {
+    return json{{"agreed", x.steps}, {"newest", x.newest}}.dump();
+  }
+
+  static caf::expected<agreement> decode(const std::string& text) {
+    auto doc = json::parse(text, nullptr, false);
+    agreement x;
+    try {
+      if (doc.is_discarded() || !doc.is_object())
+        throw std::invalid_argument{"not an object"};
+      x.steps = doc.at("agreed").get<std::vector<uint64_t>>();
+      x.newest = doc.at("newest").get<std::vector<int64_t>>();
+    } catch (const std::exception& ex) {
+      return make_error(errc::corrupt_item,
+                        std::string{"step agreement: a central plan that is "
+                                    "not an agreement: "}
+                          + ex.what());
+    }
+    return x;
+  }
+};
+
+namespace {
+
+/// The planner of one rank's agreement (one instance per call and rank:
+/// `finish_plan` keeps the outcome for the caller).
+class agreement_planner final : public load_planner {
+public:
+  using agreement = checkpoint_manager::agreement;
+
+  agreement_planner(std::string root, std::string view)
+    : root_(std::move(root)), view_(std::move(view)) {
+    // nop
+  }
+
+  caf::expected<load_plan> create_local_plan(const state_dict_view&,
+                                             const metadata&,
+                                             bool) const override {
+    load_plan plan;
+    plan.planner_data = view_;
+    return plan;
+  }
+
+  /// The agreed steps: those committed on every rank (so the newest of them
+  /// is the newest step every rank can load).
+  caf::expected<std::vector<load_plan>>
+  create_global_plan(std::vector<load_plan> plans) const override {
+    agreement x;
+    std::vector<uint64_t> common;
+    std::string errors;
+    for (size_t r = 0; r < plans.size(); ++r) {
+      auto doc = json::parse(plans[r].planner_data, nullptr, false);
+      auto who = "rank " + std::to_string(r);
+      if (doc.is_discarded() || !doc.is_object()
+          || (!doc.contains("steps") && !doc.contains("error"))) {
+        errors += (errors.empty() ? "" : "; ") + who + ": not a step view";
+        x.newest.push_back(-1);
+        continue;
+      }
+      if (doc.contains("error")) {
+        errors += (errors.empty() ? "" : "; ") + who + ": "
+                  + doc["error"].get<std::string>();
+        x.newest.push_back(-1);
+        continue;
+      }
+      auto steps = doc["steps"].get<std::vector<uint64_t>>();
+      std::sort(steps.begin(), steps.end());
+      x.newest.push_back(steps.empty() ? -1
+                                       : static_cast<int64_t>(steps.back()));
+      if (r == 0) {
+        common = std::move(steps);
+      } else {
+        std::vector<uint64_t> both;
+        std::set_intersection(common.begin(), common.end(), steps.begin(),
+                              steps.end(), std::back_inserter(both));
+        common = std::move(both);
+      }
+    }
+    if (!errors.empty())
+      return make_error(errc::io_error,
+                        "checkpoint manager " + root_
+                          + ": step agreement: ranks could not list their "
+                            "steps: "
+                          + errors);
+    x.steps = std::move(common);
+    int64_t agreed = x.steps.empty() ? -1
+                                     : static_cast<int64_t>(x.steps.back());
+    if (std::any_of(x.newest.begin(), x.newest.end(),
+                    [agreed](int64_t n) { return n != agreed; }))
+      spdlog::warn("dcpp: checkpoint manager {}: ranks see different newest "
+                   "committed steps ({}); agreed on {} (the newest step every "
+                   "rank sees)",
+                   root_, x.describe_newest(),
+                   agreed < 0 ? std::string{"none"}
+                              : "step " + std::to_string(agreed));
+    auto central = agreement::encode(x);
+    for (auto& plan : plans) {
+      plan.items.clear();
+      plan.planner_data = central;
+    }
+    return plans;
+  }
+
+  caf::expected<load_plan> finish_plan(load_plan central) const override {
+    std::lock_guard<std::mutex> guard{mx_};
+    outcome_ = central.planner_data;
+    return central;
+  }
+
+  /// What `finish_plan` received (empty before).
+  std::string outcome() const {
+    std::lock_guard<std::mutex> guard{mx_};
+    return outcome_;
+  }
+
+private:
+  std::string root_;
+  std::string view_;
+  mutable std::mutex mx_;
+  mutable std::string outcome_;
+};
 
 } // namespace
 
@@ -233,6 +443,67 @@ caf::expected<std::vector<uint64_t>> checkpoint_manager::all_steps() {
   return committed_steps(root_);
 }
 
+bool checkpoint_manager::is_local() const {
+  const auto& cp = opts_.checkpointer;
+  return cp.no_dist
+         || (cp.process_group && cp.process_group->world_size() == 1);
+}
+
+caf::expected<checkpoint_manager::agreement> checkpoint_manager::agree() {
+  if (tail_.valid())
+    tail_.wait();
+  auto mine = committed_steps(root_);
+  if (is_local()) {
+    if (!mine)
+      return std::move(mine.error());
+    agreement x;
+    x.steps = std::move(*mine);
+    x.newest.push_back(x.steps.empty() ? -1
+                                       : static_cast<int64_t>(x.steps.back()));
+    return x;
+  }
+  const auto& group = opts_.checkpointer.process_group;
+  if (!group)
+    return make_error(errc::invalid_argument,
+                      "checkpoint manager " + root_
+                        + ": no process group given and no_dist is false");
+  auto rank = group->rank();
+  auto planner = std::make_shared<agreement_planner>(root_,
+                                                     encode_view(rank, mine));
+  auto opts = opts_.checkpointer;
+  opts.load_planner = planner;
+  checkpointer agree_cp{nullptr, std::make_shared<agreement_reader>(), opts};
+  state_dict nothing;
+  if (auto err = agree_cp.load(nothing))
+    return with_context(err, "checkpoint manager " + root_ + ": rank "
+                               + std::to_string(rank) + ": step agreement");
+  return agreement::decode(planner->outcome());
+}
+
+caf::expected<std::vector<uint64_t>> checkpoint_manager::agreed_steps() {
+  auto x = agree();
+  if (!x)
+    return std::move(x.error());
+  return std::move(x->steps);
+}
+
+caf::expected<uint64_t> checkpoint_manager::agreed_latest_step() {
+  auto x = agree();
+  if (!x)
+    return std::move(x.error());
+  if (!x->steps.empty())
+    return x->steps.back();
+  if (is_local())
+    return make_error(errc::not_found,
+                      "checkpoint manager: no step is committed under "
+                        + root_);
+  return make_error(errc::not_found,
+                    "checkpoint manager: rank "
+                      + std::to_string(opts_.checkpointer.process_group->rank())
+                      + ": no step is committed on every rank ("
+                      + x->describe_newest() + ") under " + root_);
+}
+
 caf::expected<step_metrics> checkpoint_manager::metrics(uint64_t step) {
   auto dir = step_directory(root_, step);
   if (!is_committed(dir))
@@ -247,15 +518,25 @@ checkpoint_manager::restore(std::optional<uint64_t> step, state_dict& sd) {
   if (tail_.valid())
     tail_.wait();
   if (!step) {
-    auto latest = latest_committed_step(root_);
+    auto latest = agreed_latest_step();
     if (!latest)
       return std::move(latest.error());
     step = *latest;
   }
   auto dir = step_directory(root_, *step);
-  if (auto err = check_committed(dir))
-    return with_context(err, "checkpoint manager: restore step "
-                               + std::to_string(*step));
+  if (auto err = check_committed(dir)) {
+    err = with_context(err, "checkpoint manager: restore step "
+                              + std::to_string(*step));
+    // The other ranks may have the step: take part in their load, failing
+    // it at once with this error, so they do not wait for this rank until
+    // the step deadline.
+    if (!is_local()) {
+      checkpointer failing{nullptr, std::make_shared<failing_reader>(err),
+                           opts_.checkpointer};
+      (void)failing.load(sd);
+    }
+    return err;
+  }
   if (auto err = cp_.load(sd, dir))
     return err;
   last_saved_ = *step;

@@ -54,20 +54,30 @@
 // (saves that died) and leftovers of a prune that crashed.
 //
 // Agreement between ranks. `should_save` is a function of the step and the
-// options only, so every rank decides alike. `restore(latest)` reads the
-// root on every rank; ranks that saw different newest steps (a commit
-// racing the restore, a network file system's stale cache) do not load
-// mixed state: the file-system reader makes the coordinator compare the
-// `.metadata` checksums of all ranks in step plan, and the load fails on
-// every rank naming the ranks of each checkpoint (test
-// fault.ranks_in_different_dirs). A rank that finds no committed step at
-// all, while the others find one, returns `errc::not_found` without
-// joining the load; the others' load then fails at the plan step's
-// deadline (`checkpointer_options::step_timeout`) naming it. There is no
-// collective that would let the ranks choose one step together; the
-// detection above makes a disagreement an error, never mixed state. The
-// manager never prunes while a restore may read: retention runs only
-// after its own commits.
+// options only, so every rank decides alike. Which steps exist is agreed
+// collectively: `agreed_steps` / `agreed_latest_step` (and so
+// `restore(latest)`) have every rank list the committed steps of its root
+// and send the list to the coordinator rank, which answers every rank with
+// the steps committed on EVERY rank; the agreed latest step is the newest
+// of them, the newest step every rank can load. All ranks get the same
+// answer: that step, or `errc::not_found` on every rank (a rank that sees no
+// step at all takes part too, so nobody waits for it). Ranks whose newest
+// steps differ (a commit racing the restore, a network file system's stale
+// cache, a rank that lost the newest step) make the coordinator log a
+// warning naming each rank's newest step. The agreement rides on the
+// collective load protocol (no message types of its own): a load of
+// nothing whose reader has an empty metadata and reads nothing, whose
+// planner carries each rank's steps in its local plan's `planner_data` and
+// the agreement in every central plan's; it costs the messages of one load
+// of zero bytes, under the checkpointer's `step_timeout` like any load.
+// With `no_dist` or a world of one it lists the root and sends nothing.
+// An explicit `restore(step)` does not agree: a rank that lacks the step
+// joins the load with a reader that fails, so every rank fails at once
+// naming it. Every load still has the file-system reader compare the
+// `.metadata` checksums of all ranks in its plan step (ranks that read
+// different checkpoints fail on every rank naming them; test
+// fault.ranks_in_different_dirs). The manager never prunes while a restore
+// may read: retention runs only after its own commits.
 
 #include "actors/checkpointer.hpp"
 #include "storage/filesystem.hpp"
@@ -177,10 +187,24 @@ public:
   /// committed, `errc::corrupt_item` naming the file if it does not parse.
   [[nodiscard]] caf::expected<step_metrics> metrics(uint64_t step);
 
-  /// Loads step `step` (nothing: the newest committed one) into `sd` in
-  /// place, resharding as needed; returns the step. Collective; waits for
-  /// async saves first. `errc::not_found` naming the root if nothing is
-  /// committed (or `step` is not).
+  /// The steps committed on every rank, ascending (see "Agreement between
+  /// ranks" above; waits for async saves first). Collective: every rank
+  /// must call it, at the same point of its calls, or the others fail at
+  /// the step deadline. The same result on every rank; an error (a rank
+  /// that could not list its root, a lost rank) fails it on every rank.
+  [[nodiscard]] caf::expected<std::vector<uint64_t>> agreed_steps();
+
+  /// The newest of `agreed_steps` (collective, the same on every rank);
+  /// `errc::not_found` on every rank, naming each rank's newest step and
+  /// the root, if no step is committed on every rank.
+  [[nodiscard]] caf::expected<uint64_t> agreed_latest_step();
+
+  /// Loads step `step` (nothing: `agreed_latest_step`, so every rank loads
+  /// the same step) into `sd` in place, resharding as needed; returns the
+  /// step. Collective; waits for async saves first. `errc::not_found`
+  /// naming the root if nothing is committed on every rank (or `step` is
+  /// not committed on this rank: the rank still takes part in the load and
+  /// fails it on every rank at once, naming itself).
   caf::expected<uint64_t> restore(std::optional<uint64_t> step, state_dict& sd);
 
   /// `restore` into `collect_state(objs)`, then `apply_state`.
@@ -191,9 +215,18 @@ public:
     return root_;
   }
 
+  /// What `agreed_steps` computes (defined in the .cpp).
+  struct agreement;
+
 private:
   /// Whether this rank writes metrics and applies retention.
   bool is_coordinator() const;
+
+  /// Whether the agreement is local (no_dist, or a world of one).
+  bool is_local() const;
+
+  /// The collective step agreement (local if `is_local`).
+  caf::expected<agreement> agree();
 
   /// The steps retention keeps among `committed` (ascending).
   std::vector<uint64_t> steps_to_keep(const std::vector<uint64_t>& committed);

@@ -8,10 +8,12 @@
 
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
+#include "actors/transport/zmq_transport.hpp"
 #include "core/error.hpp"
 #include "core/fault.hpp"
 #include "storage/checkpoint_root.hpp"
 #include "tests/storage/fs_test_util.hpp"
+#include "tests/support/free_port.hpp"
 
 #include <caf/actor_system.hpp>
 
@@ -19,6 +21,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -350,12 +353,11 @@ TEST_CASE("two ranks save a sharded tensor and only the coordinator prunes "
         != std::string::npos);
 }
 
-TEST_CASE("ranks that restore different checkpoints fail on every rank",
+TEST_CASE("ranks that restore different explicit steps fail on every rank",
           "[checkpoint_manager]") {
-  // Each rank sees another newest step (here: another root; in a job, a
-  // commit racing the restore or a stale network file system cache): the
-  // load compares the ranks' `.metadata` and refuses, naming them, instead
-  // of loading mixed state.
+  // Each rank names another step (here: in another root; in a job, a
+  // caller's mistake): the load compares the ranks' `.metadata` and refuses,
+  // naming them, instead of loading mixed state.
   temp_dir tmp;
   std::vector<std::string> roots{tmp / "a", tmp / "b"};
   for (uint64_t r = 0; r < 2; ++r) {
@@ -369,7 +371,7 @@ TEST_CASE("ranks that restore different checkpoints fail on every rank",
     o.checkpointer.step_timeout = std::chrono::seconds(30);
     checkpoint_manager mgr{roots[r], o};
     auto sd = empty_state();
-    auto step = mgr.restore(std::nullopt, sd);
+    auto step = mgr.restore(7u + r, sd);
     errors[r] = step ? "restored step " + std::to_string(*step)
                      : describe(step.error());
   });
@@ -377,4 +379,296 @@ TEST_CASE("ranks that restore different checkpoints fail on every rank",
     CHECK(err.find("checkpoint_failed") != std::string::npos);
     CHECK(err.find("read different checkpoints") != std::string::npos);
   }
+}
+
+TEST_CASE("a rank that lacks an explicit step fails the restore on every "
+          "rank, fast",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  {
+    checkpoint_manager mgr{roots[0], solo_options()};
+    save_steps(mgr, 1, 2);
+  }
+  std::filesystem::copy(roots[0], roots[1],
+                        std::filesystem::copy_options::recursive);
+  std::filesystem::remove(step_directory(roots[1], 2) + "/.metadata");
+  std::vector<std::string> errors(2);
+  std::vector<double> seconds(2, 0);
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
+    checkpoint_manager_options o;
+    o.checkpointer.process_group = member;
+    o.checkpointer.step_timeout = std::chrono::seconds(20);
+    checkpoint_manager mgr{roots[r], o};
+    auto sd = empty_state();
+    auto t0 = std::chrono::steady_clock::now();
+    auto step = mgr.restore(2u, sd);
+    seconds[r] = std::chrono::duration<double>(std::chrono::steady_clock::now()
+                                               - t0)
+                   .count();
+    errors[r] = step ? "restored step " + std::to_string(*step)
+                     : describe(step.error());
+  });
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r << ": " << errors[r]);
+    CHECK(errors[r].find("restore step 2") != std::string::npos);
+    CHECK(seconds[r] < 5);
+  }
+  // Rank 0 learns which rank failed.
+  CHECK(errors[0].find("rank 1") != std::string::npos);
+  CHECK(errors[1].find("not_found") != std::string::npos);
+}
+
+namespace {
+
+/// What one rank got from the agreement and the restore of the latest step.
+struct agreed_view {
+  std::string steps;    // "1,2" or the error
+  std::string latest;   // "2" or the error
+  std::string restored; // "2 (state of step 2)" or the error
+  double seconds = 0;   // the three calls
+};
+
+std::string join(const std::vector<uint64_t>& xs) {
+  std::string out;
+  for (auto x : xs)
+    out += (out.empty() ? "" : ",") + std::to_string(x);
+  return out;
+}
+
+/// Ranks 0 and 1 over `roots[r]` (step timeout 20 s): agreed_steps,
+/// agreed_latest_step and restore(latest), timed.
+std::vector<agreed_view>
+agree_two_ranks(const std::vector<std::string>& roots) {
+  std::vector<agreed_view> out(2);
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
+    checkpoint_manager_options o;
+    o.checkpointer.process_group = member;
+    o.checkpointer.step_timeout = std::chrono::seconds(20);
+    checkpoint_manager mgr{roots[r], o};
+    auto& v = out[r];
+    auto t0 = std::chrono::steady_clock::now();
+    auto all = mgr.agreed_steps();
+    v.steps = all ? join(*all) : describe(all.error());
+    auto latest = mgr.agreed_latest_step();
+    v.latest = latest ? std::to_string(*latest) : describe(latest.error());
+    auto sd = empty_state();
+    auto step = mgr.restore(std::nullopt, sd);
+    if (step) {
+      auto in
+        = std::get<bytes_value>(*sd.find_path({"optim", "step"})).to_int();
+      v.restored = std::to_string(*step) + " (state of step "
+                   + (in ? std::to_string(*in) : "?") + ")";
+    } else {
+      v.restored = describe(step.error());
+    }
+    v.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now()
+                                              - t0)
+                  .count();
+  });
+  return out;
+}
+
+/// Saves steps `steps` into `root` as a world of one.
+void save_into(const std::string& root, const std::vector<uint64_t>& steps) {
+  checkpoint_manager mgr{root, solo_options()};
+  for (auto s : steps)
+    REQUIRE(fs_test::why(mgr.save(s, state_of(s))) == "");
+}
+
+/// The mean time of one rank's agreements, or its error.
+struct agreement_cost {
+  double ms = 0;
+  std::string error;
+};
+
+/// `rounds` agreements of the member `member` over `root`, each of which
+/// must agree on step 2.
+agreement_cost time_agreements(const std::string& root,
+                               process_group_ptr member, int rounds) {
+  checkpoint_manager_options o;
+  o.checkpointer.process_group = std::move(member);
+  o.checkpointer.step_timeout = std::chrono::seconds(20);
+  checkpoint_manager mgr{root, o};
+  agreement_cost out;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < rounds; ++i)
+    if (auto latest = mgr.agreed_latest_step(); latest != 2u) {
+      out.error = latest ? "agreed on " + std::to_string(*latest)
+                         : describe(latest.error());
+      return out;
+    }
+  out.ms = std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now() - t0)
+             .count()
+           / rounds;
+  return out;
+}
+
+void check_costs(const std::vector<agreement_cost>& costs, double bound_ms) {
+  for (size_t r = 0; r < costs.size(); ++r) {
+    INFO("rank " << r << ": " << costs[r].ms << " ms per agreement");
+    CHECK(costs[r].error == "");
+    CHECK(costs[r].ms < bound_ms);
+  }
+}
+
+} // namespace
+
+TEST_CASE("ranks that see the same steps agree on them",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto root = tmp / "root";
+  save_into(root, {2, 4, 6});
+  auto v = agree_two_ranks({root, root});
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    CHECK(v[r].steps == "2,4,6");
+    CHECK(v[r].latest == "6");
+    CHECK(v[r].restored == "6 (state of step 6)");
+    CHECK(v[r].seconds < 5);
+  }
+}
+
+TEST_CASE("a rank that misses the newest step makes all ranks agree on the "
+          "older one, fast",
+          "[checkpoint_manager]") {
+  // Rank 1's root, a copy of rank 0's (the same checkpoint files, as one
+  // shared root would give), lacks step 3 (a lost commit, a stale cache):
+  // the newest step every rank sees is 2, and both restore it within a
+  // fraction of the step timeout (20 s), not at its end.
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  save_into(roots[0], {1, 2, 3});
+  std::filesystem::copy(roots[0], roots[1],
+                        std::filesystem::copy_options::recursive);
+  SECTION("its .metadata is gone") {
+    std::filesystem::remove(step_directory(roots[1], 3) + "/.metadata");
+  }
+  SECTION("its directory is gone") {
+    std::filesystem::remove_all(step_directory(roots[1], 3));
+  }
+  REQUIRE(committed_steps(roots[1]) == std::vector<uint64_t>{1, 2});
+  auto v = agree_two_ranks(roots);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    CHECK(v[r].steps == "1,2");
+    CHECK(v[r].latest == "2");
+    CHECK(v[r].restored == "2 (state of step 2)");
+    CHECK(v[r].seconds < 5);
+  }
+}
+
+TEST_CASE("a rank that sees no step makes all ranks agree on none, fast",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  save_into(roots[1], {4, 5});
+  SECTION("rank 0 sees none") {}
+  SECTION("the ranks see disjoint steps") {
+    save_into(roots[0], {3});
+  }
+  auto v = agree_two_ranks(roots);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    CHECK(v[r].steps == "");
+    for (const auto& err : {v[r].latest, v[r].restored}) {
+      CHECK(err.find("not_found") != std::string::npos);
+      CHECK(err.find("no step is committed on every rank")
+            != std::string::npos);
+      CHECK(err.find("rank 1: step 5") != std::string::npos);
+    }
+    CHECK(v[r].seconds < 5);
+  }
+}
+
+TEST_CASE("a rank that cannot list its root fails the agreement on every "
+          "rank, fast",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  save_into(roots[0], {1});
+  fs_test::write_file(roots[1], "not a directory");
+  auto v = agree_two_ranks(roots);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    for (const auto& err : {v[r].steps, v[r].latest, v[r].restored}) {
+      CHECK(err.find("could not list their steps: rank 1")
+            != std::string::npos);
+      CHECK(err.find(roots[1]) != std::string::npos);
+    }
+    CHECK(v[r].seconds < 5);
+  }
+}
+
+TEST_CASE("an agreement of two ranks costs about one load of nothing",
+          "[checkpoint_manager]") {
+  temp_dir tmp;
+  auto root = tmp / "root";
+  save_into(root, {1, 2});
+  std::vector<agreement_cost> costs(2);
+  run_two_ranks([&](int32_t r, process_group_ptr member) {
+    costs[r] = time_agreements(root, std::move(member), 50);
+  });
+  check_costs(costs, 50);
+}
+
+TEST_CASE("an agreement of two ranks over ZeroMQ costs about one load of "
+          "nothing",
+          "[checkpoint_manager][zmq]") {
+  // Two actor systems in this process joined by the ZeroMQ transport (real
+  // sockets on loopback), as two processes would be.
+  temp_dir tmp;
+  std::vector<std::string> roots{tmp / "a", tmp / "b"};
+  save_into(roots[0], {1, 2, 3});
+  save_into(roots[1], {1, 2});
+  system_options sopts;
+  sopts.scheduler_threads = 2;
+  system_config cfg0{sopts};
+  system_config cfg1{sopts};
+  caf::actor_system sys0{cfg0};
+  caf::actor_system sys1{cfg1};
+  auto port = test::free_port();
+  REQUIRE(port != 0);
+  auto env_of = [port](int32_t rank) {
+    launch_env env;
+    env.rank = rank;
+    env.world_size = 2;
+    env.master_port = port;
+    env.secret = "manager-test-secret";
+    env.job_id = "manager-test";
+    return env;
+  };
+  zmq_options zo;
+  zo.drain_timeout = std::chrono::seconds(2);
+  zo.connect_timeout = std::chrono::seconds(10);
+  auto hub = make_zmq_process_group(sys0, env_of(0), zo);
+  REQUIRE(hub);
+  auto spoke = make_zmq_process_group(sys1, env_of(1), zo);
+  REQUIRE(spoke);
+  std::vector<process_group_ptr> members{*hub, *spoke};
+  std::vector<agreement_cost> costs(2);
+  auto rank_main = [&](int32_t r) {
+    costs[r] = time_agreements(roots[r], members[r], 20);
+  };
+  std::thread t0{rank_main, 0};
+  std::thread t1{rank_main, 1};
+  t0.join();
+  t1.join();
+  members.clear();
+  spoke->reset();
+  hub->reset();
+  check_costs(costs, 100);
+}
+
+TEST_CASE("a world of one agrees locally", "[checkpoint_manager]") {
+  temp_dir tmp;
+  checkpoint_manager mgr{tmp / "root", solo_options()};
+  auto none = mgr.agreed_latest_step();
+  REQUIRE(!none);
+  CHECK(code_of(none.error()) == errc::not_found);
+  CHECK(mgr.agreed_steps() == std::vector<uint64_t>{});
+  save_steps(mgr, 1, 3);
+  CHECK(mgr.agreed_steps() == std::vector<uint64_t>{1, 2, 3});
+  CHECK(mgr.agreed_latest_step() == 3u);
 }
