@@ -30,7 +30,7 @@ TEST_CASE("nested state dicts flatten to dotted keys", "[state_dict]") {
   CHECK(flat->items[2].first == "optim.state.0.exp_avg");
   CHECK(flat->mapping.count("step") == 0);
   CHECK(flat->mapping.at("optim.state.0.exp_avg")
-        == std::vector<std::string>{"optim", "state", "0", "exp_avg"});
+        == object_path{"optim", "state", "0", "exp_avg"});
   CHECK(sd.find_path({"optim", "state", "0", "exp_avg"}) != nullptr);
   CHECK(sd.find_path({"optim", "nope"}) == nullptr);
 }
