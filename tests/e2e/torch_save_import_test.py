@@ -62,13 +62,16 @@ def fail(msg):
     sys.exit(1)
 
 
-def run_import(src, dst, flavor="2"):
-    cmd = [dcpp, "import", "--flavor", flavor, src, dst]
+def run_dcpp(*args):
+    cmd = [dcpp, *args]
     print("$", " ".join(cmd), flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    sys.stdout.write(p.stdout)
-    sys.stdout.write(p.stderr)
+    sys.stdout.write(p.stdout + p.stderr)
     return p
+
+
+def run_import(src, dst, flavor="2"):
+    return run_dcpp("import", "--flavor", flavor, src, dst)
 
 
 # -- DCP's flattening (torch 2.x flatten_state_dict / traverse_state_dict) --
@@ -162,13 +165,8 @@ def check_good(obj, flavor):
 
 
 def run_export(ckpt, out, *flags):
-    cmd = [dcpp, "export", *flags, ckpt, out]
-    print("$", " ".join(cmd), flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    sys.stdout.write(p.stdout)
-    sys.stdout.write(p.stderr)
-    if p.returncode != 0:
-        fail(f"dcpp export exited with {p.returncode}")
+    if run_dcpp("export", *flags, ckpt, out).returncode != 0:
+        fail("dcpp export failed")
     return torch.load(out)
 
 
