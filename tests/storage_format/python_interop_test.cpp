@@ -107,7 +107,8 @@ std::string dump(const metadata& md) {
   for (const auto& [key, path] : md.planner_data) {
     std::string parts;
     for (const auto& part : path)
-      parts += (parts.empty() ? "" : "|") + (part.index ? "#" : "") + part.key;
+      parts += std::string{parts.empty() ? "" : "|"} + (part.index ? "#" : "")
+               + part.key;
     lines.push_back("planner " + key + " " + parts);
   }
   lines.push_back("version " + (md.version.empty() ? "-" : md.version));
