@@ -2,8 +2,11 @@
 
 #include "actors/checkpointer.hpp"
 #include "core/error.hpp"
+#include "core/unflatten.hpp"
 
+#include <map>
 #include <utility>
+#include <vector>
 
 namespace dcpp {
 
@@ -21,6 +24,42 @@ caf::expected<metadata> import_torch_save(const std::string& path,
   opts.no_dist = true;
   checkpointer cp{std::move(writer), nullptr, opts};
   return cp.save(*sd);
+}
+
+caf::expected<metadata>
+export_torch_save(storage_reader_ptr reader, const std::string& path,
+                  const torch_save_export_options& opts) {
+  if (!reader)
+    return make_error(errc::invalid_argument,
+                      "export_torch_save: no storage reader");
+  auto md = reader->read_metadata();
+  if (!md)
+    return std::move(md.error());
+  std::vector<std::string> fqns;
+  fqns.reserve(md->state_dict_metadata.size());
+  for (const auto& [fqn, item] : md->state_dict_metadata)
+    fqns.push_back(fqn);
+  auto tree = unflatten(fqns, opts.flat ? flatten_mapping{} : md->planner_data);
+  if (!tree)
+    return std::move(tree.error());
+  // Loaded by flat key (the request names each key once, at the top level),
+  // then nested by the tree.
+  auto flat_md = *md;
+  flat_md.planner_data.clear();
+  auto sd = make_state_dict_for(flat_md);
+  checkpointer_options copts;
+  copts.no_dist = true;
+  checkpointer cp{nullptr, std::move(reader), copts};
+  if (auto err = cp.load(sd))
+    return err;
+  std::map<std::string, const value*> values;
+  for (const auto& [key, v] : sd.entries())
+    values.emplace(key, &v);
+  torch_save_write_options wopts;
+  wopts.restore_optimizer_keys = opts.restore_optimizer_keys;
+  if (auto err = write_torch_save(path, *tree, values, wopts))
+    return err;
+  return md;
 }
 
 } // namespace dcpp

@@ -4,9 +4,9 @@
 // checkpoint root (storage/checkpoint_root.hpp).
 //
 // Every failure ends as one line `dcpp: <what>: <error>` on stderr with exit
-// code 1 (2 for usage errors); nothing escapes main as an exception. This is
-// the only TU that includes libtorch's pickle header (slow to compile), for
-// `export`; `import` reads through dcpp's restricted unpickler instead.
+// code 1 (2 for usage errors); nothing escapes main as an exception.
+// `export` and `import` of torch.save files are `export_torch_save` and
+// `import_torch_save` (actors/format_utils.hpp).
 
 #include "actors/checkpointer.hpp"
 #include "actors/format_utils.hpp"
@@ -25,7 +25,6 @@
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -56,11 +55,6 @@ int fail(const std::string& what, const caf::error& err) {
   return 1;
 }
 
-void warn(const std::string& msg) {
-  std::cerr << "dcpp: warning: " << msg << std::endl;
-}
-
-using detail::fd_guard;
 using detail::os_error;
 
 /// Reads a file of a checkpoint directory: never through a symbolic link,
@@ -280,60 +274,6 @@ int run_inspect(const std::string& dir, bool as_json) {
 
 // -- export -------------------------------------------------------------------
 
-/// Writes `data` to `path` atomically: `path.tmp`, fsync, rename, fsync dir.
-caf::error write_atomically(const std::string& path,
-                            const std::vector<char>& data) {
-  auto tmp = path + ".tmp";
-  auto fail = [&tmp](const char* what, int err) {
-    ::unlink(tmp.c_str());
-    return os_error(what, tmp, err);
-  };
-  {
-    // Created afresh: a planted `OUT.tmp` link is removed, never written
-    // through.
-    fd_guard fd{detail::create_exclusive(tmp, O_WRONLY | O_CLOEXEC, 0644)};
-    if (fd.get() < 0)
-      return os_error("open", tmp, errno);
-    uint64_t done = 0;
-    if (auto err = detail::write_fully(fd.get(), data.data(), data.size(),
-                                       done))
-      return fail("write", err < 0 ? ENOSPC : err);
-    if (auto err = detail::fsync_fd(fd.get()))
-      return fail("fsync", err);
-    if (fd.close() != 0)
-      return fail("close", errno);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    return fail("rename", errno);
-  auto parent = fs::path{path}.parent_path().string();
-  return detail::fsync_dir(parent.empty() ? "." : parent);
-}
-
-/// Turns a bytes item into the Python object it holds (int, float, str, or
-/// anything libtorch's unpickler decodes); raw bytes as a uint8 tensor else.
-c10::IValue decode_bytes(const std::string& key, const bytes_value& b) {
-  if (auto i = b.to_int())
-    return c10::IValue{*i};
-  if (auto d = b.to_double())
-    return c10::IValue{*d};
-  if (auto s = b.to_string())
-    return c10::IValue{*s};
-  try {
-    return torch::jit::pickle_load(
-      std::vector<char>(b.data.begin(), b.data.end()));
-  } catch (const std::exception&) {
-    // fall through to raw bytes
-  }
-  warn("bytes item '" + key
-       + "' cannot be decoded; exported as raw "
-         "torch.save bytes in a uint8 tensor (torch.load(io.BytesIO("
-         "t.numpy().tobytes())) reads it)");
-  auto t = at::empty({static_cast<int64_t>(b.data.size())}, at::kByte);
-  if (!b.data.empty())
-    std::memcpy(t.data_ptr(), b.data.data(), b.data.size());
-  return c10::IValue{t};
-}
-
 /// Every value of the checkpoint in `dir` (whose metadata is `md`), read on
 /// one rank: what both exports write out.
 caf::expected<state_dict> read_whole_checkpoint(const std::string& dir,
@@ -347,36 +287,16 @@ caf::expected<state_dict> read_whole_checkpoint(const std::string& dir,
   return sd;
 }
 
-int run_export(const std::string& dir, const std::string& out) {
-  auto what = "export " + dir;
-  auto ci = load_metadata(dir);
-  if (!ci)
-    return fail(what, ci.error());
-  auto sd = read_whole_checkpoint(dir, ci->md);
-  if (!sd)
-    return fail(what, sd.error());
-  auto flat = flatten(*sd);
-  if (!flat)
-    return fail(what, flat.error());
-  c10::impl::GenericDict dict{c10::StringType::get(), c10::AnyType::get()};
-  for (auto& [key, v] : flat->items) {
-    if (auto* t = std::get_if<at::Tensor>(v)) {
-      auto x = t->contiguous();
-      if (x.storage().nbytes() != x.nbytes())
-        x = x.clone();
-      dict.insert_or_assign(key, c10::IValue{x});
-    } else if (auto* b = std::get_if<bytes_value>(v)) {
-      dict.insert_or_assign(key, decode_bytes(key, *b));
-    } else {
-      return fail(what, make_error(errc::unsupported,
-                                   "unexpected value kind for " + key));
-    }
-  }
-  auto data = torch::jit::pickle_save(c10::IValue{dict});
-  if (auto err = write_atomically(out, data))
-    return fail("export " + out, err);
-  std::cout << "exported " << flat->items.size() << " keys ("
-            << tensor_bytes(ci->md) << " tensor bytes) to " << out << std::endl;
+int run_export(const std::string& dir, const std::string& out, bool flat) {
+  torch_save_export_options opts;
+  opts.flat = flat;
+  auto md = export_torch_save(make_filesystem_reader(dir), out, opts);
+  if (!md)
+    return fail("export " + dir, md.error());
+  std::cout << "exported " << md->state_dict_metadata.size() << " keys ("
+            << tensor_bytes(*md) << " tensor bytes"
+            << (flat || md->planner_data.empty() ? ", flat" : ", nested")
+            << ") to " << out << std::endl;
   return 0;
 }
 
@@ -737,12 +657,19 @@ int run_main(int argc, char** argv) {
                "chunk's bytes live) and a summary");
   inspect->add_option("DIR", dir, "checkpoint directory")->required();
   inspect->add_flag("--json", as_json, "machine-readable output");
+  bool flat = false;
   auto* exp = app.add_subcommand(
-    "export", "Consolidate into one torch.save file of full tensors, a dict "
-              "{flattened dotted key: tensor or decoded value} that Python "
-              "torch.load opens (like DCP's dcp_to_torch_save)");
+    "export", "Consolidate into one torch.save file of full tensors that "
+              "Python torch.load opens, nested as it was saved (dicts, "
+              "lists, decoded non-tensor values; optimizer state keyed by "
+              "int again), like DCP's dcp_to_torch_save; or into "
+              "FILE.safetensors");
   exp->add_option("DIR", dir, "checkpoint directory")->required();
-  exp->add_option("FILE", file, "output .pt file")->required();
+  exp->add_option("FILE", file, "output .pt (or .safetensors) file")
+    ->required();
+  exp->add_flag("--flat", flat,
+                "one dict {flattened dotted key: value}, ignoring the "
+                "nesting recorded in planner_data");
   auto* imp = app.add_subcommand(
     "import", "Write a torch.save'd state dict as a DCP checkpoint (like "
               "DCP's torch_save_to_dcp): dicts, OrderedDicts and lists "
@@ -793,7 +720,7 @@ int run_main(int argc, char** argv) {
   if (exp->parsed() && ends_with(file, ".safetensors"))
     return run_export_safetensors(dir, file);
   if (exp->parsed())
-    return run_export(dir, file);
+    return run_export(dir, file, flat);
   if (imp->parsed() && is_safetensors_path(file))
     return run_import_safetensors(file, dir, flavor, force);
   if (imp->parsed())

@@ -120,6 +120,20 @@ std::string to_string(const shape_t& xs) {
   return out;
 }
 
+std::string to_string(const object_path& path) {
+  std::string out = "(";
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (i > 0)
+      out += ", ";
+    if (path[i].index)
+      out += path[i].key;
+    else
+      out += "'" + path[i].key + "'";
+  }
+  out += path.size() == 1 ? ",)" : ")";
+  return out;
+}
+
 std::string to_string(const metadata_index& x) {
   if (!x.has_offset)
     return x.fqn;

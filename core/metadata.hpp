@@ -199,10 +199,55 @@ struct storage_info {
   }
 };
 
+/// One step of a path into a nested state dict, as DCP's `OBJ_PATH` records
+/// it: a dict key (a Python str) or a position in a list (a Python int).
+struct path_element {
+  /// The key, or the position in decimal digits.
+  std::string key;
+  /// Whether this is a list position (pickled as an int, so DCP's
+  /// `set_element` rebuilds a list).
+  bool index = false;
+
+  path_element() = default;
+
+  /// A dict key. Implicit on purpose: most elements are keys, and paths
+  /// are written as `{"model", "weight"}`.
+  path_element(std::string k) : key(std::move(k)) {
+    // nop
+  }
+
+  path_element(const char* k) : key(k) {
+    // nop
+  }
+
+  /// A list position.
+  static path_element position(uint64_t i) {
+    path_element x{std::to_string(i)};
+    x.index = true;
+    return x;
+  }
+
+  friend bool operator==(const path_element& x, const path_element& y) {
+    return x.key == y.key && x.index == y.index;
+  }
+
+  friend bool operator!=(const path_element& x, const path_element& y) {
+    return !(x == y);
+  }
+};
+
+/// The path of a value in a nested state dict, top-level key first.
+using object_path = std::vector<path_element>;
+
+/// `('optim', 'param_groups', 0, 'lr')`, as Python prints the tuple.
+std::string to_string(const object_path& path);
+
 /// Maps a flattened key to its path in the nested state dict it came from:
-/// `"optim.state.0.exp_avg" -> ["optim", "state", "0", "exp_avg"]`. This is
-/// what newest DCP stores in `Metadata.planner_data`.
-using flatten_mapping = std::map<std::string, std::vector<std::string>>;
+/// `"optim.param_groups.0.lr" -> ("optim", "param_groups", 0, "lr")`. This
+/// is what newest DCP stores in `Metadata.planner_data`: dict keys as str
+/// (int keys included: DCP flattens `{0: x}` to the key "0"), list
+/// positions as int.
+using flatten_mapping = std::map<std::string, object_path>;
 
 /// `Metadata`: the content of `.metadata`, the commit record of a checkpoint.
 struct metadata {

@@ -398,8 +398,10 @@ std::shared_ptr<load_planner> make_default_load_planner(load_options opts) {
 // the key followed by each path element, each preceded by a tab. A line ends
 // with "\n". Backslash, tab, newline and carriage return inside keys and
 // elements are escaped as "\\", "\t", "\n" and "\r"; every other byte is
-// written as is. A key with an empty path is a line without tabs; the empty
-// string also decodes to the empty mapping (plans of custom planners).
+// written as is. A list position (an element whose `index` is set)
+// is written as "\i" and its digits. A key with an empty path is a line without
+// tabs; the empty string also decodes to the empty mapping (plans of custom
+// planners).
 
 namespace {
 
@@ -431,7 +433,9 @@ std::string encode_flatten_mapping(const flatten_mapping& mapping) {
     append_escaped(out, key);
     for (const auto& element : path) {
       out += '\t';
-      append_escaped(out, element);
+      if (element.index)
+        out += "\\i";
+      append_escaped(out, element.key);
     }
     out += '\n';
   }
@@ -447,10 +451,10 @@ caf::expected<flatten_mapping> decode_flatten_mapping(const std::string& str) {
     return mapping_error(1, "missing header \"dcpp-flatten-mapping/1\"");
   size_t line = 1;
   size_t pos = header.size();
-  std::vector<std::string> fields;
+  std::vector<path_element> fields;
   while (pos < str.size()) {
     ++line;
-    fields.assign(1, std::string{});
+    fields.assign(1, path_element{});
     bool done = false;
     while (!done) {
       if (pos >= str.size())
@@ -463,22 +467,36 @@ caf::expected<flatten_mapping> decode_flatten_mapping(const std::string& str) {
           if (pos >= str.size())
             return mapping_error(line, "truncated escape sequence");
           auto e = str[pos++];
+          auto& field = fields.back();
           switch (e) {
-            case '\\': fields.back() += '\\'; break;
-            case 't': fields.back() += '\t'; break;
-            case 'n': fields.back() += '\n'; break;
-            case 'r': fields.back() += '\r'; break;
+            case '\\': field.key += '\\'; break;
+            case 't': field.key += '\t'; break;
+            case 'n': field.key += '\n'; break;
+            case 'r': field.key += '\r'; break;
+            case 'i':
+              if (fields.size() == 1 || field.index || !field.key.empty())
+                return mapping_error(line, "\\i not at the start of a path "
+                                           "element");
+              field.index = true;
+              break;
             default:
               return mapping_error(line, std::string{"invalid escape \\"} + e);
           }
           break;
         }
-        default: fields.back() += c;
+        default: fields.back().key += c;
       }
     }
-    auto key = std::move(fields.front());
-    std::vector<std::string> path(std::make_move_iterator(fields.begin() + 1),
-                                  std::make_move_iterator(fields.end()));
+    for (const auto& field : fields)
+      if (field.index
+          && (field.key.empty() || field.key.size() > 18
+              || field.key.find_first_not_of("0123456789")
+                   != std::string::npos))
+        return mapping_error(line, "list position '" + field.key
+                                     + "' is not a number");
+    auto key = std::move(fields.front().key);
+    object_path path(std::make_move_iterator(fields.begin() + 1),
+                     std::make_move_iterator(fields.end()));
     if (result.count(key) > 0)
       return mapping_error(line, "duplicate key '" + key + "'");
     result.emplace(std::move(key), std::move(path));

@@ -86,6 +86,12 @@ typename Inspector::result_type inspect(Inspector& f, storage_info& x) {
 }
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, path_element& x) {
+  return f(caf::meta::type_name("dcpp.path_element"), x.key,
+           wire_name("path_element.index"), x.index);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, metadata& x) {
   return f(caf::meta::type_name("dcpp.metadata"), x.state_dict_metadata,
            x.planner_data, x.storage_data, x.version, x.save_id,

@@ -52,10 +52,11 @@ namespace dcpp {
 /// Version of the coordinator <-> rank protocol (3: data-step results carry
 /// a `rank_report`, outcomes an `op_report`; 4: the plan cache, local save
 /// plans carry a fingerprint and may leave the plan out, outcomes say
-/// whether the plans came from the cache). A message with another
-/// version is rejected (the sending rank's step fails with
+/// whether the plans came from the cache; 5: a metadata's flatten paths
+/// are `path_element`s, each with its list-position flag). A message with
+/// another version is rejected (the sending rank's step fails with
 /// `errc::protocol_error`).
-inline constexpr uint32_t protocol_version = 4;
+inline constexpr uint32_t protocol_version = 5;
 
 /// The two kinds of collective operations.
 enum class op_kind : uint8_t {

@@ -676,7 +676,7 @@ private:
       auto where = field + "['" + key + "']";
       if (!path || (!path->is(kind::tuple) && !path->is(kind::list)))
         return wrong_type(where, "a tuple of path parts", path);
-      std::vector<std::string> parts;
+      object_path parts;
       parts.reserve(path->items.size());
       for (const auto& part : path->items) {
         if (auto err = charge(
@@ -685,8 +685,10 @@ private:
           return err;
         if (part && part->is(kind::string))
           parts.push_back(part->s);
+        else if (part && part->is(kind::integer) && part->i >= 0)
+          parts.push_back(path_element::position(part->i));
         else if (part && part->is(kind::integer))
-          parts.push_back(std::to_string(part->i));
+          return wrong_type(where, "a list position >= 0", part);
         else
           return wrong_type(where, "str or int path parts", part);
       }

@@ -167,7 +167,8 @@ private:
     for (const auto& [key, path] : mapping) {
       std::vector<value_ptr> parts;
       for (const auto& part : path)
-        parts.emplace_back(make_string(part));
+        parts.emplace_back(part.index ? make_int(std::stoll(part.key))
+                                      : make_string(part.key));
       kvs.emplace_back(make_string(key), make_tuple(std::move(parts)));
     }
     return make_dict(std::move(kvs));

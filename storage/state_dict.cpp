@@ -149,11 +149,11 @@ value* state_dict::find_path(const std::vector<std::string>& path) {
 
 namespace {
 
-caf::error flatten_into(state_dict& sd, std::vector<std::string>& path,
-                        flat_state_dict& out,
+caf::error flatten_into(state_dict& sd, object_path& path, flat_state_dict& out,
                         std::map<std::string, size_t>& seen) {
   for (auto& [key, val] : sd.entries()) {
-    path.push_back(key);
+    path.emplace_back(key);
+    path.back().index = sd.is_list();
     if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
       if (*sub) {
         if (auto err = flatten_into(**sub, path, out, seen))
@@ -164,7 +164,7 @@ caf::error flatten_into(state_dict& sd, std::vector<std::string>& path,
       for (size_t i = 0; i < path.size(); ++i) {
         if (i > 0)
           flat += '.';
-        flat += path[i];
+        flat += path[i].key;
       }
       if (seen.count(flat) > 0)
         return make_error(errc::invalid_argument,
@@ -190,7 +190,7 @@ tensor_properties properties_of(const at::Tensor& t, dtype type) {
 
 caf::expected<flat_state_dict> flatten(state_dict& sd) {
   flat_state_dict out;
-  std::vector<std::string> path;
+  object_path path;
   std::map<std::string, size_t> seen;
   if (auto err = flatten_into(sd, path, out, seen))
     return err;
@@ -456,10 +456,13 @@ state_dict make_state_dict_for(const metadata& md) {
       sd.set(fqn, std::move(v));
       continue;
     }
+    const auto& elements = path->second;
     state_dict* current = &sd;
-    for (size_t i = 0; i + 1 < path->second.size(); ++i)
-      current = &current->nested(path->second[i]);
-    current->set(path->second.back(), std::move(v));
+    for (size_t i = 0; i + 1 < elements.size(); ++i) {
+      current = &current->nested(elements[i].key);
+      current->is_list(elements[i + 1].index);
+    }
+    current->set(elements.back().key, std::move(v));
   }
   return sd;
 }
@@ -476,6 +479,7 @@ at::Tensor stage_tensor(const at::Tensor& t) {
 
 state_dict stage_to_host(const state_dict& sd) {
   state_dict out;
+  out.is_list(sd.is_list());
   for (const auto& [key, val] : sd.entries()) {
     if (auto t = std::get_if<at::Tensor>(&val)) {
       out.set(key, t->defined() ? stage_tensor(*t) : *t);

@@ -110,8 +110,21 @@ public:
     return entries_.empty();
   }
 
+  /// Whether this dict stands for a Python list, its keys being the
+  /// positions "0", "1", ...: flattening records them as list positions
+  /// (ints in `planner_data`, as DCP records a traversed list), so DCP and
+  /// `export_torch_save` rebuild a list.
+  bool is_list() const {
+    return is_list_;
+  }
+
+  void is_list(bool value) {
+    is_list_ = value;
+  }
+
 private:
   std::vector<entry> entries_;
+  bool is_list_ = false;
 };
 
 /// A flattened state dict: dotted keys to leaf values (tensors, sharded

@@ -373,6 +373,7 @@ private:
       if (auto err = check_depth(path, depth))
         return err;
       auto& sub = sd.nested(key);
+      sub.is_list(true);
       for (size_t i = 0; i < x.items.size(); ++i) {
         auto index = std::to_string(i);
         if (auto err = put(sub, index, *x.items[i], join(path, index),

@@ -11,7 +11,8 @@
 //
 // The nesting is what DCP's `flatten_state_dict` traverses: dicts and
 // OrderedDicts (keys turned into strings, as `str(key)`), and lists that
-// hold a dict, a tensor or such a list (elements keyed "0", "1", ...).
+// hold a dict, a tensor or such a list (elements keyed "0", "1", ... in a
+// dict marked `is_list`, so flattening records the positions as ints).
 // Tensors become tensors (views of one storage keep sharing it); every
 // other value (numbers, strings, None, tuples, lists of scalars) becomes a
 // bytes value holding a torch.save of that value, as DCP stores it.

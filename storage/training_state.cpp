@@ -190,6 +190,7 @@ caf::expected<state_dict> optim_dict(const torch::optim::Optimizer& optim,
   state_dict out;
   auto& state = out.nested("state");
   auto& groups = out.nested("param_groups");
+  groups.is_list(true); // DCP records the group positions as ints
   try {
     const auto& all = optim.param_groups();
     for (size_t g = 0; g < all.size(); ++g) {

@@ -16,10 +16,10 @@
 //
 // Keys are flattened as DCP >= 2.4 flattens (`_traverse.py`: a mapping is
 // always traversed, a list of dicts by index, a list or tuple of
-// non-tensors is one value). Two differences, both invisible to a load into
-// a given state dict: the list index of `param_groups` is recorded in
-// `.metadata`'s planner_data as the string "0", not the int 0, and DCP <=
-// 2.3 stored the whole `optim.param_groups` list as one bytes item.
+// non-tensors is one value; `.metadata`'s planner_data records the
+// position in `param_groups` as the int 0, so DCP rebuilds a list). One
+// difference, invisible to a load into a given state dict: DCP <= 2.3
+// stored the whole `optim.param_groups` list as one bytes item.
 //
 // `step`: libtorch 1.13 keeps it as an int64 (`AdamParamState::step`),
 // PyTorch 1.13 and 2.x as a float32 0-d tensor; the checkpoint holds the

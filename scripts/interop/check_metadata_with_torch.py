@@ -100,7 +100,8 @@ def canonical(m, md, fs, stmd):
     for key, path in (m.planner_data or {}).items():
         if not isinstance(path, tuple):
             fail(f"planner_data[{key}] is {type(path)}")
-        lines.append(f"planner {key} " + "|".join(str(x) for x in path))
+        lines.append(f"planner {key} " + "|".join(
+            f"#{x}" if type(x) is int else str(x) for x in path))
     meta = getattr(m, "storage_meta", None)
     lines.append(f"version {getattr(m, 'version', None) or '-'}")
     lines.append(f"save_id {(meta and meta.save_id) or '-'}")

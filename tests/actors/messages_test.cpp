@@ -91,6 +91,7 @@ metadata sample_metadata() {
   md.state_dict_metadata["model.w"] = im;
   md.state_dict_metadata["optim.step"] = item_metadata::bytes();
   md.planner_data["optim.step"] = {"optim", "step"};
+  md.planner_data["model.w"] = {"model", path_element::position(7), "w"};
   md.storage_data[metadata_index{"model.w", {4, 0}, 3}] = storage_info{
     "__1_0.distcp", 128, 0xfedcba9876543210, "xxh64:0123456789abcdef"};
   md.storage_data[metadata_index{"optim.step"}] = storage_info{"__0_0.distcp",
@@ -439,10 +440,11 @@ TEST_CASE("errors whose category is no atom's text are refused",
 // with tests/data/wire/<tag>.hex. Those files were produced by the encoder
 // as it was when protocol version 2 was introduced, when inspect and cereal
 // still had a field list each, and regenerated for version 3 (data-step
-// results gained a rank_report, outcomes an op_report) and for version 4
+// results gained a rank_report, outcomes an op_report), for version 4
 // (the plan cache: local save plans gained a fingerprint and a
 // plan_cached flag, the global save step a plans key, op_report a
-// plans_cached flag); a change to any
+// plans_cached flag) and for version 5 (flatten paths of path_elements
+// with a list-position flag); a change to any
 // field list, order or encoding shows up here. A deliberate
 // change of the wire format comes with a new `protocol_version`; regenerate
 // the files then with DCPP_WIRE_PIN_WRITE=1 set while running this test.

@@ -51,6 +51,23 @@ TEST_CASE("flatten mappings round-trip", "[flatten_mapping]") {
   check_round_trip(nasty);
 }
 
+TEST_CASE("list positions round-trip apart from keys spelled alike",
+          "[flatten_mapping]") {
+  flatten_mapping m{
+    {"optim.param_groups.0.lr",
+     {"optim", "param_groups", path_element::position(0), "lr"}},
+    {"optim.state.0.exp_avg", {"optim", "state", "0", "exp_avg"}},
+    {"x.12", {"x", path_element::position(12)}},
+    {"y.\\i3", {"y", "\\i3"}},
+  };
+  check_round_trip(m);
+  auto decoded = decode_flatten_mapping(encode_flatten_mapping(m));
+  REQUIRE(decoded);
+  CHECK(decoded->at("optim.param_groups.0.lr")[2].index);
+  CHECK(!decoded->at("optim.state.0.exp_avg")[2].index);
+  CHECK(!decoded->at("y.\\i3")[1].index);
+}
+
 TEST_CASE("the empty string decodes to the empty mapping",
           "[flatten_mapping]") {
   auto res = decode_flatten_mapping("");
@@ -72,9 +89,10 @@ TEST_CASE("random mappings round-trip", "[flatten_mapping]") {
   for (int round = 0; round < 200; ++round) {
     flatten_mapping m;
     for (auto n = len(rng); n > 0; --n) {
-      std::vector<std::string> path;
+      object_path path;
       for (auto k = len(rng); k > 0; --k)
-        path.push_back(word());
+        path.push_back(k % 3 == 0 ? path_element::position(len(rng))
+                                  : path_element{word()});
       m[word()] = path;
     }
     check_round_trip(m);
@@ -90,6 +108,11 @@ TEST_CASE("garbage does not decode", "[flatten_mapping]") {
   check_garbage("dcpp-flatten-mapping/1\nkey\\x\tpath\n"); // bad escape
   check_garbage("dcpp-flatten-mapping/1\nkey\\");          // cut escape
   check_garbage("dcpp-flatten-mapping/1\na\tb\na\tc\n");   // duplicate key
+  check_garbage("dcpp-flatten-mapping/1\na\tb\\i0\n");     // marker inside
+  check_garbage("dcpp-flatten-mapping/1\na\\i0\tb\n");     // marker on a key
+  check_garbage("dcpp-flatten-mapping/1\na\t\\i\n");       // no digits
+  check_garbage("dcpp-flatten-mapping/1\na\t\\ix\n");      // not a number
+  check_garbage("dcpp-flatten-mapping/1\na\t\\i\\i1\n");   // twice
   std::mt19937 rng{11};
   std::uniform_int_distribution<int> byte(0, 255);
   for (int round = 0; round < 200; ++round) {

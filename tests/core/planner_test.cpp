@@ -148,8 +148,7 @@ TEST_CASE("global save plan for 1, 2, 3, 4 and 8 ranks", "[planner][save]") {
       CHECK(shards == 1);
     }
     CHECK(g.md.planner_data.size() == 4);
-    CHECK(g.md.planner_data.at("optim.step")
-          == std::vector<std::string>{"optim", "step"});
+    CHECK(g.md.planner_data.at("optim.step") == object_path{"optim", "step"});
     CHECK(!validate_metadata(g.md));
   }
 }

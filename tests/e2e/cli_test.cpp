@@ -252,9 +252,21 @@ TEST_CASE("export writes a torch.save file that Python loads", "[python]") {
              + pt
              + "')\n"
                "assert isinstance(d, dict), type(d)\n"
-               "assert sorted(d) == ['big', 'opt.name', 'opt.step', 'w'], d\n"
+               "assert sorted(d) == ['big', 'opt', 'w'], d\n"
                "assert torch.equal(d['w'], torch.arange(12.).reshape(3, 4))\n"
                "assert torch.equal(d['big'], torch.arange(4096.))\n"
+               "assert d['opt'] == {'step': 7, 'name': 'hello'}, d['opt']\n")
+        == 0);
+  // --flat: one dict of the dotted keys, as before nesting was restored.
+  auto flat = s.path("flat.pt");
+  auto rf = s.cli("export --flat " + dir + " " + flat);
+  INFO(rf.err);
+  REQUIRE(rf.code == 0);
+  CHECK(s.py("import torch\n"
+             "d = torch.load('"
+             + flat
+             + "')\n"
+               "assert sorted(d) == ['big', 'opt.name', 'opt.step', 'w'], d\n"
                "assert d['opt.step'] == 7 and d['opt.name'] == 'hello'\n")
         == 0);
   auto pt2 = s.path("fixture.pt");
@@ -321,6 +333,28 @@ TEST_CASE("import converts a Python torch.save file", "[python]") {
   load_all(s.path("ckpt_od"), l);
   CHECK(tensor_at(l, "weight").sizes() == at::IntArrayRef{2, 3});
   CHECK(tensor_at(l, "bias").sizes() == at::IntArrayRef{2});
+}
+
+TEST_CASE("export refuses a flatten mapping that is not one tree, naming "
+          "the key") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto md = read_md(dir);
+  // "w" is a value; "opt.step" now claims a path through it (keys are
+  // placed in sorted order, so "w" is the one found on a container).
+  md.planner_data["opt.step"] = {"w", "step"};
+  spit(fs::path{dir} / ".metadata", encode_metadata(md));
+  auto out = s.path("x.pt");
+  auto ex = s.cli("export " + dir + " " + out);
+  check_one_line_error(ex);
+  CHECK(ex.err.find("corrupt_metadata") != std::string::npos);
+  CHECK(ex.err.find("key 'w' maps to ('w',), which holds the values of "
+                    "other keys (e.g. 'opt.step')")
+        != std::string::npos);
+  CHECK(!fs::exists(out));
+  // --flat ignores the mapping.
+  CHECK(s.cli("export --flat " + dir + " " + out).code == 0);
 }
 
 TEST_CASE("export then import round-trips a checkpoint") {

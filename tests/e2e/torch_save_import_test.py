@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`dcpp import` of torch.save files written by PyTorch 1.13 (Debian's).
+"""`dcpp import` and `dcpp export` of torch.save files written by PyTorch
+1.13 (Debian's).
 
     torch_save_import_test.py BUILD_APPS_DIR CASE
 
@@ -7,7 +8,21 @@ Good cases: torch.save writes the input, `dcpp import` converts it, and DCP
 1.13's `load_state_dict(no_dist=True)` loads every flattened key; values
 (dtype, shape, bits) must equal the input's, flattened as DCP 2.x's
 flatten_state_dict flattens, and `planner_data` must record each key's
-nested path so the nesting can be rebuilt.
+nested path as DCP records it (dict keys str, list positions int). Then
+`dcpp export` must give back, through `torch.load`, the input itself:
+same nesting (dicts, lists, tuples, scalars, None, tensors), keys and
+values. The one normalisation: an OrderedDict comes back as a dict (DCP's
+flattening does not record the container's class). `dcpp export --flat`
+must give one dict of the flattened keys.
+
+`optimizer_round_trip`: model and Adam state after import + export load
+into a fresh model and optimizer (`Adam.load_state_dict(torch.load(out))`),
+the optimizer state is really restored (its int keys are back), and one
+more step gives the same parameters as the original's.
+
+`old_str_positions`: a checkpoint whose planner_data spells list positions
+as str (as dcpp recorded them before) still exports, and its optimizer
+state still loads into Adam.
 
 Hostile cases: crafted files (by hand, or by patching data.pkl) must end in
 one error line naming what is wrong, exit code 1, and nothing written to the
@@ -47,13 +62,16 @@ def fail(msg):
     sys.exit(1)
 
 
-def run_import(src, dst, flavor="2"):
-    cmd = [dcpp, "import", "--flavor", flavor, src, dst]
+def run_dcpp(*args):
+    cmd = [dcpp, *args]
     print("$", " ".join(cmd), flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    sys.stdout.write(p.stdout)
-    sys.stdout.write(p.stderr)
+    sys.stdout.write(p.stdout + p.stderr)
     return p
+
+
+def run_import(src, dst, flavor="2"):
+    return run_dcpp("import", "--flavor", flavor, src, dst)
 
 
 # -- DCP's flattening (torch 2.x flatten_state_dict / traverse_state_dict) --
@@ -123,27 +141,87 @@ def check_good(obj, flavor):
         if set(md.state_dict_metadata) != set(flat):
             fail(f"checkpoint keys {sorted(md.state_dict_metadata)} != "
                  f"{sorted(flat)}")
-        # The nesting: planner_data holds each nested key's path (list
-        # indices spelled as strings: dcpp records path parts as str).
+        # The nesting: planner_data holds each nested key's path as DCP 2.x
+        # records it (list positions as int, dict keys as str).
         planner = md.planner_data or {}
         for key, path in mapping.items():
-            want = tuple(str(x) for x in path)
             got = tuple(planner.get(key, (key,)))
-            if got != want:
-                fail(f"planner_data[{key!r}] is {got}, expected {want}")
+            if got != path or [type(x) for x in got] != [type(x) for x in path]:
+                fail(f"planner_data[{key!r}] is {got!r}, expected {path!r}")
         rebuilt = {}
         for key, value in sd.items():
             node = rebuilt
             path = planner.get(key, (key,))
             for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = value
+                node = node.setdefault(str(part), {})
+            node[str(path[-1])] = value
         if not same_tree(rebuilt, normalize(obj)):
             fail("the nesting rebuilt from planner_data differs from the input")
         print(f"PASSED: {case}: {len(flat)} keys load in DCP 1.13 "
               f"(flavor {flavor}) equal to the input, nesting rebuilt")
+        check_export(obj, ckpt, scratch, flat)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_export(ckpt, out, *flags):
+    if run_dcpp("export", *flags, ckpt, out).returncode != 0:
+        fail("dcpp export failed")
+    return torch.load(out)
+
+
+def plain(value):
+    """`value` with every OrderedDict a dict (the one thing export does not
+    keep: DCP's flattening records no container class)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    return value
+
+
+def first_difference(got, want, where="top"):
+    """Where `got` differs from `want` (types exactly, dict keys with their
+    types, list lengths, tensors by dtype, shape and bits), or None."""
+    if isinstance(want, dict):
+        if type(got) is not dict:
+            return f"{where}: a {type(got).__name__}, expected a dict"
+        if set(got) != set(want):
+            return f"{where}: keys {sorted(got, key=repr)} != {sorted(want, key=repr)}"
+        for k in want:
+            d = first_difference(got[k], want[k], f"{where}[{k!r}]")
+            if d:
+                return d
+        return None
+    if isinstance(want, (list, tuple)):
+        if type(got) is not type(want) or len(got) != len(want):
+            return f"{where}: {got!r} != {want!r}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            d = first_difference(g, w, f"{where}[{i}]")
+            if d:
+                return d
+        return None
+    if not same(got, want):
+        return f"{where}: {got!r} != {want!r}"
+    return None
+
+
+def check_export(obj, ckpt, scratch, flat):
+    out = os.path.join(scratch, "out.pt")
+    got = run_export(ckpt, out)
+    diff = first_difference(got, plain(obj))
+    if diff:
+        fail(f"dcpp export differs from the input at {diff}")
+    print(f"PASSED: {case}: dcpp export + torch.load gives back the input "
+          "(OrderedDicts as dicts)")
+    got = run_export(ckpt, os.path.join(scratch, "flat.pt"), "--flat")
+    diff = first_difference(got, plain(flat))
+    if diff:
+        fail(f"dcpp export --flat differs from the flattened input at {diff}")
+    print(f"PASSED: {case}: dcpp export --flat gives the {len(flat)} "
+          "flattened keys")
 
 
 def normalize(value):
@@ -200,6 +278,69 @@ def dtypes():
             "uint8": (x + 3).to(torch.uint8) * 30, "bool": x > 0,
             "complex64": torch.complex(x.float(), -x.float()),
             "complex128": torch.complex(x.double(), x.double() / 7)}
+
+
+def optimizer_round_trip(flavor, old_str_positions=False):
+    scratch = tempfile.mkdtemp(prefix="dcpp-export-optim-")
+    try:
+        src = os.path.join(scratch, "in.pt")
+        ckpt = os.path.join(scratch, "ckpt")
+        out = os.path.join(scratch, "out.pt")
+        m = model()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        for _ in range(2):
+            opt.zero_grad()
+            m(torch.randn(5, 4)).sum().backward()
+            opt.step()
+        torch.save({"model": m.state_dict(), "optim": opt.state_dict()}, src)
+        p = run_import(src, ckpt, flavor)
+        if p.returncode != 0:
+            fail(f"dcpp import exited with {p.returncode}")
+        if old_str_positions:
+            spell_positions_as_str(ckpt)
+        got = run_export(ckpt, out)
+        m2 = model()
+        opt2 = torch.optim.Adam(m2.parameters(), lr=0.5)
+        m2.load_state_dict(got["model"])
+        opt2.load_state_dict(got["optim"])
+        want_state = opt.state_dict()["state"]
+        got_state = opt2.state_dict()["state"]
+        if set(got_state) != set(want_state) or not want_state:
+            fail(f"optimizer state after load_state_dict has ids "
+                 f"{sorted(got_state)}, expected {sorted(want_state)}")
+        for pid, entry in want_state.items():
+            for name, value in entry.items():
+                if not same(got_state[pid][name], value):
+                    fail(f"state[{pid}][{name!r}] differs after the load")
+        if opt2.param_groups[0]["lr"] != 1e-2:
+            fail(f"lr is {opt2.param_groups[0]['lr']} after the load")
+        # One more identical step on both: same parameters.
+        x = torch.randn(5, 4)
+        for mm, oo in ((m, opt), (m2, opt2)):
+            oo.zero_grad()
+            mm(x).sum().backward()
+            oo.step()
+        for (name, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
+            if not torch.equal(a, b):
+                fail(f"after one more step {name} differs")
+        print(f"PASSED: {case}: Adam.load_state_dict(torch.load(export)) "
+              f"restores {len(got_state)} parameter states; the next step "
+              "matches")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def spell_positions_as_str(ckpt):
+    """Rewrites `.metadata` as dcpp wrote it before list positions were
+    ints: every path part a str."""
+    path = os.path.join(ckpt, ".metadata")
+    md = compat.RemappingReader(ckpt).read_metadata()
+    md.planner_data = {k: tuple(str(x) for x in v)
+                       for k, v in md.planner_data.items()}
+    if not any("0" in v for v in md.planner_data.values()):
+        fail("expected list positions in planner_data")
+    with open(path, "wb") as f:
+        pickle.dump(md, f)
 
 
 GOOD = {
@@ -324,6 +465,11 @@ def check_hostile(name):
 if case in GOOD:
     make, flavor = GOOD[case]
     check_good(make(), flavor)
+elif case == "optimizer_round_trip":
+    optimizer_round_trip("2")
+    optimizer_round_trip("1.13")
+elif case == "old_str_positions":
+    optimizer_round_trip("1.13", old_str_positions=True)
 elif case in HOSTILE:
     check_hostile(case)
 else:

@@ -47,7 +47,7 @@ uint64_t decoded_bytes(const metadata& md) {
   for (const auto& [key, path] : md.planner_data) {
     total += key.size();
     for (const auto& part : path)
-      total += part.size();
+      total += part.key.size();
   }
   return total;
 }

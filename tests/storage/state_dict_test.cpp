@@ -29,8 +29,8 @@ TEST_CASE("nested state dicts flatten to dotted keys", "[state_dict]") {
   CHECK(flat->items[1].first == "model.weight");
   CHECK(flat->items[2].first == "optim.state.0.exp_avg");
   CHECK(flat->mapping.count("step") == 0);
-  CHECK(flat->mapping.at("optim.state.0.exp_avg")
-        == std::vector<std::string>{"optim", "state", "0", "exp_avg"});
+  CHECK(to_string(flat->mapping.at("optim.state.0.exp_avg"))
+        == "('optim', 'state', '0', 'exp_avg')");
   CHECK(sd.find_path({"optim", "state", "0", "exp_avg"}) != nullptr);
   CHECK(sd.find_path({"optim", "nope"}) == nullptr);
 }

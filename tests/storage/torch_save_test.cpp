@@ -172,8 +172,13 @@ TEST_CASE_METHOD(fixture, "a state dict reads with DCP's nesting",
   bytes_at(*sd, {"nothing"});
   auto flat = flatten(*sd);
   REQUIRE(flat);
-  CHECK(flat->mapping.at("optim.state.0.exp_avg")
-        == std::vector<std::string>{"optim", "state", "0", "exp_avg"});
+  // A dict key stays a str (int keys included), a list position is
+  // recorded as an int.
+  CHECK(to_string(flat->mapping.at("optim.state.0.exp_avg"))
+        == "('optim', 'state', '0', 'exp_avg')");
+  CHECK(to_string(flat->mapping.at("optim.param_groups.0.lr"))
+        == "('optim', 'param_groups', 0, 'lr')");
+  CHECK(to_string(flat->mapping.at("tensors.0")) == "('tensors', 0)");
 }
 
 TEST_CASE_METHOD(fixture, "every storage class maps to its dtype",

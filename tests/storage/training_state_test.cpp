@@ -195,6 +195,12 @@ TEST_CASE("optimizer state: fqn keys, float32 step, param_groups",
   CHECK(std::count(keys.begin(), keys.end(), "state.fc1.weight.exp_avg") == 1);
   CHECK(std::count(keys.begin(), keys.end(), "param_groups.0.params") == 1);
   CHECK(std::count(keys.begin(), keys.end(), "param_groups.0.betas") == 1);
+  // The group's position is recorded as DCP records it, an int (so DCP's
+  // set_element rebuilds a list); parameter fqns stay str keys.
+  CHECK(to_string(flat->mapping.at("param_groups.0.lr"))
+        == "('param_groups', 0, 'lr')");
+  CHECK(to_string(flat->mapping.at("state.fc1.weight.exp_avg"))
+        == "('state', 'fc1.weight', 'exp_avg')");
 }
 
 TEST_CASE("Adam round trip through a file-system checkpoint, then one step",

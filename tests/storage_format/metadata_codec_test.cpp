@@ -159,9 +159,10 @@ metadata expected_generated_v2() {
     {metadata_index{"opt.state.0.step"}, at("__0_0.distcp", 747, 431)},
     {metadata_index{"big", {0}, 0}, at("__0_1.distcp", 0, 6000000000)},
   };
+  // The fixture's path holds the int 0: a list position, as DCP records it.
   md.planner_data = {
     {"model.w", {"model", "w"}},
-    {"opt.state.0.step", {"opt", "state", "0", "step"}},
+    {"opt.state.0.step", {"opt", "state", path_element::position(0), "step"}},
     {"big", {"big"}},
   };
   md.version = "1.0.0";

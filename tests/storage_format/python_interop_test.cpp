@@ -107,7 +107,8 @@ std::string dump(const metadata& md) {
   for (const auto& [key, path] : md.planner_data) {
     std::string parts;
     for (const auto& part : path)
-      parts += (parts.empty() ? "" : "|") + part;
+      parts += std::string{parts.empty() ? "" : "|"} + (part.index ? "#" : "")
+               + part.key;
     lines.push_back("planner " + key + " " + parts);
   }
   lines.push_back("version " + (md.version.empty() ? "-" : md.version));
@@ -206,7 +207,8 @@ TEST_CASE("torch 1.13 unpickles every field dcpp writes",
   md.storage_data[metadata_index{"scalar", {}, 0}]
     = {"__0_0.distcp", uint64_t{1} << 62, 747, ""};
   md.storage_data[metadata_index{"step"}] = {"__0_0.distcp", 747, 431, ""};
-  md.planner_data = {{"layers.0.w", {"layers", "0", "w"}}, {"step", {"step"}}};
+  md.planner_data = {{"layers.0.w", {"layers", path_element::position(0), "w"}},
+                     {"step", {"step"}}};
   auto file = (tmp.path() / "md113").string();
   test::write_file(file, encode_metadata(md, metadata_flavor::torch_1_13));
   auto dumped = run_checker(tmp.path(), {"dump", file});
