@@ -95,6 +95,10 @@ caf::expected<std::string> bytes_value::to_string() const {
   return make_error(errc::corrupt_item, "bytes value is not a str");
 }
 
+caf::expected<pickle::value_ptr> bytes_value::to_pickle() const {
+  return load_object(data);
+}
+
 // -- state_dict ---------------------------------------------------------------
 
 void state_dict::set(const std::string& key, value v) {

@@ -27,6 +27,7 @@ namespace dcpp {
 
 namespace pickle {
 struct value;
+using value_ptr = std::shared_ptr<const value>;
 } // namespace pickle
 
 /// One local shard of a sharded tensor: a tensor and where it sits in the
@@ -66,6 +67,9 @@ struct bytes_value {
   caf::expected<int64_t> to_int() const;
   caf::expected<double> to_double() const;
   caf::expected<std::string> to_string() const;
+  /// The pickled object of the torch.save archive, as dcpp's pickle model
+  /// (the inverse of `from_pickle`).
+  caf::expected<pickle::value_ptr> to_pickle() const;
 };
 
 class state_dict;

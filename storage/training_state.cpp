@@ -3,8 +3,6 @@
 #include "core/error.hpp"
 #include "storage/pickle.hpp"
 
-#include <caffe2/serialize/in_memory_adapter.h>
-#include <caffe2/serialize/inline_container.h>
 #include <torch/nn/module.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
@@ -69,20 +67,6 @@ fqn_of(const std::map<const void*, std::string>& fqns, const at::Tensor& p) {
 
 bytes_value pickled(const pickle::value_ptr& x) {
   return bytes_value::from_pickle(*x);
-}
-
-caf::expected<pickle::value_ptr> unpickle(const std::string& data) {
-  try {
-    auto adapter = std::make_unique<caffe2::serialize::MemoryReadAdapter>(
-      data.data(), data.size());
-    caffe2::serialize::PyTorchStreamReader reader(std::move(adapter));
-    auto [ptr, size] = reader.getRecord("data.pkl");
-    return pickle::read(
-      std::string_view{static_cast<const char*>(ptr.get()), size});
-  } catch (const std::exception& ex) {
-    return make_error(errc::corrupt_item,
-                      std::string{"not a torch.save archive: "} + ex.what());
-  }
 }
 
 /// The hyper-parameters of a group as DCP's `param_groups` entry.
@@ -295,7 +279,7 @@ caf::expected<pickle::value_ptr> group_value(const state_dict& group,
   auto b = std::get_if<bytes_value>(v);
   if (!b)
     return make_error(errc::corrupt_item, where + key + ": not a bytes value");
-  auto x = unpickle(b->data);
+  auto x = b->to_pickle();
   if (!x)
     return make_error(errc::corrupt_item,
                       where + key + ": " + to_string(x.error()));
