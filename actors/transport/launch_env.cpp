@@ -184,8 +184,8 @@ caf::error bad_host_list(std::string_view list, const std::string& what) {
                     "SLURM host list '" + shown + "': " + what);
 }
 
-caf::expected<std::vector<number_range>>
-parse_ranges(std::string_view list, std::string_view group) {
+caf::expected<std::vector<number_range>> parse_ranges(std::string_view list,
+                                                      std::string_view group) {
   std::vector<number_range> out;
   size_t pos = 0;
   while (pos <= group.size()) {
@@ -207,8 +207,8 @@ parse_ranges(std::string_view list, std::string_view group) {
     number_range r{std::stoull(std::string{lo_text}),
                    std::stoull(std::string{hi_text}), lo_text.size()};
     if (r.hi < r.lo)
-      return bad_host_list(list, "range '" + std::string{item}
-                                   + "' runs backwards");
+      return bad_host_list(list,
+                           "range '" + std::string{item} + "' runs backwards");
     out.push_back(r);
     pos = end + 1;
   }
