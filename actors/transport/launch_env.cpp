@@ -74,8 +74,7 @@ caf::error check_secret_directory(const std::string& what,
   if (::stat(dir.c_str(), &st) != 0)
     return make_error(errc::invalid_argument,
                       what + ": its directory " + printable(dir)
-                        + " cannot be examined (" + std::strerror(errno)
-                        + ")");
+                        + " cannot be examined (" + std::strerror(errno) + ")");
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0)
     return make_error(errc::invalid_argument,
                       what + ": its directory " + printable(dir)
@@ -101,8 +100,7 @@ caf::expected<std::string> read_secret_file(const char* path) {
   // waiting for one; the fstat below then refuses it.
   int fd = ::open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
   if (fd < 0)
-    return fail(std::string{"cannot be opened ("} + std::strerror(errno)
-                + ")");
+    return fail(std::string{"cannot be opened ("} + std::strerror(errno) + ")");
   std::unique_ptr<int, void (*)(int*)> closer{&fd, [](int* f) { ::close(*f); }};
   struct stat st {};
   if (::fstat(fd, &st) != 0)

@@ -25,8 +25,9 @@ public:
       store_->set(key, std::vector<uint8_t>(value.begin(), value.end()));
       return caf::none;
     } catch (const std::exception& e) {
-      return make_error(errc::io_error, name_ + ": set '" + printable(key)
-                                          + "' failed: " + first_line(e.what()));
+      return make_error(errc::io_error,
+                        name_ + ": set '" + printable(key)
+                          + "' failed: " + first_line(e.what()));
     }
   }
 
@@ -52,8 +53,9 @@ public:
                             + std::to_string(max_value_bytes) + ")");
       return std::string(value.begin(), value.end());
     } catch (const std::exception& e) {
-      return make_error(errc::io_error, name_ + ": get '" + printable(key)
-                                          + "' failed: " + first_line(e.what()));
+      return make_error(errc::io_error,
+                        name_ + ": get '" + printable(key)
+                          + "' failed: " + first_line(e.what()));
     }
   }
 
@@ -90,9 +92,9 @@ make_tcp_store_directory(const std::string& host, uint16_t port,
       std::make_shared<tcp_store_directory>(std::move(store), name)};
   } catch (const std::exception& e) {
     std::string_view what = e.what();
-    return make_error(errc::io_error, "cannot connect to " + name + ": "
-                                        + printable(what.substr(
-                                          0, what.find('\n'))));
+    return make_error(errc::io_error,
+                      "cannot connect to " + name + ": "
+                        + printable(what.substr(0, what.find('\n'))));
   }
 }
 

@@ -389,8 +389,7 @@ public:
                           who + ": the value under '"
                             + printable(directory_key_) + "' in "
                             + opts_.directory->name()
-                            + " is not an endpoint: "
-                            + context_of(hp.error()));
+                            + " is not an endpoint: " + context_of(hp.error()));
       host = hp->host;
       port = hp->port;
     }

@@ -105,8 +105,7 @@ TEST_CASE("a FIFO as the secret file is refused at once, naming it",
   CHECK(why.find("is a FIFO, not a regular file") != std::string::npos);
 }
 
-TEST_CASE("a device or a directory as the secret file is refused",
-          "[secret]") {
+TEST_CASE("a device or a directory as the secret file is refused", "[secret]") {
   scratch s;
   auto zero = message(read_secret_file("/dev/zero"));
   CHECK(zero.find("DCPP_SECRET_FILE=/dev/zero: is a character device")
@@ -115,8 +114,7 @@ TEST_CASE("a device or a directory as the secret file is refused",
   CHECK(dir.find(s.dir.string() + ": is a directory") != std::string::npos);
 }
 
-TEST_CASE("a huge secret file is refused unread, naming its size",
-          "[secret]") {
+TEST_CASE("a huge secret file is refused unread, naming its size", "[secret]") {
   scratch s;
   auto path = s.file("huge", "");
   // 1 GiB, sparse: holes read as zeros, and nothing is on disk.
@@ -126,16 +124,17 @@ TEST_CASE("a huge secret file is refused unread, naming its size",
   auto env = read_secret_file(path);
   auto took = clock_type::now() - start;
   auto why = message(env);
-  CHECK(why.find(path + ": is 1073741824 bytes; a secret file holds one "
-                        "line of at most 4096 bytes")
+  CHECK(why.find(path
+                 + ": is 1073741824 bytes; a secret file holds one "
+                   "line of at most 4096 bytes")
         != std::string::npos);
   CHECK(took < 1s);
   // Not read: the peak resident memory did not grow by the file (nor by
   // a tenth of it).
   CHECK(peak_rss_kib() - rss_before < 100 * 1024);
   SECTION("4096 bytes are still a secret file") {
-    auto ok = s.file("ok", std::string(40, 'k') + "\n"
-                             + std::string(4096 - 41, '#'));
+    auto ok = s.file("ok",
+                     std::string(40, 'k') + "\n" + std::string(4096 - 41, '#'));
     auto fine = read_secret_file(ok);
     REQUIRE(fine);
     CHECK(fine->secret == std::string(40, 'k'));
@@ -261,9 +260,9 @@ TEST_CASE("a guessable secret is called so", "[secret]") {
         != std::string::npos);
   // What dcpp-launch draws (16 random bytes in hex), `openssl rand -base64
   // 16`, and a long pass phrase.
-  for (auto strong : {"3f9a0c1e7b2d4a6f8e0b1c2d3e4f5a6b",
-                      "q83vEjRWeJGrze8BI0VniQ==",
-                      "correct horse battery staple, twice over"}) {
+  for (auto strong :
+       {"3f9a0c1e7b2d4a6f8e0b1c2d3e4f5a6b", "q83vEjRWeJGrze8BI0VniQ==",
+        "correct horse battery staple, twice over"}) {
     CAPTURE(strong);
     CHECK(detail::weak_secret_reason(strong).empty());
   }

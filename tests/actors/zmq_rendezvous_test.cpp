@@ -216,8 +216,8 @@ TEST_CASE("a forged endpoint in the directory is quoted escaped and bounded",
   // A job of its own for each value: the first group of a job reads the
   // first key.
   auto rank_reading = [&](const std::string& job, const std::string& value) {
-    REQUIRE(!dir->publish("dcpp/" + job + "/restart-0/group-1/coordinator",
-                          value));
+    REQUIRE(
+      !dir->publish("dcpp/" + job + "/restart-0/group-1/coordinator", value));
     auto env = env_of(1, "127.0.0.1", 1);
     env.job_id = job;
     auto spoke = make_zmq_process_group(s.sys1, env, opts);

@@ -13,16 +13,17 @@ using namespace dcpp;
 TEST_CASE("printable text stays as it is", "[printable]") {
   CHECK(printable("tcp://10.0.0.5:29500") == "tcp://10.0.0.5:29500");
   CHECK(printable("") == "");
-  CHECK(printable("step_000000035/__0_0.distcp") == "step_000000035/__0_0.distcp");
+  CHECK(printable("step_000000035/__0_0.distcp")
+        == "step_000000035/__0_0.distcp");
   // Well-formed UTF-8 of printable characters: a file name in Greek.
-  CHECK(printable("\xce\xb1\xce\xb2\xce\xb3.pt") == "\xce\xb1\xce\xb2\xce\xb3.pt");
+  CHECK(printable("\xce\xb1\xce\xb2\xce\xb3.pt")
+        == "\xce\xb1\xce\xb2\xce\xb3.pt");
 }
 
 TEST_CASE("control characters and broken UTF-8 are escaped", "[printable]") {
   // A newline that would forge a log line of its own, and an ESC sequence.
   CHECK(printable("x\n[rank 0] all good") == "x\\x0a[rank 0] all good");
-  CHECK(printable("\x1b[2J\x1b]0;pwned\x07")
-        == "\\x1b[2J\\x1b]0;pwned\\x07");
+  CHECK(printable("\x1b[2J\x1b]0;pwned\x07") == "\\x1b[2J\\x1b]0;pwned\\x07");
   CHECK(printable(std::string("a\0b", 3)) == "a\\x00b");
   CHECK(printable("\r\t\x7f") == "\\x0d\\x09\\x7f");
   // A backslash is doubled: "\x0a" typed as text is not a newline.
@@ -36,9 +37,18 @@ TEST_CASE("control characters and broken UTF-8 are escaped", "[printable]") {
   CHECK(printable("\xf4\x90\x80\x80") == "\\xf4\\x90\\x80\\x80");
   // Printable in UTF-8 but disruptive: C1 CSI (U+009B), the line
   // separator (U+2028), a right-to-left override (U+202E).
-  CHECK(printable("\xc2\x9b" "2J") == "\\xc2\\x9b" "2J");
-  CHECK(printable("a\xe2\x80\xa8" "b") == "a\\xe2\\x80\\xa8" "b");
-  CHECK(printable("\xe2\x80\xae" "gpj.exe") == "\\xe2\\x80\\xae" "gpj.exe");
+  CHECK(printable("\xc2\x9b"
+                  "2J")
+        == "\\xc2\\x9b"
+           "2J");
+  CHECK(printable("a\xe2\x80\xa8"
+                  "b")
+        == "a\\xe2\\x80\\xa8"
+           "b");
+  CHECK(printable("\xe2\x80\xae"
+                  "gpj.exe")
+        == "\\xe2\\x80\\xae"
+           "gpj.exe");
 }
 
 TEST_CASE("long text is cut and its size named", "[printable]") {
