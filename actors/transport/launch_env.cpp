@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "core/printable.hpp"
+#include "storage/posix_file.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,8 +11,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
-#include <memory>
 #include <optional>
 
 namespace dcpp {
@@ -41,29 +40,6 @@ caf::expected<std::optional<int64_t>> number(const getter& get,
 /// read.
 constexpr off_t max_secret_file_bytes = 4096;
 
-/// What a file that is not a regular one is, for messages.
-const char* file_kind(mode_t mode) {
-  if (S_ISDIR(mode))
-    return "a directory";
-  if (S_ISFIFO(mode))
-    return "a FIFO";
-  if (S_ISCHR(mode))
-    return "a character device";
-  if (S_ISBLK(mode))
-    return "a block device";
-  if (S_ISSOCK(mode))
-    return "a socket";
-  return "not a regular file";
-}
-
-/// The directory that holds the name `path` ("." for a bare name).
-std::string directory_of(const std::string& path) {
-  auto slash = path.find_last_of('/');
-  if (slash == std::string::npos)
-    return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 /// Refuses a directory that group or others may write without the sticky
 /// bit: they could replace the secret file in it (rename over it) with one
 /// of their own. With the sticky bit (/tmp) only the file's owner may
@@ -74,7 +50,8 @@ caf::error check_secret_directory(const std::string& what,
   if (::stat(dir.c_str(), &st) != 0)
     return make_error(errc::invalid_argument,
                       what + ": its directory " + printable(dir)
-                        + " cannot be examined (" + std::strerror(errno) + ")");
+                        + " cannot be examined (" + detail::errno_text(errno)
+                        + ")");
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0)
     return make_error(errc::invalid_argument,
                       what + ": its directory " + printable(dir)
@@ -98,16 +75,15 @@ caf::expected<std::string> read_secret_file(const char* path) {
   };
   // O_NONBLOCK: opening a FIFO without a writer returns at once instead of
   // waiting for one; the fstat below then refuses it.
-  int fd = ::open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-  if (fd < 0)
-    return fail(std::string{"cannot be opened ("} + std::strerror(errno) + ")");
-  std::unique_ptr<int, void (*)(int*)> closer{&fd, [](int* f) { ::close(*f); }};
+  detail::fd_guard fd{
+    detail::open_fd(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)};
+  if (fd.get() < 0)
+    return fail("cannot be opened (" + detail::errno_text(errno) + ")");
   struct stat st {};
-  if (::fstat(fd, &st) != 0)
-    return fail(std::string{"cannot be examined ("} + std::strerror(errno)
-                + ")");
+  if (::fstat(fd.get(), &st) != 0)
+    return fail("cannot be examined (" + detail::errno_text(errno) + ")");
   if (!S_ISREG(st.st_mode))
-    return fail(std::string{"is "} + file_kind(st.st_mode)
+    return fail(std::string{"is "} + detail::file_kind(st.st_mode)
                 + ", not a regular file");
   if (st.st_size > max_secret_file_bytes)
     return fail("is " + std::to_string(st.st_size)
@@ -119,33 +95,26 @@ caf::expected<std::string> read_secret_file(const char* path) {
   if (st.st_mode & (S_IRWXG | S_IRWXO))
     return fail("group or others may read it (chmod 600)");
   std::string given{path};
-  if (auto err = check_secret_directory(what, directory_of(given)))
+  if (auto err = check_secret_directory(what, detail::parent_of(given)))
     return err;
   if (char* real = ::realpath(path, nullptr)) {
     std::string resolved{real};
     std::free(real);
-    if (directory_of(resolved) != directory_of(given))
-      if (auto err = check_secret_directory(what, directory_of(resolved)))
+    if (detail::parent_of(resolved) != detail::parent_of(given))
+      if (auto err = check_secret_directory(what, detail::parent_of(resolved)))
         return err;
   }
-  // One read more than the limit: a file that grew since the fstat is
-  // refused as well.
+  // One byte more than the limit: a file that grew since the fstat is
+  // refused as well. pread_fully ends with -1 at the end of the file.
   std::string text(static_cast<size_t>(max_secret_file_bytes) + 1, '\0');
-  size_t got = 0;
-  while (got < text.size()) {
-    auto n = ::read(fd, text.data() + got, text.size() - got);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      return fail(std::string{"cannot be read ("} + std::strerror(errno) + ")");
-    if (n == 0)
-      break;
-    got += static_cast<size_t>(n);
-  }
-  if (got > static_cast<size_t>(max_secret_file_bytes))
+  uint64_t got = 0;
+  auto rc = detail::pread_fully(fd.get(), text.data(), text.size(), 0, got);
+  if (rc > 0)
+    return fail("cannot be read (" + detail::errno_text(rc) + ")");
+  if (rc == 0)
     return fail("grew beyond " + std::to_string(max_secret_file_bytes)
                 + " bytes while it was read");
-  text.resize(got);
+  text.resize(static_cast<size_t>(got));
   auto line = text.substr(0, text.find('\n'));
   if (!line.empty() && line.back() == '\r')
     line.pop_back();
