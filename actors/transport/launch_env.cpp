@@ -1,14 +1,16 @@
 #include "actors/transport/launch_env.hpp"
 
 #include "core/error.hpp"
+#include "core/printable.hpp"
+#include "storage/posix_file.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <optional>
 
 namespace dcpp {
@@ -28,30 +30,96 @@ caf::expected<std::optional<int64_t>> number(const getter& get,
   auto value = std::strtoll(str, &end, 10);
   if (errno != 0 || end == str || *end != '\0' || value < 0)
     return make_error(errc::invalid_argument,
-                      std::string{name} + "='" + str
+                      std::string{name} + "='" + printable(str)
                         + "' is not a non-negative integer");
   return std::optional<int64_t>{value};
 }
 
-/// The secret in a key file: its first line (a trailing newline and
-/// carriage return dropped). Refuses an empty or unreadable file, and one
-/// that others than its owner may read.
-caf::expected<std::string> read_secret_file(const char* path) {
-  auto what = std::string{"DCPP_SECRET_FILE="} + path;
-  std::ifstream in{path, std::ios::binary};
+/// The most a secret file may hold. A secret is one line of a few dozen
+/// bytes; a larger file is the wrong file, and is refused without being
+/// read.
+constexpr off_t max_secret_file_bytes = 4096;
+
+/// Refuses a directory that group or others may write without the sticky
+/// bit: they could replace the secret file in it (rename over it) with one
+/// of their own. With the sticky bit (/tmp) only the file's owner may
+/// rename or remove it, and the file's owner is checked.
+caf::error check_secret_directory(const std::string& what,
+                                  const std::string& dir) {
   struct stat st {};
-  if (!in || ::stat(path, &st) != 0)
+  if (::stat(dir.c_str(), &st) != 0)
     return make_error(errc::invalid_argument,
-                      what + ": cannot be read (" + std::strerror(errno) + ")");
+                      what + ": its directory " + printable(dir)
+                        + " cannot be examined (" + detail::errno_text(errno)
+                        + ")");
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0)
+    return make_error(errc::invalid_argument,
+                      what + ": its directory " + printable(dir)
+                        + " may be written by group or others, who could "
+                          "replace the file (chmod go-w, or move the file)");
+  return caf::none;
+}
+
+/// The secret in a key file: its first line (a trailing newline and
+/// carriage return dropped). Refuses, naming the file, anything but a
+/// regular file (a FIFO would block the read forever, a device never end),
+/// a file larger than max_secret_file_bytes, a file of another user (but
+/// root), one that others than its owner may read or write, one in a
+/// directory that others may write, and an empty file. A symbolic link to
+/// the file is followed (Kubernetes mounts secrets so); the directories of
+/// both the link and the file are checked.
+caf::expected<std::string> read_secret_file(const char* path) {
+  auto what = "DCPP_SECRET_FILE=" + printable(path);
+  auto fail = [&](const std::string& why) {
+    return make_error(errc::invalid_argument, what + ": " + why);
+  };
+  // O_NONBLOCK: opening a FIFO without a writer returns at once instead of
+  // waiting for one; the fstat below then refuses it.
+  detail::fd_guard fd{
+    detail::open_fd(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)};
+  if (fd.get() < 0)
+    return fail("cannot be opened (" + detail::errno_text(errno) + ")");
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0)
+    return fail("cannot be examined (" + detail::errno_text(errno) + ")");
+  if (!S_ISREG(st.st_mode))
+    return fail(std::string{"is "} + detail::file_kind(st.st_mode)
+                + ", not a regular file");
+  if (st.st_size > max_secret_file_bytes)
+    return fail("is " + std::to_string(st.st_size)
+                + " bytes; a secret file holds one line of at most "
+                + std::to_string(max_secret_file_bytes) + " bytes");
+  if (st.st_uid != ::geteuid() && st.st_uid != 0)
+    return fail("belongs to user " + std::to_string(st.st_uid)
+                + ", not to this process's user or root");
   if (st.st_mode & (S_IRWXG | S_IRWXO))
-    return make_error(errc::invalid_argument,
-                      what + ": group or others may read it (chmod 600)");
-  std::string line;
-  std::getline(in, line);
+    return fail("group or others may read it (chmod 600)");
+  std::string given{path};
+  if (auto err = check_secret_directory(what, detail::parent_of(given)))
+    return err;
+  if (char* real = ::realpath(path, nullptr)) {
+    std::string resolved{real};
+    std::free(real);
+    if (detail::parent_of(resolved) != detail::parent_of(given))
+      if (auto err = check_secret_directory(what, detail::parent_of(resolved)))
+        return err;
+  }
+  // One byte more than the limit: a file that grew since the fstat is
+  // refused as well. pread_fully ends with -1 at the end of the file.
+  std::string text(static_cast<size_t>(max_secret_file_bytes) + 1, '\0');
+  uint64_t got = 0;
+  auto rc = detail::pread_fully(fd.get(), text.data(), text.size(), 0, got);
+  if (rc > 0)
+    return fail("cannot be read (" + detail::errno_text(rc) + ")");
+  if (rc == 0)
+    return fail("grew beyond " + std::to_string(max_secret_file_bytes)
+                + " bytes while it was read");
+  text.resize(static_cast<size_t>(got));
+  auto line = text.substr(0, text.find('\n'));
   if (!line.empty() && line.back() == '\r')
     line.pop_back();
   if (line.empty())
-    return make_error(errc::invalid_argument, what + ": is empty");
+    return fail("is empty");
   return line;
 }
 
@@ -141,11 +209,13 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
     std::min<int64_t>(restarts->value_or(0), 1'000'000));
   if (const char* secret = get("DCPP_SECRET"); secret && *secret) {
     out.secret = secret;
+    out.secret_source = "DCPP_SECRET";
   } else if (const char* file = get("DCPP_SECRET_FILE"); file && *file) {
     auto text = read_secret_file(file);
     if (!text)
       return text.error();
     out.secret = std::move(*text);
+    out.secret_source = "DCPP_SECRET_FILE=" + printable(file);
   }
   out.job_id = set("DCPP_JOB_ID");
   if (out.job_id.empty())

@@ -6,7 +6,8 @@
 // SLURM_LOCALID, SLURM_STEP_NODELIST, SLURM_LAUNCH_NODE_IPADDR) and Open MPI
 // (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK).
 // The shared secret comes from DCPP_SECRET, else from the file that
-// DCPP_SECRET_FILE names (its first line; the file must be private).
+// DCPP_SECRET_FILE names (its first line; the file must be a regular file
+// of at most 4 KiB, private, and in a directory that others cannot write).
 //
 // The coordinator's endpoint, first match wins:
 //   host: DCPP_MASTER_ADDR, MASTER_ADDR, the first host of SLURM's node list
@@ -52,6 +53,9 @@ struct launch_env {
   /// The job's shared secret (empty: none configured), from which the
   /// transport derives its CURVE keys; it never crosses the wire.
   std::string secret;
+  /// Where `secret` came from, for messages: "DCPP_SECRET" or
+  /// "DCPP_SECRET_FILE=PATH"; empty when the caller set it.
+  std::string secret_source;
   /// The job every rank belongs to: DCPP_JOB_ID, else the launcher's own
   /// (torchrun's TORCHELASTIC_RUN_ID, SLURM_JOB_ID[.SLURM_STEP_ID], Open
   /// MPI's OMPI_MCA_ess_base_jobid); empty if none. dcpp-launch sets

@@ -1,6 +1,7 @@
 #include "actors/transport/tcp_store_rendezvous.hpp"
 
 #include "core/error.hpp"
+#include "core/printable.hpp"
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -25,7 +26,8 @@ public:
       return caf::none;
     } catch (const std::exception& e) {
       return make_error(errc::io_error,
-                        name_ + ": set '" + key + "' failed: " + e.what());
+                        name_ + ": set '" + printable(key)
+                          + "' failed: " + first_line(e.what()));
     }
   }
 
@@ -41,11 +43,19 @@ public:
                           + first_line(e.what()));
     }
     try {
+      // Anyone who reaches the store may have written the value: bounded
+      // here, and quoted only through printable() by whoever reports it.
       auto value = store_->get(key);
+      if (value.size() > max_value_bytes)
+        return make_error(errc::too_large,
+                          "the value is " + std::to_string(value.size())
+                            + " bytes, not an endpoint (at most "
+                            + std::to_string(max_value_bytes) + ")");
       return std::string(value.begin(), value.end());
     } catch (const std::exception& e) {
-      return make_error(errc::io_error, name_ + ": get '" + key + "' failed: "
-                                          + first_line(e.what()));
+      return make_error(errc::io_error,
+                        name_ + ": get '" + printable(key)
+                          + "' failed: " + first_line(e.what()));
     }
   }
 
@@ -56,8 +66,8 @@ public:
 private:
   /// c10::Error's what() carries a backtrace after the first line.
   static std::string first_line(const char* what) {
-    std::string s{what};
-    return s.substr(0, s.find('\n'));
+    std::string_view s{what};
+    return printable(s.substr(0, s.find('\n')));
   }
 
   std::unique_ptr<c10d::TCPStore> store_;
@@ -69,7 +79,8 @@ private:
 caf::expected<std::shared_ptr<endpoint_directory>>
 make_tcp_store_directory(const std::string& host, uint16_t port,
                          std::chrono::milliseconds timeout) {
-  auto name = "torchrun's store at " + host + ":" + std::to_string(port);
+  auto name = "torchrun's store at " + printable(host) + ":"
+              + std::to_string(port);
   c10d::TCPStoreOptions opts;
   opts.port = port;
   opts.isServer = false;
@@ -80,9 +91,10 @@ make_tcp_store_directory(const std::string& host, uint16_t port,
     return std::shared_ptr<endpoint_directory>{
       std::make_shared<tcp_store_directory>(std::move(store), name)};
   } catch (const std::exception& e) {
-    std::string what = e.what();
-    return make_error(errc::io_error, "cannot connect to " + name + ": "
-                                        + what.substr(0, what.find('\n')));
+    std::string_view what = e.what();
+    return make_error(errc::io_error,
+                      "cannot connect to " + name + ": "
+                        + printable(what.substr(0, what.find('\n'))));
   }
 }
 
