@@ -1,5 +1,7 @@
 #include "apps/cli_common.hpp"
 
+#include "core/printable.hpp"
+
 #include <spdlog/cfg/env.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -10,7 +12,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <string_view>
@@ -39,23 +40,6 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 std::string first_line(const std::string& text) {
   return text.substr(0, text.find('\n'));
-}
-
-// (Replaced by the shared escape helper once it lands.)
-std::string printable(std::string_view text, size_t max) {
-  std::string out;
-  for (unsigned char c : text.substr(0, max)) {
-    if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      char hex[5];
-      std::snprintf(hex, sizeof hex, "\\x%02x", c);
-      out += hex;
-    }
-  }
-  if (text.size() > max)
-    out += "...";
-  return out;
 }
 
 // spdlog ignores a level name it does not know in SPDLOG_LEVEL

@@ -457,7 +457,14 @@ void make_groups(rank_groups& out, caf::actor_system& sys, int32_t world,
   launch_env env;
   env.world_size = world;
   env.master_port = cli::free_loopback_port();
-  env.secret = "dcpp-soak-" + std::to_string(cfg.seed);
+  // 16 bytes drawn from the run's seed: as strong as a launcher's secret
+  // (no weak-secret warning), and the same on every rank of the run.
+  std::mt19937_64 draw{cfg.seed};
+  char hex[33];
+  std::snprintf(hex, sizeof hex, "%016llx%016llx",
+                static_cast<unsigned long long>(draw()),
+                static_cast<unsigned long long>(draw()));
+  env.secret = hex;
   env.job_id = "dcpp-soak";
   zmq_options zopts;
   zopts.coordinator_rank = coord;
