@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <thread>
 #include <utility>
 
 // The wire protocol of c10d's TCPStore, as PyTorch's sources define it
@@ -29,6 +28,7 @@
 //   SET           0    1   key, value              none
 //   GET           2    3   key                     value (bytes)
 //   CHECK         4    5   count (uint64), keys    0 ready, 1 not ready
+//   WAIT          5    6   count (uint64), keys    0 once all are set
 //   GETNUMKEYS    6    7   -                       count (int64)
 //
 // 2.x put VALIDATE first and shifted every other query by one; its server
@@ -49,7 +49,7 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-enum class query { validate, set, get, check, num_keys };
+enum class query { validate, set, get, check, wait, num_keys };
 
 uint8_t type_of(query q, tcp_store_protocol p) {
   bool v1 = p == tcp_store_protocol::torch1;
@@ -62,6 +62,8 @@ uint8_t type_of(query q, tcp_store_protocol p) {
       return v1 ? 2 : 3;
     case query::check:
       return v1 ? 4 : 5;
+    case query::wait:
+      return v1 ? 5 : 6;
     case query::num_keys:
       return v1 ? 6 : 7;
   }
@@ -71,6 +73,7 @@ uint8_t type_of(query q, tcp_store_protocol p) {
 constexpr uint32_t validation_magic = 0x3C85F7CE;
 constexpr uint8_t check_ready = 0;
 constexpr uint8_t check_not_ready = 1;
+constexpr uint8_t stop_waiting = 0;
 
 /// torch's TCPStore puts this before every key it sends.
 constexpr const char* key_prefix = "/";
@@ -362,18 +365,31 @@ caf::error tcp_store_client::open(const std::string& request) {
   return caf::none;
 }
 
+caf::error tcp_store_client::round_trip(const std::string& request,
+                                        const std::string& query, char* reply,
+                                        size_t reply_size,
+                                        clock_type::time_point deadline) {
+  if (!conn_)
+    if (auto err = open(request))
+      return err;
+  auto err = conn_->send_all(query, deadline, opts_.request_timeout);
+  if (!err && reply_size > 0)
+    err = conn_->recv_exact(reply, reply_size, deadline,
+                            opts_.request_timeout);
+  if (err)
+    return fail(code_of(err), request, context_of(err));
+  return caf::none;
+}
+
 caf::error tcp_store_client::set(const std::string& key,
                                  const std::string& value) {
   std::lock_guard<std::mutex> guard{mx_};
   auto request = "set '" + key + "'";
-  if (!conn_)
-    if (auto err = open(request))
-      return err;
-  auto deadline = clock_type::now() + opts_.request_timeout;
   auto q = query_bytes{query::set, protocol_}.string(key_prefix + key).string(
     value);
-  if (auto err = conn_->send_all(q.bytes(), deadline, opts_.request_timeout))
-    return fail(code_of(err), request, context_of(err));
+  if (auto err = round_trip(request, q.bytes(), nullptr, 0,
+                            clock_type::now() + opts_.request_timeout))
+    return err;
   auto kept = check_locked(key, request);
   if (!kept)
     return kept.error();
@@ -390,18 +406,12 @@ caf::expected<bool> tcp_store_client::check(const std::string& key) {
 
 caf::expected<bool> tcp_store_client::check_locked(const std::string& key,
                                                    const std::string& request) {
-  if (!conn_)
-    if (auto err = open(request))
-      return err;
-  auto deadline = clock_type::now() + opts_.request_timeout;
   auto q = query_bytes{query::check, protocol_}.value<uint64_t>(1).string(
     key_prefix + key);
   char reply = 0;
-  auto err = conn_->send_all(q.bytes(), deadline, opts_.request_timeout);
-  if (!err)
-    err = conn_->recv_exact(&reply, 1, deadline, opts_.request_timeout);
-  if (err)
-    return fail(code_of(err), request, context_of(err));
+  if (auto err = round_trip(request, q.bytes(), &reply, 1,
+                            clock_type::now() + opts_.request_timeout))
+    return err;
   auto answer = static_cast<uint8_t>(reply);
   if (answer != check_ready && answer != check_not_ready)
     return fail(errc::protocol_error, request,
@@ -412,22 +422,21 @@ caf::expected<bool> tcp_store_client::check_locked(const std::string& key,
 
 caf::expected<std::string> tcp_store_client::get(const std::string& key) {
   std::lock_guard<std::mutex> guard{mx_};
-  auto request = "get '" + key + "'";
-  if (!conn_)
-    if (auto err = open(request))
-      return err;
+  return get_locked(key, "get '" + key + "'");
+}
+
+caf::expected<std::string>
+tcp_store_client::get_locked(const std::string& key,
+                             const std::string& request) {
   auto deadline = clock_type::now() + opts_.request_timeout;
   auto q = query_bytes{query::get, protocol_}.string(key_prefix + key);
   uint64_t size = 0;
-  auto err = conn_->send_all(q.bytes(), deadline, opts_.request_timeout);
-  if (!err)
-    err = conn_->recv_exact(reinterpret_cast<char*>(&size), sizeof size,
-                            deadline, opts_.request_timeout);
-  if (err)
-    return fail(code_of(err), request, context_of(err));
-  // What the store holds is outside input: its size is checked before
-  // anything is allocated, and the value reaches the caller only through
-  // here, never in a message.
+  if (auto err = round_trip(request, q.bytes(), reinterpret_cast<char*>(&size),
+                            sizeof size, deadline))
+    return err;
+  // What the store holds is outside input, and this is where it enters:
+  // its size is checked before anything is allocated, and the value goes
+  // only to the caller, never into a message.
   if (size > opts_.max_value_size)
     return fail(errc::too_large, request,
                 "the value has " + std::to_string(size)
@@ -443,23 +452,27 @@ caf::expected<std::string> tcp_store_client::get(const std::string& key) {
 caf::expected<std::string>
 tcp_store_client::wait_get(const std::string& key,
                            std::chrono::milliseconds timeout) {
-  auto deadline = clock_type::now() + timeout;
-  auto pause = std::chrono::milliseconds(5);
-  for (;;) {
-    auto set = check(key);
-    if (!set)
-      return set.error();
-    if (*set)
-      return get(key);
-    auto now = clock_type::now();
-    if (now >= deadline)
-      return make_error(errc::timeout, opts_.name + ": wait for '" + key
-                                         + "': not set within "
-                                         + ms_text(timeout));
-    std::this_thread::sleep_for(
-      std::min<clock_type::duration>(pause, deadline - now));
-    pause = std::min(pause * 2, std::chrono::milliseconds(200));
+  std::lock_guard<std::mutex> guard{mx_};
+  auto request = "wait for '" + key + "'";
+  auto q = query_bytes{query::wait, protocol_}.value<uint64_t>(1).string(
+    key_prefix + key);
+  char reply = 0;
+  if (auto err = round_trip(request, q.bytes(), &reply, 1,
+                            clock_type::now() + timeout)) {
+    if (code_of(err) != errc::timeout)
+      return err;
+    // 1.x has no query that takes a wait back (2.x's CANCEL_WAIT): the
+    // connection, dropped by round_trip, ends it on both.
+    return make_error(errc::timeout, opts_.name + ": " + request
+                                       + ": not set within "
+                                       + ms_text(timeout));
   }
+  if (static_cast<uint8_t>(reply) != stop_waiting)
+    return fail(errc::protocol_error, request,
+                "the store answered " + std::to_string(
+                  static_cast<uint8_t>(reply))
+                  + ", not stop waiting (0)");
+  return get_locked(key, "get '" + key + "'");
 }
 
 namespace {

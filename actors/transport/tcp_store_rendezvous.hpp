@@ -55,13 +55,13 @@ std::string to_string(tcp_store_protocol x);
 /// c10d::TCPStore speaks only 1.x's protocol, which a 2.x server refuses
 /// (it resets a connection that does not open with VALIDATE); 2.x's client
 /// is not in the libtorch dcpp builds against, and its VALIDATE opening
-/// makes a 1.x server read a value of ~1 GB. The part dcpp needs (set,
-/// check, get) is small, and a client of its own gives each request a
+/// makes a 1.x server read a key of ~1 GB. The part dcpp needs (set,
+/// check, wait, get) is small, and a client of its own gives each request a
 /// deadline and an error that names the store and the request, where
 /// libtorch's blocks or throws a bare "Connection reset by peer".
 ///
 /// Every request (connect, set, check, get) waits at most the request
-/// timeout; one that fails (refused, reset, closed, a reply out of
+/// timeout, a wait its own timeout; one that fails (refused, reset, closed, a reply out of
 /// protocol, no answer in time) fails at once with an error whose context
 /// is "<name>: <request>: <why>", e.g. "torchrun's store at
 /// 127.0.0.1:29500: set 'dcpp/run/coordinator': Connection reset by peer",
@@ -106,8 +106,10 @@ public:
   /// on a get of a missing key).
   caf::expected<std::string> get(const std::string& key);
 
-  /// Waits up to `timeout` for `key` to be set (a check every few ms, each
-  /// a request of its own), then gets it; errc::timeout if it stays unset.
+  /// Waits up to `timeout` for `key` to be set (the server answers a WAIT
+  /// query when it is; a store that goes away fails the wait at once), then
+  /// gets it; errc::timeout if it stays unset (the connection is dropped,
+  /// which ends the wait on the server).
   caf::expected<std::string> wait_get(const std::string& key,
                                       std::chrono::milliseconds timeout);
 
@@ -126,9 +128,18 @@ private:
   tcp_store_client(std::string host, uint16_t port, options opts,
                    tcp_store_protocol protocol);
 
+  using clock_type = std::chrono::steady_clock;
+
   caf::error open(const std::string& request);
+  /// Sends `query` (opening a connection first if there is none) and reads
+  /// `reply_size` bytes of its reply into `reply` before `deadline`.
+  caf::error round_trip(const std::string& request, const std::string& query,
+                        char* reply, size_t reply_size,
+                        clock_type::time_point deadline);
   caf::expected<bool> check_locked(const std::string& key,
                                    const std::string& request);
+  caf::expected<std::string> get_locked(const std::string& key,
+                                        const std::string& request);
   caf::error fail(errc code, const std::string& request,
                   const std::string& why);
 

@@ -279,13 +279,32 @@ void exercise(const torch_python& py, const torch_server& server,
   CHECK(*got == endpoint);
 }
 
-/// The server dies: the next request fails at once, naming the store and
-/// the request.
+/// The server dies: a rank's wait and the next request fail at once,
+/// naming the store and the request.
 void store_dies(torch_server& server) {
   auto client = connect_to(server.port);
   REQUIRE(client);
   REQUIRE_FALSE((*client)->set("before", "1"));
+  auto waiter = connect_to(server.port);
+  REQUIRE(waiter);
+  caf::expected<std::string> waited{std::string{}};
+  clock_type::time_point wait_ended; // read after join
+  std::thread rank{[&] {
+    waited = (*waiter)->wait_get("dcpp/job/restart-0/group-1/coordinator",
+                                 60s);
+    wait_ended = clock_type::now();
+  }};
+  std::this_thread::sleep_for(200ms); // the WAIT is on the server
+  auto t_kill = clock_type::now();
   server.kill();
+  rank.join();
+  REQUIRE_FALSE(waited);
+  CHECK(code_of(waited.error()) == errc::io_error);
+  CHECK_THAT(context_of(waited.error()),
+             Catch::StartsWith(
+               "TCPStore at 127.0.0.1:" + std::to_string(server.port)
+               + ": wait for 'dcpp/job/restart-0/group-1/coordinator': "));
+  CHECK(std::chrono::duration<double>(wait_ended - t_kill).count() < 1.0);
   auto t0 = clock_type::now();
   auto err = (*client)->set("dcpp/job/restart-0/group-1/coordinator",
                             "tcp://127.0.0.1:1");
@@ -356,7 +375,7 @@ TEST_CASE("the client speaks torch 1.13's TCPStore", "[python][tcp_store]") {
   exercise(torch1(), *server, tcp_store_protocol::torch1);
 }
 
-TEST_CASE("torch 1.13's store dies: a set fails at once, naming it",
+TEST_CASE("torch 1.13's store dies: a wait and a set fail at once",
           "[python][tcp_store]") {
   std::string why;
   auto server = torch_server::start(torch1(), why);
@@ -378,7 +397,7 @@ TEST_CASE("the client speaks torch 2.6's TCPStore", "[.torch2][tcp_store]") {
   exercise(py, *server, tcp_store_protocol::torch2);
 }
 
-TEST_CASE("torch 2.6's store dies: a set fails at once, naming it",
+TEST_CASE("torch 2.6's store dies: a wait and a set fail at once",
           "[.torch2][tcp_store]") {
   auto py = torch2();
   if (py.prefix.empty())
