@@ -45,19 +45,36 @@ const std::string peer_script = DCPP_SOURCE_DIR "/tests/actors/tcp_store_peer.py
 struct torch_python {
   std::vector<std::string> prefix;
   std::string script;
+  /// For messages.
+  std::string label;
+  /// Why this torch cannot run here (a skip); empty if it can.
+  std::string missing;
 };
 
 torch_python torch1() {
-  return {{"/usr/bin/python3"}, peer_script};
+  static const bool importable =
+    std::system("/usr/bin/python3 -c 'import torch.distributed' 2>/dev/null")
+    == 0;
+  torch_python py{{"/usr/bin/python3"}, peer_script, "torch 1.13", {}};
+  if (!importable)
+    py.missing = "/usr/bin/python3 cannot import torch.distributed";
+  return py;
 }
 
-/// Empty prefix when the chroot's runner is not configured.
 torch_python torch2() {
   const char* run = std::getenv("DCPP_TORCH2_RUN");
   const char* root = std::getenv("DCPP_TORCH2_ROOT");
+  torch_python py{{}, "/host" + peer_script, "torch 2.6", {}};
   if (run == nullptr || root == nullptr || *run == '\0' || *root == '\0')
-    return {};
-  return {{run, "--cwd", "/", "--", "python3"}, "/host" + peer_script};
+    py.missing = "DCPP_TORCH2_RUN and DCPP_TORCH2_ROOT are not set (run it "
+                 "as the ctest entry interop2.tcp_store_client)";
+  else if (::access((std::string{root} + "/.dcpp-torch2-ready").c_str(), F_OK)
+           != 0)
+    py.missing = std::string{"no PyTorch 2.6 chroot at "} + root
+                 + " (scripts/torch2/chroot.sh makes it)";
+  else
+    py.prefix = {run, "--cwd", "/", "--", "python3"};
+  return py;
 }
 
 std::string quoted(const std::string& s) {
@@ -185,6 +202,18 @@ private:
   int in_;
   int out_;
 };
+
+/// torch's server; null (a skip, py.missing says why) where that torch
+/// cannot run; a failure where it can but the server does not start.
+std::unique_ptr<torch_server> start_server(const torch_python& py) {
+  if (!py.missing.empty())
+    return nullptr;
+  std::string why;
+  auto server = torch_server::start(py, why);
+  if (!server)
+    FAIL("cannot start the TCPStore server of " << py.label << ": " << why);
+  return server;
+}
 
 double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -368,45 +397,33 @@ private:
 } // namespace
 
 TEST_CASE("the client speaks torch 1.13's TCPStore", "[python][tcp_store]") {
-  std::string why;
-  auto server = torch_server::start(torch1(), why);
+  auto server = start_server(torch1());
   if (!server)
-    DCPP_SKIP("no torch 1.13 TCPStore server (/usr/bin/python3): " << why);
+    DCPP_SKIP(torch1().missing);
   exercise(torch1(), *server, tcp_store_protocol::torch1);
 }
 
 TEST_CASE("torch 1.13's store dies: a wait and a set fail at once",
           "[python][tcp_store]") {
-  std::string why;
-  auto server = torch_server::start(torch1(), why);
+  auto server = start_server(torch1());
   if (!server)
-    DCPP_SKIP("no torch 1.13 TCPStore server (/usr/bin/python3): " << why);
+    DCPP_SKIP(torch1().missing);
   store_dies(*server);
 }
 
 TEST_CASE("the client speaks torch 2.6's TCPStore", "[.torch2][tcp_store]") {
-  auto py = torch2();
-  if (py.prefix.empty())
-    DCPP_SKIP("DCPP_TORCH2_RUN and DCPP_TORCH2_ROOT are not set (run it as "
-              "the ctest entry interop2.tcp_store_client)");
-  std::string why;
-  auto server = torch_server::start(py, why);
+  auto server = start_server(torch2());
   if (!server)
-    DCPP_SKIP("no torch 2.6 TCPStore server in the chroot: " << why);
+    DCPP_SKIP(torch2().missing);
   REQUIRE_THAT(server->version, Catch::StartsWith("2.6"));
-  exercise(py, *server, tcp_store_protocol::torch2);
+  exercise(torch2(), *server, tcp_store_protocol::torch2);
 }
 
 TEST_CASE("torch 2.6's store dies: a wait and a set fail at once",
           "[.torch2][tcp_store]") {
-  auto py = torch2();
-  if (py.prefix.empty())
-    DCPP_SKIP("DCPP_TORCH2_RUN and DCPP_TORCH2_ROOT are not set (run it as "
-              "the ctest entry interop2.tcp_store_client)");
-  std::string why;
-  auto server = torch_server::start(py, why);
+  auto server = start_server(torch2());
   if (!server)
-    DCPP_SKIP("no torch 2.6 TCPStore server in the chroot: " << why);
+    DCPP_SKIP(torch2().missing);
   store_dies(*server);
 }
 
@@ -474,10 +491,9 @@ TEST_CASE("a peer that never answers fails connect at the deadline",
 
 TEST_CASE("the directory's messages name the request, its name the store",
           "[python][tcp_store]") {
-  std::string why;
-  auto server = torch_server::start(torch1(), why);
+  auto server = start_server(torch1());
   if (!server)
-    DCPP_SKIP("no torch 1.13 TCPStore server (/usr/bin/python3): " << why);
+    DCPP_SKIP(torch1().missing);
   auto dir = make_tcp_store_directory("localhost", server->port, 10s);
   REQUIRE(dir);
   CHECK((*dir)->name()
