@@ -47,10 +47,6 @@ int fd_guard::close() {
   return fd >= 0 ? ::close(fd) : 0;
 }
 
-namespace {
-
-/// What a file of mode `mode` is, for "<path>: is <what>, not a regular
-/// file".
 const char* file_kind(mode_t mode) {
   if (S_ISFIFO(mode))
     return "a FIFO";
@@ -66,8 +62,6 @@ const char* file_kind(mode_t mode) {
     return "a symbolic link";
   return "a special file";
 }
-
-} // namespace
 
 caf::expected<fd_guard> open_regular_file(const std::string& path,
                                           int* open_errno) {

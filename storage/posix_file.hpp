@@ -38,6 +38,10 @@ errc errno_code(int err);
 /// "<path>: <what>: <errno text>", coded by `errno_code(err)`.
 caf::error os_error(const std::string& what, const std::string& path, int err);
 
+/// What a file of mode `mode` is, for "<path>: is <what>, not a regular
+/// file": "a FIFO", "a directory", "a character device", ...
+const char* file_kind(mode_t mode);
+
 /// open(2), retried on EINTR.
 int open_fd(const std::string& path, int flags, mode_t mode = 0);
 

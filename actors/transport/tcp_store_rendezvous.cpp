@@ -1,6 +1,7 @@
 #include "actors/transport/tcp_store_rendezvous.hpp"
 
 #include "core/error.hpp"
+#include "core/printable.hpp"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -147,7 +148,7 @@ public:
     auto service = std::to_string(port);
     if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
         rc != 0)
-      return make_error(errc::io_error, "cannot resolve '" + host
+      return make_error(errc::io_error, "cannot resolve '" + printable(host)
                                           + "': " + ::gai_strerror(rc));
     std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard{res,
                                                                ::freeaddrinfo};
@@ -324,7 +325,7 @@ caf::expected<std::unique_ptr<tcp_store_client>>
 tcp_store_client::connect(const std::string& host, uint16_t port,
                           options opts) {
   if (opts.name.empty())
-    opts.name = "TCPStore at " + host + ":" + std::to_string(port);
+    opts.name = "TCPStore at " + printable(host) + ":" + std::to_string(port);
   auto deadline = clock_type::now() + opts.request_timeout;
   auto protocol = probe(host, port, deadline, opts.request_timeout);
   if (!protocol)
@@ -384,7 +385,7 @@ caf::error tcp_store_client::round_trip(const std::string& request,
 caf::error tcp_store_client::set(const std::string& key,
                                  const std::string& value) {
   std::lock_guard<std::mutex> guard{mx_};
-  auto request = "set '" + key + "'";
+  auto request = "set '" + printable(key) + "'";
   auto q = query_bytes{query::set, protocol_}.string(key_prefix + key).string(
     value);
   if (auto err = round_trip(request, q.bytes(), nullptr, 0,
@@ -401,7 +402,7 @@ caf::error tcp_store_client::set(const std::string& key,
 
 caf::expected<bool> tcp_store_client::check(const std::string& key) {
   std::lock_guard<std::mutex> guard{mx_};
-  return check_locked(key, "check '" + key + "'");
+  return check_locked(key, "check '" + printable(key) + "'");
 }
 
 caf::expected<bool> tcp_store_client::check_locked(const std::string& key,
@@ -422,7 +423,7 @@ caf::expected<bool> tcp_store_client::check_locked(const std::string& key,
 
 caf::expected<std::string> tcp_store_client::get(const std::string& key) {
   std::lock_guard<std::mutex> guard{mx_};
-  return get_locked(key, "get '" + key + "'");
+  return get_locked(key, "get '" + printable(key) + "'");
 }
 
 caf::expected<std::string>
@@ -439,9 +440,8 @@ tcp_store_client::get_locked(const std::string& key,
   // only to the caller, never into a message.
   if (size > opts_.max_value_size)
     return fail(errc::too_large, request,
-                "the value has " + std::to_string(size)
-                  + " bytes, more than the "
-                  + std::to_string(opts_.max_value_size) + " accepted");
+                "the value is " + std::to_string(size) + " bytes (at most "
+                  + std::to_string(opts_.max_value_size) + " accepted)");
   std::string value(static_cast<size_t>(size), '\0');
   if (auto err = conn_->recv_exact(value.data(), value.size(), deadline,
                                    opts_.request_timeout))
@@ -453,7 +453,7 @@ caf::expected<std::string>
 tcp_store_client::wait_get(const std::string& key,
                            std::chrono::milliseconds timeout) {
   std::lock_guard<std::mutex> guard{mx_};
-  auto request = "wait for '" + key + "'";
+  auto request = "wait for '" + printable(key) + "'";
   auto q = query_bytes{query::wait, protocol_}.value<uint64_t>(1).string(
     key_prefix + key);
   char reply = 0;
@@ -472,7 +472,7 @@ tcp_store_client::wait_get(const std::string& key,
                 "the store answered " + std::to_string(
                   static_cast<uint8_t>(reply))
                   + ", not stop waiting (0)");
-  return get_locked(key, "get '" + key + "'");
+  return get_locked(key, "get '" + printable(key) + "'");
 }
 
 namespace {
@@ -530,7 +530,8 @@ make_tcp_store_directory(const std::string& host, uint16_t port,
   tcp_store_client::options opts;
   opts.request_timeout = timeout;
   opts.max_value_size = 4096; // an endpoint: tcp://HOST:PORT
-  opts.name = "torchrun's store at " + host + ":" + std::to_string(port);
+  opts.name = "torchrun's store at " + printable(host) + ":"
+              + std::to_string(port);
   auto client = tcp_store_client::connect(host, port, std::move(opts));
   if (!client)
     return client.error();

@@ -301,8 +301,8 @@ void exercise(const torch_python& py, const torch_server& server,
   CHECK(code_of(big.error()) == errc::too_large);
   CHECK(context_of(big.error())
         == store_name
-             + ": get 'big': the value has 100000 bytes, more than the 65536 "
-               "accepted");
+             + ": get 'big': the value is 100000 bytes (at most 65536 "
+               "accepted)");
   got = store.get("dcpp/job/restart-0/group-1/coordinator");
   REQUIRE(got);
   CHECK(*got == endpoint);
