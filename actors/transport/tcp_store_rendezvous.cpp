@@ -55,18 +55,12 @@ enum class query { validate, set, get, check, wait, num_keys };
 uint8_t type_of(query q, tcp_store_protocol p) {
   bool v1 = p == tcp_store_protocol::torch1;
   switch (q) {
-    case query::validate:
-      return 0;
-    case query::set:
-      return v1 ? 0 : 1;
-    case query::get:
-      return v1 ? 2 : 3;
-    case query::check:
-      return v1 ? 4 : 5;
-    case query::wait:
-      return v1 ? 5 : 6;
-    case query::num_keys:
-      return v1 ? 6 : 7;
+    case query::validate: return 0;
+    case query::set: return v1 ? 0 : 1;
+    case query::get: return v1 ? 2 : 3;
+    case query::check: return v1 ? 4 : 5;
+    case query::wait: return v1 ? 5 : 6;
+    case query::num_keys: return v1 ? 6 : 7;
   }
   return 0xff;
 }
@@ -138,8 +132,8 @@ public:
 
   /// Connects to the first address of host:port that accepts.
   static caf::expected<std::unique_ptr<connection>>
-  open(const std::string& host, uint16_t port,
-       clock_type::time_point deadline, std::chrono::milliseconds timeout) {
+  open(const std::string& host, uint16_t port, clock_type::time_point deadline,
+       std::chrono::milliseconds timeout) {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -188,8 +182,7 @@ public:
     return make_error(errc::io_error, why);
   }
 
-  caf::error send_all(const std::string& bytes,
-                      clock_type::time_point deadline,
+  caf::error send_all(const std::string& bytes, clock_type::time_point deadline,
                       std::chrono::milliseconds timeout) {
     size_t done = 0;
     while (done < bytes.size()) {
@@ -253,9 +246,8 @@ private:
     pollfd pfd{fd_, events, 0};
     int n = ::poll(&pfd, 1, poll_ms(deadline));
     if (n == 0)
-      return make_error(errc::timeout,
-                        std::string{"not "} + what + " within "
-                          + ms_text(timeout));
+      return make_error(errc::timeout, std::string{"not "} + what + " within "
+                                         + ms_text(timeout));
     if (n < 0 && errno != EINTR)
       return make_error(errc::io_error, std::strerror(errno));
     return caf::none;
@@ -274,11 +266,10 @@ using connection_ptr = std::unique_ptr<tcp_store_client::connection>;
 /// closes without an answer, because the first query is not VALIDATE (the
 /// libuv server on seeing the end). Neither is left in a bad state: the
 /// 1.x server has read a whole query, the 2.x server drops the connection.
-caf::expected<tcp_store_protocol>
-probe(const std::string& host, uint16_t port, clock_type::time_point deadline,
-      std::chrono::milliseconds timeout) {
-  auto conn = tcp_store_client::connection::open(host, port, deadline,
-                                                 timeout);
+caf::expected<tcp_store_protocol> probe(const std::string& host, uint16_t port,
+                                        clock_type::time_point deadline,
+                                        std::chrono::milliseconds timeout) {
+  auto conn = tcp_store_client::connection::open(host, port, deadline, timeout);
   if (!conn)
     return conn.error();
   auto q = query_bytes{query::num_keys, tcp_store_protocol::torch1};
@@ -306,9 +297,7 @@ probe(const std::string& host, uint16_t port, clock_type::time_point deadline,
 
 tcp_store_client::tcp_store_client(std::string host, uint16_t port,
                                    options opts, tcp_store_protocol protocol)
-  : host_(std::move(host)),
-    port_(port),
-    opts_(std::move(opts)),
+  : host_(std::move(host)), port_(port), opts_(std::move(opts)),
     protocol_(protocol) {
   // nop
 }
@@ -330,8 +319,7 @@ tcp_store_client::connect(const std::string& host, uint16_t port,
   auto protocol = probe(host, port, deadline, opts.request_timeout);
   if (!protocol)
     return make_error(code_of(protocol.error()),
-                      opts.name + ": connect: "
-                        + context_of(protocol.error()));
+                      opts.name + ": connect: " + context_of(protocol.error()));
   std::unique_ptr<tcp_store_client> client{
     new tcp_store_client(host, port, std::move(opts), *protocol)};
   std::lock_guard<std::mutex> guard{client->mx_};
@@ -375,8 +363,7 @@ caf::error tcp_store_client::round_trip(const std::string& request,
       return err;
   auto err = conn_->send_all(query, deadline, opts_.request_timeout);
   if (!err && reply_size > 0)
-    err = conn_->recv_exact(reply, reply_size, deadline,
-                            opts_.request_timeout);
+    err = conn_->recv_exact(reply, reply_size, deadline, opts_.request_timeout);
   if (err)
     return fail(code_of(err), request, context_of(err));
   return caf::none;
@@ -386,8 +373,8 @@ caf::error tcp_store_client::set(const std::string& key,
                                  const std::string& value) {
   std::lock_guard<std::mutex> guard{mx_};
   auto request = "set '" + printable(key) + "'";
-  auto q = query_bytes{query::set, protocol_}.string(key_prefix + key).string(
-    value);
+  auto q
+    = query_bytes{query::set, protocol_}.string(key_prefix + key).string(value);
   if (auto err = round_trip(request, q.bytes(), nullptr, 0,
                             clock_type::now() + opts_.request_timeout))
     return err;
@@ -469,8 +456,8 @@ tcp_store_client::wait_get(const std::string& key,
   }
   if (static_cast<uint8_t>(reply) != stop_waiting)
     return fail(errc::protocol_error, request,
-                "the store answered " + std::to_string(
-                  static_cast<uint8_t>(reply))
+                "the store answered "
+                  + std::to_string(static_cast<uint8_t>(reply))
                   + ", not stop waiting (0)");
   return get_locked(key, "get '" + printable(key) + "'");
 }

@@ -61,9 +61,9 @@ std::string to_string(tcp_store_protocol x);
 /// libtorch's blocks or throws a bare "Connection reset by peer".
 ///
 /// Every request (connect, set, check, get) waits at most the request
-/// timeout, a wait its own timeout; one that fails (refused, reset, closed, a reply out of
-/// protocol, no answer in time) fails at once with an error whose context
-/// is "<name>: <request>: <why>", e.g. "torchrun's store at
+/// timeout, a wait its own timeout; one that fails (refused, reset, closed, a
+/// reply out of protocol, no answer in time) fails at once with an error whose
+/// context is "<name>: <request>: <why>", e.g. "torchrun's store at
 /// 127.0.0.1:29500: set 'dcpp/run/coordinator': Connection reset by peer",
 /// and closes the connection (the next request opens a new one). Keys get
 /// the "/" prefix that torch's TCPStore gives them, so torch's

@@ -38,7 +38,8 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-const std::string peer_script = DCPP_SOURCE_DIR "/tests/actors/tcp_store_peer.py";
+const std::string peer_script = DCPP_SOURCE_DIR
+  "/tests/actors/tcp_store_peer.py";
 
 /// How to run tcp_store_peer.py with one torch: torch 1.13 on the host, or
 /// torch 2.6 in the chroot (where the host's root is /host).
@@ -52,9 +53,9 @@ struct torch_python {
 };
 
 torch_python torch1() {
-  static const bool importable =
-    std::system("/usr/bin/python3 -c 'import torch.distributed' 2>/dev/null")
-    == 0;
+  static const bool importable
+    = std::system("/usr/bin/python3 -c 'import torch.distributed' 2>/dev/null")
+      == 0;
   torch_python py{{"/usr/bin/python3"}, peer_script, "torch 1.13", {}};
   if (!importable)
     py.missing = "/usr/bin/python3 cannot import torch.distributed";
@@ -156,7 +157,8 @@ public:
         deadline - clock_type::now());
       char c[256];
       ssize_t n = 0;
-      if (left.count() <= 0 || ::poll(&pfd, 1, static_cast<int>(left.count())) <= 0
+      if (left.count() <= 0
+          || ::poll(&pfd, 1, static_cast<int>(left.count())) <= 0
           || (n = ::read(server->out_, c, sizeof c)) <= 0) {
         why = "the server did not say its port: '" + line + "'";
         return nullptr;
@@ -290,11 +292,10 @@ void exercise(const torch_python& py, const torch_server& server,
 
   // A value over the bound is refused before it is read; the next request
   // opens a new connection.
-  REQUIRE(torch_client(py,
-                       {"set", std::to_string(server.port), "big", "x",
-                        "100000"},
-                       &status)
-            .empty());
+  REQUIRE(
+    torch_client(py, {"set", std::to_string(server.port), "big", "x", "100000"},
+                 &status)
+      .empty());
   REQUIRE(status == 0);
   auto big = store.get("big");
   REQUIRE_FALSE(big);
@@ -319,8 +320,7 @@ void store_dies(torch_server& server) {
   caf::expected<std::string> waited{std::string{}};
   clock_type::time_point wait_ended; // read after join
   std::thread rank{[&] {
-    waited = (*waiter)->wait_get("dcpp/job/restart-0/group-1/coordinator",
-                                 60s);
+    waited = (*waiter)->wait_get("dcpp/job/restart-0/group-1/coordinator", 60s);
     wait_ended = clock_type::now();
   }};
   std::this_thread::sleep_for(200ms); // the WAIT is on the server
@@ -342,10 +342,9 @@ void store_dies(torch_server& server) {
   CHECK(code_of(err) == errc::io_error);
   auto context = context_of(err);
   INFO(context);
-  CHECK_THAT(context,
-             Catch::StartsWith(
-               "TCPStore at 127.0.0.1:" + std::to_string(server.port)
-               + ": set 'dcpp/job/restart-0/group-1/coordinator': "));
+  CHECK_THAT(context, Catch::StartsWith(
+                        "TCPStore at 127.0.0.1:" + std::to_string(server.port)
+                        + ": set 'dcpp/job/restart-0/group-1/coordinator': "));
   CHECK(took < 1.0);
   // And a new connection is refused, at once too.
   t0 = clock_type::now();
@@ -458,9 +457,9 @@ TEST_CASE("a peer that resets every connection fails connect at once",
   INFO(context);
   // The probe's query or its answer meets the reset (or, if the reset
   // reads as "2.x", the opening of the next connection does).
-  CHECK_THAT(context, Catch::StartsWith("TCPStore at 127.0.0.1:"
-                                        + std::to_string(peer.port)
-                                        + ": connect: "));
+  CHECK_THAT(context,
+             Catch::StartsWith("TCPStore at 127.0.0.1:"
+                               + std::to_string(peer.port) + ": connect: "));
   CHECK_THAT(context, Catch::Matches(".*(reset by peer|Broken pipe).*"));
 }
 
