@@ -15,8 +15,9 @@
 //         task 0 runs), SLURM_LAUNCH_NODE_IPADDR, 127.0.0.1. A host name is
 //         resolved by the transport (getaddrinfo), IPv4 or IPv6.
 //   port: DCPP_MASTER_PORT, else MASTER_PORT, else 29500.
-// Under torchrun's static rendezvous (TORCHELASTIC_USE_AGENT_STORE=True)
-// torchrun's own c10d store listens on MASTER_ADDR:MASTER_PORT: then
+// Where torchrun runs a store for its workers (TORCHELASTIC_USE_AGENT_STORE=
+// True: its static rendezvous, and torch 2.x's c10d rendezvous, --standalone
+// included) that c10d store listens on MASTER_ADDR:MASTER_PORT: then
 // `agent_store` is set and the coordinator binds a free port and publishes
 // it in that store (actors/transport/tcp_store_rendezvous.hpp) instead of
 // competing for the port. DCPP_MASTER_PORT turns this off (the port is

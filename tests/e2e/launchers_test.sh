@@ -12,6 +12,9 @@
 #                        (localhost), MASTER_PORT is free
 #   torchrun_no_secret   under torchrun without DCPP_SECRET the ranks refuse
 #                        to start, saying to set it or pass --insecure
+#   store_refused        torchrun's variables (TORCHELASTIC_USE_AGENT_STORE=
+#                        True) but no store on MASTER_PORT: every rank fails
+#                        at once, naming the store and the request
 #   mpirun               Open MPI's mpirun, 3 ranks; the endpoint comes from
 #                        DCPP_MASTER_ADDR / DCPP_MASTER_PORT passed with -x
 #   dcpp_launch_spelling dcpp-launch with torchrun's option spellings and
@@ -152,6 +155,27 @@ PY
     [ -f "$scratch/ckpt/.metadata" ] && fail "a checkpoint was committed"
     ;;
   esac
+  ;;
+store_refused)
+  port=$(free_port)
+  pids=()
+  start=$(date +%s%N)
+  for r in 0 1; do
+    # shellcheck disable=SC2046
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 \
+      MASTER_PORT="$port" TORCHELASTIC_USE_AGENT_STORE=True \
+      TORCHELASTIC_RUN_ID=refused-$$ timeout -k 5 60 "$worker" \
+      $(args_of save) >>"$log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do
+    wait "$p" && fail "a rank without torchrun's store succeeded"
+  done
+  took_ms=$((($(date +%s%N) - start) / 1000000))
+  [ "$took_ms" -lt 15000 ] || fail "the ranks took $took_ms ms to fail"
+  want="failed in step connect: dcpp::io_error: torchrun's store at 127.0.0.1:$port: connect: Connection refused"
+  [ "$(grep -cF "$want" "$log")" = 2 ] || fail "expected 2 lines '$want'"
+  echo "both ranks failed in $took_ms ms"
   ;;
 mpirun)
   command -v mpirun >/dev/null || skip "no mpirun (Debian openmpi-bin)"

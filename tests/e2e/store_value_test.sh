@@ -73,7 +73,7 @@ echo "forged: $(cat "$tmp/forged.err")"
 head -c $((64 << 20)) /dev/zero | tr '\0' 'x' > "$tmp/huge"
 rank_against "$tmp/huge" huge
 stderr_bounded huge 2
-grep -qF "no coordinator endpoint under '$key' in torchrun's store at 127.0.0.1:$port: the value is 67108864 bytes, not an endpoint (at most 4096)" \
+grep -qF "no coordinator endpoint under '$key' in torchrun's store at 127.0.0.1:$port: get '$key': the value is 67108864 bytes (at most 4096 accepted)" \
   "$tmp/huge.err" || fail "the refusal does not name key and size: $(head -c 2000 "$tmp/huge.err")"
 grep -q too_large "$tmp/huge.err" || fail "not a too_large error: $(head -c 2000 "$tmp/huge.err")"
 echo "huge: $(cat "$tmp/huge.err")"
