@@ -88,30 +88,10 @@ torchrun_static | torchrun_standalone | torchrun_no_secret)
   [ -x /usr/bin/torchrun ] || skip "no /usr/bin/torchrun (Debian python3-torch)"
   $py -c 'import torch.distributed.run' 2>/dev/null ||
     skip "$py cannot import torch.distributed.run"
-  # torch 1.13 on Python 3.11: iterating the IntFlag `Std` no longer yields
-  # NONE (0) or ALL (3), so torchrun's Std.from_str("0") (its default for
-  # --redirects and --tee) returns None and torchrun crashes in to_map
-  # ("'NoneType' object has no attribute 'get'"). Newer torch builds the
-  # value with Std(int). This sitecustomize, on PYTHONPATH for torchrun only,
-  # does the same; the workers are not Python (--no_python).
-  shim=$scratch/shim
-  mkdir -p "$shim"
-  cat >"$shim/sitecustomize.py" <<'PY'
-import re
-try:
-    from torch.distributed.elastic.multiprocessing import api as _api
-    if _api.Std.from_str("0") is None:
-        def _from_str(cls, vm):
-            if re.match(_api._VALUE_REGEX, vm):
-                return cls(int(vm))
-            if re.match(_api._MAPPING_REGEX, vm):
-                return {int(i): cls(int(v))
-                        for i, v in (m.split(":") for m in vm.split(","))}
-            raise ValueError(vm)
-        _api.Std.from_str = classmethod(_from_str)
-except ImportError:
-    pass
-PY
+  # Debian's torchrun 1.13 crashes on Python 3.11 before starting anything;
+  # scripts/torchrun113/sitecustomize.py (what the README tells users to put
+  # on torchrun's PYTHONPATH) fixes it. The workers are not Python.
+  shim=$(cd "$(dirname "$0")/../../scripts/torchrun113" && pwd)
   torchrun() {
     PYTHONPATH=$shim timeout -k 5 100 $py /usr/bin/torchrun \
       --monitor_interval 1 "$@" >>"$log" 2>&1
