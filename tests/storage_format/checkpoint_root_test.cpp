@@ -293,10 +293,12 @@ TEST_CASE("prune without any commit removes nothing", "[checkpoint_root]") {
   CHECK(pruned->empty());
   CHECK(f.exists(step_name(1)));
   CHECK(f.exists(step_name(2)));
-  SECTION("nor does a missing root") {
+  SECTION("a missing root is not_found naming it, as for latest") {
     auto missing = prune(f.root + "/missing", 1);
-    REQUIRE(missing);
-    CHECK(missing->empty());
+    REQUIRE(!missing);
+    CHECK(code_of(missing.error()) == errc::not_found);
+    CHECK(context_of(missing.error()).find(f.root + "/missing")
+          != std::string::npos);
   }
 }
 
