@@ -996,6 +996,8 @@ private:
         ::close(fd);
       return os_error("list", dir_, err);
     }
+    // The duplicate shares the directory offset with `dirfd_`: start over.
+    ::rewinddir(d);
     std::vector<std::string> names;
     while (auto entry = ::readdir(d)) {
       std::string name = entry->d_name;

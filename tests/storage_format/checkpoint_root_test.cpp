@@ -304,19 +304,33 @@ TEST_CASE("prune without any commit removes nothing", "[checkpoint_root]") {
 
 TEST_CASE("prune orders big step numbers numerically", "[checkpoint_root]") {
   root_fixture f;
-  const uint64_t big = UINT64_MAX;
+  const uint64_t big = max_step;
   f.add_step(big, true);
   f.add_step(big - 1, true);
   f.add_step(1000000000000, true); // 13 digits
   f.add_step(999999999, true);     // 9 digits
   f.add_step("step_5", true);
+  // Beyond the largest step (its next step would not fit a training loop's
+  // int64 counter), and beyond 64 bits: broken, named, never removed.
+  f.add_step(UINT64_MAX, true);
+  f.add_step("step_99999999999999999999", true);
   CHECK(steps_of(f.root)
         == std::vector<uint64_t>{5, 999999999, 1000000000000, big - 1, big});
   CHECK(latest_committed_step(f.root) == big);
-  auto pruned = prune(f.root, 2);
+  std::vector<step_entry> passed;
+  REQUIRE(latest_committed(f.root, &passed));
+  REQUIRE(passed.size() == 2);
+  for (const auto& entry : passed)
+    CHECK(entry.broken.find(entry.path + ": step number out of range")
+          != std::string::npos);
+  std::vector<step_entry> broken;
+  auto pruned = prune(f.root, 2, &broken);
   REQUIRE(pruned);
   CHECK(pruned->size() == 3);
+  CHECK(broken.size() == 2);
   CHECK(steps_of(f.root) == std::vector<uint64_t>{big - 1, big});
+  CHECK(f.exists(step_name(UINT64_MAX)));
+  CHECK(f.exists("step_99999999999999999999"));
 }
 
 TEST_CASE("prune cleans the leftovers of a prune that crashed",
