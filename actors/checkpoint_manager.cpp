@@ -284,18 +284,12 @@ checkpoint_manager_options owning_steps(checkpoint_manager_options opts) {
 /// not restored as the latest: see storage/checkpoint_root.hpp).
 caf::expected<std::vector<uint64_t>> committed_steps_noting(
   const std::string& root) {
-  auto entries = list_steps(root);
-  if (!entries)
-    return std::move(entries.error());
-  std::vector<uint64_t> steps;
-  for (const auto& entry : *entries)
-    if (entry.committed && (steps.empty() || steps.back() != entry.step))
-      steps.push_back(entry.step);
-  for (const auto& entry : *entries)
-    if (!entry.broken.empty() && (steps.empty() || entry.step > steps.back()))
-      spdlog::warn("dcpp: checkpoint manager {}: passed over {} (not "
-                   "restored as the latest, left in place): {}",
-                   root, entry.path, entry.broken);
+  std::vector<step_entry> passed;
+  auto steps = committed_steps(root, &passed);
+  for (const auto& entry : passed)
+    spdlog::warn("dcpp: checkpoint manager {}: passed over {} (not restored "
+                 "as the latest, left in place): {}",
+                 root, entry.path, entry.broken);
   return steps;
 }
 

@@ -218,7 +218,9 @@ caf::expected<std::vector<step_entry>> list_steps(const std::string& root) {
   return std::move(content.steps);
 }
 
-caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root) {
+caf::expected<std::vector<uint64_t>>
+committed_steps(const std::string& root,
+                std::vector<step_entry>* passed_over) {
   auto steps = list_steps(root);
   if (!steps)
     return std::move(steps.error());
@@ -226,6 +228,10 @@ caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root) {
   for (const auto& entry : *steps)
     if (entry.committed && (result.empty() || result.back() != entry.step))
       result.push_back(entry.step);
+  if (passed_over)
+    for (auto i = steps->rbegin(); i != steps->rend(); ++i)
+      if (!i->broken.empty() && (result.empty() || i->step > result.back()))
+        passed_over->push_back(*i);
   return result;
 }
 

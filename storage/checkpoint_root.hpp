@@ -132,8 +132,12 @@ struct step_entry {
 caf::expected<std::vector<step_entry>> list_steps(const std::string& root);
 
 /// The steps whose directory is committed, ascending, without duplicates.
-/// Directories without a committed `.metadata` are ignored.
-caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root);
+/// Directories without a committed `.metadata` are ignored; broken steps
+/// newer than the newest committed one are appended to `passed_over`,
+/// newest first, if given (as `latest_committed` does).
+caf::expected<std::vector<uint64_t>>
+committed_steps(const std::string& root,
+                std::vector<step_entry>* passed_over = nullptr);
 
 /// The newest committed checkpoint (its step and directory), or
 /// `errc::not_found` naming the root (also when the root does not exist).
