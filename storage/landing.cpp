@@ -58,7 +58,7 @@ constexpr int probe_runs = 3;
 
 /// Bounce only when clearly faster: it adds a memcpy, and on hosts where
 /// both are close direct leaves the cache to the caller.
-constexpr double bounce_margin = 1.25;
+constexpr double bounce_margin = 1.5;
 
 struct free_deleter {
   void operator()(void* p) const {

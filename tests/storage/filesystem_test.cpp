@@ -1541,7 +1541,7 @@ TEST_CASE("the landing probes decide once per direction",
       CHECK(host.direct_GBps > 0);
       CHECK(host.bounce_GBps > 0);
       CHECK((host.mode == landing_mode::bounce)
-            == (host.bounce_GBps > 1.25 * host.direct_GBps));
+            == (host.bounce_GBps > 1.5 * host.direct_GBps));
     } else {
       // Only an override skips the probe here (memfd works on Linux).
       CHECK(host.source.rfind("DCPP_LANDING=", 0) == 0);
