@@ -61,7 +61,7 @@ namespace detail {
 /// direction (reads into memory, writes out of it), and why.
 struct host_landing {
   landing_mode mode = landing_mode::direct;
-  /// The probe's figures (GB/s, best of a few runs; 0 without a probe).
+  /// The probe's figures (GB/s of the best block; 0 without a probe).
   double direct_GBps = 0;
   double bounce_GBps = 0;
   /// "probe", "DCPP_LANDING=<value>", or "probe failed: <why>" (then
