@@ -1558,6 +1558,48 @@ TEST_CASE("the landing probes decide once per direction",
   CHECK(!parse_landing_mode("hugepages"));
 }
 
+// Run by the next case in a child process whose environment names
+// DCPP_LANDING (the variable is read once per process).
+TEST_CASE("landing of a process started with DCPP_LANDING",
+          "[.][landing_env]") {
+  std::string want = std::getenv("DCPP_LANDING_EXPECT");
+  for (bool write : {false, true}) {
+    const auto& host = write ? dcpp::detail::write_landing_of_host()
+                             : dcpp::detail::read_landing_of_host();
+    INFO(host.source);
+    if (want == "probe") {
+      CHECK(host.source == "probe");
+    } else {
+      CHECK(host.source == "DCPP_LANDING=" + want);
+      CHECK(to_string(host.mode) == want);
+    }
+  }
+}
+
+TEST_CASE("DCPP_LANDING forces a path for the process and other values are "
+          "named and measured",
+          "[filesystem][landing]") {
+  for (auto [value, expect] :
+       {std::pair<std::string, std::string>{"bounce", "bounce"},
+        {"direct", "direct"},
+        {"auto", "probe"},
+        {"fastest", "probe"}}) {
+    INFO("DCPP_LANDING=" << value);
+    temp_dir tmp;
+    auto log = tmp / "output";
+    std::string cmd = "DCPP_LANDING=" + value + " DCPP_LANDING_EXPECT="
+                      + expect + " /proc/" + std::to_string(::getpid())
+                      + "/exe '[landing_env]' >" + log + " 2>&1";
+    CHECK(std::system(cmd.c_str()) == 0);
+    auto out = read_file(log);
+    if (value == "fastest")
+      CHECK(out.find("DCPP_LANDING='fastest' is not direct, bounce or auto")
+            != std::string::npos);
+    else
+      CHECK(out.find("is not direct, bounce or auto") == std::string::npos);
+  }
+}
+
 TEST_CASE("every kind of destination loads bit-exact through every landing "
           "path",
           "[filesystem][landing]") {
