@@ -301,8 +301,7 @@ caf::error file_sink::append(const void* data, size_t size) {
   auto p = static_cast<const char*>(data);
   if (direct_)
     return append_direct(p, size);
-  if (size >= sink_direct
-      && (!bounce_ || detail::is_huge_memory(p, size))) {
+  if (size >= sink_direct && (!bounce_ || detail::is_huge_memory(p, size))) {
     // Straight from the caller's memory.
     if (auto err = flush())
       return err;

@@ -71,10 +71,12 @@ caf::expected<std::string> compute_item_checksum(const item_location& loc);
 /// (boxes of that chunk; see `tensor_item_reader::read_into`), verifying
 /// `checksum` unless it is empty, landing the bytes as `landing` says
 /// (storage/landing.hpp). Every error has `key` as its context.
-caf::error read_tensor_plan_item(
-  const item_location& loc, dtype type, const shape_t& sizes,
-  const std::vector<const read_item*>& reads, load_target& target,
-  std::string_view checksum, const std::string& key,
-  landing_mode landing = landing_mode::automatic);
+caf::error
+read_tensor_plan_item(const item_location& loc, dtype type,
+                      const shape_t& sizes,
+                      const std::vector<const read_item*>& reads,
+                      load_target& target, std::string_view checksum,
+                      const std::string& key,
+                      landing_mode landing = landing_mode::automatic);
 
 } // namespace dcpp

@@ -25,12 +25,9 @@ namespace dcpp {
 
 std::string_view to_string(landing_mode mode) {
   switch (mode) {
-    case landing_mode::automatic:
-      return "auto";
-    case landing_mode::direct:
-      return "direct";
-    case landing_mode::bounce:
-      return "bounce";
+    case landing_mode::automatic: return "auto";
+    case landing_mode::direct: return "direct";
+    case landing_mode::bounce: return "bounce";
   }
   return "auto";
 }
@@ -119,17 +116,17 @@ host_landing probe(bool write) {
   };
   for (int run = 0; run < probe_runs; ++run) {
     res.direct_GBps = std::max(res.direct_GBps, pass([&](size_t off) {
-      return transfer(user + off, off);
-    }));
+                                 return transfer(user + off, off);
+                               }));
     res.bounce_GBps = std::max(res.bounce_GBps, pass([&](size_t off) {
-      if (write)
-        std::memcpy(bounce, user + off, block_size);
-      if (!transfer(bounce, off))
-        return false;
-      if (!write)
-        std::memcpy(user + off, bounce, block_size);
-      return true;
-    }));
+                                 if (write)
+                                   std::memcpy(bounce, user + off, block_size);
+                                 if (!transfer(bounce, off))
+                                   return false;
+                                 if (!write)
+                                   std::memcpy(user + off, bounce, block_size);
+                                 return true;
+                               }));
   }
   if (res.direct_GBps == 0 || res.bounce_GBps == 0)
     return fail(write ? "pwrite on the memfd" : "pread on the memfd", errno);
@@ -238,8 +235,7 @@ landing_mode resolve_read_landing(landing_mode mode) {
 }
 
 landing_mode resolve_write_landing(landing_mode mode) {
-  return mode == landing_mode::automatic ? write_landing_of_host().mode
-                                         : mode;
+  return mode == landing_mode::automatic ? write_landing_of_host().mode : mode;
 }
 
 void note_huge_memory(const void* ptr, size_t size) {

@@ -223,8 +223,8 @@ load_plan full_load_plan(const metadata& md) {
 }
 
 /// Makes a destination tensor of a shape and dtype (default: at::full).
-using make_destination =
-  std::function<at::Tensor(const shape_t&, at::ScalarType)>;
+using make_destination
+  = std::function<at::Tensor(const shape_t&, at::ScalarType)>;
 
 /// Destinations for `full_load_plan`, filled with a marker value.
 void add_destinations(const metadata& md, map_target& target,
@@ -1444,13 +1444,14 @@ std::vector<std::pair<std::string, make_destination>> destination_kinds() {
     return at::zeros(rev, type).permute(perm);
   };
   return {
-    {"at::zeros", [](const shape_t& s, at::ScalarType t) {
-       return at::zeros(s, t);
-     }},
-    {"empty_host_tensor", [](const shape_t& s, at::ScalarType t) {
+    {"at::zeros",
+     [](const shape_t& s, at::ScalarType t) { return at::zeros(s, t); }},
+    {"empty_host_tensor",
+     [](const shape_t& s, at::ScalarType t) {
        return empty_host_tensor(s, t);
      }},
-    {"host_region", [](const shape_t& s, at::ScalarType t) {
+    {"host_region",
+     [](const shape_t& s, at::ScalarType t) {
        auto bytes = static_cast<size_t>(numel(s)) * c10::elementSize(t);
        auto region = host_region::map(std::max<size_t>(bytes, 1), true);
        FS_REQUIRE(region);
@@ -1459,18 +1460,20 @@ std::vector<std::pair<std::string, make_destination>> destination_kinds() {
          owner->data(), s, [owner](void*) mutable { owner.reset(); },
          at::TensorOptions().dtype(t));
      }},
-    {"odd offset view", [](const shape_t& s, at::ScalarType t) {
+    {"odd offset view",
+     [](const shape_t& s, at::ScalarType t) {
        auto n = numel(s);
        return at::zeros({n + 3}, t).narrow(0, 3, n).view(s);
      }},
     {"permuted", permuted},
-    {"column slice", [](const shape_t& s, at::ScalarType t) {
+    {"column slice",
+     [](const shape_t& s, at::ScalarType t) {
        if (s.size() < 2)
          return at::zeros(s, t);
        auto wide = s;
        wide.back() = wide.back() * 2 + 1;
-       return at::zeros(wide, t).narrow(
-         static_cast<int64_t>(s.size()) - 1, 1, s.back());
+       return at::zeros(wide, t).narrow(static_cast<int64_t>(s.size()) - 1, 1,
+                                        s.back());
      }},
   };
 }
@@ -1528,12 +1531,10 @@ TEST_CASE("the landing probes decide once per direction",
   for (bool write : {false, true}) {
     const auto& host = write ? dcpp::detail::write_landing_of_host()
                              : dcpp::detail::read_landing_of_host();
-    INFO((write ? "writes: " : "reads: ")
-       << to_string(host.mode) << ", " << host.source << ", direct "
-       << host.direct_GBps << " GB/s, bounce " << host.bounce_GBps);
-  WARN((write ? "writes: " : "reads: ")
-       << to_string(host.mode) << ", " << host.source << ", direct "
-       << host.direct_GBps << " GB/s, bounce " << host.bounce_GBps);
+    // Printed: what this host measured.
+    WARN((write ? "writes: " : "reads: ")
+         << to_string(host.mode) << ", " << host.source << ", direct "
+         << host.direct_GBps << " GB/s, bounce " << host.bounce_GBps);
     CHECK(&host
           == (write ? &dcpp::detail::write_landing_of_host()
                     : &dcpp::detail::read_landing_of_host()));
@@ -1587,8 +1588,8 @@ TEST_CASE("DCPP_LANDING forces a path for the process and other values are "
     INFO("DCPP_LANDING=" << value);
     temp_dir tmp;
     auto log = tmp / "output";
-    std::string cmd = "DCPP_LANDING=" + value + " DCPP_LANDING_EXPECT="
-                      + expect + " /proc/" + std::to_string(::getpid())
+    std::string cmd = "DCPP_LANDING=" + value + " DCPP_LANDING_EXPECT=" + expect
+                      + " /proc/" + std::to_string(::getpid())
                       + "/exe '[landing_env]' >" + log + " 2>&1";
     CHECK(std::system(cmd.c_str()) == 0);
     auto out = read_file(log);
