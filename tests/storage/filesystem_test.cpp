@@ -1541,8 +1541,9 @@ TEST_CASE("the landing probes decide once per direction",
     if (host.source == "probe") {
       CHECK(host.direct_GBps > 0);
       CHECK(host.bounce_GBps > 0);
-      CHECK((host.mode == landing_mode::bounce)
-            == (host.bounce_GBps > 1.5 * host.direct_GBps));
+      // Bounce only where it won clearly (every run, by 2x).
+      if (host.mode == landing_mode::bounce)
+        CHECK(host.bounce_GBps > 2 * host.direct_GBps);
     } else {
       // Only an override skips the probe here (memfd works on Linux).
       CHECK(host.source.rfind("DCPP_LANDING=", 0) == 0);
