@@ -11,6 +11,7 @@
 
 #include "actors/checkpointer.hpp"
 #include "apps/cli_common.hpp"
+#include "apps/landing_report.hpp"
 #include "core/error.hpp"
 #include "storage/filesystem.hpp"
 #include "storage/host_memory.hpp"
@@ -62,13 +63,18 @@ std::vector<tensor_desc> read_layout(const std::string& path) {
   return out;
 }
 
+/// Where tensors live: dcpp's huge-page host memory (empty_host_tensor) or
+/// PyTorch's allocator (at::empty, 4 KiB pages: a user program's tensors).
+bool huge_tensors = true;
+
 /// Values: a cheap deterministic fill (not random: torch's RNG would cost
 /// more than the save itself).
 state_dict make_state(const std::vector<tensor_desc>& layout, bool fill) {
   state_dict sd;
   int64_t k = 0;
   for (const auto& t : layout) {
-    auto x = empty_host_tensor(t.shape, at::kFloat);
+    auto x = huge_tensors ? empty_host_tensor(t.shape, at::kFloat)
+                          : at::empty(t.shape, at::kFloat);
     if (fill)
       x.copy_(at::arange(x.numel(), at::kFloat).add_(k++).view(t.shape));
     else
@@ -97,6 +103,9 @@ bool equal_state(const state_dict& a, const state_dict& b) {
   return true;
 }
 
+/// --landing (storage/landing.hpp).
+landing_mode landing = landing_mode::automatic;
+
 /// A checkpointer on the file system under `dir` with the bench's storage
 /// options.
 std::unique_ptr<checkpointer>
@@ -105,8 +114,10 @@ make_bench_checkpointer(const fs::path& dir, size_t threads, bool sync_files,
   filesystem_writer_options wopts;
   wopts.thread_count = threads;
   wopts.sync_files = sync_files;
+  wopts.landing = landing;
   filesystem_reader_options ropts;
   ropts.thread_count = threads;
+  ropts.landing = landing;
   return std::make_unique<checkpointer>(
     make_filesystem_writer(dir.string(), wopts),
     make_filesystem_reader(dir.string(), ropts), opts);
@@ -316,6 +327,19 @@ int main(int argc, char** argv) {
   layout_opt->excludes(tensors_opt);
   app.add_option("--dir", parent, "parent directory for the checkpoint");
   app.add_option("--threads", threads, "writer/reader threads per rank");
+  std::string alloc = "huge";
+  app
+    .add_option("--alloc", alloc,
+                "tensors saved from and loaded into: huge (dcpp's huge-page "
+                "host memory) or torch (at::empty, as a PyTorch program's "
+                "own)")
+    ->check(CLI::IsMember({"torch", "huge"}));
+  std::string landing_name = "auto";
+  app
+    .add_option("--landing", landing_name,
+                "how bytes reach tensors that are not dcpp's huge-page "
+                "memory: auto, direct or bounce (storage/landing.hpp)")
+    ->check(CLI::IsMember({"auto", "direct", "bounce"}));
   app.add_flag("!--no-sync-files", sync_files, "skip fsync of data files");
   app.add_flag("!--no-drop-cache", drop, "skip dropping the page cache");
   app.add_option("--iters", iters, "iterations");
@@ -369,6 +393,8 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  huge_tensors = alloc == "huge";
+  landing = parse_landing_mode(landing_name).value_or(landing_mode::automatic);
   at::set_num_threads(1);
   std::vector<tensor_desc> layout;
   if (!layout_path.empty())
@@ -428,6 +454,8 @@ int main(int argc, char** argv) {
       {"size_mb", static_cast<double>(bytes) / (1 << 20)},
       {"n_tensors", layout.size()},
       {"threads", threads},
+      {"alloc", alloc},
+      {"landing", dcpp::cli::landing_json(landing, false)},
       {"sync_files", sync_files},
       {"cache_drop", dropped ? "drop_caches" : "none"},
       {"save_s", save_s},

@@ -25,6 +25,7 @@
 #include "actors/transport/tcp_store_rendezvous.hpp"
 #include "actors/transport/zmq_transport.hpp"
 #include "apps/cli_common.hpp"
+#include "apps/landing_report.hpp"
 #include "apps/progress_line.hpp"
 #include "apps/synthetic.hpp"
 #include "core/error.hpp"
@@ -227,6 +228,7 @@ int main(int argc, char** argv) {
   size_t threads = 0;
   std::string layout_file;
   std::string alloc = "torch";
+  std::string landing = "auto";
   bool external = false;
   double step_timeout_s = 120;
   int64_t peer_timeout_ms = 5000;
@@ -248,6 +250,13 @@ int main(int argc, char** argv) {
                 "PyTorch program's own) or huge (dcpp's huge-page host "
                 "memory)")
     ->check(CLI::IsMember({"torch", "huge"}));
+  app
+    .add_option("--landing", landing,
+                "how bytes reach (or leave) tensors that are not dcpp's "
+                "huge-page memory: auto (measured once per process), "
+                "direct or bounce (through a huge-page buffer); also "
+                "DCPP_LANDING")
+    ->check(CLI::IsMember({"auto", "direct", "bounce"}));
   app.add_flag("--verify", verify, "check every value after a load");
   app.add_option("--coordinator-rank", coordinator_rank,
                  "rank whose process hosts the coordinator");
@@ -348,10 +357,14 @@ int main(int argc, char** argv) {
     opts.world = env->world_size;
     opts.tensors = tensors;
     opts.huge_pages = alloc == "huge";
+    auto landing_opt = parse_landing_mode(landing).value_or(
+      landing_mode::automatic);
     filesystem_writer_options wopts;
     wopts.thread_count = threads;
+    wopts.landing = landing_opt;
     filesystem_reader_options ropts;
     ropts.thread_count = threads;
+    ropts.landing = landing_opt;
     checkpointer_options copts;
     copts.process_group = *group;
     copts.coordinator_rank = coordinator_rank;
@@ -403,6 +416,7 @@ int main(int argc, char** argv) {
       j["connect_s"] = t_connect;
       j[mode == "save" ? "build_s" : "alloc_s"] = t_build;
       j["alloc"] = alloc;
+      j["landing"] = cli::landing_json(landing_opt, mode == "save");
       j["threads"] = threads;
       j["local_bytes"] = synthetic::local_bytes(sd);
       j["start_unix"] = unix_start;

@@ -22,7 +22,11 @@ figures measured minutes apart; --only picks some):
            cold and warm, and the same-layout load on as many ranks for
            reference (PyTorch: scripts/bench_dcp_reshard.py)
   p16      dcpp save and load on 16 rank processes (--p16-size MiB)
-  engine   dcpp_bench: one process, no_dist (the engine's ceiling)
+  engine   dcpp_bench: one process, no_dist, on the main rows' layout, its
+           tensors in dcpp's huge-page memory (--alloc huge: the engine's
+           ceiling) and in PyTorch's (--alloc torch, as the rank
+           processes' at::zeros destinations); the report sets every
+           rank-process row against the ceiling of the same round
   async    dcpp_bench's async save mode (blocking time, time to durable,
            peak RSS, memcpy of the same bytes) when the binary has one
 
@@ -106,6 +110,7 @@ class Runner:
         self.parent = parent
         self.layouts = {}
         self.threads = [] if args.threads is None else ["--threads", str(args.threads)]
+        self.last_landing = None
 
     def emit(self, rec, **common):
         rec = dict(rec, **common)  # the programs' own size_mb, mode... give way
@@ -113,7 +118,7 @@ class Runner:
             f.write(json.dumps(rec) + "\n")
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()
                  if k in ("group", "impl", "world", "mode", "save_world", "save_GBps", "load_cold_GBps",
-                          "load_warm_GBps", "alloc_s", "verified", "skipped", "error")}
+                          "load_warm_GBps", "alloc_s", "alloc", "verified", "skipped", "error")}
         log(f"  -> {shown}")
 
     def layout(self, size):
@@ -141,12 +146,14 @@ class Runner:
         # Ranks on one host: from the last rank's start to the last rank's end
         # is what a barrier before and after would measure.
         job_s = max(r["end_unix"] for r in recs) - max(r["start_unix"] for r in recs)
+        self.last_landing = recs[0].get("landing")
         return job_s, max(r.get("alloc_s", 0.0) for r in recs), None
 
     def dcpp_save_load(self, world, mode, size, ckpt, save=True):
         """Save (unless `save` is False), cold load with --verify, warm load."""
         gb = size * MiB / 1e9
-        rec = {"impl": "dcpp", "world": world, "mode": mode}
+        # dcpp-worker's destinations: at::zeros (its --alloc default).
+        rec = {"impl": "dcpp", "world": world, "mode": mode, "alloc": "torch"}
         if save:
             shutil.rmtree(ckpt, ignore_errors=True)
             s, _, err = self.dcpp_op("save", world, mode, size, ckpt)
@@ -161,7 +168,7 @@ class Runner:
         if err:
             return dict(rec, error=err)
         rec.update(load_cold_s=c, load_cold_GBps=gb / c, load_warm_s=w, load_warm_GBps=gb / w,
-                   alloc_s=alloc, verified=True)
+                   alloc_s=alloc, verified=True, landing=self.last_landing)
         return rec
 
     # ---- groups ---------------------------------------------------------------
@@ -178,7 +185,7 @@ class Runner:
                 rc, recs, _ = run([SYSTEM_PYTHON, PEER, "--world", str(world), f"--{mode}",
                                    "--size-mb", str(size), "--hidden", str(self.args.hidden), "--dir", self.parent])
                 rec = recs[0] if recs else {"error": f"bench_peer_dcp.py exit {rc}"}
-                self.emit(dict(rec, impl="dcp", world=world, mode=mode), **common)
+                self.emit(dict(rec, impl="dcp", world=world, mode=mode, alloc="torch"), **common)
                 log(f" {mode} world {world}: dcpp")
                 ckpt = os.path.join(self.parent, f"dcpp_w{world}_{mode}")
                 self.emit(self.dcpp_save_load(world, mode, size, ckpt), **common)
@@ -219,9 +226,11 @@ class Runner:
         shutil.rmtree(ckpt, ignore_errors=True)
 
     def engine(self, size, common):
-        rc, recs, _ = run([BENCH, "--layout", self.layout(size), "--dir", self.parent] + self.threads)
-        rec = recs[0] if recs else {"error": f"dcpp_bench exit {rc}"}
-        self.emit(dict(rec, impl="dcpp_bench", world=1, mode="plain"), **common)
+        for alloc in ("huge", "torch"):
+            rc, recs, _ = run([BENCH, "--layout", self.layout(size), "--dir", self.parent, "--alloc", alloc]
+                              + self.threads)
+            rec = recs[0] if recs else {"error": f"dcpp_bench --alloc {alloc} exit {rc}"}
+            self.emit(dict(rec, impl="dcpp_bench", world=1, mode="plain", alloc=alloc), **common)
 
     def async_save(self, size, common):
         if not async_supported():

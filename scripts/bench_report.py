@@ -24,6 +24,12 @@ TARGETS = [
     ("warm", "warm load / PyTorch DCP", "load_warm_GBps", ("dcp", "load_warm_GBps"), 2.0, True),
     ("warm", "warm load / warm read limit", "load_warm_GBps", ("limit", "read_warm"), 0.8, True),
 ]
+# Rank processes (at::zeros destinations) against dcpp_bench on the same layout
+# in the same round, its tensors in huge pages: the engine's ceiling.
+ENGINE_TARGETS = [
+    ("cold load / dcpp_bench (huge pages), same layout", "load_cold_GBps", 0.9),
+    ("warm load / dcpp_bench (huge pages), same layout", "load_warm_GBps", 0.8),
+]
 RESHARD_BOUND = 0.9
 ASYNC_BLOCK_BOUND = 1.2
 ASYNC_PEAK_BOUND = 2.0
@@ -35,8 +41,8 @@ LIMIT_LABELS = {
     "writefiles_fsync": "DCP file layout written raw, fsync each",
     "read_cold": "DCP file layout, cold read(2) into huge pages",
     "read_warm": "DCP file layout, warm read(2) into huge pages",
-    "read_cold_4k": "DCP file layout, cold read(2) into fresh 4 KiB pages",
-    "read_warm_4k": "DCP file layout, warm read(2) into fresh 4 KiB pages",
+    "read_cold_4k": "DCP file layout, cold read(2) into touched 4 KiB pages (as at::zeros memory)",
+    "read_warm_4k": "DCP file layout, warm read(2) into touched 4 KiB pages (as at::zeros memory)",
     "dd_read_cold": "dd read, cold",
     "memcpy_1t": "memcpy, 1 thread",
     "memcpy_2t": "memcpy, 2 threads",
@@ -71,6 +77,12 @@ def limit_values(rec):
     return {}
 
 
+def alloc_of(rec):
+    """Where a row's tensors lived: "torch" (PyTorch's allocator) or "huge" (dcpp's huge pages); rows of
+    runs before the field existed: dcpp_bench used huge pages, everything else PyTorch's memory."""
+    return rec.get("alloc", "huge" if rec.get("impl") == "dcpp_bench" else "torch")
+
+
 def med(xs):
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return statistics.median(xs) if xs else None
@@ -98,12 +110,13 @@ class Run:
         self.sizes = sorted({r["size_mb"] for r in records if "size_mb" in r and r.get("group") != "p16"})
         self.rounds = sorted({r["round"] for r in records if "round" in r})
 
-    def find(self, group, impl, size, world=None, mode=None, rnd=None, save_world=None):
+    def find(self, group, impl, size, world=None, mode=None, rnd=None, save_world=None, alloc=None):
         return [r for r in self.rows
                 if r["group"] == group and r.get("impl") == impl and r.get("size_mb") == size
                 and (world is None or r.get("world") == world) and (mode is None or r.get("mode") == mode)
                 and (rnd is None or r.get("round") == rnd)
                 and (save_world is None or r.get("save_world") == save_world)
+                and (alloc is None or alloc_of(r) == alloc)
                 and "error" not in r and "skipped" not in r]
 
     def limit(self, name, size, rnd):
@@ -124,31 +137,44 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
+ALLOC_NAMES = {"torch": "at::zeros (4 KiB pages)", "huge": "dcpp huge pages"}
+
+
+def landing_cell(rs):
+    """The landing path(s) the loads of `rs` took (storage/landing.hpp)."""
+    modes = sorted({(r.get("landing") or {}).get("mode") for r in rs} - {None})
+    return "/".join(modes) if modes else "-"
+
+
 def throughput_table(run):
-    out = ["| size MiB | row | world | layout | impl | save GB/s | load cold GB/s | load warm GB/s "
-           "| alloc s (fresh process) | verified |",
-           "|---:|---|---:|---|---|---:|---:|---:|---:|---|"]
+    out = ["| size MiB | row | world | layout | impl | destination | landing | save GB/s | load cold GB/s "
+           "| load warm GB/s | alloc s (fresh process) | verified |",
+           "|---:|---|---:|---|---|---|---|---:|---:|---:|---:|---|"]
     names = {"dcp": "PyTorch DCP 1.13", "dcpp": "dcpp", "dcpp_bench": "dcpp_bench (1 process)"}
     for group in ("main", "reshard", "reshard_ref", "p16", "engine"):
         sizes = sorted({r["size_mb"] for r in run.rows if r["group"] == group})
+        allocs = sorted({alloc_of(r) for r in run.rows if r["group"] == group})
         for size in sizes:
             for world, mode, save_world in run.configs(group):
                 for impl in ("dcp", "dcpp", "dcpp_bench"):
-                    rs = run.find(group, impl, size, world, mode, save_world=save_world)
-                    if not rs:
-                        continue
-                    label = {"reshard": f"saved on {save_world}", "reshard_ref": f"saved on {save_world}"}.get(
-                        group, group)
-                    ver = all(r.get("verified", False) for r in rs)
-                    out.append(f"| {size} | {label} | {world} | {mode} | {names[impl]} "
-                               f"| {cell([r.get('save_GBps') for r in rs])} "
-                               f"| {cell([r.get('load_cold_GBps') for r in rs])} "
-                               f"| {cell([r.get('load_warm_GBps') for r in rs])} "
-                               f"| {cell([r.get('alloc_s') for r in rs], 2)} | {ver} (n={len(rs)}) |")
+                    for alloc in allocs:
+                        rs = run.find(group, impl, size, world, mode, save_world=save_world, alloc=alloc)
+                        if not rs:
+                            continue
+                        label = {"reshard": f"saved on {save_world}", "reshard_ref": f"saved on {save_world}"}.get(
+                            group, group)
+                        ver = all(r.get("verified", False) for r in rs)
+                        out.append(f"| {size} | {label} | {world} | {mode} | {names[impl]} "
+                                   f"| {ALLOC_NAMES.get(alloc, alloc)} "
+                                   f"| {landing_cell(rs) if impl != 'dcp' else '-'} "
+                                   f"| {cell([r.get('save_GBps') for r in rs])} "
+                                   f"| {cell([r.get('load_cold_GBps') for r in rs])} "
+                                   f"| {cell([r.get('load_warm_GBps') for r in rs])} "
+                                   f"| {cell([r.get('alloc_s') for r in rs], 2)} | {ver} (n={len(rs)}) |")
     failed = [r for r in run.rows if "error" in r]
     for r in failed:
         out.append(f"| {r.get('size_mb')} | {r['group']} | {r.get('world')} | {r.get('mode')} "
-                   f"| {names.get(r.get('impl'), r.get('impl'))} | failed: {r['error'][:80]} | | | | |")
+                   f"| {names.get(r.get('impl'), r.get('impl'))} | | | failed: {r['error'][:80]} | | | | |")
     return out
 
 
@@ -170,6 +196,15 @@ def target_rows(run):
                         ref_v = run.limit(ref_key, size, rnd)
                     xs.append(ratio(mine[0].get(key), ref_v))
                 rows.append((size, label, world, mode, [x for x in xs if x is not None], bound, at_least))
+            for label, key, bound in ENGINE_TARGETS:
+                xs = []
+                for rnd in run.rounds:
+                    mine = run.find("main", "dcpp", size, world, mode, rnd)
+                    ref = run.find("engine", "dcpp_bench", size, rnd=rnd, alloc="huge")
+                    if mine and ref:
+                        xs.append(ratio(mine[0].get(key), ref[0].get(key)))
+                if any(run.find("engine", "dcpp_bench", size)):
+                    rows.append((size, label, world, mode, [x for x in xs if x is not None], bound, True))
         for world, mode, save_world in run.configs("reshard"):
             for key, what in (("load_cold_GBps", "cold"), ("load_warm_GBps", "warm")):
                 xs = []
@@ -247,7 +282,7 @@ def markdown(run, sources):
              f"{h.get('cpus', '?')} CPUs, {h.get('mem_bytes', 0) / (1 << 30):.0f} GiB, kernel {h.get('kernel', '?')}; "
              f"{len(run.rounds)} round(s). Raw lines: {shown} (not committed).",
              "GB/s = 1e9 bytes of logical state dict per second; cells are median (min-max) over rounds.", "",
-             "### Targets (issue 13)", ""] + targets_table(run) + [
+             "### Targets (issues 13 and 22)", ""] + targets_table(run) + [
              "", "### Throughput", ""] + throughput_table(run)
     a = async_table(run)
     if a:

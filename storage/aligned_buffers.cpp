@@ -9,8 +9,6 @@ namespace dcpp::detail {
 
 void advise_huge_pages(void* ptr, size_t size) {
   constexpr uintptr_t huge = uintptr_t{2} << 20;
-  if (size < 2 * huge)
-    return;
   auto begin = (reinterpret_cast<uintptr_t>(ptr) + huge - 1) & ~(huge - 1);
   auto end = (reinterpret_cast<uintptr_t>(ptr) + size) & ~(huge - 1);
   if (end > begin)
@@ -27,7 +25,9 @@ char* scratch_buffer::get(size_t size) {
   std::free(ptr_);
   ptr_ = nullptr;
   capacity_ = 0;
-  size_t align = size >= (size_t{4} << 20) ? (size_t{2} << 20) : 64;
+  // From one block on, whole huge pages: reads land in them at the speed of
+  // huge pages (storage/landing.hpp), and one 2 MiB page costs one fault.
+  size_t align = size >= block_size ? (size_t{2} << 20) : 64;
   size_t cap = (size + align - 1) / align * align;
   void* p = nullptr;
   if (posix_memalign(&p, align, cap) != 0)

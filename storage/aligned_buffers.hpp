@@ -13,8 +13,8 @@ namespace dcpp::detail {
 /// small enough to stay in L2 between the passes.
 constexpr size_t block_size = size_t{1} << 20;
 
-/// Marks the 2 MiB-aligned part of `[ptr, ptr + size)` for transparent huge
-/// pages (nothing for buffers under 4 MiB).
+/// Marks the 2 MiB-aligned part of `[ptr, ptr + size)` (if any) for
+/// transparent huge pages.
 void advise_huge_pages(void* ptr, size_t size);
 
 /// A reusable buffer: staging areas and hash-only reads.
@@ -26,8 +26,9 @@ public:
   scratch_buffer(const scratch_buffer&) = delete;
   scratch_buffer& operator=(const scratch_buffer&) = delete;
 
-  /// Returns at least `size` bytes (64-byte aligned; 2 MiB aligned and
-  /// advised for huge pages from 4 MiB on); nullptr if memory is exhausted.
+  /// Returns at least `size` bytes (64-byte aligned; from `block_size` on,
+  /// whole 2 MiB pages advised for huge pages); nullptr if memory is
+  /// exhausted.
   char* get(size_t size);
 
   /// Drops the buffer if it grew beyond `keep` bytes.
@@ -38,7 +39,8 @@ private:
   size_t capacity_ = 0;
 };
 
-/// This thread's buffer for reads of up to `block_size` bytes.
+/// This thread's buffer for reads of up to `block_size` bytes (huge pages:
+/// also the bounce buffer of storage/landing.hpp).
 scratch_buffer& block_scratch();
 
 } // namespace dcpp::detail

@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "core/fault.hpp"
 #include "storage/aligned_buffers.hpp"
+#include "storage/landing.hpp"
 #include "storage/posix_file.hpp"
 
 #include <fcntl.h>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -258,7 +260,13 @@ file_sink::file_sink(int fd, std::string path, uint64_t position,
     direct_->fd = fd_;
     direct_->cur_start = position;
   } else {
-    buf_.reset(new char[sink_capacity]);
+    // Huge pages (scratch_buffer from one block on): what bounced writes
+    // are written from.
+    buf_ = buffer_.get(sink_capacity);
+    if (buf_ == nullptr)
+      throw std::bad_alloc{};
+    bounce_ = detail::resolve_write_landing(opts_.landing)
+              == landing_mode::bounce;
   }
 }
 
@@ -293,17 +301,27 @@ caf::error file_sink::append(const void* data, size_t size) {
   auto p = static_cast<const char*>(data);
   if (direct_)
     return append_direct(p, size);
-  if (size >= sink_direct) {
+  if (size >= sink_direct && (!bounce_ || detail::is_huge_memory(p, size))) {
+    // Straight from the caller's memory.
     if (auto err = flush())
       return err;
     if (auto err = write_all(p, size))
       return err;
-  } else {
-    if (used_ + size > sink_capacity)
+    pos_ += size;
+    return {};
+  }
+  // Gathered in the buffer (small pieces; every piece when writes from
+  // the caller's memory bounce, storage/landing.hpp).
+  if (size >= sink_direct)
+    detail::count_bounced(size);
+  for (size_t done = 0; done < size;) {
+    if (used_ == sink_capacity)
       if (auto err = flush())
         return err;
-    std::memcpy(buf_.get() + used_, p, size);
-    used_ += size;
+    auto n = std::min(size - done, sink_capacity - used_);
+    std::memcpy(buf_ + used_, p + done, n);
+    used_ += n;
+    done += n;
   }
   pos_ += size;
   return {};
@@ -370,7 +388,7 @@ caf::error file_sink::flush() {
     return {};
   auto n = used_;
   used_ = 0;
-  return write_all(buf_.get(), n);
+  return write_all(buf_, n);
 }
 
 } // namespace dcpp

@@ -4,6 +4,9 @@
 // storage) or a file descriptor, buffered or with O_DIRECT through a pool of
 // aligned staging buffers written by a background thread.
 
+#include "storage/aligned_buffers.hpp"
+#include "storage/landing.hpp"
+
 #include <caf/error.hpp>
 
 #include <cstddef>
@@ -46,6 +49,10 @@ struct file_sink_options {
   /// copy in the kernel; writing overlaps with encoding). `flush` writes the
   /// last partial block padded and truncates the file to its real size.
   bool direct = false;
+  /// Buffered mode: how large appends leave memory that is not dcpp's
+  /// huge pages (write(2) from it, or copied into the sink's huge-page
+  /// buffer first); measured once per process by default.
+  landing_mode landing = landing_mode::automatic;
 };
 
 /// Appends to a file descriptor. Buffered mode gathers small pieces in a
@@ -95,7 +102,12 @@ private:
   uint64_t written_;
   uint64_t kicked_;
   file_sink_options opts_;
-  std::unique_ptr<char[]> buf_;
+  /// Buffered mode: the buffer (in `buffer_`) and whether appends from
+  /// memory that is not dcpp's huge pages go through it
+  /// (storage/landing.hpp).
+  detail::scratch_buffer buffer_;
+  char* buf_ = nullptr;
+  bool bounce_ = false;
   size_t used_ = 0;
   std::unique_ptr<direct_state> direct_;
 };

@@ -10,6 +10,7 @@
 // Checkpoints cross between dcpp and PyTorch DCP in both directions. The
 // durability protocol is spelled out at the top of filesystem_writer.cpp.
 
+#include "storage/landing.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/storage.hpp"
 
@@ -52,6 +53,10 @@ struct filesystem_writer_options {
   /// files relative to that open directory (openat), so a path swapped
   /// afterwards redirects nothing. Not a DCP option.
   bool owned_directory = false;
+  /// Buffered writes: how bytes leave tensors that are not dcpp's
+  /// huge-page memory (storage/landing.hpp; O_DIRECT writes always copy
+  /// into huge-page buffers).
+  landing_mode landing = landing_mode::automatic;
 };
 
 /// A writer for one rank. `split_plan(plan, n)` (after the global plan)
@@ -75,6 +80,9 @@ struct filesystem_reader_options {
   /// Check the checksum recorded for an item (if any) while reading it;
   /// each item is hashed once, from the bytes read into the destination.
   bool verify_checksums = true;
+  /// How bytes reach destination tensors that are not dcpp's huge-page
+  /// memory: measured once per process by default (storage/landing.hpp).
+  landing_mode landing = landing_mode::automatic;
 };
 
 /// A reader for one rank. `read_metadata` fails with `errc::not_found` if

@@ -334,7 +334,7 @@ private:
       return make_error(errc::corrupt_metadata,
                         key + ": no chunk at these offsets in the metadata");
     return read_tensor_plan_item(loc, tmd.properties.type, chunk->sizes,
-                                 u.reads, target, checksum, key);
+                                 u.reads, target, checksum, key, opts_.landing);
   }
 
   std::string dir_;
@@ -351,6 +351,8 @@ private:
 
 storage_reader_ptr make_filesystem_reader(std::string dir,
                                           filesystem_reader_options opts) {
+  if (opts.landing == landing_mode::automatic)
+    detail::prepare_landing(false);
   return std::make_shared<filesystem_reader>(std::move(dir), opts);
 }
 

@@ -842,6 +842,7 @@ private:
     file_sink_options sink_opts;
     sink_opts.direct = direct;
     sink_opts.early_writeback = opts_.sync_files && !direct;
+    sink_opts.landing = opts_.landing;
     f.sink = std::make_unique<file_sink>(fd, f.path, 0, sink_opts);
     return {};
   }
@@ -1037,6 +1038,8 @@ private:
 
 storage_writer_ptr make_filesystem_writer(std::string dir,
                                           filesystem_writer_options opts) {
+  if (opts.landing == landing_mode::automatic)
+    detail::prepare_landing(true);
   return std::make_shared<filesystem_writer>(std::move(dir), opts);
 }
 

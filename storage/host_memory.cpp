@@ -1,6 +1,7 @@
 #include "storage/host_memory.hpp"
 
 #include "core/error.hpp"
+#include "storage/landing.hpp"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -30,6 +31,11 @@ size_t round_up(size_t x, size_t to) {
   return (x + to - 1) / to * to;
 }
 
+void unmap(std::byte* data, size_t size) {
+  detail::forget_huge_memory(data);
+  ::munmap(data, size);
+}
+
 } // namespace
 
 at::Tensor empty_host_tensor(const shape_t& sizes, c10::ScalarType type) {
@@ -42,15 +48,21 @@ at::Tensor empty_host_tensor(const shape_t& sizes, c10::ScalarType type) {
   if (ptr == nullptr)
     return at::empty(sizes, opts); // let torch report the failure
   ::madvise(ptr, rounded, MADV_HUGEPAGE);
+  detail::note_huge_memory(ptr, rounded);
   return at::from_blob(
-    ptr, sizes, [](void* p) { std::free(p); }, opts);
+    ptr, sizes,
+    [](void* p) {
+      detail::forget_huge_memory(p);
+      std::free(p);
+    },
+    opts);
 }
 
 // -- host_region --------------------------------------------------------------
 
 host_region::~host_region() {
   if (data_ != nullptr)
-    ::munmap(data_, size_);
+    unmap(data_, size_);
 }
 
 host_region::host_region(host_region&& other) noexcept
@@ -62,7 +74,7 @@ host_region::host_region(host_region&& other) noexcept
 host_region& host_region::operator=(host_region&& other) noexcept {
   if (this != &other) {
     if (data_ != nullptr)
-      ::munmap(data_, size_);
+      unmap(data_, size_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
   }
@@ -94,6 +106,7 @@ caf::expected<host_region> host_region::map(size_t bytes, bool prefault) {
   auto* data = reinterpret_cast<std::byte*>(aligned);
   // Advice only: without THP the region still works, on 4 KiB pages.
   ::madvise(data, size, MADV_HUGEPAGE);
+  detail::note_huge_memory(data, size);
   if (prefault && ::madvise(data, size, MADV_POPULATE_WRITE) != 0) {
     // Older kernels: one write per page faults it in (a huge page at once
     // where THP applies).

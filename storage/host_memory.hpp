@@ -5,7 +5,9 @@
 // 2 MiB aligned and advised to use transparent huge pages: on this kind of
 // machine first touch of fresh 4 KiB pages runs at ~0.35 GB/s while huge
 // pages run at ~10 GB/s (shared/bench/BASELINE.md), and that first touch
-// otherwise dominates staging and loading.
+// otherwise dominates staging and loading. Both kinds are recorded as dcpp's
+// huge-page memory (storage/landing.hpp), which reads always land in
+// directly.
 
 #include "core/metadata.hpp"
 

@@ -11,6 +11,7 @@
 #include "core/metadata.hpp"
 #include "core/plan.hpp"
 #include "storage/file_sink.hpp"
+#include "storage/landing.hpp"
 #include "storage/storage.hpp"
 
 #include <caf/error.hpp>
@@ -68,11 +69,14 @@ caf::expected<std::string> compute_item_checksum(const item_location& loc);
 /// Reads the tensor item at `loc`, which the metadata says holds a chunk of
 /// `type` and `sizes`, into the destinations `target` resolves for `reads`
 /// (boxes of that chunk; see `tensor_item_reader::read_into`), verifying
-/// `checksum` unless it is empty. Every error has `key` as its context.
-caf::error read_tensor_plan_item(const item_location& loc, dtype type,
-                                 const shape_t& sizes,
-                                 const std::vector<const read_item*>& reads,
-                                 load_target& target, std::string_view checksum,
-                                 const std::string& key);
+/// `checksum` unless it is empty, landing the bytes as `landing` says
+/// (storage/landing.hpp). Every error has `key` as its context.
+caf::error
+read_tensor_plan_item(const item_location& loc, dtype type,
+                      const shape_t& sizes,
+                      const std::vector<const read_item*>& reads,
+                      load_target& target, std::string_view checksum,
+                      const std::string& key,
+                      landing_mode landing = landing_mode::automatic);
 
 } // namespace dcpp

@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "storage/aligned_buffers.hpp"
+#include "storage/landing.hpp"
 #include "storage/little_endian.hpp"
 #include "storage/pickle.hpp"
 #include "storage/pickle_emitter.hpp"
@@ -18,7 +19,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
+#include <optional>
 #include <utility>
 
 // A tensor item is a zip archive (storage/zip_writer.hpp, zip_reader.hpp)
@@ -30,6 +33,7 @@ namespace dcpp {
 namespace {
 
 using detail::advise_huge_pages;
+using detail::block_scratch;
 using detail::block_size;
 using detail::check_checksum_form;
 using detail::compare_checksum;
@@ -179,7 +183,13 @@ struct tensor_item_reader::impl : detail::zip_reader {
     uint64_t begin;
     uint64_t end;
     char* dst;
+    /// Read through the bounce buffer (storage/landing.hpp).
+    bool bounce = false;
   };
+
+  /// Reads `s` from the record into its destination, hashing the bytes on
+  /// the way if `hash`.
+  caf::error land(const segment& s, hasher* hash) const;
 
   caf::error stream(std::vector<segment> segments, hasher* hash) const;
 };
@@ -375,6 +385,38 @@ caf::error tensor_item_reader::impl::open() {
   return {};
 }
 
+caf::error tensor_item_reader::impl::land(const segment& s,
+                                          hasher* hash) const {
+  auto base_pos = layout.data_offset;
+  if (!s.bounce && hash == nullptr)
+    return read_at(base_pos + s.begin, s.dst,
+                   static_cast<size_t>(s.end - s.begin));
+  char* buf = nullptr;
+  if (s.bounce) {
+    buf = block_scratch().get(block_size);
+    if (buf == nullptr)
+      return make_error(errc::too_large,
+                        describe() + ": cannot allocate the bounce buffer");
+  }
+  // One block at a time: the hash and the copy out of the bounce buffer
+  // read it while it is in cache.
+  for (auto pos = s.begin; pos < s.end;) {
+    auto n = static_cast<size_t>(std::min<uint64_t>(block_size, s.end - pos));
+    auto dst = s.dst + (pos - s.begin);
+    auto into = s.bounce ? buf : dst;
+    if (auto err = read_at(base_pos + pos, into, n))
+      return err;
+    if (hash != nullptr)
+      hash->update(into, n);
+    if (s.bounce)
+      std::memcpy(dst, buf, n);
+    pos += n;
+  }
+  if (s.bounce)
+    detail::count_bounced(s.end - s.begin);
+  return {};
+}
+
 caf::error tensor_item_reader::impl::stream(std::vector<segment> segments,
                                             hasher* hash) const {
   std::sort(segments.begin(), segments.end(),
@@ -384,8 +426,7 @@ caf::error tensor_item_reader::impl::stream(std::vector<segment> segments,
   auto base_pos = layout.data_offset;
   if (hash == nullptr) {
     for (const auto& s : segments)
-      if (auto err = read_at(base_pos + s.begin, s.dst,
-                             static_cast<size_t>(s.end - s.begin)))
+      if (auto err = land(s, nullptr))
         return err;
     return {};
   }
@@ -397,14 +438,8 @@ caf::error tensor_item_reader::impl::stream(std::vector<segment> segments,
     if (cursor < s.begin)
       if (auto err = hash_range(base_pos + cursor, base_pos + s.begin, *hash))
         return err;
-    for (auto pos = s.begin; pos < s.end;) {
-      auto n = static_cast<size_t>(std::min<uint64_t>(block_size, s.end - pos));
-      auto dst = s.dst + (pos - s.begin);
-      if (auto err = read_at(base_pos + pos, dst, n))
-        return err;
-      hash->update(dst, n);
-      pos += n;
-    }
+    if (auto err = land(s, hash))
+      return err;
     cursor = s.end;
   }
   if (cursor < layout.data_size)
@@ -482,7 +517,8 @@ caf::error tensor_item_reader::expect(dtype type, const shape_t& sizes) const {
 }
 
 caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
-                                         std::string_view checksum) const {
+                                         std::string_view checksum,
+                                         landing_mode landing) const {
   if (!impl_)
     return make_error(errc::invalid_argument, "read_into: no item");
   const auto& x = *impl_;
@@ -573,13 +609,28 @@ caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
         prev_hi = p->hi;
       }
     }
+    // Memory dcpp allocated as huge pages is read directly; other memory
+    // the way this host's probe (or the caller) chose, asked only when
+    // such memory comes up.
+    std::optional<bool> bounce_foreign;
+    auto bounce = [&](const char* dst, size_t bytes) {
+      if (x.mem != nullptr || landing == landing_mode::direct
+          || detail::is_huge_memory(dst, bytes))
+        return false;
+      if (!bounce_foreign)
+        bounce_foreign = detail::resolve_read_landing(landing)
+                         == landing_mode::bounce;
+      return *bounce_foreign;
+    };
     std::vector<impl::segment> segments;
     for (const auto& p : plan)
-      if (p.direct)
-        segments.push_back(
-          impl::segment{static_cast<uint64_t>(p.lo * esize),
-                        static_cast<uint64_t>(p.hi * esize),
-                        static_cast<char*>(p.copy->dest.data_ptr())});
+      if (p.direct) {
+        auto dst = static_cast<char*>(p.copy->dest.data_ptr());
+        auto bytes = static_cast<size_t>((p.hi - p.lo) * esize);
+        segments.push_back(impl::segment{static_cast<uint64_t>(p.lo * esize),
+                                         static_cast<uint64_t>(p.hi * esize),
+                                         dst, bounce(dst, bytes)});
+      }
     char* stage = nullptr;
     if (slo < shi) {
       auto bytes = static_cast<size_t>((shi - slo) * esize);
@@ -588,9 +639,10 @@ caf::error tensor_item_reader::read_into(const std::vector<chunk_copy>& copies,
         return make_error(errc::too_large, x.describe() + ": cannot allocate "
                                              + std::to_string(bytes)
                                              + " staging bytes");
-      segments.push_back(impl::segment{static_cast<uint64_t>(slo * esize),
-                                       static_cast<uint64_t>(shi * esize),
-                                       stage});
+      // The staging buffer is huge pages from one block on.
+      segments.push_back(impl::segment{
+        static_cast<uint64_t>(slo * esize), static_cast<uint64_t>(shi * esize),
+        stage, bytes < block_size && bounce(stage, bytes)});
     }
     hasher hash;
     auto err = x.stream(std::move(segments),
@@ -688,7 +740,7 @@ caf::error read_tensor_plan_item(const item_location& loc, dtype type,
                                  const shape_t& sizes,
                                  const std::vector<const read_item*>& reads,
                                  load_target& target, std::string_view checksum,
-                                 const std::string& key) {
+                                 const std::string& key, landing_mode landing) {
   auto reader = tensor_item_reader::open(loc);
   if (!reader)
     return with_context(reader.error(), key);
@@ -703,7 +755,7 @@ caf::error read_tensor_plan_item(const item_location& loc, dtype type,
     copies.push_back(
       chunk_copy{r->storage_offsets, r->lengths, std::move(*dest)});
   }
-  if (auto err = reader->read_into(copies, checksum))
+  if (auto err = reader->read_into(copies, checksum, landing))
     return with_context(err, key);
   return {};
 }

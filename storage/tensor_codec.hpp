@@ -156,9 +156,12 @@ public:
   /// `errc::checksum_mismatch` if the hash differs (destinations may then
   /// hold partial data). Fails with `errc::shape_mismatch` if a destination
   /// does not have the box's shape, `errc::invalid_argument` if a box leaves
-  /// the saved tensor.
-  [[nodiscard]] caf::error read_into(const std::vector<chunk_copy>& copies,
-                                     std::string_view checksum = {}) const;
+  /// the saved tensor. `landing` says how bytes reach destinations that are
+  /// not dcpp's huge-page memory (storage/landing.hpp).
+  [[nodiscard]] caf::error
+  read_into(const std::vector<chunk_copy>& copies,
+            std::string_view checksum = {},
+            landing_mode landing = landing_mode::automatic) const;
 
   /// Reads the saved tensor into fresh memory: the whole saved storage, viewed
   /// with the saved sizes, strides and storage offset (as torch.load does).

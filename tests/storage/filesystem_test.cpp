@@ -2,6 +2,8 @@
 
 #include "core/error.hpp"
 #include "core/fault.hpp"
+#include "storage/host_memory.hpp"
+#include "storage/landing.hpp"
 #include "storage/metadata_codec.hpp"
 #include "storage/state_dict.hpp"
 #include "storage/tensor_codec.hpp"
@@ -22,6 +24,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -219,29 +222,35 @@ load_plan full_load_plan(const metadata& md) {
   return plan;
 }
 
+/// Makes a destination tensor of a shape and dtype (default: at::full).
+using make_destination
+  = std::function<at::Tensor(const shape_t&, at::ScalarType)>;
+
 /// Destinations for `full_load_plan`, filled with a marker value.
-void add_destinations(const metadata& md, map_target& target) {
+void add_destinations(const metadata& md, map_target& target,
+                      const make_destination& make = {}) {
   for (const auto& [fqn, item] : md.state_dict_metadata) {
     if (item.kind != item_kind::tensor)
       continue;
     shape_t zeros(item.tensor.size.size(), 0);
-    auto t = at::full(item.tensor.size, 99,
-                      at::TensorOptions().dtype(
-                        to_scalar_type(item.tensor.properties.type)));
-    target.tensors[metadata_index{fqn, zeros}] = t;
+    auto type = to_scalar_type(item.tensor.properties.type);
+    auto t = make ? make(item.tensor.size, type)
+                  : at::empty(item.tensor.size, type);
+    target.tensors[metadata_index{fqn, zeros}] = t.fill_(99);
   }
 }
 
 caf::error load_all(const std::string& dir,
                     const filesystem_reader_options& opts, map_target& target,
-                    metadata* md_out = nullptr) {
+                    metadata* md_out = nullptr,
+                    const make_destination& make = {}) {
   auto reader = make_filesystem_reader(dir, opts);
   auto md = reader->read_metadata();
   if (!md)
     return md.error();
   if (auto err = reader->set_up(*md, true, 0))
     return err;
-  add_destinations(*md, target);
+  add_destinations(*md, target, make);
   auto plan = reader->prepare_local_plan(full_load_plan(*md));
   if (!plan)
     return plan.error();
@@ -1415,4 +1424,273 @@ TEST_CASE("a FIFO as .metadata fails the load at once, naming it",
   INFO(describe(md.error()));
   CHECK(code_of(md.error()) == errc::io_error);
   CHECK(describe(md.error()).find(fifo + ": is a FIFO") != std::string::npos);
+}
+
+// -- landing paths (storage/landing.hpp) --------------------------------------
+
+namespace {
+
+/// The kinds of destination a load meets, each filled by whichever landing
+/// path the reader takes: PyTorch's allocator, dcpp's huge pages (both
+/// allocators), a view at an odd offset inside a larger tensor (direct but
+/// unaligned), and non-contiguous views (staged, then copied).
+std::vector<std::pair<std::string, make_destination>> destination_kinds() {
+  auto permuted = [](const shape_t& sizes, at::ScalarType type) {
+    // Same shape, dimensions stored in reverse order.
+    shape_t rev(sizes.rbegin(), sizes.rend());
+    std::vector<int64_t> perm;
+    for (auto d = static_cast<int64_t>(sizes.size()); d-- > 0;)
+      perm.push_back(d);
+    return at::zeros(rev, type).permute(perm);
+  };
+  return {
+    {"at::zeros",
+     [](const shape_t& s, at::ScalarType t) { return at::zeros(s, t); }},
+    {"empty_host_tensor",
+     [](const shape_t& s, at::ScalarType t) {
+       return empty_host_tensor(s, t);
+     }},
+    {"host_region",
+     [](const shape_t& s, at::ScalarType t) {
+       auto bytes = static_cast<size_t>(numel(s)) * c10::elementSize(t);
+       auto region = host_region::map(std::max<size_t>(bytes, 1), true);
+       FS_REQUIRE(region);
+       auto owner = std::make_shared<host_region>(std::move(*region));
+       return at::from_blob(
+         owner->data(), s, [owner](void*) mutable { owner.reset(); },
+         at::TensorOptions().dtype(t));
+     }},
+    {"odd offset view",
+     [](const shape_t& s, at::ScalarType t) {
+       auto n = numel(s);
+       return at::zeros({n + 3}, t).narrow(0, 3, n).view(s);
+     }},
+    {"permuted", permuted},
+    {"column slice",
+     [](const shape_t& s, at::ScalarType t) {
+       if (s.size() < 2)
+         return at::zeros(s, t);
+       auto wide = s;
+       wide.back() = wide.back() * 2 + 1;
+       return at::zeros(wide, t).narrow(static_cast<int64_t>(s.size()) - 1, 1,
+                                        s.back());
+     }},
+  };
+}
+
+/// Two ranks with tensors of several blocks (storage/aligned_buffers.hpp)
+/// and odd sizes: plain ones and row shards of "st".
+std::vector<rank_values> landing_ranks() {
+  std::vector<rank_values> ranks(2);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  ranks[0].plain("w", at::randn({701, 1031}, gen, at::kFloat)); // 2.8 MiB
+  ranks[0].plain("d", at::randn({300, 257}, gen, at::kDouble));
+  ranks[0].plain("b", at::randint(0, 255, {4099}, gen, at::kByte));
+  ranks[0].blobs.emplace_back("epoch", "3");
+  auto st = at::randn({1000, 777}, gen, at::kFloat);
+  ranks[0].shard("st", st.narrow(0, 0, 600).clone(), {0, 0}, {1000, 777});
+  ranks[1].shard("st", st.narrow(0, 600, 400).clone(), {600, 0}, {1000, 777});
+  return ranks;
+}
+
+at::Tensor landing_st() {
+  auto ranks = landing_ranks();
+  return at::cat({ranks[0].tensors.back().tensor, ranks[1].tensors[0].tensor});
+}
+
+/// Read items of "st" (global {1000, 777}, saved as rows [0, 600) and
+/// [600, 1000)) for the destination box rows [r0, r1) x cols [c0, c1),
+/// named (`name`, {r0, c0}).
+std::vector<read_item> st_box(const std::string& name, int64_t r0, int64_t r1,
+                              int64_t c0, int64_t c1) {
+  std::vector<read_item> out;
+  const int64_t starts[] = {0, 600};
+  const int64_t ends[] = {600, 1000};
+  for (int64_t k = 0; k < 2; ++k) {
+    auto lo = std::max(r0, starts[k]);
+    auto hi = std::min(r1, ends[k]);
+    if (lo >= hi)
+      continue;
+    read_item r;
+    r.type = load_item_type::tensor;
+    r.dest_index = metadata_index{name, {r0, c0}, 0};
+    r.storage_index = metadata_index{"st", {starts[k], 0}, k};
+    r.storage_offsets = {lo - starts[k], c0};
+    r.dest_offsets = {lo - r0, 0};
+    r.lengths = {hi - lo, c1 - c0};
+    out.push_back(r);
+  }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("the landing probes decide once per direction",
+          "[filesystem][landing]") {
+  dcpp::detail::prepare_landing(false);
+  for (bool write : {false, true}) {
+    const auto& host = write ? dcpp::detail::write_landing_of_host()
+                             : dcpp::detail::read_landing_of_host();
+    // Printed: what this host measured.
+    WARN((write ? "writes: " : "reads: ")
+         << to_string(host.mode) << ", " << host.source << ", direct "
+         << host.direct_GBps << " GB/s, bounce " << host.bounce_GBps);
+    CHECK(&host
+          == (write ? &dcpp::detail::write_landing_of_host()
+                    : &dcpp::detail::read_landing_of_host()));
+    if (host.source == "probe") {
+      CHECK(host.direct_GBps > 0);
+      CHECK(host.bounce_GBps > 0);
+      // Bounce only where it won clearly (every run, by 2x).
+      if (host.mode == landing_mode::bounce)
+        CHECK(host.bounce_GBps > 2 * host.direct_GBps);
+    } else {
+      // Only an override skips the probe here (memfd works on Linux).
+      CHECK(host.source.rfind("DCPP_LANDING=", 0) == 0);
+    }
+    CHECK((write ? dcpp::detail::resolve_write_landing(landing_mode::automatic)
+                 : dcpp::detail::resolve_read_landing(landing_mode::automatic))
+          == host.mode);
+  }
+  CHECK(dcpp::detail::resolve_read_landing(landing_mode::bounce)
+        == landing_mode::bounce);
+  for (auto m :
+       {landing_mode::automatic, landing_mode::direct, landing_mode::bounce})
+    CHECK(parse_landing_mode(to_string(m)) == m);
+  CHECK(!parse_landing_mode("hugepages"));
+}
+
+// Run by the next case in a child process whose environment names
+// DCPP_LANDING (the variable is read once per process).
+TEST_CASE("landing of a process started with DCPP_LANDING",
+          "[.][landing_env]") {
+  std::string want = std::getenv("DCPP_LANDING_EXPECT");
+  for (bool write : {false, true}) {
+    const auto& host = write ? dcpp::detail::write_landing_of_host()
+                             : dcpp::detail::read_landing_of_host();
+    INFO(host.source);
+    if (want == "probe") {
+      CHECK(host.source == "probe");
+    } else {
+      CHECK(host.source == "DCPP_LANDING=" + want);
+      CHECK(to_string(host.mode) == want);
+    }
+  }
+}
+
+TEST_CASE("DCPP_LANDING forces a path for the process and other values are "
+          "named and measured",
+          "[filesystem][landing]") {
+  for (auto [value, expect] :
+       {std::pair<std::string, std::string>{"bounce", "bounce"},
+        {"direct", "direct"},
+        {"auto", "probe"},
+        {"fastest", "probe"}}) {
+    INFO("DCPP_LANDING=" << value);
+    temp_dir tmp;
+    auto log = tmp / "output";
+    std::string cmd = "DCPP_LANDING=" + value + " DCPP_LANDING_EXPECT=" + expect
+                      + " /proc/" + std::to_string(::getpid())
+                      + "/exe '[landing_env]' >" + log + " 2>&1";
+    CHECK(std::system(cmd.c_str()) == 0);
+    auto out = read_file(log);
+    if (value == "fastest")
+      CHECK(out.find("DCPP_LANDING='fastest' is not direct, bounce or auto")
+            != std::string::npos);
+    else
+      CHECK(out.find("is not direct, bounce or auto") == std::string::npos);
+  }
+}
+
+TEST_CASE("every kind of destination loads bit-exact through every landing "
+          "path",
+          "[filesystem][landing]") {
+  auto ranks = landing_ranks();
+  auto st = landing_st();
+  auto huge_before = [](const at::Tensor& t) {
+    return dcpp::detail::is_huge_memory(t.data_ptr(), t.nbytes());
+  };
+  CHECK(huge_before(empty_host_tensor({1 << 20}, at::kFloat)));
+  CHECK(!huge_before(at::zeros({1 << 20}, at::kFloat)));
+  for (auto write : {landing_mode::direct, landing_mode::bounce})
+    for (bool direct_io : {true, false}) {
+      temp_dir tmp;
+      auto dir = tmp / "ckpt";
+      filesystem_writer_options wopts;
+      wopts.landing = write;
+      wopts.direct_io = direct_io;
+      // Per-item files: items under 16 MiB are written buffered, from the
+      // tensors' memory or bounced.
+      wopts.single_file_per_rank = direct_io;
+      auto bounced = dcpp::detail::bounced_bytes();
+      FS_REQUIRE(save_all(dir, wopts, ranks));
+      if (write == landing_mode::bounce && !direct_io)
+        CHECK(dcpp::detail::bounced_bytes() - bounced >= st.nbytes());
+      if (write == landing_mode::direct)
+        CHECK(dcpp::detail::bounced_bytes() == bounced);
+      for (auto read : {landing_mode::direct, landing_mode::bounce,
+                        landing_mode::automatic})
+        for (bool verify : {true, false})
+          for (const auto& [kind, make] : destination_kinds()) {
+            INFO("write " << to_string(write) << ", O_DIRECT " << direct_io
+                          << ", read " << to_string(read) << ", verify "
+                          << verify << ", destination " << kind);
+            filesystem_reader_options ropts;
+            ropts.landing = read;
+            ropts.verify_checksums = verify;
+            ropts.thread_count = 2;
+            map_target target;
+            auto before = dcpp::detail::bounced_bytes();
+            FS_REQUIRE(load_all(dir, ropts, target, nullptr, make));
+            auto moved = dcpp::detail::bounced_bytes() - before;
+            CHECK(key(target, "w", 2).equal(ranks[0].tensors[0].tensor));
+            CHECK(key(target, "d", 2).equal(ranks[0].tensors[1].tensor));
+            CHECK(key(target, "b", 1).equal(ranks[0].tensors[2].tensor));
+            CHECK(key(target, "st", 2).equal(st));
+            CHECK(target.blobs.at("epoch") == "3");
+            auto w = key(target, "w", 2);
+            // (Small tensors of the "huge" kinds are PyTorch's memory.)
+            if (read == landing_mode::direct)
+              CHECK(moved == 0);
+            else if (huge_before(w))
+              CHECK(moved < w.nbytes());
+            else if (read == landing_mode::bounce && w.is_contiguous())
+              CHECK(moved >= w.nbytes());
+          }
+      // Resharded slices of "st": row boxes across the saved shards into
+      // at::zeros and huge pages, and a column box (staged).
+      for (auto read : {landing_mode::direct, landing_mode::bounce}) {
+        INFO("resharded, read " << to_string(read));
+        filesystem_reader_options ropts;
+        ropts.landing = read;
+        auto reader = make_filesystem_reader(dir, ropts);
+        auto md = reader->read_metadata();
+        FS_REQUIRE(md);
+        FS_REQUIRE(reader->set_up(*md, true, 0));
+        load_plan plan;
+        map_target target;
+        struct box {
+          int64_t r0, r1, c0, c1;
+          bool huge;
+        };
+        const box boxes[] = {{0, 333, 0, 777, false},
+                             {333, 700, 0, 777, true},
+                             {700, 1000, 0, 777, false},
+                             {0, 1000, 100, 400, false}};
+        for (const auto& b : boxes) {
+          shape_t sizes{b.r1 - b.r0, b.c1 - b.c0};
+          auto t = b.huge ? empty_host_tensor(sizes, at::kFloat)
+                          : at::zeros(sizes, at::kFloat);
+          target.tensors[metadata_index{"part", {b.r0, b.c0}}] = t.fill_(99);
+          for (auto& r : st_box("part", b.r0, b.r1, b.c0, b.c1))
+            plan.items.push_back(r);
+        }
+        auto local = reader->prepare_local_plan(plan);
+        FS_REQUIRE(local);
+        FS_REQUIRE(reader->read_data(*local, target));
+        for (const auto& b : boxes)
+          CHECK(target.tensors.at(metadata_index{"part", {b.r0, b.c0}})
+                  .equal(st.slice(0, b.r0, b.r1).slice(1, b.c0, b.c1)));
+      }
+    }
 }
