@@ -160,29 +160,172 @@ caf::expected<launch_env> read_launch_env(const getter& get_or_null) {
   return out;
 }
 
+namespace {
+
+// One bracket group of a host list entry: numbers and ranges ("01-04,7").
+struct number_range {
+  uint64_t lo;
+  uint64_t hi;
+  size_t width; // zero padding: the digits of the range's first number
+};
+
+// An entry ("rack[1-2]-node[01-04]") as literal text and bracket groups in
+// turn; a literal segment has no ranges.
+struct segment {
+  std::string text;
+  std::vector<number_range> ranges;
+};
+
+caf::error bad_host_list(std::string_view list, const std::string& what) {
+  auto shown = std::string{list.substr(0, 200)};
+  if (list.size() > 200)
+    shown += "...";
+  return make_error(errc::invalid_argument,
+                    "SLURM host list '" + shown + "': " + what);
+}
+
+caf::expected<std::vector<number_range>> parse_ranges(std::string_view list,
+                                                      std::string_view group) {
+  std::vector<number_range> out;
+  size_t pos = 0;
+  while (pos <= group.size()) {
+    auto end = group.find(',', pos);
+    if (end == std::string_view::npos)
+      end = group.size();
+    auto item = group.substr(pos, end - pos);
+    auto dash = item.find('-');
+    auto lo_text = item.substr(0, dash);
+    auto hi_text = dash == std::string_view::npos ? lo_text
+                                                  : item.substr(dash + 1);
+    auto digits = [](std::string_view t) {
+      return !t.empty() && t.size() <= 18
+             && t.find_first_not_of("0123456789") == std::string_view::npos;
+    };
+    if (!digits(lo_text) || !digits(hi_text))
+      return bad_host_list(list, "'[" + std::string{group}
+                                   + "]' is not a list of numbers and ranges");
+    number_range r{std::stoull(std::string{lo_text}),
+                   std::stoull(std::string{hi_text}), lo_text.size()};
+    if (r.hi < r.lo)
+      return bad_host_list(list,
+                           "range '" + std::string{item} + "' runs backwards");
+    out.push_back(r);
+    pos = end + 1;
+  }
+  return out;
+}
+
+// The entries of a host list: split at commas outside brackets, each cut
+// into literal text and bracket groups.
+caf::expected<std::vector<std::vector<segment>>>
+parse_host_list(std::string_view list) {
+  std::vector<std::vector<segment>> entries(1);
+  std::string text;
+  for (size_t i = 0; i < list.size(); ++i) {
+    char c = list[i];
+    if (c == ',') {
+      if (!text.empty())
+        entries.back().push_back({std::move(text), {}});
+      text.clear();
+      if (entries.back().empty())
+        return bad_host_list(list, "empty entry");
+      entries.emplace_back();
+    } else if (c == '[') {
+      auto close = list.find(']', i);
+      if (close == std::string_view::npos)
+        return bad_host_list(list, "'[' without ']'");
+      auto ranges = parse_ranges(list, list.substr(i + 1, close - i - 1));
+      if (!ranges)
+        return std::move(ranges.error());
+      if (!text.empty())
+        entries.back().push_back({std::move(text), {}});
+      text.clear();
+      entries.back().push_back({{}, std::move(*ranges)});
+      i = close;
+    } else if (c == ']') {
+      return bad_host_list(list, "']' without '['");
+    } else {
+      text += c;
+    }
+  }
+  if (!text.empty())
+    entries.back().push_back({std::move(text), {}});
+  if (entries.back().empty())
+    return bad_host_list(list, list.empty() ? "empty" : "empty entry");
+  return entries;
+}
+
+std::string padded(uint64_t n, size_t width) {
+  auto s = std::to_string(n);
+  if (s.size() < width)
+    s.insert(0, width - s.size(), '0');
+  return s;
+}
+
+std::string host_name(const std::vector<segment>& entry,
+                      const std::vector<std::pair<size_t, uint64_t>>& at) {
+  std::string host;
+  for (size_t k = 0; k < entry.size(); ++k)
+    host += entry[k].ranges.empty()
+              ? entry[k].text
+              : padded(at[k].second, entry[k].ranges[at[k].first].width);
+  return host;
+}
+
+// Where each segment of an entry starts: its first range's first number.
+std::vector<std::pair<size_t, uint64_t>>
+first_numbers(const std::vector<segment>& entry) {
+  std::vector<std::pair<size_t, uint64_t>> at; // (range index, number)
+  for (const auto& seg : entry)
+    at.emplace_back(0, seg.ranges.empty() ? 0 : seg.ranges[0].lo);
+  return at;
+}
+
+} // namespace
+
+caf::expected<std::vector<std::string>>
+expand_slurm_host_list(std::string_view list, size_t max_hosts) {
+  auto entries = parse_host_list(list);
+  if (!entries)
+    return std::move(entries.error());
+  std::vector<std::string> hosts;
+  for (const auto& entry : *entries) {
+    // An odometer over the entry's bracket groups, the rightmost turning
+    // fastest, as `scontrol show hostnames` orders them.
+    auto at = first_numbers(entry);
+    for (bool done = false; !done;) {
+      if (hosts.size() == max_hosts)
+        return bad_host_list(list, "more than " + std::to_string(max_hosts)
+                                     + " hosts");
+      hosts.push_back(host_name(entry, at));
+      done = true;
+      for (size_t k = entry.size(); done && k-- > 0;) {
+        const auto& ranges = entry[k].ranges;
+        if (ranges.empty())
+          continue;
+        auto& [r, n] = at[k];
+        if (n < ranges[r].hi) {
+          ++n;
+          done = false;
+        } else if (r + 1 < ranges.size()) {
+          n = ranges[++r].lo;
+          done = false;
+        } else {
+          r = 0;
+          n = ranges[0].lo;
+        }
+      }
+    }
+  }
+  return hosts;
+}
+
 std::string first_slurm_host(const std::string& list) {
-  // The first entry ends at a comma outside brackets.
-  auto open = list.find('[');
-  auto comma = list.find(',');
-  if (comma != std::string::npos && (open == std::string::npos || comma < open))
-    return list.substr(0, comma);
-  if (open == std::string::npos)
-    return list;
-  auto close = list.find(']', open);
-  if (close == std::string::npos)
+  // Parsing checks the whole list; only the first name is built.
+  auto entries = parse_host_list(list);
+  if (!entries)
     return {};
-  // "node[07-09,12]": the prefix and the first number of the first range,
-  // zero padding kept.
-  auto ranges = list.substr(open + 1, close - open - 1);
-  auto first = ranges.substr(0, ranges.find_first_of(",-"));
-  if (first.empty()
-      || first.find_first_not_of("0123456789") != std::string::npos)
-    return {};
-  auto suffix_end = list.find(',', close);
-  auto suffix = list.substr(close + 1, suffix_end == std::string::npos
-                                         ? std::string::npos
-                                         : suffix_end - close - 1);
-  return list.substr(0, open) + first + suffix;
+  return host_name(entries->front(), first_numbers(entries->front()));
 }
 
 } // namespace dcpp

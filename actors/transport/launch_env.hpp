@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace dcpp {
 
@@ -66,8 +68,18 @@ struct launch_env {
 caf::expected<launch_env>
 read_launch_env(const std::function<const char*(const char*)>& get = {});
 
-/// The first host of a SLURM host list ("node[07-09,12],gpu3" -> "node07");
-/// empty if `list` is empty or malformed.
+/// The hosts of a SLURM host list, in the order `scontrol show hostnames`
+/// gives them: entries split at commas outside brackets; an entry may hold
+/// several bracket groups ("rack[1-2]-node[01-04]", the rightmost group
+/// turning fastest) of numbers and ranges ("07-09,12"), each range padded
+/// with zeros to the digits of its first number. Fails with
+/// `errc::invalid_argument` naming the list (its first 200 characters) when
+/// it is malformed or names more than `max_hosts` hosts.
+caf::expected<std::vector<std::string>>
+expand_slurm_host_list(std::string_view list, size_t max_hosts = 65536);
+
+/// The first host of a SLURM host list ("rack[1-2]-node[01-04],gpu3" ->
+/// "rack1-node01"); empty if `list` is empty or malformed.
 std::string first_slurm_host(const std::string& list);
 
 } // namespace dcpp
