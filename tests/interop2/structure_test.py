@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch 2.6 reads what dcpp records of a state dict's structure.
 
-    torch2_structure_test.py TRAINING_TOOL DCPP_CLI SCRATCH
+    structure_test.py TRAINING_TOOL DCPP_CLI SCRATCH
 
 Run with PyTorch 2.6's Python (inside the chroot of scripts/torch2, whose
 /opt/dcpp/host-exec runs dcpp's programs on the host). Three checks:
