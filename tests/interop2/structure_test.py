@@ -33,8 +33,10 @@ HOST_EXEC = "/opt/dcpp/host-exec"
 tool, cli, scratch = sys.argv[1], sys.argv[2], sys.argv[3]
 
 try:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "..", "e2e"))
     import torch
-    from torch import nn
+    from training_reference import make_adam, make_model, train_step
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     from torch.distributed.checkpoint.state_dict import (get_state_dict,
@@ -104,33 +106,6 @@ def export(ckpt):
     out = ckpt + ".pt"
     dcp_to_torch_save(ckpt, out)
     return torch.load(out, weights_only=False)
-
-
-# -- the model, data and training of training_interop_tool.cpp --
-
-
-def make_model():
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    with torch.no_grad():
-        for i, p in enumerate(model.parameters()):
-            n = p.numel()
-            p.copy_((torch.sin(torch.arange(n, dtype=torch.float) * 0.37 + i)
-                     * 0.3).reshape(p.shape))
-    return model
-
-
-def make_adam(model, lr):
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99),
-                            eps=1e-8, weight_decay=0.01)
-
-
-def train_step(model, opt):
-    x = torch.sin(torch.arange(32 * 8, dtype=torch.float).reshape(32, 8) * 0.1)
-    y = torch.cos(torch.arange(32 * 4, dtype=torch.float).reshape(32, 4) * 0.2)
-    opt.zero_grad()
-    loss = (model(x) - y).pow(2).mean()
-    loss.backward()
-    opt.step()
 
 
 # SCRATCH may be a mount point (bound into the chroot): empty it, keep it.

@@ -360,20 +360,25 @@ pickle::value_ptr group_value(state_dict& sd, const std::string& key) {
   return *x;
 }
 
-/// Saves an Adam training state whose group 0 has `key` = `value` (as a
-/// Python-written checkpoint would), then loads it into a fresh model and
-/// Adam: the error, if any.
-caf::error load_with_group_value(const std::string& key,
-                                 pickle::value_ptr value) {
+/// What `save_edited_and_load` saw.
+struct edited_load {
+  metadata saved;
+  caf::error err;
+  double lr = 0;
+};
+
+/// Saves an Adam training state (one step, lr 0.01) whose group 0 `edit`
+/// changed first (as another writer would have written it), then loads it
+/// into a fresh model and Adam (lr 0.5).
+edited_load save_edited_and_load(const std::function<void(state_dict&)>& edit) {
   fs_test::temp_dir dir;
   net a;
   torch::optim::Adam opt_a(a->parameters(), torch::optim::AdamOptions(0.01));
   train_step(a, opt_a, 0);
   auto sd = training_state(*a, opt_a);
   REQUIRE(sd);
-  auto& group = std::get<std::shared_ptr<state_dict>>(
-    *sd->find_path({"optim", "param_groups", "0"}));
-  group->set(key, bytes_value::from_pickle(*value));
+  edit(*std::get<std::shared_ptr<state_dict>>(
+    *sd->find_path({"optim", "param_groups", "0"})));
   auto cp = make_fs_checkpointer(dir.path());
   auto md = cp.save(*sd);
   REQUIRE(md);
@@ -382,7 +387,22 @@ caf::error load_with_group_value(const std::string& key,
   auto target = training_load_target(*b, opt_b, &*md);
   REQUIRE(target);
   REQUIRE(!cp.load(*target));
-  return load_training_state(*b, opt_b, *target);
+  edited_load out;
+  out.saved = *md;
+  out.err = load_training_state(*b, opt_b, *target);
+  out.lr = static_cast<torch::optim::AdamOptions&>(
+             opt_b.param_groups()[0].options())
+             .lr();
+  return out;
+}
+
+/// The error of loading a checkpoint whose group 0 has `key` = `value`.
+caf::error load_with_group_value(const std::string& key,
+                                 const pickle::value_ptr& value) {
+  return save_edited_and_load([&](state_dict& group) {
+           group.set(key, bytes_value::from_pickle(*value));
+         })
+    .err;
 }
 
 } // namespace
@@ -454,34 +474,19 @@ TEST_CASE("a Python-only hyper-parameter loads only as None or False",
 TEST_CASE("a checkpoint without the Python-only keys still loads",
           "[training]") {
   // As dcpp wrote param_groups before, and as libtorch knows them.
-  fs_test::temp_dir dir;
-  net a;
-  torch::optim::Adam opt_a(a->parameters(), torch::optim::AdamOptions(0.01));
-  train_step(a, opt_a, 0);
-  auto sd = training_state(*a, opt_a);
-  REQUIRE(sd);
-  auto& group = std::get<std::shared_ptr<state_dict>>(
-    *sd->find_path({"optim", "param_groups", "0"}));
-  state_dict old;
-  for (auto& [key, v] : group->entries())
-    if (key == "lr" || key == "betas" || key == "eps" || key == "weight_decay"
-        || key == "amsgrad" || key == "params")
-      old.set(key, v);
-  *group = old;
-  auto cp = make_fs_checkpointer(dir.path());
-  auto md = cp.save(*sd);
-  REQUIRE(md);
-  CHECK(md->state_dict_metadata.count("optim.param_groups.0.fused") == 0);
-  net b;
-  torch::optim::Adam opt_b(b->parameters(), torch::optim::AdamOptions(0.5));
-  auto target = training_load_target(*b, opt_b, &*md);
-  REQUIRE(target);
-  REQUIRE(!cp.load(*target));
-  REQUIRE(!load_training_state(*b, opt_b, *target));
-  CHECK(static_cast<torch::optim::AdamOptions&>(
-          opt_b.param_groups()[0].options())
-          .lr()
-        == 0.01);
+  auto res = save_edited_and_load([](state_dict& group) {
+    state_dict old;
+    for (auto& [key, v] : group.entries())
+      if (key == "lr" || key == "betas" || key == "eps"
+          || key == "weight_decay" || key == "amsgrad" || key == "params")
+        old.set(key, v);
+    group = old;
+  });
+  CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.lr") == 1);
+  CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.fused")
+        == 0);
+  CHECK_FALSE(res.err);
+  CHECK(res.lr == 0.01);
 }
 
 TEST_CASE("async_save records param_groups positions as ints",
