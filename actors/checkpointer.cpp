@@ -121,7 +121,8 @@ run_on_agent(const checkpointer_options& o, Atom atom, Job job) {
 
 /// Drops every tensor of `sd` in place (bytes values and structure stay).
 void drop_tensors(state_dict& sd) {
-  for_each_tensor(sd, [](const std::string&, at::Tensor& t) { t = at::Tensor{}; });
+  for_each_tensor(sd,
+                  [](const std::string&, at::Tensor& t) { t = at::Tensor{}; });
 }
 
 /// The item source of an async save's staged copy, which the checkpointer

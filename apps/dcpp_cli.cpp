@@ -300,8 +300,8 @@ int run_export(const std::string& dir, const std::string& out, bool flat) {
     nested = nested || path.size() > 1;
   std::cout << "exported " << md->state_dict_metadata.size() << " keys ("
             << tensor_bytes(*md) << " tensor bytes"
-            << (flat || !nested ? ", flat" : ", nested")
-            << ") to " << out << std::endl;
+            << (flat || !nested ? ", flat" : ", nested") << ") to " << out
+            << std::endl;
   return 0;
 }
 

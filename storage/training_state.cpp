@@ -92,10 +92,12 @@ const char* class_name(optim_kind kind) {
 /// same keys but `fused` defaults to False there, and its
 /// `Optimizer.load_state_dict` keeps keys it does not use.
 const std::vector<const char*>& python_only_keys(optim_kind kind) {
-  static const std::vector<const char*> adam{
-    "maximize", "foreach", "capturable", "differentiable", "fused"};
-  static const std::vector<const char*> adamw{
-    "foreach", "maximize", "capturable", "differentiable", "fused"};
+  static const std::vector<const char*> adam{"maximize", "foreach",
+                                             "capturable", "differentiable",
+                                             "fused"};
+  static const std::vector<const char*> adamw{"foreach", "maximize",
+                                              "capturable", "differentiable",
+                                              "fused"};
   static const std::vector<const char*> sgd{"maximize", "foreach",
                                             "differentiable", "fused"};
   switch (kind) {
@@ -364,8 +366,7 @@ caf::error check_python_only(optim_kind kind, const state_dict& group,
     if (!*x)
       continue; // not in the checkpoint (dcpp before these keys, or 1.13)
     const auto& v = **x;
-    if (v.is(pickle::kind::none)
-        || (v.is(pickle::kind::boolean) && !v.b))
+    if (v.is(pickle::kind::none) || (v.is(pickle::kind::boolean) && !v.b))
       continue;
     std::string shown;
     if (v.is(pickle::kind::boolean))
@@ -378,8 +379,8 @@ caf::error check_python_only(optim_kind kind, const state_dict& group,
       shown = std::string{"a "} + pickle::kind_name(v.k);
     return make_error(errc::unsupported,
                       where + key + ": " + shown + ", which libtorch's "
-                        + class_name(kind) + " cannot honour (it has no '"
-                        + key + "' option); only None or False load");
+                        + class_name(kind) + " cannot honour (it has no '" + key
+                        + "' option); only None or False load");
   }
   return caf::none;
 }

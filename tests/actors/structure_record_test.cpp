@@ -69,9 +69,9 @@ flatten_mapping expected_nested() {
   return m;
 }
 
-checkpointer make_checkpointer(const std::string& dir,
-                               metadata_flavor flavor
-                               = metadata_flavor::torch_2) {
+checkpointer
+make_checkpointer(const std::string& dir,
+                  metadata_flavor flavor = metadata_flavor::torch_2) {
   checkpointer_options opts;
   opts.no_dist = true;
   filesystem_writer_options wopts;
@@ -155,8 +155,7 @@ TEST_CASE("map_tensors keeps every list marker and only replaces tensors",
   CHECK(calls == 2 + 2 * 3);
   auto flat = flatten(copy);
   REQUIRE(flat);
-  CHECK(describe_mapping(flat->mapping)
-        == describe_mapping(expected_nested()));
+  CHECK(describe_mapping(flat->mapping) == describe_mapping(expected_nested()));
   auto* lr = copy.find_path({"optim", "param_groups", "1", "lr"});
   REQUIRE(lr);
   CHECK(std::get<bytes_value>(*lr).to_double() == 0.2);
@@ -168,14 +167,12 @@ TEST_CASE("map_tensors keeps every list marker and only replaces tensors",
   CHECK(shard.local_shards[1].offsets == shape_t{2, 0});
   CHECK(shard.local_shards[0].tensor.scalar_type() == at::kFloat);
   std::vector<std::string> names;
-  for_each_tensor(copy,
-                  [&](const std::string& name, const at::Tensor&) {
-                    names.push_back(name);
-                  });
+  for_each_tensor(copy, [&](const std::string& name, const at::Tensor&) {
+    names.push_back(name);
+  });
   CHECK(names
         == std::vector<std::string>{
-          "model.w", "optim.state.w.exp_avg",
-          "optim.param_groups.0.buffers.0",
+          "model.w", "optim.state.w.exp_avg", "optim.param_groups.0.buffers.0",
           "optim.param_groups.0.buffers.1 (shard 0)",
           "optim.param_groups.0.buffers.1 (shard 1)",
           "optim.param_groups.1.buffers.0",

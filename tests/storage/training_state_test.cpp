@@ -336,7 +336,8 @@ TEST_CASE("stateful objects and one checkpointer for many checkpoint ids",
   CHECK(missing);
 }
 
-// -- PyTorch 2.x's param_groups -------------------------------------------------
+// -- PyTorch 2.x's param_groups
+// -------------------------------------------------
 
 namespace {
 
@@ -477,20 +478,18 @@ TEST_CASE("a checkpoint without the Python-only keys still loads",
   auto res = save_edited_and_load([](state_dict& group) {
     state_dict old;
     for (auto& [key, v] : group.entries())
-      if (key == "lr" || key == "betas" || key == "eps"
-          || key == "weight_decay" || key == "amsgrad" || key == "params")
+      if (key == "lr" || key == "betas" || key == "eps" || key == "weight_decay"
+          || key == "amsgrad" || key == "params")
         old.set(key, v);
     group = old;
   });
   CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.lr") == 1);
-  CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.fused")
-        == 0);
+  CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.fused") == 0);
   CHECK_FALSE(res.err);
   CHECK(res.lr == 0.01);
 }
 
-TEST_CASE("async_save records param_groups positions as ints",
-          "[training]") {
+TEST_CASE("async_save records param_groups positions as ints", "[training]") {
   fs_test::temp_dir dir;
   net model;
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(0.1));
