@@ -121,17 +121,8 @@ run_on_agent(const checkpointer_options& o, Atom atom, Job job) {
 
 /// Drops every tensor of `sd` in place (bytes values and structure stay).
 void drop_tensors(state_dict& sd) {
-  for (auto& [key, val] : sd.entries()) {
-    if (auto t = std::get_if<at::Tensor>(&val)) {
-      *t = at::Tensor{};
-    } else if (auto st = std::get_if<sharded_tensor>(&val)) {
-      for (auto& sh : st->local_shards)
-        sh.tensor = at::Tensor{};
-    } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
-      if (*sub)
-        drop_tensors(**sub);
-    }
-  }
+  for_each_tensor(sd,
+                  [](const std::string&, at::Tensor& t) { t = at::Tensor{}; });
 }
 
 /// The item source of an async save's staged copy, which the checkpointer

@@ -297,10 +297,15 @@ int run_export(const std::string& dir, const std::string& out, bool flat) {
   auto md = export_torch_save(make_filesystem_reader(dir), out, opts);
   if (!md)
     return fail("export " + dir, md.error());
+  // Nested when some key's path has more than one step (a flat state dict
+  // records each key as its own one-step path, or nothing).
+  bool nested = false;
+  for (const auto& [key, path] : md->planner_data)
+    nested = nested || path.size() > 1;
   std::cout << "exported " << md->state_dict_metadata.size() << " keys ("
             << tensor_bytes(*md) << " tensor bytes"
-            << (flat || md->planner_data.empty() ? ", flat" : ", nested")
-            << ") to " << out << std::endl;
+            << (flat || !nested ? ", flat" : ", nested") << ") to " << out
+            << std::endl;
   return 0;
 }
 

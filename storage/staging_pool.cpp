@@ -97,31 +97,19 @@ uint64_t nbytes_of(const at::Tensor& t) {
   return static_cast<uint64_t>(t.numel()) * t.element_size();
 }
 
-/// Every tensor of `sd` with data, in the order `build` visits them.
-void place(const state_dict& sd, const std::string& prefix,
-           std::vector<placed>& out, uint64_t& total) {
-  auto add = [&](const at::Tensor& t, std::string key) {
+/// Every tensor of `sd` with data, in the order `map_tensors` visits them.
+std::vector<placed> place(const state_dict& sd, uint64_t& total) {
+  std::vector<placed> out;
+  for_each_tensor(sd, [&](const std::string& name, const at::Tensor& t) {
     if (!t.defined() || t.numel() == 0)
       return;
     auto bytes = nbytes_of(t);
     auto align = alignment_of(bytes);
     total = (total + align - 1) / align * align;
-    out.push_back({&t, std::move(key), total, bytes});
+    out.push_back({&t, name, total, bytes});
     total += bytes;
-  };
-  for (const auto& [key, val] : sd.entries()) {
-    auto name = prefix + key;
-    if (auto t = std::get_if<at::Tensor>(&val)) {
-      add(*t, name);
-    } else if (auto st = std::get_if<sharded_tensor>(&val)) {
-      for (size_t i = 0; i < st->local_shards.size(); ++i)
-        add(st->local_shards[i].tensor,
-            name + " (shard " + std::to_string(i) + ")");
-    } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
-      if (*sub)
-        place(**sub, name + ".", out, total);
-    }
-  }
+  });
+  return out;
 }
 
 /// A memcpy of part of a tensor.
@@ -183,59 +171,23 @@ void copy_segments(const std::vector<segment>& segs, uint64_t total,
     t.join();
 }
 
-/// Builds the staged copy of `sd`: the same structure, each tensor of
-/// `places` (visited in the same order, `next` counting) a view of `base`.
+/// The staged copy of `sd` (`map_tensors`: the same structure), each tensor
+/// of `places` a view of `base`; the views with data go to `staged`, in
+/// the order of `places`.
 state_dict build(const state_dict& sd, const std::vector<placed>& places,
-                 size_t& next, std::byte* base,
-                 const std::shared_ptr<lease>& owner) {
-  auto view = [&](const at::Tensor& t) -> at::Tensor {
+                 std::byte* base, const std::shared_ptr<lease>& owner,
+                 std::vector<at::Tensor>& staged) {
+  return map_tensors(sd, [&](const at::Tensor& t) -> at::Tensor {
     if (!t.defined())
       return t;
     auto opts = at::TensorOptions().dtype(t.scalar_type()).device(at::kCPU);
     if (t.numel() == 0)
       return at::empty(t.sizes(), opts);
-    const auto& p = places[next++];
-    return at::from_blob(
-      base + p.offset, t.sizes(), [owner](void*) {}, opts);
-  };
-  state_dict out;
-  for (const auto& [key, val] : sd.entries()) {
-    if (auto t = std::get_if<at::Tensor>(&val)) {
-      out.set(key, view(*t));
-    } else if (auto st = std::get_if<sharded_tensor>(&val)) {
-      sharded_tensor copy;
-      copy.global_size = st->global_size;
-      for (const auto& sh : st->local_shards)
-        copy.local_shards.push_back({view(sh.tensor), sh.offsets});
-      out.set(key, std::move(copy));
-    } else if (auto b = std::get_if<bytes_value>(&val)) {
-      out.set(key, *b);
-    } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
-      out.set(key,
-              std::make_shared<state_dict>(
-                *sub ? build(**sub, places, next, base, owner) : state_dict{}));
-    }
-  }
-  return out;
-}
-
-/// The staged tensors of `out` in `build`'s order.
-void collect(state_dict& sd, std::vector<at::Tensor*>& out) {
-  for (auto& [key, val] : sd.entries()) {
-    auto add = [&](at::Tensor& t) {
-      if (t.defined() && t.numel() > 0)
-        out.push_back(&t);
-    };
-    if (auto t = std::get_if<at::Tensor>(&val)) {
-      add(*t);
-    } else if (auto st = std::get_if<sharded_tensor>(&val)) {
-      for (auto& sh : st->local_shards)
-        add(sh.tensor);
-    } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
-      if (*sub)
-        collect(**sub, out);
-    }
-  }
+    const auto& p = places[staged.size()];
+    staged.push_back(at::from_blob(
+      base + p.offset, t.sizes(), [owner](void*) {}, opts));
+    return staged.back();
+  });
 }
 
 } // namespace
@@ -250,9 +202,8 @@ staging_pool::~staging_pool() {
 }
 
 caf::expected<state_dict> staging_pool::stage(const state_dict& sd) {
-  std::vector<placed> places;
   uint64_t total = 0;
-  place(sd, "", places, total);
+  auto places = place(sd, total);
   // -- a buffer: the kept one if it fits, else a fresh one --------------------
   host_region region;
   if (total > 0) {
@@ -296,18 +247,18 @@ caf::expected<state_dict> staging_pool::stage(const state_dict& sd) {
   auto base = region.data();
   auto owner = std::make_shared<lease>(std::move(region), state_);
   // -- views, then the copy ---------------------------------------------------
-  size_t at = 0;
+  std::vector<at::Tensor> staged;
+  staged.reserve(places.size());
   state_dict out;
   try {
-    out = build(sd, places, at, base, owner);
+    out = build(sd, places, base, owner, staged);
   } catch (const std::exception& e) {
+    auto at = staged.size();
     auto key = at < places.size() ? places[at].key : std::string{"?"};
     return make_error(errc::invalid_argument,
                       "staging " + key + " for async_save: " + e.what());
   }
   owner.reset(); // the tensors hold the lease now
-  std::vector<at::Tensor*> staged;
-  collect(out, staged);
   std::vector<segment> segs;
   uint64_t plain_bytes = 0;
   for (size_t i = 0; i < places.size(); ++i) {
@@ -329,7 +280,7 @@ caf::expected<state_dict> staging_pool::stage(const state_dict& sd) {
     if (plain_host_tensor(src))
       continue;
     try {
-      staged[i]->copy_(src.detach());
+      staged[i].copy_(src.detach());
     } catch (const std::exception& e) {
       return make_error(errc::invalid_argument,
                         "staging " + places[i].key

@@ -4,7 +4,8 @@
 //
 // `stage(sd)` copies every tensor of a state dict into one buffer of the
 // pool (a `host_region`: THP-advised, faulted in when it is made) and
-// returns a state dict of the same structure whose tensors are contiguous
+// returns a state dict of the same structure (`map_tensors`: nesting, list
+// markers, shard offsets, bytes values) whose tensors are contiguous
 // views of that buffer (one torch storage per tensor, as a fresh copy would
 // have). The buffer is lent to the staged state dict: when its last tensor
 // is gone, the buffer goes back to the pool, and the next `stage` of the

@@ -175,8 +175,10 @@ caf::error flatten_into(state_dict& sd, object_path& path, flat_state_dict& out,
                           "two values flatten to the key '" + flat + "'");
       seen.emplace(flat, out.items.size());
       out.items.emplace_back(flat, &val);
-      if (path.size() > 1)
-        out.mapping.emplace(flat, path);
+      // Every key, a top-level one too (`{"w": ("w",)}`), as DCP's
+      // `flatten_state_dict` records it: PyTorch's loaders look each key
+      // of the checkpoint up in `planner_data`.
+      out.mapping.emplace(flat, path);
     }
     path.pop_back();
   }
@@ -473,7 +475,29 @@ state_dict make_state_dict_for(const metadata& md) {
 
 namespace {
 
+/// The one traversal behind `map_tensors` and `for_each_tensor`: `Dict` is
+/// `state_dict` or `const state_dict`, `f(name, tensor)` sees every tensor
+/// in tree order.
+template <class Dict, class F>
+void visit_tensors(Dict& sd, const std::string& prefix, F& f) {
+  for (auto& [key, val] : sd.entries()) {
+    auto name = prefix + key;
+    if (auto t = std::get_if<at::Tensor>(&val)) {
+      f(name, *t);
+    } else if (auto st = std::get_if<sharded_tensor>(&val)) {
+      for (size_t i = 0; i < st->local_shards.size(); ++i)
+        f(name + " (shard " + std::to_string(i) + ")",
+          st->local_shards[i].tensor);
+    } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
+      if (*sub)
+        visit_tensors(**sub, name + ".", f);
+    }
+  }
+}
+
 at::Tensor stage_tensor(const at::Tensor& t) {
+  if (!t.defined())
+    return t;
   auto out = empty_host_tensor(t.sizes().vec(), t.scalar_type());
   out.copy_(t.detach());
   return out;
@@ -481,28 +505,43 @@ at::Tensor stage_tensor(const at::Tensor& t) {
 
 } // namespace
 
-state_dict stage_to_host(const state_dict& sd) {
+state_dict map_tensors(const state_dict& sd,
+                       const std::function<at::Tensor(const at::Tensor&)>& f) {
   state_dict out;
   out.is_list(sd.is_list());
   for (const auto& [key, val] : sd.entries()) {
     if (auto t = std::get_if<at::Tensor>(&val)) {
-      out.set(key, t->defined() ? stage_tensor(*t) : *t);
+      out.set(key, f(*t));
     } else if (auto st = std::get_if<sharded_tensor>(&val)) {
       sharded_tensor copy;
       copy.global_size = st->global_size;
       for (const auto& sh : st->local_shards)
-        copy.local_shards.push_back(
-          {sh.tensor.defined() ? stage_tensor(sh.tensor) : sh.tensor,
-           sh.offsets});
+        copy.local_shards.push_back({f(sh.tensor), sh.offsets});
       out.set(key, std::move(copy));
     } else if (auto b = std::get_if<bytes_value>(&val)) {
       out.set(key, *b);
     } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {
-      out.set(key, std::make_shared<state_dict>(*sub ? stage_to_host(**sub)
+      out.set(key, std::make_shared<state_dict>(*sub ? map_tensors(**sub, f)
                                                      : state_dict{}));
     }
   }
   return out;
+}
+
+void for_each_tensor(
+  const state_dict& sd,
+  const std::function<void(const std::string&, const at::Tensor&)>& f) {
+  visit_tensors(sd, std::string{}, f);
+}
+
+void for_each_tensor(
+  state_dict& sd,
+  const std::function<void(const std::string&, at::Tensor&)>& f) {
+  visit_tensors(sd, std::string{}, f);
+}
+
+state_dict stage_to_host(const state_dict& sd) {
+  return map_tensors(sd, stage_tensor);
 }
 
 } // namespace dcpp

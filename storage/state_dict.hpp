@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -132,7 +133,9 @@ private:
 };
 
 /// A flattened state dict: dotted keys to leaf values (tensors, sharded
-/// tensors, bytes) in tree order, with the mapping back to nested paths.
+/// tensors, bytes) in tree order, with the mapping back to nested paths
+/// (for every key, a top-level key mapping to itself: DCP's
+/// `planner_data`).
 struct flat_state_dict {
   std::vector<std::pair<std::string, value*>> items;
   flatten_mapping mapping;
@@ -169,9 +172,31 @@ c10::ScalarType to_scalar_type(dtype type);
 /// names a path. Used to load a checkpoint without knowing its keys.
 state_dict make_state_dict_for(const metadata& md);
 
+/// A copy of `sd`'s structure in which every tensor `t` (a plain tensor or
+/// a shard's, defined or not) is `f(t)`, called in tree order: entries in
+/// order, a sharded tensor's shards in order, a nested dict where it sits.
+/// The copy keeps everything else: the nesting, each dict's list marker
+/// (so its keys still flatten to list positions), global shapes, shard
+/// offsets and bytes values. This is the one place that copies a state
+/// dict's structure; every staging path (`stage_to_host`, the staging pool
+/// of async saves) goes through it, so that what a staged save records
+/// cannot differ from what a save of the original records. Exceptions of
+/// `f` propagate.
+state_dict map_tensors(const state_dict& sd,
+                       const std::function<at::Tensor(const at::Tensor&)>& f);
+
+/// Calls `f(name, t)` for every tensor of `sd` in `map_tensors`' order;
+/// `name` is the dotted key, with " (shard i)" appended for a shard.
+void for_each_tensor(
+  const state_dict& sd,
+  const std::function<void(const std::string&, const at::Tensor&)>& f);
+void for_each_tensor(
+  state_dict& sd,
+  const std::function<void(const std::string&, at::Tensor&)>& f);
+
 /// Copies every tensor of `sd` into freshly allocated host memory, so the
 /// caller may modify its tensors while a save runs (async save staging).
-/// Keeps structure, shards and bytes values.
+/// Keeps structure, shards and bytes values (`map_tensors`).
 state_dict stage_to_host(const state_dict& sd);
 
 } // namespace dcpp

@@ -13,7 +13,9 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace dcpp {
 
@@ -69,6 +71,49 @@ bytes_value pickled(const pickle::value_ptr& x) {
   return bytes_value::from_pickle(*x);
 }
 
+const char* class_name(optim_kind kind) {
+  switch (kind) {
+    case optim_kind::adam: return "Adam";
+    case optim_kind::adamw: return "AdamW";
+    case optim_kind::sgd: return "SGD";
+  }
+  return "?";
+}
+
+/// The keys of a `param_groups` entry of PyTorch 2.6's optimizer of the
+/// same class that libtorch 1.13's options lack, in Python's order (they
+/// follow libtorch's keys; `params` comes last). Each is saved with
+/// Python's default, None or False, so that a strict load into Python's
+/// optimizer finds every key it has. None of them changes the arithmetic
+/// while it is None or False (`foreach`, `fused`: the implementation;
+/// `capturable`, `differentiable`: CUDA graphs and autograd; `maximize`:
+/// the direction), which is what libtorch's optimizer does; any other
+/// value is refused on load (`check_python_only`). PyTorch 1.13 has the
+/// same keys but `fused` defaults to False there, and its
+/// `Optimizer.load_state_dict` keeps keys it does not use.
+const std::vector<const char*>& python_only_keys(optim_kind kind) {
+  static const std::vector<const char*> adam{"maximize", "foreach",
+                                             "capturable", "differentiable",
+                                             "fused"};
+  static const std::vector<const char*> adamw{"foreach", "maximize",
+                                              "capturable", "differentiable",
+                                              "fused"};
+  static const std::vector<const char*> sgd{"maximize", "foreach",
+                                            "differentiable", "fused"};
+  switch (kind) {
+    case optim_kind::adam: return adam;
+    case optim_kind::adamw: return adamw;
+    case optim_kind::sgd: return sgd;
+  }
+  return adam;
+}
+
+/// Python's default of a key of `python_only_keys`.
+pickle::value_ptr python_default(const std::string& key) {
+  return key == "foreach" || key == "fused" ? pickle::make_none()
+                                            : pickle::make_bool(false);
+}
+
 /// The hyper-parameters of a group as DCP's `param_groups` entry.
 state_dict group_state(optim_kind kind,
                        const torch::optim::OptimizerParamGroup& group,
@@ -105,6 +150,8 @@ state_dict group_state(optim_kind kind,
       break;
     }
   }
+  for (const char* key : python_only_keys(kind))
+    out.set(key, pickled(python_default(key)));
   out.set("params", pickled(make_list(std::move(params))));
   return out;
 }
@@ -308,6 +355,36 @@ caf::error set_number(const state_dict& group, const std::string& key,
   return caf::none;
 }
 
+/// Refuses a key of `python_only_keys` whose loaded value is neither None
+/// nor False: libtorch's optimizer would silently do something else.
+caf::error check_python_only(optim_kind kind, const state_dict& group,
+                             const std::string& where) {
+  for (const char* key : python_only_keys(kind)) {
+    auto x = group_value(group, key, where);
+    if (!x)
+      return x.error();
+    if (!*x)
+      continue; // not in the checkpoint (dcpp before these keys, or 1.13)
+    const auto& v = **x;
+    if (v.is(pickle::kind::none) || (v.is(pickle::kind::boolean) && !v.b))
+      continue;
+    std::string shown;
+    if (v.is(pickle::kind::boolean))
+      shown = "True";
+    else if (v.is(pickle::kind::integer))
+      shown = std::to_string(v.i);
+    else if (v.is(pickle::kind::string))
+      shown = "'" + v.s + "'";
+    else
+      shown = std::string{"a "} + pickle::kind_name(v.k);
+    return make_error(errc::unsupported,
+                      where + key + ": " + shown + ", which libtorch's "
+                        + class_name(kind) + " cannot honour (it has no '" + key
+                        + "' option); only None or False load");
+  }
+  return caf::none;
+}
+
 caf::error load_group(optim_kind kind, torch::optim::OptimizerParamGroup& group,
                       const state_dict& gs, const std::string& where,
                       const std::vector<std::string>& expected_params) {
@@ -328,6 +405,8 @@ caf::error load_group(optim_kind kind, torch::optim::OptimizerParamGroup& group,
                           + "params: does not name the group's "
                             "parameters in order");
   }
+  if (auto err = check_python_only(kind, gs, where))
+    return err;
   auto number = [&](const std::string& key, auto setter) {
     return set_number(gs, key, where, setter);
   };

@@ -11,7 +11,14 @@
 //   optim.state.<param fqn>.max_exp_avg_sq   (Adam, AdamW with amsgrad)
 //   optim.state.<param fqn>.momentum_buffer  (SGD with momentum)
 //   optim.param_groups.<i>.<hyper-parameter> bytes (torch.save of a float,
-//                                            bool, or tuple for `betas`)
+//                                            bool, None, or tuple for
+//                                            `betas`): every key of the
+//                                            group of PyTorch 2.6's
+//                                            optimizer of the same class;
+//                                            those libtorch lacks
+//                                            (maximize, foreach, capturable,
+//                                            differentiable, fused) with
+//                                            Python's default
 //   optim.param_groups.<i>.params            bytes: list of param fqns
 //
 // Keys are flattened as DCP >= 2.4 flattens (`_traverse.py`: a mapping is
@@ -95,9 +102,12 @@ optimizer_load_target(const torch::optim::Optimizer& optim,
 /// per-parameter state (replacing what the optimizer had; `step` converted
 /// from the float tensor) and the hyper-parameters found under
 /// "param_groups" (groups matched by position; their `params` must name the
-/// group's parameters in order). Fails with `errc::corrupt_item` naming the
-/// key of a value of the wrong type, `errc::invalid_argument` when the
-/// groups do not match.
+/// group's parameters in order). The keys libtorch's optimizer lacks
+/// (maximize, foreach, capturable, differentiable, fused) load only as
+/// None or False, what libtorch does. Fails with `errc::corrupt_item`
+/// naming the key of a value of the wrong type, `errc::invalid_argument`
+/// when the groups do not match, `errc::unsupported` naming the key
+/// (`optim.param_groups.0.fused`) of any other value of those keys.
 caf::error load_optimizer_state(torch::optim::Optimizer& optim,
                                 const torch::nn::Module& module,
                                 const state_dict& sd);

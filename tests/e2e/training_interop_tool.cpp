@@ -4,6 +4,9 @@
 //   training_interop_tool save DIR STEPS   the model below, initialized by
 //                                          formula, trained STEPS Adam
 //                                          steps, saved as a training state
+//   training_interop_tool async-save DIR STEPS
+//                                          the same through `async_save`
+//                                          (the staging pool)
 //   training_interop_tool resume IN OUT    a fresh model and Adam load IN,
 //                                          train one step, save to OUT
 //
@@ -77,22 +80,24 @@ int fail(const std::string& what, const caf::error& err) {
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    std::fprintf(stderr, "usage: training_interop_tool save DIR STEPS | "
-                         "resume IN OUT\n");
+    std::fprintf(stderr, "usage: training_interop_tool save|async-save DIR "
+                         "STEPS | resume IN OUT\n");
     return 2;
   }
   std::string mode = argv[1];
   auto cp = make_checkpointer();
   auto model = make_model();
-  if (mode == "save") {
+  if (mode == "save" || mode == "async-save") {
     auto opt = make_adam(model, 0.01);
     for (int k = 0; k < std::atoi(argv[3]); ++k)
       train_step(model, opt);
     auto sd = training_state(*model, opt);
     if (!sd)
       return fail("training_state", sd.error());
-    if (auto md = cp.save(*sd, argv[2]); !md)
-      return fail("save", md.error());
+    auto md = mode == "save" ? cp.save(*sd, argv[2])
+                             : cp.async_save(*sd, argv[2]).get();
+    if (!md)
+      return fail(mode, md.error());
     return 0;
   }
   if (mode == "resume") {

@@ -335,3 +335,190 @@ TEST_CASE("stateful objects and one checkpointer for many checkpoint ids",
   INFO(describe(missing));
   CHECK(missing);
 }
+
+// -- PyTorch 2.x's param_groups
+// -------------------------------------------------
+
+namespace {
+
+/// The keys of group 0 of a fresh `optimizer_state`, in order.
+std::vector<std::string> group_keys(const torch::optim::Optimizer& opt,
+                                    net& model) {
+  auto sd = optimizer_state(opt, *model);
+  REQUIRE(sd);
+  std::vector<std::string> keys;
+  for (const auto& [key, v] : sub(sub(*sd, "param_groups"), "0").entries())
+    keys.push_back(key);
+  return keys;
+}
+
+/// Group 0's `key` of a training state, decoded.
+pickle::value_ptr group_value(state_dict& sd, const std::string& key) {
+  auto v = sd.find_path({"optim", "param_groups", "0", key});
+  REQUIRE(v);
+  auto x = std::get<bytes_value>(*v).to_pickle();
+  REQUIRE(x);
+  return *x;
+}
+
+/// What `save_edited_and_load` saw.
+struct edited_load {
+  metadata saved;
+  caf::error err;
+  double lr = 0;
+};
+
+/// Saves an Adam training state (one step, lr 0.01) whose group 0 `edit`
+/// changed first (as another writer would have written it), then loads it
+/// into a fresh model and Adam (lr 0.5).
+edited_load save_edited_and_load(const std::function<void(state_dict&)>& edit) {
+  fs_test::temp_dir dir;
+  net a;
+  torch::optim::Adam opt_a(a->parameters(), torch::optim::AdamOptions(0.01));
+  train_step(a, opt_a, 0);
+  auto sd = training_state(*a, opt_a);
+  REQUIRE(sd);
+  edit(*std::get<std::shared_ptr<state_dict>>(
+    *sd->find_path({"optim", "param_groups", "0"})));
+  auto cp = make_fs_checkpointer(dir.path());
+  auto md = cp.save(*sd);
+  REQUIRE(md);
+  net b;
+  torch::optim::Adam opt_b(b->parameters(), torch::optim::AdamOptions(0.5));
+  auto target = training_load_target(*b, opt_b, &*md);
+  REQUIRE(target);
+  REQUIRE(!cp.load(*target));
+  edited_load out;
+  out.saved = *md;
+  out.err = load_training_state(*b, opt_b, *target);
+  out.lr = static_cast<torch::optim::AdamOptions&>(
+             opt_b.param_groups()[0].options())
+             .lr();
+  return out;
+}
+
+/// The error of loading a checkpoint whose group 0 has `key` = `value`.
+caf::error load_with_group_value(const std::string& key,
+                                 const pickle::value_ptr& value) {
+  return save_edited_and_load([&](state_dict& group) {
+           group.set(key, bytes_value::from_pickle(*value));
+         })
+    .err;
+}
+
+} // namespace
+
+TEST_CASE("param_groups carry every key of PyTorch 2.6's optimizer",
+          "[training]") {
+  net model;
+  // Python 2.6's `Optimizer.state_dict()["param_groups"][0]` keys, in order.
+  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(0.1));
+  CHECK(group_keys(adam, model)
+        == std::vector<std::string>{"lr", "betas", "eps", "weight_decay",
+                                    "amsgrad", "maximize", "foreach",
+                                    "capturable", "differentiable", "fused",
+                                    "params"});
+  torch::optim::AdamW adamw(model->parameters(),
+                            torch::optim::AdamWOptions(0.1));
+  CHECK(group_keys(adamw, model)
+        == std::vector<std::string>{"lr", "betas", "eps", "weight_decay",
+                                    "amsgrad", "foreach", "maximize",
+                                    "capturable", "differentiable", "fused",
+                                    "params"});
+  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.1));
+  CHECK(group_keys(sgd, model)
+        == std::vector<std::string>{"lr", "momentum", "dampening",
+                                    "weight_decay", "nesterov", "maximize",
+                                    "foreach", "differentiable", "fused",
+                                    "params"});
+  // Python's defaults where libtorch has no such option.
+  auto sd = training_state(*model, adam);
+  REQUIRE(sd);
+  for (const char* key : {"maximize", "capturable", "differentiable"}) {
+    INFO(key);
+    auto x = group_value(*sd, key);
+    CHECK(x->is(pickle::kind::boolean));
+    CHECK_FALSE(x->b);
+  }
+  for (const char* key : {"foreach", "fused"}) {
+    INFO(key);
+    CHECK(group_value(*sd, key)->is(pickle::kind::none));
+  }
+}
+
+TEST_CASE("a Python-only hyper-parameter loads only as None or False",
+          "[training]") {
+  // Python's defaults, and PyTorch 1.13's fused=False, foreach=False.
+  CHECK_FALSE(load_with_group_value("fused", pickle::make_none()));
+  CHECK_FALSE(load_with_group_value("fused", pickle::make_bool(false)));
+  CHECK_FALSE(load_with_group_value("foreach", pickle::make_bool(false)));
+  CHECK_FALSE(load_with_group_value("maximize", pickle::make_bool(false)));
+  // What libtorch's Adam would silently not do.
+  for (const char* key :
+       {"fused", "maximize", "foreach", "capturable", "differentiable"}) {
+    INFO(key);
+    auto err = load_with_group_value(key, pickle::make_bool(true));
+    REQUIRE(err);
+    CHECK(code_of(err) == errc::unsupported);
+    auto what = context_of(err);
+    INFO(what);
+    CHECK(what.find(std::string{"optim.param_groups.0."} + key + ": True")
+          != std::string::npos);
+    CHECK(what.find("Adam") != std::string::npos);
+  }
+  auto err = load_with_group_value("maximize", pickle::make_int(1));
+  REQUIRE(err);
+  CHECK(context_of(err).find("optim.param_groups.0.maximize: 1")
+        != std::string::npos);
+}
+
+TEST_CASE("a checkpoint without the Python-only keys still loads",
+          "[training]") {
+  // As dcpp wrote param_groups before, and as libtorch knows them.
+  auto res = save_edited_and_load([](state_dict& group) {
+    state_dict old;
+    for (auto& [key, v] : group.entries())
+      if (key == "lr" || key == "betas" || key == "eps" || key == "weight_decay"
+          || key == "amsgrad" || key == "params")
+        old.set(key, v);
+    group = old;
+  });
+  CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.lr") == 1);
+  CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.fused") == 0);
+  CHECK_FALSE(res.err);
+  CHECK(res.lr == 0.01);
+}
+
+TEST_CASE("async_save records param_groups positions as ints", "[training]") {
+  fs_test::temp_dir dir;
+  net model;
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(0.1));
+  train_step(model, opt, 0);
+  auto sd = training_state(*model, opt);
+  REQUIRE(sd);
+  auto cp = make_fs_checkpointer(dir.path());
+  auto sync = cp.save(*sd, dir / "sync");
+  REQUIRE(sync);
+  auto async = cp.async_save(*sd, dir / "async").get();
+  REQUIRE(async);
+  CHECK(async->planner_data.size() == sync->planner_data.size());
+  for (const auto& [key, path] : sync->planner_data) {
+    INFO(key);
+    REQUIRE(async->planner_data.count(key) == 1);
+    CHECK(to_string(async->planner_data.at(key)) == to_string(path));
+  }
+  for (const char* key : {"lr", "fused", "params"}) {
+    auto fqn = std::string{"optim.param_groups.0."} + key;
+    INFO(fqn);
+    REQUIRE(async->planner_data.count(fqn) == 1);
+    const auto& path = async->planner_data.at(fqn);
+    REQUIRE(path.size() == 4);
+    CHECK(path[2].index);
+    CHECK(path[2].key == "0");
+  }
+  // And so it is on disk: the reader decodes what was written.
+  auto reader = make_filesystem_reader(dir / "async");
+  auto on_disk = reader->read_metadata();
+  REQUIRE(on_disk);
+  CHECK((on_disk->planner_data == sync->planner_data));
+}
