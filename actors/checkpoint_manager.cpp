@@ -579,7 +579,18 @@ checkpoint_manager::restore(std::optional<uint64_t> step, state_dict& sd) {
 caf::expected<uint64_t>
 checkpoint_manager::restore(std::optional<uint64_t> step,
                             const stateful_list& objs) {
-  auto sd = collect_state(objs);
+  if (!step) {
+    auto latest = agreed_latest_step();
+    if (!latest)
+      return std::move(latest.error());
+    step = *latest;
+  }
+  // The load target follows what the step holds (a checkpoint of an older
+  // dcpp lacks keys this one saves); without a readable .metadata the load
+  // below reports why, on every rank.
+  auto saved = make_filesystem_reader(step_directory(root_, *step))
+                 ->read_metadata();
+  auto sd = saved ? collect_load_target(objs, *saved) : collect_state(objs);
   if (!sd)
     return std::move(sd.error());
   auto res = restore(step, *sd);

@@ -650,8 +650,8 @@ caf::expected<state_dict> training_state(const torch::nn::Module& module,
 caf::expected<state_dict>
 training_load_target(const torch::nn::Module& module,
                      const torch::optim::Optimizer& optim,
-                     const metadata* saved) {
-  auto os = optimizer_load_target(optim, module, saved, "optim.");
+                     const metadata* saved, const std::string& prefix) {
+  auto os = optimizer_load_target(optim, module, saved, prefix + "optim.");
   if (!os)
     return os.error();
   state_dict out;
@@ -724,6 +724,23 @@ caf::expected<state_dict> collect_state(const stateful_list& objs) {
   return out;
 }
 
+caf::expected<state_dict> stateful::load_target(const metadata&,
+                                                const std::string&) {
+  return state_dict();
+}
+
+caf::expected<state_dict> collect_load_target(const stateful_list& objs,
+                                              const metadata& saved) {
+  state_dict out;
+  for (const auto& [key, obj] : objs) {
+    auto sd = obj->load_target(saved, key + ".");
+    if (!sd)
+      return sd.error();
+    out.nested(key) = std::move(*sd);
+  }
+  return out;
+}
+
 caf::error apply_state(const stateful_list& objs, const state_dict& sd) {
   for (const auto& [key, obj] : objs) {
     const auto* sub = sub_dict(sd, key);
@@ -737,6 +754,12 @@ caf::error apply_state(const stateful_list& objs, const state_dict& sd) {
 
 caf::expected<state_dict> training_stateful::state_dict() {
   return training_load_target(module_, optim_);
+}
+
+caf::expected<state_dict>
+training_stateful::load_target(const metadata& saved,
+                               const std::string& prefix) {
+  return training_load_target(module_, optim_, &saved, prefix);
 }
 
 caf::error training_stateful::load_state_dict(const dcpp::state_dict& sd) {

@@ -118,11 +118,13 @@ caf::expected<state_dict> training_state(const torch::nn::Module& module,
                                          const torch::optim::Optimizer& optim);
 
 /// The load target of a training state: "model" as `module_state`, "optim"
-/// as `optimizer_load_target` (with `saved`, only what the checkpoint has).
+/// as `optimizer_load_target` (with `saved`, only what the checkpoint has
+/// under `prefix` + "optim.").
 caf::expected<state_dict>
 training_load_target(const torch::nn::Module& module,
                      const torch::optim::Optimizer& optim,
-                     const metadata* saved = nullptr);
+                     const metadata* saved = nullptr,
+                     const std::string& prefix = "");
 
 /// After `checkpointer::load(target)`: `load_module_state` and
 /// `load_optimizer_state` from `sd["model"]` and `sd["optim"]`.
@@ -156,6 +158,14 @@ public:
   /// Takes over the values of a loaded `state_dict()`.
   [[nodiscard]] virtual caf::error load_state_dict(const dcpp::state_dict& sd)
     = 0;
+
+  /// The target of a load from the checkpoint whose metadata is `saved`,
+  /// in which this object's keys start with `prefix` ("app."): what the
+  /// checkpoint holds may differ from what `state_dict()` would save (a
+  /// checkpoint of an older dcpp, of another PyTorch). By default
+  /// `state_dict()`.
+  [[nodiscard]] virtual caf::expected<dcpp::state_dict>
+  load_target(const metadata& saved, const std::string& prefix);
 };
 
 using stateful_list = std::vector<std::pair<std::string, stateful*>>;
@@ -163,6 +173,11 @@ using stateful_list = std::vector<std::pair<std::string, stateful*>>;
 /// `{key: obj->state_dict()}` for every (key, obj) of `objs` (to save, or
 /// as the target of a load). Fails with the first object's error.
 caf::expected<state_dict> collect_state(const stateful_list& objs);
+
+/// `{key: obj->load_target(saved, key + ".")}` for every (key, obj) of
+/// `objs`: the target of a load from the checkpoint of `saved`.
+caf::expected<state_dict> collect_load_target(const stateful_list& objs,
+                                              const metadata& saved);
 
 /// `obj->load_state_dict(sd[key])` for every (key, obj) of `objs`. Fails
 /// with `errc::missing_key` naming a key `sd` lacks, or an object's error.
@@ -180,6 +195,12 @@ public:
   caf::expected<dcpp::state_dict> state_dict() override;
 
   caf::error load_state_dict(const dcpp::state_dict& sd) override;
+
+  /// `training_load_target` with `saved`: only the keys the checkpoint
+  /// holds (a checkpoint without the optimizer keys libtorch lacks loads).
+  caf::expected<dcpp::state_dict> load_target(const metadata& saved,
+                                              const std::string& prefix)
+    override;
 
 private:
   torch::nn::Module& module_;

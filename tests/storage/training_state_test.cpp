@@ -6,6 +6,7 @@
 
 #include "storage/training_state.hpp"
 
+#include "actors/checkpoint_manager.hpp"
 #include "actors/checkpointer.hpp"
 #include "core/error.hpp"
 #include "storage/filesystem.hpp"
@@ -521,4 +522,52 @@ TEST_CASE("async_save records param_groups positions as ints", "[training]") {
   auto on_disk = reader->read_metadata();
   REQUIRE(on_disk);
   CHECK((on_disk->planner_data == sync->planner_data));
+}
+
+TEST_CASE("the checkpoint manager resumes from a checkpoint without the "
+          "Python-only keys",
+          "[training]") {
+  // A step written by an earlier dcpp: param_groups hold only libtorch's
+  // options. restore(stateful) shapes its load target by the step's
+  // metadata, so the keys this dcpp saves but the step lacks are not asked
+  // for.
+  fs_test::temp_dir dir;
+  checkpoint_manager_options o;
+  o.checkpointer.no_dist = true;
+  net a;
+  torch::optim::Adam opt_a(a->parameters(), torch::optim::AdamOptions(0.01));
+  train_step(a, opt_a, 0);
+  {
+    auto sd = training_state(*a, opt_a);
+    REQUIRE(sd);
+    auto& group = *std::get<std::shared_ptr<state_dict>>(
+      *sd->find_path({"optim", "param_groups", "0"}));
+    state_dict old;
+    for (auto& [key, v] : group.entries())
+      if (key == "lr" || key == "betas" || key == "eps" || key == "weight_decay"
+          || key == "amsgrad" || key == "params")
+        old.set(key, v);
+    group = old;
+    state_dict wrapped;
+    wrapped.nested("app") = std::move(*sd);
+    checkpoint_manager mgr{dir.path(), o};
+    auto err = mgr.save(5, wrapped);
+    INFO(describe(err));
+    REQUIRE(!err);
+    REQUIRE(!mgr.wait_until_finished());
+  }
+  net b;
+  torch::optim::Adam opt_b(b->parameters(), torch::optim::AdamOptions(0.5));
+  training_stateful app{*b, opt_b};
+  checkpoint_manager mgr{dir.path(), o};
+  auto step = mgr.restore(std::nullopt, {{"app", &app}});
+  INFO((step ? std::string{} : describe(step.error())));
+  REQUIRE(step);
+  CHECK(*step == 5);
+  CHECK(static_cast<torch::optim::AdamOptions&>(
+          opt_b.param_groups()[0].options())
+          .lr()
+        == 0.01);
+  for (const auto& item : a->named_parameters())
+    CHECK(at::equal(item.value(), b->named_parameters()[item.key()]));
 }
