@@ -82,12 +82,29 @@ bool weights_only_value(const pickle::value* x, size_t depth = 0) {
   return weights_only_value(x->state.get(), depth + 1);
 }
 
-/// `x` with every bytes object spelled as protocol 2 spells it,
-/// `_codecs.encode(<latin-1 text>, 'latin1')`: the weights-only unpickler
-/// has no BINBYTES opcode.
-value_ptr protocol2_bytes(const value_ptr& x) {
+/// Whether `x` calls one of the `torch.jit._pickle` functions that return
+/// their first argument: libtorch's pickler (what `dcpp export` wrote
+/// before) wraps dicts and typed lists in them.
+bool is_jit_wrapper_call(const pickle::value& x) {
+  if (!x.is(kind::object) || x.items.size() != 2 || !x.items[0] || !x.items[1]
+      || !x.items[1]->is(kind::tuple) || x.items[1]->items.empty()
+      || !x.dictitems.empty() || x.state)
+    return false;
+  const auto& g = *x.items[0];
+  return g.is(kind::global) && g.s == "torch.jit._pickle"
+         && (g.name == "restore_type_tag" || g.name == "build_intlist"
+             || g.name == "build_doublelist" || g.name == "build_boollist");
+}
+
+/// `x` as the weights-only unpickler reads it: every bytes object spelled
+/// as protocol 2 spells it, `_codecs.encode(<latin-1 text>, 'latin1')`
+/// (there is no BINBYTES opcode there), and `torch.jit._pickle` wrappers
+/// replaced by the value they wrap.
+value_ptr portable(const value_ptr& x) {
   if (!x)
     return x;
+  if (is_jit_wrapper_call(*x))
+    return portable(x->items[1]->items[0]);
   if (x->is(kind::bytes)) {
     std::string text;
     for (unsigned char c : x->s) {
@@ -107,10 +124,10 @@ value_ptr protocol2_bytes(const value_ptr& x) {
     return x;
   auto copy = std::make_shared<pickle::value>(*x);
   for (auto& item : copy->items)
-    item = protocol2_bytes(item);
+    item = portable(item);
   for (auto& item : copy->dictitems)
-    item = protocol2_bytes(item);
-  copy->state = protocol2_bytes(copy->state);
+    item = portable(item);
+  copy->state = portable(copy->state);
   return copy;
 }
 
@@ -161,8 +178,9 @@ public:
   /// `torch.load(weights_only=True)` refuses, with a warning saying how to
   /// read them.
   caf::expected<value_ptr> bytes(const std::string& key, const bytes_value& b) {
-    if (auto obj = b.to_pickle(); obj && weights_only_value(obj->get()))
-      return protocol2_bytes(*obj);
+    if (auto obj = b.to_pickle())
+      if (auto x = portable(*obj); weights_only_value(x.get()))
+        return x;
     spdlog::warn("dcpp: bytes item '{}' holds a value torch.load("
                  "weights_only=True) would refuse; exported as raw torch.save "
                  "bytes in a uint8 tensor (torch.load(io.BytesIO("
