@@ -19,6 +19,7 @@
 #include "storage/metadata_codec.hpp"
 #include "storage/posix_file.hpp"
 #include "storage/safetensors.hpp"
+#include "storage/safetensors_header.hpp"
 #include "storage/state_dict.hpp"
 #include "storage/tensor_codec.hpp"
 
@@ -135,6 +136,17 @@ const storage_info* find_storage(const metadata& md, const std::string& fqn,
 
 // -- inspect ------------------------------------------------------------------
 
+/// Appends `key: value` to the JSON object `obj` without the search for an
+/// existing key that `obj[key]` makes (an ordered_json object is a vector,
+/// so N insertions that way cost N^2): `key` must be new, as every key of
+/// a std::map the caller walks is.
+void append_new_key(nlohmann::ordered_json& obj, const std::string& key,
+                    nlohmann::ordered_json value) {
+  using container = nlohmann::ordered_json::object_t::Container;
+  auto& entries = obj.get_ref<nlohmann::ordered_json::object_t&>();
+  static_cast<container&>(entries).emplace_back(key, std::move(value));
+}
+
 struct row {
   std::vector<std::string> cells;
 };
@@ -206,7 +218,7 @@ int run_inspect(const std::string& dir, bool as_json) {
       add_storage(s, r, find_storage(md, fqn, nullptr));
       j["storage"] = s;
       rows.push_back(std::move(r));
-      items[fqn] = std::move(j);
+      append_new_key(items, fqn, std::move(j));
       continue;
     }
     ++n_tensors;
@@ -232,7 +244,7 @@ int run_inspect(const std::string& dir, bool as_json) {
       rows.push_back(std::move(r));
     }
     j["chunks"] = std::move(chunks);
-    items[fqn] = std::move(j);
+    append_new_key(items, fqn, std::move(j));
   }
   uint64_t file_bytes = 0;
   for (const auto& [name, len] : files)
@@ -516,12 +528,45 @@ int run_prune(const std::string& root, size_t keep) {
   return 0;
 }
 
-// -- safetensors (issue 15) ---------------------------------------------------
+// -- safetensors --------------------------------------------------------------
 //
-// `__metadata__` of a safetensors file survives `import` + `export` as the
-// checkpoint's str value `__metadata__` (a JSON object of strings).
+// `__metadata__` of a safetensors file survives `import` + `export` in the
+// file `safetensors_metadata.json` of the checkpoint directory (a JSON
+// object of strings): the header's string metadata describes the file, not
+// the state, so it is no key of the state dict (which `dcpp export` to .pt
+// and PyTorch's `dcp_to_torch_save` would turn into one). DCP and `dcpp
+// verify` pass over the file. Checkpoints imported before kept it as the
+// str value `__metadata__`; export to safetensors still reads that.
 
 constexpr const char* safetensors_metadata_key = "__metadata__";
+constexpr const char* safetensors_metadata_file = "safetensors_metadata.json";
+
+std::string safetensors_metadata_path(const std::string& dir) {
+  return (fs::path{dir} / safetensors_metadata_file).string();
+}
+
+/// The string metadata an import kept in `dir`, if any.
+caf::expected<std::map<std::string, std::string>>
+read_safetensors_metadata(const std::string& dir) {
+  std::map<std::string, std::string> result;
+  auto path = safetensors_metadata_path(dir);
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec)))
+    return result;
+  auto text = read_checkpoint_file(path, safetensors_max_header);
+  if (!text)
+    return text.error();
+  auto doc = nlohmann::json::parse(*text, nullptr, false);
+  if (!doc.is_object())
+    return make_error(errc::corrupt_metadata, path + ": not a JSON object");
+  for (auto& [k, x] : doc.items()) {
+    if (!x.is_string())
+      return make_error(errc::corrupt_metadata,
+                        path + ": value of '" + k + "' is not a string");
+    result[k] = x.get<std::string>();
+  }
+  return result;
+}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size()
@@ -550,11 +595,12 @@ int run_inspect_safetensors(const std::string& path, bool as_json) {
       metadata_index{fqn, shape_t(item.tensor.size.size(), 0)});
     total += si.length;
     auto dt = info->dtype_names.at(fqn);
-    tensors[fqn] = {{"dtype", dt},
+    append_new_key(tensors, fqn,
+                   {{"dtype", dt},
                     {"shape", item.tensor.size},
                     {"file", si.relative_path},
                     {"offset", si.offset},
-                    {"length", si.length}};
+                    {"length", si.length}});
     rows.push_back({{fqn, dt, join_shape(item.tensor.size), si.relative_path,
                      std::to_string(si.offset), std::to_string(si.length)}});
   }
@@ -592,7 +638,13 @@ int run_export_safetensors(const std::string& dir, const std::string& out) {
   safetensors_writer_options wopts;
   auto parent = fs::path{out}.parent_path().string();
   wopts.file_name = fs::path{out}.filename().string();
-  // The str value `__metadata__` (from an import) becomes the header's.
+  auto kept = read_safetensors_metadata(dir);
+  if (!kept)
+    return fail(what, kept.error());
+  for (auto& [k, v] : *kept)
+    wopts.metadata[k] = std::move(v);
+  // The str value `__metadata__` (from an older import) becomes the
+  // header's.
   state_dict rest;
   for (auto& [key, v] : sd->entries()) {
     auto* b = std::get_if<bytes_value>(&v);
@@ -637,17 +689,23 @@ int run_import_safetensors(const std::string& in, const std::string& dir,
     if (auto err = cp.load(sd))
       return fail(what, err);
   }
+  // Written before the commit (`.metadata`), so a committed checkpoint
+  // has it; a stale one of an earlier import goes.
+  auto kept = safetensors_metadata_path(dir);
+  ::unlink(kept.c_str());
   if (!info->user_metadata.empty()) {
-    if (sd.find(safetensors_metadata_key))
-      return fail(what, make_error(errc::conflicting_item,
-                                   "a tensor is named __metadata__"));
+    if (auto err = detail::make_directories(dir, true))
+      return fail("import " + dir, err);
     nlohmann::json doc = info->user_metadata;
-    sd.set(safetensors_metadata_key, bytes_value::from_string(doc.dump()));
+    if (auto err = detail::replace_file(kept, doc.dump()))
+      return fail("import " + dir, err);
   }
   checkpointer cp{make_filesystem_writer(dir, wopts), nullptr, opts};
   auto md = cp.save(sd);
-  if (!md)
+  if (!md) {
+    ::unlink(kept.c_str());
     return fail("import " + dir, md.error());
+  }
   return imported(*md, dir);
 }
 

@@ -475,6 +475,15 @@ public:
     for (const auto& item : plan.items) {
       if (item.type == write_item_type::bytes)
         continue;
+      // Refused rather than renamed: a renamed tensor would load back under
+      // a key the state dict never had, and readers take the name for the
+      // header's metadata.
+      if (item.index.fqn == safetensors_metadata_name)
+        return make_error(errc::invalid_argument,
+                          "tensor '" + item.index.fqn
+                            + "': the name is reserved by the safetensors "
+                              "format for the header's string metadata; "
+                              "rename the key");
       if (auto name = safetensors_dtype_name(item.tensor_data.properties.type);
           !name)
         return with_context(name.error(), item.index.fqn);

@@ -35,6 +35,61 @@ constexpr std::array<dtype_name, 11> dtype_names{{
   {dtype::complex64, "C64"},
 }};
 
+/// SAX events of nlohmann's parser: counts the keys of the top-level
+/// object and stops the parse when they exceed the tensor bound (plus one
+/// for `__metadata__`). nlohmann's DOM parser with a callback is no
+/// substitute: it walks the parent object at every nested object's end,
+/// quadratic in the number of tensors.
+struct key_counter {
+  size_t depth = 0;
+  size_t keys = 0;
+
+  bool null() {
+    return true;
+  }
+  bool boolean(bool) {
+    return true;
+  }
+  bool number_integer(json::number_integer_t) {
+    return true;
+  }
+  bool number_unsigned(json::number_unsigned_t) {
+    return true;
+  }
+  bool number_float(json::number_float_t, const std::string&) {
+    return true;
+  }
+  bool string(std::string&) {
+    return true;
+  }
+  bool binary(json::binary_t&) {
+    return true;
+  }
+  bool start_object(size_t) {
+    ++depth;
+    return true;
+  }
+  bool key(std::string&) {
+    return depth != 1 || ++keys <= safetensors_max_tensors + 1;
+  }
+  bool end_object() {
+    --depth;
+    return true;
+  }
+  bool start_array(size_t) {
+    ++depth;
+    return true;
+  }
+  bool end_array() {
+    --depth;
+    return true;
+  }
+  bool parse_error(size_t, const std::string&,
+                   const nlohmann::detail::exception&) {
+    return false;
+  }
+};
+
 caf::error bad(const std::string& file, const std::string& what) {
   return make_error(errc::corrupt_item, file + ": safetensors header: " + what);
 }
@@ -100,11 +155,28 @@ decode_safetensors_header(std::string_view text, uint64_t file_size,
   if (result.data_start > file_size)
     return bad(file, "header runs past the end of the file");
   auto buffer = file_size - result.data_start;
+  // A first pass counts the top-level keys and stops at the first beyond
+  // the bound, before a hostile header is built into a document.
+  key_counter counter;
+  if (!json::sax_parse(text.begin(), text.end(), &counter)
+      && counter.keys > safetensors_max_tensors + 1)
+    return make_error(errc::too_large,
+                      file + ": safetensors header declares more than "
+                        + std::to_string(safetensors_max_tensors)
+                        + " tensors, the limit");
   auto doc = json::parse(text.begin(), text.end(), nullptr, false);
   if (doc.is_discarded())
     return bad(file, "not valid JSON");
   if (!doc.is_object())
     return bad(file, "not a JSON object");
+  auto declared = doc.size() - doc.count("__metadata__");
+  if (declared > safetensors_max_tensors)
+    return make_error(errc::too_large,
+                      file + ": safetensors header declares "
+                        + std::to_string(declared)
+                        + " tensors, more than the limit of "
+                        + std::to_string(safetensors_max_tensors));
+  result.tensors.reserve(declared);
   for (auto& [name, value] : doc.items()) {
     if (name == "__metadata__") {
       if (!value.is_object())
@@ -134,6 +206,13 @@ decode_safetensors_header(std::string_view text, uint64_t file_size,
     if (!type)
       return with_context(type.error(), file + ": tensor '" + name + "'");
     e.type = *type;
+    if (shape->size() > safetensors_max_rank)
+      return make_error(errc::too_large,
+                        file + ": safetensors header: " + where + "rank "
+                          + std::to_string(shape->size())
+                          + " exceeds the limit of "
+                          + std::to_string(safetensors_max_rank));
+    e.shape.reserve(shape->size());
     for (auto& d : *shape) {
       if (!d.is_number_unsigned()
           || d.get<uint64_t>()

@@ -24,8 +24,25 @@
 
 namespace dcpp {
 
+// Bounds (hostile files): decoding a header costs time and memory linear
+// in its length, and what the importer builds from it linear in the number
+// of tensors and the sum of their ranks, each bounded here.
+
 /// Largest header dcpp accepts (the reference implementation's bound).
 constexpr uint64_t safetensors_max_header = uint64_t{100} << 20;
+
+/// Most tensors in one file: far above real files (the largest models
+/// shard into files of a few thousand tensors), far below what a 100 MiB
+/// header could declare (about two million). An import builds a state dict
+/// entry and a tensor item per tensor: at this bound about 30 s and 2 GB.
+constexpr size_t safetensors_max_tensors = size_t{1} << 16;
+
+/// Highest rank of a tensor: the most a DCP tensor item holds
+/// (storage/tensor_codec.cpp), so every tensor imported can be saved.
+constexpr size_t safetensors_max_rank = 64;
+
+/// The header entry of string metadata; no tensor may have this name.
+constexpr const char* safetensors_metadata_name = "__metadata__";
 
 /// `__metadata__` keys dcpp writes: `dcpp_bytes_prefix + fqn` holds a bytes
 /// item (DCP's serialized value), base64-encoded.
@@ -65,8 +82,10 @@ caf::expected<uint64_t> safetensors_header_length(std::string_view first8,
                                                   const std::string& file);
 
 /// Decodes and validates the header JSON `json` of a file of `file_size`
-/// bytes whose header length is `json.size()`. Errors
-/// (`errc::corrupt_item`, `errc::unknown_dtype`) name the file and tensor.
+/// bytes whose header length is `json.size()`, in time linear in its
+/// length. Errors (`errc::corrupt_item`, `errc::unknown_dtype`, and
+/// `errc::too_large` beyond `safetensors_max_tensors` or
+/// `safetensors_max_rank`) name the file and tensor.
 caf::expected<safetensors_header>
 decode_safetensors_header(std::string_view json, uint64_t file_size,
                           const std::string& file);

@@ -122,7 +122,28 @@ state_dict& state_dict::nested(const std::string& key) {
   return *sub;
 }
 
+namespace {
+
+/// Below this many keys a dict is scanned, not indexed.
+constexpr size_t index_threshold = 32;
+
+} // namespace
+
+void state_dict::index_entries() {
+  if (entries_.size() <= index_threshold)
+    return;
+  // emplace keeps the first of duplicate keys (which only mutable
+  // `entries()` can add), as a scan finds it.
+  for (; indexed_ < entries_.size(); ++indexed_)
+    index_.emplace(entries_[indexed_].first, indexed_);
+}
+
 value* state_dict::find(const std::string& key) {
+  index_entries();
+  if (indexed_ == entries_.size() && indexed_ > 0) {
+    auto i = index_.find(key);
+    return i == index_.end() ? nullptr : &entries_[i->second].second;
+  }
   for (auto& [k, v] : entries_)
     if (k == key)
       return &v;
@@ -130,7 +151,16 @@ value* state_dict::find(const std::string& key) {
 }
 
 const value* state_dict::find(const std::string& key) const {
-  return const_cast<state_dict*>(this)->find(key);
+  // Reads the index only where it is complete (never builds it: const
+  // lookups may run on several threads at once).
+  if (indexed_ == entries_.size() && indexed_ > 0) {
+    auto i = index_.find(key);
+    return i == index_.end() ? nullptr : &entries_[i->second].second;
+  }
+  for (const auto& [k, v] : entries_)
+    if (k == key)
+      return &v;
+  return nullptr;
 }
 
 value* state_dict::find_path(const std::vector<std::string>& path) {

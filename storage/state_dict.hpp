@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -103,7 +104,11 @@ public:
   const std::vector<entry>& entries() const {
     return entries_;
   }
+  /// Mutable access drops the key index (the caller may rename keys); the
+  /// next non-const `find` rebuilds it.
   std::vector<entry>& entries() {
+    index_.clear();
+    indexed_ = 0;
     return entries_;
   }
 
@@ -128,8 +133,17 @@ public:
   }
 
 private:
+  /// Indexes the entries added since the last call (dicts above a few
+  /// dozen keys only: below, a scan is cheaper).
+  void index_entries();
+
   std::vector<entry> entries_;
   bool is_list_ = false;
+  /// Key -> position in `entries_` for the first `indexed_` entries, so
+  /// that `set` and `find` cost O(1) and building a dict of N keys O(N),
+  /// not O(N^2).
+  std::unordered_map<std::string, size_t> index_;
+  size_t indexed_ = 0;
 };
 
 /// A flattened state dict: dotted keys to leaf values (tensors, sharded

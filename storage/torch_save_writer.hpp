@@ -4,8 +4,21 @@
 // opens (DCP's `dcp_to_torch_save`, the far end of `dcpp export`): full
 // tensors, non-tensor values decoded from their torch.save bytes, nested as
 // a `nested_node` tree says (dicts, lists, None for list positions no key
-// fills). The file is libtorch's `pickle_save` archive, written atomically
-// (`FILE.tmp`, fsync, rename, fsync of the directory).
+// fills). The file is the zip archive Python's torch.save writes, its
+// `data.pkl` emitted by dcpp's pickle writer (storage/pickle.hpp) with only
+// the globals `torch.load(weights_only=True)` allows: `collections.
+// OrderedDict`, `torch._utils._rebuild_tensor_v2` and the typed storage
+// classes (`torch.FloatStorage`, ...) in persistent ids, plus what a
+// non-tensor value held when it was torch.save'd (`torch.Size`, dtypes,
+// `torch.device`, ...); dicts are plain dicts. It is written atomically
+// (`FILE.tmp`, fsync, rename, fsync of the directory). Loads in PyTorch 2.x
+// with the default `weights_only=True`, and in 1.13 (whose weights-only
+// unpickler lacks floats, bytes and some dtypes: such files load there with
+// `weights_only=False`, as Python's own torch.save of them does).
+//
+// Non-tensor values come back as the object they were torch.save'd as; one
+// whose pickle names a global outside that list (or holds a tensor) is
+// written as its raw torch.save bytes in a uint8 tensor, with a warning.
 //
 // Optimizer state dicts: DCP's flattening turns every dict key into a str,
 // so `optimizer.state_dict()["state"]` (keyed by the int ids of the

@@ -15,6 +15,8 @@ Cases:
                   (resharded), single file and indexed shards
   hostile         crafted headers are refused with an error naming the file
                   and the tensor
+  hostile_sizes   headers beyond the bounds on tensors per file and rank
+                  are refused within seconds
   cli             dcpp export / import / inspect on safetensors
 
 Exit 0 on success, 1 on failure, 77 (printing why) if torch cannot be
@@ -29,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 SKIP = 77
 try:
@@ -221,6 +224,42 @@ def hostile(tmp):
         print(f"ok: {name} refused: {out.strip().splitlines()[-1]}")
 
 
+def write_header(path, header, data):
+    text = json.dumps(header, separators=(",", ":")).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+def hostile_sizes(tmp):
+    """Headers whose decoding used to cost more than linear time: a million
+    tensors (60 MB, under the 100 MB header bound) and a shape of rank
+    100,000 (0.6 MB). inspect and import end within seconds, refusing with
+    the bound, naming the file (and the tensor)."""
+    many = os.path.join(tmp, "many.safetensors")
+    n = 1000000
+    header = {f"t.{i}": {"dtype": "F32", "shape": [1],
+                         "data_offsets": [4 * i, 4 * i + 4]} for i in range(n)}
+    write_header(many, header, b"\0" * (4 * n))
+    deep = os.path.join(tmp, "deep.safetensors")
+    write_header(deep, {"x": {"dtype": "U8", "shape": [1] * 100000,
+                              "data_offsets": [0, 1]}}, b"\0")
+    for path, needles in ((many, ["tensors", "limit"]),
+                          (deep, ["tensor 'x'", "rank 100000", "limit"])):
+        for cmd in (["inspect", path], ["import", path, path + ".ckpt"]):
+            t0 = time.monotonic()
+            r = run(dcpp_cli, *cmd)
+            secs = time.monotonic() - t0
+            err = r.stderr.strip()
+            if r.returncode != 1 or path not in err \
+                    or not all(x in err for x in needles):
+                fail(f"dcpp {cmd[0]} {path}: exit {r.returncode}: {err}")
+            if secs > 20:
+                fail(f"dcpp {cmd[0]} {path} took {secs:.1f} s")
+            if os.path.exists(path + ".ckpt/.metadata"):
+                fail(f"import of {path} committed a checkpoint")
+            print(f"ok: {cmd[0]} refused in {secs:.1f} s: {err}")
+
+
 def cli(tmp):
     src = os.path.join(tmp, "in.safetensors")
     write_file(src, expected(), {"format": "pt", "source": "test"})
@@ -231,6 +270,18 @@ def cli(tmp):
     r = run(dcpp_cli, "inspect", ckpt)
     if r.returncode != 0 or "row" not in r.stdout:
         fail(f"inspect of the imported checkpoint: {r.stdout}{r.stderr}")
+    # The header's string metadata is kept beside the checkpoint, not as a
+    # key of the state dict: export to .pt gives the tensors only.
+    if "__metadata__" in r.stdout:
+        fail(f"__metadata__ became a key of the checkpoint: {r.stdout}")
+    pt = os.path.join(tmp, "out.pt")
+    r = run(dcpp_cli, "export", ckpt, pt)
+    if r.returncode != 0:
+        fail(f"export to .pt: {r.stdout}{r.stderr}")
+    got = torch.load(pt)
+    if set(got) != set(expected()):
+        fail(f"export to .pt: keys {sorted(got)}, want {sorted(expected())}")
+    check_values(got, expected(), "import + export to .pt")
     out = os.path.join(tmp, "out.safetensors")
     r = run(dcpp_cli, "export", ckpt, out)
     if r.returncode != 0:
@@ -243,6 +294,21 @@ def cli(tmp):
     if r.returncode != 0 or "BF16" not in r.stdout or "source" not in r.stdout:
         fail(f"inspect {out}: {r.stdout}{r.stderr}")
     print(r.stdout)
+    # A tensor named __metadata__ (the name the format reserves) is refused
+    # by the export, naming it; nothing is written.
+    src_pt = os.path.join(tmp, "reserved.pt")
+    torch.save({"__metadata__": torch.ones(2), "w": torch.zeros(3)}, src_pt)
+    reserved = os.path.join(tmp, "reserved")
+    r = run(dcpp_cli, "import", src_pt, reserved)
+    if r.returncode != 0:
+        fail(f"import {src_pt}: {r.stdout}{r.stderr}")
+    out2 = os.path.join(tmp, "reserved.safetensors")
+    r = run(dcpp_cli, "export", reserved, out2)
+    if r.returncode != 1 or "'__metadata__'" not in r.stderr \
+            or "reserved" not in r.stderr or os.path.exists(out2):
+        fail(f"export of a tensor named __metadata__: exit {r.returncode}: "
+             f"{r.stdout}{r.stderr}")
+    print("ok: " + r.stderr.strip())
     bad = os.path.join(tmp, "bad.safetensors")
     with open(bad, "wb") as f:
         f.write(struct.pack("<Q", 1 << 40))
@@ -255,7 +321,8 @@ def cli(tmp):
 tmp = tempfile.mkdtemp(prefix="dcpp_safetensors_")
 try:
     {"dcpp_to_python": dcpp_to_python, "python_to_dcpp": python_to_dcpp,
-     "hostile": hostile, "cli": cli}[case](tmp)
+     "hostile": hostile, "hostile_sizes": hostile_sizes,
+     "cli": cli}[case](tmp)
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 print("PASSED")
