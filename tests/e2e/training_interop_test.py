@@ -40,7 +40,7 @@ try:
     sys.path.insert(0, INTEROP)
     import torch113_compat as compat  # noqa: E402
     import torch  # noqa: E402
-    from torch import nn  # noqa: E402
+    from training_model import make_adam, make_model, train_step  # noqa: E402
 except Exception as e:  # noqa: BLE001
     print(f"SKIP: torch 1.13 DCP cannot be imported by {sys.executable}: {e!r}")
     sys.exit(SKIP)
@@ -72,33 +72,6 @@ def run(*cmd):
     if p.returncode != 0:
         print(f"FAILED: exit code {p.returncode}")
         sys.exit(1)
-
-
-# -- the model, data and training of training_interop_tool.cpp --
-
-
-def make_model():
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    with torch.no_grad():
-        for i, p in enumerate(model.parameters()):
-            n = p.numel()
-            p.copy_((torch.sin(torch.arange(n, dtype=torch.float) * 0.37 + i)
-                     * 0.3).reshape(p.shape))
-    return model
-
-
-def make_adam(model, lr=0.01):
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99),
-                            eps=1e-8, weight_decay=0.01)
-
-
-def train_step(model, opt):
-    x = torch.sin(torch.arange(32 * 8, dtype=torch.float).reshape(32, 8) * 0.1)
-    y = torch.cos(torch.arange(32 * 4, dtype=torch.float).reshape(32, 4) * 0.2)
-    opt.zero_grad()
-    loss = (model(x) - y).pow(2).mean()
-    loss.backward()
-    opt.step()
 
 
 # -- get_state_dict's layout, by hand, flattened as DCP 2.4+ does --
