@@ -43,6 +43,7 @@ Cases:
 Exit 0 on success, 1 on failure.
 """
 import datetime
+import faulthandler
 import glob
 import os
 import shutil
@@ -74,6 +75,7 @@ from training_model import make_adam, make_model, train_step  # noqa: E402
 
 # DCP 2.6's own use of tensor.storage() warns on every save.
 warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+mp.set_forkserver_preload(["torch", "torch.distributed.checkpoint"])
 # One thread: identical arithmetic to libtorch's, and no OpenMP pool that
 # forked ranks would inherit.
 torch.set_num_threads(1)
@@ -212,7 +214,9 @@ def free_port():
     return port
 
 
-def _rank_load(rank, world, port, ckpt, want, dim_of, results):
+def _rank_load(rank, world, port, ckpt, want, split, results):
+    # A rank stuck anywhere shows where, and ends.
+    faulthandler.dump_traceback_later(120, exit=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # A rank that fails must not leave the others waiting for ever.
     dist.init_process_group("gloo", rank=rank, world_size=world,
@@ -228,7 +232,7 @@ def _rank_load(rank, world, port, ckpt, want, dim_of, results):
             if v.dim() == 0:
                 target[key] = torch.zeros_like(v)
                 continue
-            d = dim_of(v)
+            d = 0 if split == "first" else v.dim() - 1
             placement = [Shard(d)] if v.shape[d] >= world else [Replicate()]
             size, off = compute_local_shape_and_global_offset(v.shape, mesh, placement)
             target[key] = DTensor.from_local(torch.zeros(size, dtype=v.dtype), mesh,
@@ -252,11 +256,13 @@ def _rank_load(rank, world, port, ckpt, want, dim_of, results):
         dist.destroy_process_group()
 
 
-def load_at_worlds(ckpt, want, worlds, what, dim_of=lambda t: 0):
+def load_at_worlds(ckpt, want, worlds, what, split="first"):
     """Loads the flat keys of `want` from `ckpt` on each world: plain
-    tensors on 1 rank (no process group), DTensors beyond (Shard(dim_of(t))
-    where the dim has enough elements, else Replicate); every value must
-    equal `want`."""
+    tensors on 1 rank (no process group), DTensors beyond (Shard of the
+    first or the last dim, `split`, where it has enough elements, else
+    Replicate); every value must equal `want`. The ranks are forked from a
+    fork server that imported torch: forking this process, whose DCP calls
+    leave threads behind, can deadlock a rank."""
     for world in worlds:
         if world == 1:
             target = {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else None
@@ -269,8 +275,9 @@ def load_at_worlds(ckpt, want, worlds, what, dim_of=lambda t: 0):
         else:
             with mp.Manager() as manager:
                 results = manager.dict()
-                mp.start_processes(_rank_load, nprocs=world, join=True, start_method="fork",
-                                   args=(world, free_port(), ckpt, want, dim_of, results))
+                mp.start_processes(_rank_load, nprocs=world, join=True,
+                                   start_method="forkserver",
+                                   args=(world, free_port(), ckpt, want, split, results))
                 bad = sorted({b for r in range(world) for b in results.get(r, ["no result"])})
         check(not bad, f"{what}: dcp.load on {world} rank(s) "
               f"({'plain tensors' if world == 1 else 'DTensors'}), {len(want)} keys"
@@ -529,7 +536,7 @@ def round_trip(name, obj, worlds=(1, 2, 3), verify=False):
         attempt(f"{name}: dcpp inspect", dcpp, "inspect", ckpt)
     if worlds:
         load_at_worlds(ckpt, flat, worlds, f"{name}: dcpp import",
-                       dim_of=lambda t: t.dim() - 1)
+                       split="last")
     got = attempt(f"{name}: dcpp export", export, ckpt, name + "_export.pt")
     if got is not None:
         same_as(got, plain(obj), f"{name}: dcpp export + torch.load(weights_only) vs the input")
