@@ -29,7 +29,8 @@ Cases:
                  uneven sharding and save what they loaded; 2.6 loads that
                  strictly and compares with what it saved.
   import         2.6 torch.save files (a flat model state_dict, a nested
-                 training checkpoint, views, an OrderedDict) through
+                 training checkpoint, views, the dtypes libtorch 1.13 has,
+                 an OrderedDict) through
                  `dcpp import`: loaded by 2.6 dcp.load at worlds 1-3,
                  `dcpp export` and dcp_to_torch_save give back the input
                  with torch.load(weights_only=True).
@@ -47,7 +48,6 @@ import faulthandler
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import traceback
@@ -69,6 +69,7 @@ from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.tensor import DTensor, Replicate, Shard  # noqa: E402
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset  # noqa: E402
 
+from peer import free_port  # noqa: E402
 from state_trees import (dcp_flatten, first_difference, is_terminal, normalize, plain,  # noqa: E402
                          same)
 from training_model import make_adam, make_model, train_step  # noqa: E402
@@ -204,14 +205,6 @@ def zeros_tree(value):
 
 
 # -- loading at several worlds, as DTensors ------------------------------------
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _rank_load(rank, world, port, ckpt, want, split, results):
@@ -566,6 +559,14 @@ def case_import():
     round_trip("views", {"base": base, "row": base[1], "col": base[:, 2], "t": base.t(),
                          "strided": base[::2, ::3], "scalar": base[2, 3],
                          "nested": {"again": base[3], "list": [base[0], 7, "x"]}})
+    x = torch.arange(-3, 5)
+    round_trip("dtypes", {"float64": x.double() / 3, "float32": x.float() / 3,
+                          "float16": x.half() / 4, "bfloat16": x.bfloat16() / 4,
+                          "int8": x.to(torch.int8), "int16": x.to(torch.int16) * 300,
+                          "int32": x.int() * 70000, "int64": x.long() << 40,
+                          "uint8": (x + 3).to(torch.uint8) * 30, "bool": x > 0,
+                          "complex64": torch.complex(x.float(), -x.float()),
+                          "complex128": torch.complex(x.double(), x.double() / 7)})
     round_trip("ordered_dict", OrderedDict([("z", torch.ones(3)), ("a", {"b": torch.zeros(2, 2)}),
                                             ("m", torch.arange(4, dtype=torch.int16))]))
 
