@@ -270,9 +270,34 @@ private:
 
 } // namespace
 
+namespace {
+
+/// The options with the step directories owned by the manager: its writer
+/// never follows a link planted under a step's name.
+checkpoint_manager_options owning_steps(checkpoint_manager_options opts) {
+  opts.writer.owned_directory = true;
+  return opts;
+}
+
+/// The committed steps of `root`, ascending; warns naming each broken step
+/// directory newer than the newest of them (one the root holds but that is
+/// not restored as the latest: see storage/checkpoint_root.hpp).
+caf::expected<std::vector<uint64_t>> committed_steps_noting(
+  const std::string& root) {
+  std::vector<step_entry> passed;
+  auto steps = committed_steps(root, &passed);
+  for (const auto& entry : passed)
+    spdlog::warn("dcpp: checkpoint manager {}: passed over {} (not restored "
+                 "as the latest, left in place): {}",
+                 root, entry.path, entry.broken);
+  return steps;
+}
+
+} // namespace
+
 checkpoint_manager::checkpoint_manager(std::string root,
                                        checkpoint_manager_options opts)
-  : root_(std::move(root)), opts_(std::move(opts)),
+  : root_(std::move(root)), opts_(owning_steps(std::move(opts))),
     cp_(make_filesystem_writer(root_, opts_.writer),
         make_filesystem_reader(root_, opts_.reader), opts_.checkpointer) {
   // nop
@@ -302,6 +327,8 @@ caf::error checkpoint_manager::save(uint64_t step, const state_dict& sd,
                       "checkpoint manager " + root_ + ": cannot save step "
                         + std::to_string(step) + ": " + why);
   };
+  if (step > max_step)
+    return refuse("beyond the largest step " + std::to_string(max_step));
   if (last_saved_ && step <= *last_saved_)
     return refuse("not newer than step " + std::to_string(*last_saved_)
                   + ", saved or restored before");
@@ -321,11 +348,17 @@ caf::error checkpoint_manager::save(uint64_t step, const state_dict& sd,
   // error afterwards; the step then has no metrics.
   caf::error metrics_err;
   if (is_coordinator()) {
-    metrics_err = detail::make_directories(dir, opts_.writer.sync_files);
-    if (!metrics_err)
-      metrics_err = detail::replace_file(metrics_path(root_, step),
-                                         encode_metrics(step, metrics),
-                                         opts_.writer.sync_files);
+    // The step directory is the manager's own: a link planted under its
+    // name is refused here (and by every rank's writer), never written
+    // through.
+    auto dirfd = detail::make_owned_directory(dir, opts_.writer.sync_files);
+    if (!dirfd)
+      metrics_err = std::move(dirfd.error());
+    else
+      metrics_err = detail::replace_file_at(dirfd->get(), dir,
+                                            metrics_file_name,
+                                            encode_metrics(step, metrics),
+                                            opts_.writer.sync_files);
     if (metrics_err)
       metrics_err = with_context(metrics_err, "checkpoint manager: step "
                                                 + std::to_string(step)
@@ -452,7 +485,7 @@ bool checkpoint_manager::is_local() const {
 caf::expected<checkpoint_manager::agreement> checkpoint_manager::agree() {
   if (tail_.valid())
     tail_.wait();
-  auto mine = committed_steps(root_);
+  auto mine = committed_steps_noting(root_);
   if (is_local()) {
     if (!mine)
       return std::move(mine.error());

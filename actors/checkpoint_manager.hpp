@@ -41,6 +41,22 @@
 // write, the commit or a prune) leaves the newest committed step
 // restorable.
 //
+// Step directories are the manager's own. The coordinator's metrics write
+// and every rank's writer (`filesystem_writer_options::owned_directory`)
+// create a step's directory and open it without following links, then
+// write relative to the open directory: a symbolic link planted under a
+// step's name (to another run's committed step, say) fails the save on
+// every rank with `errc::path_escape` naming it, and nothing is written
+// through it. `save` refuses a step beyond `max_step`.
+//
+// Which steps `restore(latest)` considers: those that storage/checkpoint_root
+// counts as the root's own ("Which steps belong to the root's own series":
+// a number up to `max_step`, a real directory, a commit record that does
+// not name another step). A step directory that fails this and is newer
+// than the newest good one is passed over with a warning naming it and
+// left in place (it may be another run's); an explicit `restore(step)` of
+// it fails naming the directory and why.
+//
 // Retention (coordinator rank only, only after a save committed; in the
 // background for async saves): of the committed steps, keep
 //   - the newest one, always (a restart resumes from it);

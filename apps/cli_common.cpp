@@ -1,5 +1,7 @@
 #include "apps/cli_common.hpp"
 
+#include "core/printable.hpp"
+
 #include <spdlog/cfg/env.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -9,7 +11,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <iostream>
+#include <string_view>
 #include <vector>
 
 namespace dcpp::cli {
@@ -35,6 +40,33 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 std::string first_line(const std::string& text) {
   return text.substr(0, text.find('\n'));
+}
+
+// spdlog ignores a level name it does not know in SPDLOG_LEVEL
+// ("verbose", "inf"): say so instead of logging at another level silently.
+void warn_bad_env_levels() {
+  const char* env = std::getenv("SPDLOG_LEVEL");
+  if (env == nullptr)
+    return;
+  static const std::vector<std::string> names = {"trace",   "debug",    "info",
+                                                 "warning", "warn",     "error",
+                                                 "err",     "critical", "off"};
+  std::string_view rest{env};
+  while (!rest.empty()) {
+    auto item = rest.substr(0, rest.find(','));
+    rest.remove_prefix(std::min(rest.size(), item.size() + 1));
+    auto level = std::string{item.substr(item.find('=') + 1)};
+    std::transform(level.begin(), level.end(), level.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    if (std::find(names.begin(), names.end(), level) != names.end())
+      continue;
+    auto guess = closest(level, names);
+    spdlog::warn("SPDLOG_LEVEL: '{}' is not a log level (trace, debug, info, "
+                 "warn, error, critical, off){}; ignored",
+                 printable(item, 64),
+                 guess.empty() ? std::string{}
+                               : "; did you mean '" + guess + "'?");
+  }
 }
 
 } // namespace
@@ -80,6 +112,10 @@ std::string closest(const std::string& word,
 }
 
 int parse(CLI::App& app, int argc, char** argv, const std::string& program) {
+  // Global flags (-v, --log-level) are taken before or after the
+  // subcommand: what a subcommand does not know falls through to the app.
+  for (auto* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    sub->fallthrough();
   try {
     app.parse(argc, argv);
     return -1;
@@ -115,6 +151,7 @@ void init_logging(const log_options& log, const std::string& tag) {
   spdlog::set_default_logger(logger);
   set_log_tag(tag);
   spdlog::set_level(spdlog::level::info);
+  warn_bad_env_levels();
   spdlog::cfg::load_env_levels();
   if (log.verbose >= 2)
     spdlog::set_level(spdlog::level::trace);

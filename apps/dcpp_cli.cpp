@@ -288,6 +288,10 @@ caf::expected<state_dict> read_whole_checkpoint(const std::string& dir,
 }
 
 int run_export(const std::string& dir, const std::string& out, bool flat) {
+  // Checked before anything is read; the writer checks the kind of file
+  // at `out` again just before it replaces it.
+  if (auto err = detail::check_output_path(out, {dir}))
+    return fail("export " + dir, err);
   torch_save_export_options opts;
   opts.flat = flat;
   auto md = export_torch_save(make_filesystem_reader(dir), out, opts);
@@ -570,6 +574,8 @@ int run_inspect_safetensors(const std::string& path, bool as_json) {
 /// A DCP checkpoint directory -> one safetensors file of full tensors.
 int run_export_safetensors(const std::string& dir, const std::string& out) {
   auto what = "export " + dir;
+  if (auto err = detail::check_output_path(out, {dir}))
+    return fail(what, err);
   auto ci = load_metadata(dir);
   if (!ci)
     return fail(what, ci.error());

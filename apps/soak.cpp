@@ -6,6 +6,20 @@
 // bit-exact, on a random number of ranks (sometimes under a read-side
 // fault first). Every few cycles the root is pruned.
 //
+// Some cycles also have a hostile operator plant something where dcpp
+// writes or looks for steps, beside a sentinel checkpoint outside the root
+// (`<root>.sentinel`, "another run's") whose every file is compared byte
+// for byte after each plant and at the end:
+// - step link: the cycle's step directory is a symbolic link to the
+//   sentinel's step. The soak's writers own their step directories, as a
+//   checkpoint manager's do (`owned_directory`), so the save must fail on
+//   every rank and write nothing through the link;
+// - far step: a copy of the newest committed step planted as
+//   `step_999999999999` (kept for the rest of the run): never the latest,
+//   never removed by prune, never changed;
+// - export link: the newest committed step exported (`export_torch_save`)
+//   to a symbolic link to the sentinel's file: refused.
+//
 //   dcpp-soak --root /tmp/soak --seconds 60 [--seed 123] [--world 3]
 //
 // One line per cycle, one line per failure ("FAIL cycle N [spec]: ..."),
@@ -18,6 +32,7 @@
 // load world sizes come from that seed; only timing differs.
 
 #include "actors/checkpointer.hpp"
+#include "actors/format_utils.hpp"
 #include "actors/process_group.hpp"
 #include "actors/system.hpp"
 #include "actors/transport/zmq_transport.hpp"
@@ -103,6 +118,7 @@ struct counters {
   uint64_t lost = 0;       // data lost, torn or phantom commits
   uint64_t bad_verify = 0; // loads that failed or returned wrong values
   uint64_t other = 0;      // other failures (prune, root listing)
+  uint64_t hostile = 0;    // hostile plants (step link, far step, export)
 };
 
 settings cfg;
@@ -126,8 +142,8 @@ void print_summary(double elapsed) {
               "injected (fired %llu), %llu saves aborted, %llu mixed, %llu "
               "committed (%llu on disk, %llu committed despite errors, %llu "
               "unexpected aborts), %llu loads verified, %llu load faults, "
-              "%llu prunes, %llu hangs, data lost %llu, verify failures "
-              "%llu, other failures %llu\n",
+              "%llu prunes, %llu hostile plants, %llu hangs, data lost "
+              "%llu, verify failures %llu, other failures %llu\n",
               static_cast<unsigned long long>(cfg.seed),
               static_cast<unsigned long long>(cnt.cycles), elapsed,
               static_cast<unsigned long long>(cnt.faults),
@@ -141,6 +157,7 @@ void print_summary(double elapsed) {
               static_cast<unsigned long long>(cnt.loads),
               static_cast<unsigned long long>(cnt.load_faults),
               static_cast<unsigned long long>(cnt.prunes),
+              static_cast<unsigned long long>(cnt.hostile),
               static_cast<unsigned long long>(cnt.hangs),
               static_cast<unsigned long long>(cnt.lost),
               static_cast<unsigned long long>(cnt.bad_verify),
@@ -457,7 +474,14 @@ void make_groups(rank_groups& out, caf::actor_system& sys, int32_t world,
   launch_env env;
   env.world_size = world;
   env.master_port = cli::free_loopback_port();
-  env.secret = "dcpp-soak-" + std::to_string(cfg.seed);
+  // 16 bytes drawn from the run's seed: as strong as a launcher's secret
+  // (no weak-secret warning), and the same on every rank of the run.
+  std::mt19937_64 draw{cfg.seed};
+  char hex[33];
+  std::snprintf(hex, sizeof hex, "%016llx%016llx",
+                static_cast<unsigned long long>(draw()),
+                static_cast<unsigned long long>(draw()));
+  env.secret = hex;
   env.job_id = "dcpp-soak";
   zmq_options zopts;
   zopts.coordinator_rank = coord;
@@ -523,6 +547,8 @@ call_result save_step(caf::actor_system& sys, uint64_t step,
   }
   auto dir = step_directory(cfg.root, step);
   filesystem_writer_options wopts;
+  // Step directories are the soak's own, as a checkpoint manager's are.
+  wopts.owned_directory = true;
   wopts.thread_count = wc.threads;
   wopts.single_file_per_rank = !wc.per_item;
   auto fn = [&group, dir, step, split, coord, wopts](int32_t r) {
@@ -734,6 +760,87 @@ void check_latest(uint64_t expected, uint64_t cycle, const std::string& spec,
   }
 }
 
+// -- hostile operators ----------------------------------------------------------
+
+/// Every entry under `dir`, links not followed: relative path -> kind and
+/// content.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it{dir, ec}, end; !ec && it != end;
+       it.increment(ec)) {
+    auto rel = fs::relative(it->path(), dir, ec).string();
+    auto st = it->symlink_status(ec);
+    if (fs::is_symlink(st)) {
+      out[rel] = "link:" + fs::read_symlink(it->path(), ec).string();
+    } else if (fs::is_regular_file(st)) {
+      std::FILE* f = std::fopen(it->path().c_str(), "rb");
+      std::string data;
+      if (f != nullptr) {
+        char buf[65536];
+        size_t n;
+        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
+          data.append(buf, n);
+        std::fclose(f);
+      }
+      out[rel] = "file:" + data;
+    } else {
+      out[rel] = fs::is_directory(st) ? "dir" : "other";
+    }
+  }
+  if (ec)
+    out["(error)"] = ec.message();
+  return out;
+}
+
+/// The sentinel: another run's checkpoint beside the root.
+struct sentinel {
+  std::string dir;
+  std::string step_dir;
+  std::string file;
+  std::string export_link;
+  std::map<std::string, std::string> content;
+
+  bool make() {
+    dir = cfg.root + ".sentinel";
+    step_dir = step_directory(dir, 1);
+    file = dir + "/precious";
+    export_link = dir + "/export.pt";
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    fs::create_directories(dir, ec);
+    if (ec)
+      return false;
+    if (std::FILE* f = std::fopen(file.c_str(), "wb")) {
+      std::fputs("another run's file\n", f);
+      std::fclose(f);
+    }
+    fs::create_symlink(file, export_link, ec);
+    checkpointer_options o;
+    o.no_dist = true;
+    checkpointer cp{make_filesystem_writer(step_dir), nullptr, o};
+    auto sd = synthetic::make_state_dict(
+      model_options(7, synthetic::layout::replicated, 0, 1));
+    if (ec || !cp.save(sd))
+      return false;
+    content = snapshot(dir);
+    return true;
+  }
+
+  /// Counts a change as lost data.
+  void check(uint64_t cycle, const std::string& what) const {
+    if (snapshot(dir) != content) {
+      ++cnt.lost;
+      fail_line(cycle, what,
+                "the sentinel checkpoint " + dir
+                  + " changed (written through a planted path)");
+    }
+  }
+};
+
+/// The name of the planted far-future step.
+constexpr uint64_t far_step = 999999999999;
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -793,6 +900,14 @@ int main(int argc, char** argv) {
               cfg.seconds, cfg.max_cycles ? " (or cycle limit)" : "");
   std::fflush(stdout);
 
+  sentinel guard;
+  if (!guard.make()) {
+    std::fprintf(stderr, "dcpp-soak: cannot make the sentinel %s.sentinel\n",
+                 cfg.root.c_str());
+    return 2;
+  }
+  std::map<std::string, std::string> far_content; // the far step, planted
+
   rng_t rng{cfg.seed};
   system_options sopts;
   sopts.scheduler_threads = 4;
@@ -836,8 +951,29 @@ int main(int argc, char** argv) {
       fault.needs_release = cfg.fixed_fault.find("rename:hang")
                             != std::string::npos;
     }
+    // A hostile plant instead of a fault in some cycles.
+    enum class plant { none, step_link, far_step, export_link };
+    auto hostile = plant::none;
+    if (cfg.fixed_fault.empty() && chance(rng, 0.12)) {
+      hostile = static_cast<plant>(uniform(rng, 1, 3));
+      if (hostile == plant::far_step && !far_content.empty())
+        hostile = plant::step_link;
+      ++cnt.hostile;
+      fault = save_fault{};
+      fault.spec = hostile == plant::step_link   ? "hostile:step-link"
+                   : hostile == plant::far_step  ? "hostile:far-step"
+                                                 : "hostile:export-link";
+    }
     steps[c] = saved_step{static_cast<uint32_t>(c), split};
-    if (!fault.spec.empty()) {
+    if (hostile == plant::step_link) {
+      std::error_code ec;
+      fs::create_symlink(guard.step_dir, step_directory(cfg.root, c), ec);
+      if (ec) {
+        ++cnt.other;
+        fail_line(c, fault.spec, "cannot plant the link: " + ec.message());
+      }
+    }
+    if (!fault.spec.empty() && hostile == plant::none) {
       if (auto err = fault::install(fault.spec)) {
         std::fprintf(stderr, "dcpp-soak: bad fault spec: %s\n",
                      describe(err).c_str());
@@ -864,6 +1000,25 @@ int main(int argc, char** argv) {
       ++cnt.fired;
     auto dir = step_directory(cfg.root, c);
     bool on_disk = is_committed(dir);
+    if (hostile == plant::step_link) {
+      // Refused on every rank, naming the link; then the operator's link
+      // goes (the link itself, never what it points to).
+      bool named = false;
+      for (const auto& rr : saved.ranks)
+        named = named
+                || rr.error.find(dir + ": is a symbolic link")
+                     != std::string::npos;
+      if (saved.ok_count() > 0 || !named) {
+        ++cnt.lost;
+        fail_line(c, fault.spec,
+                  "the step link was not refused on every rank, naming it: "
+                    + std::to_string(saved.ok_count()) + " ranks saved ok; "
+                    + saved.first_error());
+      }
+      std::error_code ec;
+      fs::remove(dir, ec);
+      guard.check(c, fault.spec);
+    }
     auto ok = saved.ok_count();
     const char* outcome = "mixed";
     if (ok == saved.ranks.size()) {
@@ -913,6 +1068,31 @@ int main(int argc, char** argv) {
     last_on_disk = on_disk;
 
     // 3. the newest committed checkpoint, loaded on a random world
+    if (hostile == plant::far_step && expected_latest != 0) {
+      auto far = step_directory(cfg.root, far_step);
+      std::error_code ec;
+      fs::copy(step_directory(cfg.root, expected_latest), far,
+               fs::copy_options::recursive, ec);
+      if (ec) {
+        ++cnt.other;
+        fail_line(c, fault.spec, "cannot plant " + far + ": " + ec.message());
+      }
+      far_content = snapshot(far);
+    }
+    if (hostile == plant::export_link && expected_latest != 0) {
+      auto res = export_torch_save(
+        make_filesystem_reader(step_directory(cfg.root, expected_latest)),
+        guard.export_link);
+      if (res || code_of(res.error()) != errc::path_escape) {
+        ++cnt.lost;
+        fail_line(c, fault.spec,
+                  "export to the link " + guard.export_link + " was not "
+                    + "refused: "
+                    + (res ? std::string{"exported"}
+                           : describe(res.error())));
+      }
+      guard.check(c, fault.spec);
+    }
     check_latest(expected_latest, c, fault.spec, "after the save");
     std::string load_text;
     std::string load_spec;
@@ -1009,6 +1189,14 @@ int main(int argc, char** argv) {
                 "committed on disk after the save ended "
                 "(late commit)");
     }
+  }
+  guard.check(cnt.cycles, "end");
+  if (!far_content.empty()
+      && snapshot(step_directory(cfg.root, far_step)) != far_content) {
+    ++cnt.lost;
+    fail_line(cnt.cycles, "end",
+              "the planted step " + step_directory(cfg.root, far_step)
+                + " changed or went");
   }
   print_summary(seconds_since(t_start));
   return passed() ? 0 : 1;

@@ -85,6 +85,8 @@ struct reporter {
   int32_t world;
   bool json = false;
   std::string mode;
+  /// Whether this process prints the job's failure map (fail_op).
+  bool prints_map = false;
 
   void progress(const char* phase) const {
     spdlog::debug("{}", phase);
@@ -108,19 +110,51 @@ struct reporter {
     return cli::exit_usage;
   }
 
-  /// A failed save or load: the error, then one line per failing rank from
-  /// the failure's data ("... rank 3 failed in step write:
-  /// dcpp::storage_failure: ..."), so that scripts need not parse the
-  /// summary.
+  /// A failed save or load. The process that prints the job's failure
+  /// map (the coordinator rank's, or rank 0 with an external coordinator)
+  /// prints a summary, then one line per failing rank from the failure's
+  /// data ("... rank 3 failed in step write: dcpp::storage_failure: ..."),
+  /// so that scripts need not parse the summary. Every other rank prints
+  /// one line: its own error, or which ranks failed. So a job prints
+  /// about one line per rank, not one per rank squared.
   int fail_op(const char* op, const caf::error& err) const {
-    fail(op, describe(err));
-    if (auto f = checkpoint_failure_of(err))
-      for (const auto& [r, e] : f->failures)
-        std::fprintf(stderr,
-                     "dcpp-worker: rank %d/%d: rank %d failed in step %s: "
-                     "%s\n",
-                     rank, world, r, f->step.c_str(), describe(e).c_str());
+    auto f = checkpoint_failure_of(err);
+    if (f == nullptr)
+      return fail(op, describe(err));
+    auto own = f->failures.find(rank);
+    if (!prints_map) {
+      if (own != f->failures.end())
+        return fail(op, f->op + " failed in step " + f->step + ": "
+                          + describe(own->second));
+      return fail(op, f->op + " failed in step " + f->step + ": "
+                        + failing_ranks(*f) + " (the coordinator's process "
+                        + "prints why)");
+    }
+    fail(op, f->op + " failed in step " + f->step + ": " + failing_ranks(*f));
+    for (const auto& [r, e] : f->failures)
+      std::fprintf(stderr,
+                   "dcpp-worker: rank %d/%d: rank %d failed in step %s: "
+                   "%s\n",
+                   rank, world, r, f->step.c_str(), describe(e).c_str());
     return 1;
+  }
+
+  /// "rank 1 failed" / "ranks 1, 3 failed (2 of 4)", at most 8 named.
+  std::string failing_ranks(const checkpoint_failure& f) const {
+    std::string out = f.failures.size() == 1 ? "rank " : "ranks ";
+    size_t named = 0;
+    for (const auto& entry : f.failures) {
+      if (named == 8) {
+        out += ", ...";
+        break;
+      }
+      out += (named++ ? ", " : "") + std::to_string(entry.first);
+    }
+    out += " failed";
+    if (f.failures.size() > 1)
+      out += " (" + std::to_string(f.failures.size()) + " of "
+             + std::to_string(world) + ")";
+    return out;
   }
 };
 
@@ -263,6 +297,7 @@ int main(int argc, char** argv) {
   }
   cli::set_log_tag("rank " + std::to_string(env->rank));
   reporter rep{env->rank, env->world_size, as_json, mode};
+  rep.prints_map = env->rank == (external ? 0 : coordinator_rank);
   if (!quiet)
     cli::start_progress_line();
   if (!fault_spec.empty())

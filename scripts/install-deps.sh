@@ -8,7 +8,7 @@ packages=(
   libcaf-dev libtorch-dev libcereal-dev libzmq3-dev cppzmq-dev libsodium-dev catch2
   libcli11-dev libspdlog-dev libxxhash-dev nlohmann-json3-dev
   python3 python3-torch python3-matplotlib iproute2 clang-format tcpdump
-  openmpi-bin
+  openmpi-bin debootstrap
 )
 
 missing=()

@@ -55,6 +55,24 @@ void set_state(step_entry& entry) {
     entry.broken = describe(err);
 }
 
+/// Whether `name` looks like a step directory's name (`step_` and digits),
+/// whether or not its number fits.
+bool step_like(std::string_view name) {
+  if (!starts_with(name, step_prefix) || name.size() == step_prefix.size())
+    return false;
+  auto digits = name.substr(step_prefix.size());
+  return std::all_of(digits.begin(), digits.end(),
+                     [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+/// The last component of `path` (trailing slashes ignored).
+std::string_view base_name(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/')
+    path.remove_suffix(1);
+  auto pos = path.find_last_of('/');
+  return pos == std::string_view::npos ? path : path.substr(pos + 1);
+}
+
 /// Lists `root`; checks each step's commit record only if `check`.
 caf::error scan(const std::string& root, root_content& out, bool check = true) {
   std::error_code ec;
@@ -71,8 +89,7 @@ caf::error scan(const std::string& root, root_content& out, bool check = true) {
       out.trash.push_back(join(root, name));
       continue;
     }
-    auto step = parse_step_name(name);
-    if (!step)
+    if (!step_like(name))
       continue;
     // Real directories only: symbolic links and files are never steps.
     std::error_code type_ec;
@@ -80,9 +97,10 @@ caf::error scan(const std::string& root, root_content& out, bool check = true) {
     if (type_ec || status.type() != fs::file_type::directory)
       continue;
     step_entry entry;
-    entry.step = *step;
+    // A number beyond 64 bits sorts last; `check_committed` names it.
+    entry.step = parse_step_name(name).value_or(UINT64_MAX);
     entry.path = join(root, name);
-    if (check)
+    if (check || entry.step > max_step)
       set_state(entry);
     out.steps.push_back(std::move(entry));
   }
@@ -135,7 +153,28 @@ std::optional<uint64_t> parse_step_name(std::string_view name) {
   return result;
 }
 
+caf::error check_step_directory(const std::string& dir) {
+  auto name = base_name(dir);
+  if (!step_like(name))
+    return caf::none;
+  auto step = parse_step_name(name);
+  if (!step || *step > max_step)
+    return make_error(errc::invalid_argument,
+                      dir + ": step number out of range (steps go up to "
+                        + std::to_string(max_step)
+                        + "); not a step a checkpoint manager writes, not "
+                          "loaded");
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+    return make_error(errc::path_escape,
+                      dir + ": is a symbolic link; a step directory is never "
+                            "a link (not loaded, never written through)");
+  return caf::none;
+}
+
 caf::error check_committed(const std::string& dir) {
+  if (auto err = check_step_directory(dir))
+    return err;
   auto md_path = join(dir, detail::metadata_name);
   struct stat st;
   if (::lstat(md_path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)
@@ -148,6 +187,19 @@ caf::error check_committed(const std::string& dir) {
              : std::move(md.error());
   if (auto err = validate_metadata(*md))
     return with_context(err, md_path, errc::corrupt_metadata);
+  // A record that commits another step directory: a copy or a rename of
+  // that step, not a checkpoint of this one (see the header).
+  if (auto mine = parse_step_name(base_name(dir))) {
+    auto recorded = base_name(md->checkpoint_id);
+    auto theirs = parse_step_name(recorded);
+    if (theirs && *theirs != *mine)
+      return make_error(errc::corrupt_metadata,
+                        md_path + ": commits " + std::string{recorded}
+                          + " (recorded checkpoint_id " + md->checkpoint_id
+                          + "), not step " + std::to_string(*mine)
+                          + ": a copy or rename of another step, not loaded "
+                            "as this one");
+  }
   // A missing data file makes the record broken, not absent: never
   // errc::not_found here.
   if (auto err = detail::check_data_files(dir, *md))
@@ -166,7 +218,9 @@ caf::expected<std::vector<step_entry>> list_steps(const std::string& root) {
   return std::move(content.steps);
 }
 
-caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root) {
+caf::expected<std::vector<uint64_t>>
+committed_steps(const std::string& root,
+                std::vector<step_entry>* passed_over) {
   auto steps = list_steps(root);
   if (!steps)
     return std::move(steps.error());
@@ -174,6 +228,10 @@ caf::expected<std::vector<uint64_t>> committed_steps(const std::string& root) {
   for (const auto& entry : *steps)
     if (entry.committed && (result.empty() || result.back() != entry.step))
       result.push_back(entry.step);
+  if (passed_over)
+    for (auto i = steps->rbegin(); i != steps->rend(); ++i)
+      if (!i->broken.empty() && (result.empty() || i->step > result.back()))
+        passed_over->push_back(*i);
   return result;
 }
 
@@ -216,6 +274,9 @@ prune_selected(const std::string& root, const keep_selector& select,
   root_content content;
   if (auto err = scan(root, content))
     return err;
+  if (!content.exists)
+    return make_error(errc::not_found,
+                      "no checkpoint root " + root + " (nothing to prune)");
   std::vector<std::string> removed;
   // Leftovers of a prune that crashed: already hidden, remove them first so
   // that their names are free again.

@@ -42,6 +42,16 @@ struct filesystem_writer_options {
   /// items of 16 MiB or more; falls back to buffered writes where the file
   /// system refuses O_DIRECT. Not a DCP option.
   bool direct_io = true;
+  /// The checkpoint directory's last component belongs to the caller (a
+  /// checkpoint manager's step directory): it is created if missing and
+  /// never followed, so a symbolic link planted under its name (to another
+  /// run's checkpoint, say) fails `set_up` on every rank with
+  /// `errc::path_escape` naming it, and nothing is written through it.
+  /// Without it the directory may be a link the user made; either way the
+  /// writer opens it once in `set_up` and creates, renames and removes its
+  /// files relative to that open directory (openat), so a path swapped
+  /// afterwards redirects nothing. Not a DCP option.
+  bool owned_directory = false;
 };
 
 /// A writer for one rank. `split_plan(plan, n)` (after the global plan)

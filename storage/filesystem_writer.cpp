@@ -21,7 +21,12 @@
 //    process, so a lock file a crash left behind does not block. Other ranks
 //    do not lock (they share the directory with their coordinator).
 // 1. set_up (every rank): `mkdir -p` the directory, fsyncing the parent of
-//    every directory it creates. An existing checkpoint is left alone. The
+//    every directory it creates, and open it: every later step creates,
+//    renames and removes files relative to that open directory (openat),
+//    so a directory swapped for a link meanwhile redirects nothing; with
+//    `owned_directory` (a checkpoint manager's step) a link planted under
+//    the directory's own name is refused, never followed. An existing
+//    checkpoint is left alone. The
 //    coordinator then takes the lock (step 0) and notes the data files
 //    present.
 // 2. write_data (every rank): create each data file of this save (a fresh
@@ -122,12 +127,11 @@ namespace {
 
 using detail::errno_text;
 using detail::fd_guard;
-using detail::fsync_dir;
+using detail::fsync_dir_fd;
 using detail::fsync_fd;
 using detail::join;
 using detail::make_directories;
 using detail::metadata_name;
-using detail::open_fd;
 using detail::os_error;
 using detail::plain_file_name;
 using detail::read_metadata_file;
@@ -263,12 +267,17 @@ public:
     return since_;
   }
 
-  caf::error acquire(const std::string& dir, const std::string& tag) {
+  /// Takes the lock of the directory open as `dirfd` (`dir` names it).
+  caf::error acquire(int dirfd, const std::string& dir,
+                     const std::string& tag) {
     release();
+    dirfd_ = fd_guard{::fcntl(dirfd, F_DUPFD_CLOEXEC, 0)};
+    if (dirfd_.get() < 0)
+      return os_error("dup", dir, errno);
     auto path = join(dir, lock_name);
     for (int attempt = 0; attempt < 16; ++attempt) {
-      fd_guard fd{
-        open_fd(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644)};
+      fd_guard fd{::openat(dirfd_.get(), lock_name,
+                           O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644)};
       if (fd.get() < 0)
         return os_error("open lock file", path, errno);
       struct stat st {};
@@ -294,7 +303,8 @@ public:
       // The previous holder may have unlinked the file between our open and
       // our flock: then this is a lock on nothing.
       struct stat now {};
-      if (::lstat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino
+      if (::fstatat(dirfd_.get(), lock_name, &now, AT_SYMLINK_NOFOLLOW) != 0
+          || now.st_ino != st.st_ino
           || now.st_dev != st.st_dev)
         continue;
       if (auto err = write_identity(fd.get(), path, tag))
@@ -314,8 +324,9 @@ public:
   void release() {
     if (!held())
       return;
-    ::unlink(path_.c_str());
+    ::unlinkat(dirfd_.get(), lock_name, 0);
     (void)fd_.close();
+    (void)dirfd_.close();
     path_.clear();
   }
 
@@ -363,6 +374,8 @@ private:
     return text;
   }
 
+  /// The checkpoint directory, open while the lock is held.
+  fd_guard dirfd_;
   fd_guard fd_;
   std::string path_;
   struct timespec since_ {};
@@ -403,7 +416,9 @@ public:
       created_.clear();
     }
     local_tag_ = make_save_tag();
-    if (auto err = make_directories(dir_, opts_.sync_files))
+    // Nothing of a previous save's directory is touched from here on.
+    (void)dirfd_.close();
+    if (auto err = open_dir())
       return with_context(err, "set_up");
     if (auto err = place_probe())
       return with_context(err, "set_up");
@@ -414,7 +429,7 @@ public:
       // does, and the ranks of one save (threads of one process, too) share
       // the directory.
       save_tag_ = make_save_tag();
-      if (auto err = lock_.acquire(dir_, save_tag_))
+      if (auto err = lock_.acquire(dirfd_.get(), dir_, save_tag_))
         return err;
       before_lock_ = data_files_present();
     }
@@ -485,7 +500,7 @@ public:
             results.push_back(std::move(x));
       }
       if (opts_.sync_files)
-        if (auto err = fsync_dir(dir_))
+        if (auto err = fsync_dir_fd(dirfd_.get(), dir_))
           return with_context(err, "write_data");
       return results;
     } catch (const std::exception& ex) {
@@ -512,13 +527,20 @@ public:
         return make_error(errc::storage_failure,
                           "finish: the data is not all there: "
                             + context_of(err));
+      // Which directory this record commits, as newest PyTorch records it
+      // (`StorageMeta.checkpoint_id`): a step directory copied or renamed
+      // under another step's name is told apart from the steps it was
+      // saved as (storage/checkpoint_root.hpp).
+      if (out.checkpoint_id.empty())
+        out.checkpoint_id = dir_;
       auto bytes = encode_metadata(out, opts_.flavor);
       auto tmp = join(dir_, metadata_tmp_name);
       auto final_path = join(dir_, metadata_name);
       {
         // Created afresh: a planted `.metadata.tmp` link is removed, never
         // written through (nor renamed into `.metadata`).
-        fd_guard fd{detail::create_exclusive(tmp, O_WRONLY | O_CLOEXEC, 0644)};
+        fd_guard fd{detail::create_exclusive_at(dirfd_.get(), metadata_tmp_name,
+                                                O_WRONLY | O_CLOEXEC, 0644)};
         if (fd.get() < 0)
           return with_context(os_error("create", tmp, errno), "finish");
         {
@@ -544,7 +566,9 @@ public:
         default: break;
       }
       // The commit: the old `.metadata` (if any) stays valid up to here.
-      if (::rename(tmp.c_str(), final_path.c_str()) != 0)
+      if (::renameat(dirfd_.get(), metadata_tmp_name, dirfd_.get(),
+                     metadata_name)
+          != 0)
         return with_context(os_error("rename to " + final_path, tmp, errno),
                             "finish");
       {
@@ -552,7 +576,7 @@ public:
         tmp_created_ = false;
         created_.clear();
       }
-      if (auto err = fsync_dir(dir_))
+      if (auto err = fsync_dir_fd(dirfd_.get(), dir_))
         return with_context(err, "finish");
       collect_garbage(out);
       lock_.release();
@@ -582,7 +606,7 @@ public:
       tmp_created_ = false;
     }
     if (tmp)
-      ::unlink(join(dir_, metadata_tmp_name).c_str());
+      ::unlinkat(dirfd_.get(), metadata_tmp_name, 0);
     if (files.empty())
       return;
     // This save's files have names no other save uses. They are removed
@@ -602,7 +626,7 @@ public:
       auto pos = path.find_last_of('/');
       auto name = pos == std::string::npos ? path : path.substr(pos + 1);
       if (referenced.count(name) == 0)
-        ::unlink(path.c_str());
+        ::unlinkat(dirfd_.get(), name.c_str(), 0);
     }
   }
 
@@ -610,14 +634,10 @@ private:
   /// The data files (`__*.distcp`) in the directory now.
   std::set<std::string> data_files_present() const {
     std::set<std::string> names;
-    if (DIR* d = ::opendir(dir_.c_str())) {
-      while (auto entry = ::readdir(d)) {
-        std::string name = entry->d_name;
+    if (auto all = names_in_dir())
+      for (auto& name : *all)
         if (is_data_file_name(name))
           names.insert(std::move(name));
-      }
-      ::closedir(d);
-    }
     return names;
   }
 
@@ -628,7 +648,7 @@ private:
     if (before_lock_.count(name) == 0)
       return false;
     struct stat st {};
-    if (::lstat(join(dir_, name).c_str(), &st) != 0)
+    if (::fstatat(dirfd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
       return false;
     const auto& t = lock_.since();
     return st.st_mtim.tv_sec < t.tv_sec
@@ -659,28 +679,25 @@ private:
       if (auto tag = tag_of_file(info.relative_path); !tag.empty())
         keep_tags.insert(std::move(tag));
     }
-    DIR* d = ::opendir(dir_.c_str());
-    if (d == nullptr) {
+    auto all = names_in_dir();
+    if (!all) {
       spdlog::warn("dcpp: {}: cannot list for garbage collection: {}", dir_,
-                   errno_text(errno));
+                   context_of(all.error()));
       return;
     }
     std::vector<std::string> garbage;
-    while (auto entry = ::readdir(d)) {
-      std::string name = entry->d_name;
+    for (auto& name : *all)
       if (is_data_file_name(name) && keep.count(name) == 0
           && keep_tags.count(tag_of_file(name)) == 0 && older_than_lock(name))
         garbage.push_back(std::move(name));
-    }
-    ::closedir(d);
     for (const auto& name : garbage) {
       auto path = join(dir_, name);
-      if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+      if (::unlinkat(dirfd_.get(), name.c_str(), 0) != 0 && errno != ENOENT)
         spdlog::warn("dcpp: {}: cannot remove old data file: {}", path,
                      errno_text(errno));
     }
     if (!garbage.empty() && opts_.sync_files)
-      if (auto err = fsync_dir(dir_))
+      if (auto err = fsync_dir_fd(dirfd_.get(), dir_))
         spdlog::warn("dcpp: {}: fsync after garbage collection: {}", dir_,
                      context_of(err));
   }
@@ -808,12 +825,12 @@ private:
     // the name): nothing planted there is written through.
     auto flags = O_WRONLY | O_CLOEXEC;
     bool direct = large && opts_.direct_io && opts_.sync_files;
-    int fd = detail::create_exclusive(f.path, flags | (direct ? O_DIRECT : 0),
-                                      0644);
+    int fd = detail::create_exclusive_at(
+      dirfd_.get(), f.name, flags | (direct ? O_DIRECT : 0), 0644);
     if (fd < 0 && direct && errno == EINVAL) {
       // The file system does not do direct I/O (tmpfs, some FUSE mounts).
       direct = false;
-      fd = detail::create_exclusive(f.path, flags, 0644);
+      fd = detail::create_exclusive_at(dirfd_.get(), f.name, flags, 0644);
     }
     if (fd < 0)
       return os_error("create", f.path, errno);
@@ -899,8 +916,9 @@ private:
     probe_ = std::string{probe_prefix} + std::to_string(rank_) + "."
              + make_save_tag();
     auto path = join(dir_, probe_);
-    fd_guard fd{open_fd(
-      path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)};
+    fd_guard fd{::openat(dirfd_.get(), probe_.c_str(),
+                         O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                         0644)};
     if (fd.get() < 0) {
       probe_.clear();
       return os_error("create", path, errno);
@@ -910,7 +928,7 @@ private:
 
   void remove_probe() {
     if (!probe_.empty())
-      ::unlink(join(dir_, probe_).c_str());
+      ::unlinkat(dirfd_.get(), probe_.c_str(), 0);
     probe_.clear();
   }
 
@@ -927,21 +945,16 @@ private:
       if (name.rfind(probe_prefix, 0) != 0)
         continue;
       struct stat st {};
-      if (!plain_file_name(name) || ::lstat(join(dir_, name).c_str(), &st) != 0
+      if (!plain_file_name(name)
+          || ::fstatat(dirfd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW)
+               != 0
           || !S_ISREG(st.st_mode))
         missing += (missing.empty() ? "" : ", ") + std::to_string(r);
     }
-    if (DIR* d = ::opendir(dir_.c_str())) {
-      std::vector<std::string> probes;
-      while (auto entry = ::readdir(d)) {
-        std::string name = entry->d_name;
+    if (auto all = names_in_dir())
+      for (const auto& name : *all)
         if (name.rfind(probe_prefix, 0) == 0 && name != probe_)
-          probes.push_back(std::move(name));
-      }
-      ::closedir(d);
-      for (const auto& name : probes)
-        ::unlink(join(dir_, name).c_str());
-    }
+          ::unlinkat(dirfd_.get(), name.c_str(), 0);
     remove_probe();
     if (missing.empty())
       return caf::none;
@@ -955,8 +968,51 @@ private:
                           "file system all ranks share");
   }
 
+  /// Creates (if missing) and opens the checkpoint directory for this save;
+  /// with `owned_directory` its last component is never followed.
+  caf::error open_dir() {
+    caf::expected<fd_guard> fd{caf::no_error};
+    if (opts_.owned_directory) {
+      fd = detail::make_owned_directory(dir_, opts_.sync_files);
+    } else {
+      if (auto err = make_directories(dir_, opts_.sync_files))
+        return err;
+      fd = detail::open_directory(dir_);
+    }
+    if (!fd)
+      return std::move(fd.error());
+    dirfd_ = std::move(*fd);
+    return {};
+  }
+
+  /// The names in the open checkpoint directory (without "." and "..").
+  caf::expected<std::vector<std::string>> names_in_dir() const {
+    // fdopendir takes over the descriptor: hand it a duplicate.
+    int fd = ::fcntl(dirfd_.get(), F_DUPFD_CLOEXEC, 0);
+    DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
+    if (d == nullptr) {
+      auto err = errno;
+      if (fd >= 0)
+        ::close(fd);
+      return os_error("list", dir_, err);
+    }
+    // The duplicate shares the directory offset with `dirfd_`: start over.
+    ::rewinddir(d);
+    std::vector<std::string> names;
+    while (auto entry = ::readdir(d)) {
+      std::string name = entry->d_name;
+      if (name != "." && name != "..")
+        names.push_back(std::move(name));
+    }
+    ::closedir(d);
+    return names;
+  }
+
   std::string dir_;
   filesystem_writer_options opts_;
+  /// The checkpoint directory, opened by `set_up` (see `open_dir`): every
+  /// file of a save is created, renamed and removed relative to it.
+  fd_guard dirfd_;
   /// This rank's probe file in `dir_` (see `place_probe`), until the
   /// coordinator's check or an abort removes it.
   std::string probe_;

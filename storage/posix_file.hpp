@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace dcpp::detail {
 
@@ -37,6 +38,10 @@ errc errno_code(int err);
 
 /// "<path>: <what>: <errno text>", coded by `errno_code(err)`.
 caf::error os_error(const std::string& what, const std::string& path, int err);
+
+/// What a file of mode `mode` is, for "<path>: is <what>, not a regular
+/// file": "a FIFO", "a directory", "a character device", ...
+const char* file_kind(mode_t mode);
 
 /// open(2), retried on EINTR.
 int open_fd(const std::string& path, int flags, mode_t mode = 0);
@@ -97,6 +102,45 @@ caf::expected<fd_guard> open_regular_file(const std::string& path,
 /// Returns the descriptor, or -1 with errno set.
 int create_exclusive(const std::string& path, int flags, mode_t mode);
 
+/// `create_exclusive` of `name` in the directory open as `dirfd` (openat:
+/// the file lands in that directory even if its path was replaced by a
+/// link since it was opened).
+int create_exclusive_at(int dirfd, const std::string& name, int flags,
+                        mode_t mode);
+
+/// Opens the directory `path` (O_DIRECTORY). With `follow_last` false its
+/// last component is never followed: a symbolic link there is
+/// `errc::path_escape` ("<path>: is a symbolic link, not a directory"),
+/// anything else that is not a directory `errc::io_error` ("<path>: is a
+/// FIFO, not a directory"); other failures `os_error("open", path, ...)`.
+caf::expected<fd_guard> open_directory(const std::string& path,
+                                       bool follow_last = true);
+
+/// A directory that the caller creates and owns (a checkpoint manager's
+/// step directory): `make_directories` of its parent (given by the user,
+/// links there are followed), then mkdir(2) of `dir` itself (fsyncing the
+/// parent if `sync`), then `open_directory(dir, false)`: an existing
+/// directory is reused, a symbolic link, device, FIFO or file planted under
+/// the name is refused, naming it, and never written through. Returns the
+/// open directory, for `*at` calls that stay in it.
+caf::expected<fd_guard> make_owned_directory(const std::string& dir,
+                                             bool sync);
+
+/// Checks that a file may be written to `path` by replacing whatever is
+/// there (a temporary file renamed over it): nothing is there yet or a
+/// regular file (a symbolic link is refused, `errc::path_escape`, "<path>:
+/// is a symbolic link; refusing to replace it"; a device, FIFO, socket or
+/// directory `errc::invalid_argument`, "<path>: is a character device;
+/// refusing to replace it"), and it does not lie inside any of
+/// `must_not_be_inside` (the checkpoint being read: `errc::invalid_argument`,
+/// "<path>: is inside the checkpoint <dir> being read"), compared by the
+/// real directory that would hold it, so links, `..` and bind-free aliases
+/// are seen through. Every writer of an output path calls it before it
+/// creates its temporary file and again just before the rename.
+caf::error check_output_path(const std::string& path,
+                             const std::vector<std::string>& must_not_be_inside
+                             = {});
+
 /// fsync(2) retried on EINTR: 0 or an errno.
 int fsync_fd(int fd);
 
@@ -105,6 +149,9 @@ int fsync_fd(int fd);
 /// EROFS: nothing is pending there) counts as success. Errors are
 /// `os_error("open for fsync" / "fsync", dir, errno)`.
 caf::error fsync_dir(const std::string& dir);
+
+/// `fsync_dir` of the directory open as `fd` (`dir` names it in errors).
+caf::error fsync_dir_fd(int fd, const std::string& dir);
 
 /// The directory part of `path` ("." without a slash, "/" for "/x").
 std::string parent_of(const std::string& path);
@@ -119,6 +166,13 @@ caf::error make_directories(const std::string& dir, bool sync);
 /// and the offset.
 caf::error write_whole(int fd, const std::string& path, const char* data,
                        size_t size);
+
+/// `replace_file` of `name` in the directory open as `dirfd` (`dir` is its
+/// path, for messages): the temporary file, the rename and the fsync stay
+/// in that directory (openat, renameat).
+caf::error replace_file_at(int dirfd, const std::string& dir,
+                           const std::string& name, std::string_view data,
+                           bool sync = true);
 
 /// Replaces `path` by a file holding `data`, durably and atomically:
 /// writes `path.tmp` (`create_exclusive`), fsyncs and closes it, renames it

@@ -705,6 +705,11 @@ private:
         e.shape = tensors[i].meta->size;
         entries.push_back(std::move(e));
       }
+      // Never replaces a link, device or FIFO someone put at the name.
+      if (auto err = detail::check_output_path(join(dir_, names[s]))) {
+        drop_temps();
+        return err;
+      }
       auto tmp = join(dir_, names[s] + ".tmp");
       fd_guard fd{detail::create_exclusive(tmp, O_WRONLY | O_CLOEXEC, 0644)};
       if (fd.get() < 0) {
@@ -739,12 +744,20 @@ private:
       }
     }
     // The commit: rename into place; with shards the index goes last.
+    auto index = join(dir_, opts_.file_name + index_suffix);
+    // The index is written (and checked) only with shards.
+    for (size_t s = 0; s < names.size() + (names.size() > 1 ? 1 : 0); ++s) {
+      auto target = s < names.size() ? join(dir_, names[s]) : index;
+      if (auto err = detail::check_output_path(target)) {
+        drop_temps();
+        return err;
+      }
+    }
     for (size_t s = 0; s < names.size(); ++s)
       if (::rename(temps[s].c_str(), join(dir_, names[s]).c_str()) != 0) {
         drop_temps();
         return os_error("rename", temps[s], errno);
       }
-    auto index = join(dir_, opts_.file_name + index_suffix);
     if (names.size() > 1) {
       json doc;
       uint64_t total = 0;

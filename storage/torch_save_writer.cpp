@@ -226,6 +226,9 @@ caf::error write_atomically(const std::string& path,
     ::unlink(tmp.c_str());
     return detail::os_error(what, tmp, err);
   };
+  // Never replaces a link, device or FIFO someone put at `path`.
+  if (auto err = detail::check_output_path(path))
+    return err;
   {
     // Created afresh: a planted `OUT.tmp` link is removed, never written
     // through.
@@ -241,6 +244,10 @@ caf::error write_atomically(const std::string& path,
       return fail("fsync", err);
     if (fd.close() != 0)
       return fail("close", errno);
+  }
+  if (auto err = detail::check_output_path(path)) {
+    ::unlink(tmp.c_str());
+    return err;
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0)
     return fail("rename", errno);

@@ -1,11 +1,13 @@
 #include "actors/transport/endpoint.hpp"
 
 #include "core/error.hpp"
+#include "core/printable.hpp"
 
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -39,7 +41,8 @@ caf::expected<resolved_host> resolve_host(const std::string& host_in) {
   addrinfo* res = nullptr;
   int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
   if (rc != 0)
-    return make_error(errc::invalid_argument, "cannot resolve host '" + host_in
+    return make_error(errc::invalid_argument, "cannot resolve host '"
+                                                + printable(host_in)
                                                 + "': " + ::gai_strerror(rc));
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard{res,
                                                              ::freeaddrinfo};
@@ -54,7 +57,8 @@ caf::expected<resolved_host> resolve_host(const std::string& host_in) {
       pick = ai;
   if (pick == nullptr)
     return make_error(errc::invalid_argument,
-                      "host '" + host_in + "' has no IPv4 or IPv6 address");
+                      "host '" + printable(host_in)
+                        + "' has no IPv4 or IPv6 address");
   char buf[INET6_ADDRSTRLEN] = {};
   const void* src = nullptr;
   if (pick->ai_family == AF_INET)
@@ -63,7 +67,7 @@ caf::expected<resolved_host> resolve_host(const std::string& host_in) {
     src = &reinterpret_cast<const sockaddr_in6*>(pick->ai_addr)->sin6_addr;
   if (::inet_ntop(pick->ai_family, src, buf, sizeof buf) == nullptr)
     return make_error(errc::invalid_argument,
-                      "host '" + host_in + "': inet_ntop failed");
+                      "host '" + printable(host_in) + "': inet_ntop failed");
   return resolved_host{buf, pick->ai_family == AF_INET6};
 }
 
@@ -77,8 +81,8 @@ std::string tcp_endpoint(const resolved_host& host, uint16_t port) {
 caf::expected<host_port> parse_tcp_endpoint(const std::string& endpoint) {
   auto bad = [&](const char* why) {
     return make_error(errc::invalid_argument,
-                      "'" + endpoint + "' is not a tcp://HOST:PORT endpoint ("
-                        + why + ")");
+                      "'" + printable(endpoint)
+                        + "' is not a tcp://HOST:PORT endpoint (" + why + ")");
   };
   const std::string scheme = "tcp://";
   if (endpoint.compare(0, scheme.size(), scheme) != 0)
@@ -96,7 +100,12 @@ caf::expected<host_port> parse_tcp_endpoint(const std::string& endpoint) {
   if (port < 1 || port > 65535)
     return bad("the port is out of range");
   host = unbracket(host);
-  if (host.empty() || host.find_first_of(" /[]") != std::string::npos)
+  // A host name or literal is printable ASCII (IDNs travel as punycode).
+  auto odd = [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u <= ' ' || u >= 0x7F || c == '/' || c == '[' || c == ']';
+  };
+  if (host.empty() || std::any_of(host.begin(), host.end(), odd))
     return bad("bad host");
   return host_port{host, static_cast<uint16_t>(port)};
 }

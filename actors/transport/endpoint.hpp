@@ -16,6 +16,7 @@
 #include <caf/expected.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -55,8 +56,16 @@ caf::expected<host_port> parse_tcp_endpoint(const std::string& endpoint);
 /// Call order: 1) the coordinator's process: publish(key, endpoint) once
 /// it is bound; 2) every other rank: lookup(key, timeout), which waits
 /// until the key is set.
+///
+/// A value is an endpoint: lookup refuses one larger than
+/// `max_value_bytes` (errc::too_large). Its errors need not name the key
+/// or the directory: the caller's message does.
 class endpoint_directory {
 public:
+  /// The largest value lookup accepts: an endpoint is some 60 bytes, a
+  /// host name at most 253.
+  static constexpr size_t max_value_bytes = 4096;
+
   virtual ~endpoint_directory();
 
   [[nodiscard]] virtual caf::error

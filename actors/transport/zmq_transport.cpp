@@ -7,6 +7,7 @@
 #include "actors/transport/endpoint.hpp"
 #include "actors/transport/log_limiter.hpp"
 #include "core/error.hpp"
+#include "core/printable.hpp"
 #include "messages/wire.hpp"
 
 #include <caf/all.hpp>
@@ -46,8 +47,9 @@ constexpr char tag_heartbeat = static_cast<char>(0xA3);
 constexpr char tag_bye = static_cast<char>(0xA4);
 
 // Version 2 added the job id (launch_env::job_id); version 3 drops the
-// secret (CURVE authenticates the peer; the hello is encrypted).
-constexpr const char* hello_magic = "dcpp-zmq-3";
+// secret (CURVE authenticates the peer; the hello is encrypted); version 4
+// salts the CURVE keys with the job id (curve_keys.hpp).
+constexpr const char* hello_magic = "dcpp-zmq-4";
 
 // ZeroMQ's fixed endpoint of the ZAP handler in a context, and the domain
 // our server sockets name in their requests.
@@ -221,7 +223,9 @@ public:
                    who, endpoint_);
       return caf::none;
     }
-    auto keys = detail::derive_curve_keys(env_.secret);
+    if (hub_)
+      warn_if_weak();
+    auto keys = detail::derive_curve_keys(env_.secret, env_.job_id);
     if (!keys)
       return keys.error();
     auto key = [](const std::array<uint8_t, 32>& k) {
@@ -241,6 +245,29 @@ public:
       sock_->set(zmq::sockopt::curve_secretkey, key(keys->client.secret_key));
     }
     return caf::none;
+  }
+
+  /// The coordinator's warning about a secret that could be guessed from a
+  /// captured handshake: once per process and secret (a process makes
+  /// many groups), and only by the coordinator, so once per job.
+  void warn_if_weak() {
+    static std::mutex mx;
+    static std::set<std::string> warned;
+    auto why = detail::weak_secret_reason(env_.secret);
+    if (why.empty())
+      return;
+    {
+      std::lock_guard<std::mutex> guard{mx};
+      if (!warned.insert(env_.secret).second)
+        return;
+    }
+    spdlog::warn("dcpp zmq: {} is a weak secret ({}): anyone who captures "
+                 "a handshake of this job can try to guess it offline; use "
+                 "16 random bytes (`openssl rand -hex 16`), or leave "
+                 "DCPP_SECRET unset under dcpp-launch, which draws one",
+                 env_.secret_source.empty() ? std::string{"the job's secret"}
+                                            : env_.secret_source,
+                 why);
   }
 
   /// Watches the socket's connections (monitor events), before it binds or
@@ -353,14 +380,16 @@ public:
       if (!value)
         return make_error(code_of(value.error()),
                           who + ": no coordinator endpoint under '"
-                            + directory_key_ + "' in " + opts_.directory->name()
-                            + ": " + context_of(value.error()));
+                            + printable(directory_key_) + "' in "
+                            + opts_.directory->name() + ": "
+                            + context_of(value.error()));
       auto hp = parse_tcp_endpoint(*value);
       if (!hp)
         return make_error(errc::protocol_error,
-                          who + ": " + opts_.directory->name() + " holds "
-                            + context_of(hp.error()) + " under '"
-                            + directory_key_ + "'");
+                          who + ": the value under '"
+                            + printable(directory_key_) + "' in "
+                            + opts_.directory->name()
+                            + " is not an endpoint: " + context_of(hp.error()));
       host = hp->host;
       port = hp->port;
     }
@@ -730,7 +759,7 @@ private:
     auto why = handshake_failure(event, value);
     if (hub_) {
       peer_error("dcpp zmq: refused a peer at the handshake: {} (another "
-                 "DCPP_SECRET, or not a dcpp rank)",
+                 "DCPP_SECRET or job id, or not a dcpp rank)",
                  why);
       return;
     }
@@ -782,8 +811,11 @@ private:
         "rank " + std::to_string(env_.rank)
           + ": the secure handshake with the coordinator at " + endpoint_
           + " failed: " + why
-          + "; the coordinator holds another DCPP_SECRET, or what listens "
-            "there is not this job's coordinator (nothing was sent to it)");
+          + "; the coordinator holds another DCPP_SECRET or another job id "
+            "(this rank's is '"
+          + printable(env_.job_id)
+          + "', from DCPP_JOB_ID or the launcher), or what listens there is "
+            "not this job's coordinator (nothing was sent to it)");
     }
     cv_.notify_all();
   }
@@ -839,6 +871,10 @@ private:
     std::getline(in, rank_str);
     std::getline(in, world_str);
     std::getline(in, job, '\0');
+    // Only a peer holding the job's key gets here; what it sent is still
+    // quoted only bounded and escaped.
+    auto rank_text = printable(rank_str, 32);
+    auto world_text = printable(world_str, 32);
     if (magic != hello_magic) {
       refuse(rid, refuse_protocol, "unknown hello (protocol mismatch)");
       return;
@@ -847,8 +883,8 @@ private:
     // the job's key gets here: it may learn the ids.
     if (job != env_.job_id) {
       refuse(rid, refuse_other_job,
-             "rank " + rank_str + " belongs to job '" + job
-               + "', this coordinator to job '" + env_.job_id
+             "rank " + rank_text + " belongs to job '" + printable(job)
+               + "', this coordinator to job '" + printable(env_.job_id)
                + "' (DCPP_JOB_ID)");
       return;
     }
@@ -863,12 +899,12 @@ private:
     }
     if (world != env_.world_size) {
       refuse(rid, refuse_protocol,
-             "rank " + rank_str + " has world size " + world_str
+             "rank " + rank_text + " has world size " + world_text
                + ", the coordinator " + std::to_string(env_.world_size));
       return;
     }
     if (rank < 0 || rank >= env_.world_size) {
-      refuse(rid, refuse_protocol, "rank " + rank_str + " out of range");
+      refuse(rid, refuse_protocol, "rank " + rank_text + " out of range");
       return;
     }
     {
@@ -886,7 +922,7 @@ private:
     }
     if (rank < 0) {
       refuse(rid, refuse_protocol,
-             "rank " + rank_str + " is already connected, gone or local");
+             "rank " + rank_text + " is already connected, gone or local");
       return;
     }
     cv_.notify_all();
@@ -949,9 +985,9 @@ private:
           auto reason = msg.size() > 1 ? data[1] : refuse_protocol;
           auto code = reason == refuse_other_job ? errc::unauthorized
                                                  : errc::protocol_error;
-          refusal_ = make_error(code,
-                                "rank " + std::to_string(env_.rank)
-                                  + " refused by the coordinator: " + why);
+          refusal_ = make_error(code, "rank " + std::to_string(env_.rank)
+                                        + " refused by the coordinator: "
+                                        + printable(why, 1024));
         }
       }
       cv_.notify_all();

@@ -197,3 +197,37 @@ TEST_CASE("the first host of a SLURM node list", "[launch_env]") {
   CHECK(first_slurm_host("node[x]").empty());
   CHECK(first_slurm_host("node[1").empty());
 }
+
+TEST_CASE("SLURM host lists expand in every documented form", "[launch_env]") {
+  using hosts = std::vector<std::string>;
+  auto expand = [](const std::string& list) {
+    auto got = expand_slurm_host_list(list);
+    REQUIRE(got);
+    return *got;
+  };
+  CHECK(expand("node1") == hosts{"node1"});
+  CHECK(expand("node1,gpu2") == hosts{"node1", "gpu2"});
+  CHECK(expand("node[07-09,12]")
+        == hosts{"node07", "node08", "node09", "node12"});
+  CHECK(expand("n[8-10]") == hosts{"n8", "n9", "n10"});
+  CHECK(expand("n[098-101]") == hosts{"n098", "n099", "n100", "n101"});
+  // Several bracket groups: the rightmost turns fastest.
+  CHECK(
+    expand("rack[1-2]-node[01-02]")
+    == hosts{"rack1-node01", "rack1-node02", "rack2-node01", "rack2-node02"});
+  CHECK(expand("rack[1-2]-node[01-04]").size() == 8);
+  CHECK(expand("a[1,3]b[5]c,d[2-3]") == hosts{"a1b5c", "a3b5c", "d2", "d3"});
+  CHECK(first_slurm_host("rack[1-2]-node[01-04]") == "rack1-node01");
+  CHECK(first_slurm_host("rack[3-4]-node[01-04],gpu[1-2]") == "rack3-node01");
+  // Malformed lists and huge expansions fail naming the list.
+  for (auto bad :
+       {"", "a,,b", "n[1-", "n[x]", "n[3-1]", "n]1[", "n[]", "n[1-2,]"}) {
+    auto got = expand_slurm_host_list(bad);
+    REQUIRE_FALSE(got);
+    CHECK(code_of(got.error()) == errc::invalid_argument);
+    CHECK_THAT(describe(got.error()), Catch::Contains("SLURM host list"));
+  }
+  auto huge = expand_slurm_host_list("n[1-999999]-m[1-999999]", 1000);
+  REQUIRE_FALSE(huge);
+  CHECK_THAT(describe(huge.error()), Catch::Contains("more than 1000 hosts"));
+}

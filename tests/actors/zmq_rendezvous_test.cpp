@@ -206,3 +206,43 @@ TEST_CASE("a host that does not resolve is named", "[zmq][rendezvous]") {
   CHECK(context_of(hub.error()).find("no-such-host.invalid")
         != std::string::npos);
 }
+
+TEST_CASE("a forged endpoint in the directory is quoted escaped and bounded",
+          "[zmq][rendezvous]") {
+  two_systems s;
+  auto dir = std::make_shared<map_directory>();
+  auto opts = quick_options(dir);
+  opts.connect_timeout = 2000ms;
+  // A job of its own for each value: the first group of a job reads the
+  // first key.
+  auto rank_reading = [&](const std::string& job, const std::string& value) {
+    REQUIRE(
+      !dir->publish("dcpp/" + job + "/restart-0/group-1/coordinator", value));
+    auto env = env_of(1, "127.0.0.1", 1);
+    env.job_id = job;
+    auto spoke = make_zmq_process_group(s.sys1, env, opts);
+    REQUIRE(!spoke);
+    return spoke.error();
+  };
+  SECTION("escape sequences and a forged log line") {
+    auto err = rank_reading("forged-line",
+                            "\x1b[2Jtcp://h:1\n[rank 0] all good");
+    CHECK(code_of(err) == errc::protocol_error);
+    auto why = describe(err);
+    CHECK(why.find('\n') == std::string::npos);
+    CHECK(why.find('\x1b') == std::string::npos);
+    CHECK(why.find("'\\x1b[2Jtcp://h:1\\x0a[rank 0] all good' is not a "
+                   "tcp://HOST:PORT endpoint")
+          != std::string::npos);
+  }
+  SECTION("a host that is not printable ASCII") {
+    auto err = rank_reading("forged-host", "tcp://h\x1b]0;x\x07:29500");
+    CHECK(describe(err).find("(bad host)") != std::string::npos);
+  }
+  SECTION("a huge value") {
+    auto why = describe(
+      rank_reading("forged-size", std::string(size_t{64} << 20, 'x')));
+    CHECK(why.size() < 1024);
+    CHECK(why.find("... (67108864 bytes)") != std::string::npos);
+  }
+}

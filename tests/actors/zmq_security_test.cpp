@@ -88,10 +88,11 @@ detail::curve_key_pair random_pair() {
 
 } // namespace
 
-TEST_CASE("CURVE keys follow from the secret alone", "[zmq][security]") {
-  auto a = detail::derive_curve_keys("secret-a");
-  auto a2 = detail::derive_curve_keys("secret-a");
-  auto b = detail::derive_curve_keys("secret-b");
+TEST_CASE("CURVE keys follow from the secret and the job id",
+          "[zmq][security]") {
+  auto a = detail::derive_curve_keys("secret-a", "job");
+  auto a2 = detail::derive_curve_keys("secret-a", "job");
+  auto b = detail::derive_curve_keys("secret-b", "job");
   REQUIRE(a);
   REQUIRE(a2);
   REQUIRE(b);
@@ -105,7 +106,7 @@ TEST_CASE("CURVE keys follow from the secret alone", "[zmq][security]") {
   REQUIRE(zmq_curve_public(pub, detail::z85(a->server.secret_key).c_str())
           == 0);
   CHECK(std::string{pub} == detail::z85(a->server.public_key));
-  auto empty = detail::derive_curve_keys("");
+  auto empty = detail::derive_curve_keys("", "job");
   REQUIRE(!empty);
   CHECK(empty.error() == errc::invalid_argument);
 }
@@ -138,8 +139,8 @@ TEST_CASE("the coordinator admits only the key of its job", "[zmq][security]") {
   opts.drain_timeout = std::chrono::milliseconds(10);
   auto hub = make_zmq_process_group(sys, hub_env(port, "the-job-secret"), opts);
   REQUIRE(hub);
-  auto keys = detail::derive_curve_keys("the-job-secret");
-  auto other = detail::derive_curve_keys("another-secret");
+  auto keys = detail::derive_curve_keys("the-job-secret", "zmq-security-test");
+  auto other = detail::derive_curve_keys("another-secret", "zmq-security-test");
   REQUIRE(keys);
   REQUIRE(other);
   // Knows the coordinator's public key but not a key of the job: ZAP

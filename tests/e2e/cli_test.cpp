@@ -752,3 +752,38 @@ TEST_CASE("verify of a FIFO as a data file fails at once, naming it",
   CHECK(v.code == 1);
   CHECK(v.out.find(name + ": is a FIFO") != std::string::npos);
 }
+
+TEST_CASE("global flags work after the subcommand too") {
+  // (Before, a flag after the subcommand ended in a usage error, exit 2.)
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  for (auto args :
+       {"verify " + dir + " -v", "-v verify " + dir,
+        "verify " + dir + " --log-level debug", "inspect " + dir + " -vv"}) {
+    auto r = s.cli(args);
+    INFO(args << "\n" << r.out << r.err);
+    CHECK(r.code == 0);
+    bool reported = r.out.find("4 items, 0 broken") != std::string::npos
+                    || r.out.find("keys: 4") != std::string::npos;
+    CHECK(reported);
+  }
+  auto unknown = s.cli("verify " + dir + " --no-such-flag");
+  CHECK(unknown.code == 2);
+  CHECK(unknown.err.find("--no-such-flag") != std::string::npos);
+}
+
+TEST_CASE("a level SPDLOG_LEVEL does not know is named in a warning") {
+  scratch s;
+  auto dir = s.path("ckpt");
+  write_checkpoint(dir);
+  auto r = s.program("SPDLOG_LEVEL=verbose " DCPP_CLI, "verify " + dir);
+  INFO(r.out << r.err);
+  CHECK(r.code == 0);
+  CHECK(r.err.find("SPDLOG_LEVEL: 'verbose' is not a log level")
+        != std::string::npos);
+  auto ok = s.program("SPDLOG_LEVEL=info,dcpp=debug " DCPP_CLI,
+                      "verify " + dir);
+  CHECK(ok.code == 0);
+  CHECK(ok.err.find("not a log level") == std::string::npos);
+}

@@ -12,6 +12,9 @@
 #                        (localhost), MASTER_PORT is free
 #   torchrun_no_secret   under torchrun without DCPP_SECRET the ranks refuse
 #                        to start, saying to set it or pass --insecure
+#   store_refused        torchrun's variables (TORCHELASTIC_USE_AGENT_STORE=
+#                        True) but no store on MASTER_PORT: every rank fails
+#                        at once, naming the store and the request
 #   mpirun               Open MPI's mpirun, 3 ranks; the endpoint comes from
 #                        DCPP_MASTER_ADDR / DCPP_MASTER_PORT passed with -x
 #   dcpp_launch_spelling dcpp-launch with torchrun's option spellings and
@@ -85,30 +88,10 @@ torchrun_static | torchrun_standalone | torchrun_no_secret)
   [ -x /usr/bin/torchrun ] || skip "no /usr/bin/torchrun (Debian python3-torch)"
   $py -c 'import torch.distributed.run' 2>/dev/null ||
     skip "$py cannot import torch.distributed.run"
-  # torch 1.13 on Python 3.11: iterating the IntFlag `Std` no longer yields
-  # NONE (0) or ALL (3), so torchrun's Std.from_str("0") (its default for
-  # --redirects and --tee) returns None and torchrun crashes in to_map
-  # ("'NoneType' object has no attribute 'get'"). Newer torch builds the
-  # value with Std(int). This sitecustomize, on PYTHONPATH for torchrun only,
-  # does the same; the workers are not Python (--no_python).
-  shim=$scratch/shim
-  mkdir -p "$shim"
-  cat >"$shim/sitecustomize.py" <<'PY'
-import re
-try:
-    from torch.distributed.elastic.multiprocessing import api as _api
-    if _api.Std.from_str("0") is None:
-        def _from_str(cls, vm):
-            if re.match(_api._VALUE_REGEX, vm):
-                return cls(int(vm))
-            if re.match(_api._MAPPING_REGEX, vm):
-                return {int(i): cls(int(v))
-                        for i, v in (m.split(":") for m in vm.split(","))}
-            raise ValueError(vm)
-        _api.Std.from_str = classmethod(_from_str)
-except ImportError:
-    pass
-PY
+  # Debian's torchrun 1.13 crashes on Python 3.11 before starting anything;
+  # scripts/torchrun113/sitecustomize.py (what the README tells users to put
+  # on torchrun's PYTHONPATH) fixes it. The workers are not Python.
+  shim=$(cd "$(dirname "$0")/../../scripts/torchrun113" && pwd)
   torchrun() {
     PYTHONPATH=$shim timeout -k 5 100 $py /usr/bin/torchrun \
       --monitor_interval 1 "$@" >>"$log" 2>&1
@@ -152,6 +135,27 @@ PY
     [ -f "$scratch/ckpt/.metadata" ] && fail "a checkpoint was committed"
     ;;
   esac
+  ;;
+store_refused)
+  port=$(free_port)
+  pids=()
+  start=$(date +%s%N)
+  for r in 0 1; do
+    # shellcheck disable=SC2046
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 \
+      MASTER_PORT="$port" TORCHELASTIC_USE_AGENT_STORE=True \
+      TORCHELASTIC_RUN_ID=refused-$$ timeout -k 5 60 "$worker" \
+      $(args_of save) >>"$log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do
+    wait "$p" && fail "a rank without torchrun's store succeeded"
+  done
+  took_ms=$((($(date +%s%N) - start) / 1000000))
+  [ "$took_ms" -lt 15000 ] || fail "the ranks took $took_ms ms to fail"
+  want="failed in step connect: dcpp::io_error: torchrun's store at 127.0.0.1:$port: connect: Connection refused"
+  [ "$(grep -cF "$want" "$log")" = 2 ] || fail "expected 2 lines '$want'"
+  echo "both ranks failed in $took_ms ms"
   ;;
 mpirun)
   command -v mpirun >/dev/null || skip "no mpirun (Debian openmpi-bin)"

@@ -293,28 +293,44 @@ TEST_CASE("prune without any commit removes nothing", "[checkpoint_root]") {
   CHECK(pruned->empty());
   CHECK(f.exists(step_name(1)));
   CHECK(f.exists(step_name(2)));
-  SECTION("nor does a missing root") {
+  SECTION("a missing root is not_found naming it, as for latest") {
     auto missing = prune(f.root + "/missing", 1);
-    REQUIRE(missing);
-    CHECK(missing->empty());
+    REQUIRE(!missing);
+    CHECK(code_of(missing.error()) == errc::not_found);
+    CHECK(context_of(missing.error()).find(f.root + "/missing")
+          != std::string::npos);
   }
 }
 
 TEST_CASE("prune orders big step numbers numerically", "[checkpoint_root]") {
   root_fixture f;
-  const uint64_t big = UINT64_MAX;
+  const uint64_t big = max_step;
   f.add_step(big, true);
   f.add_step(big - 1, true);
   f.add_step(1000000000000, true); // 13 digits
   f.add_step(999999999, true);     // 9 digits
   f.add_step("step_5", true);
+  // Beyond the largest step (its next step would not fit a training loop's
+  // int64 counter), and beyond 64 bits: broken, named, never removed.
+  f.add_step(UINT64_MAX, true);
+  f.add_step("step_99999999999999999999", true);
   CHECK(steps_of(f.root)
         == std::vector<uint64_t>{5, 999999999, 1000000000000, big - 1, big});
   CHECK(latest_committed_step(f.root) == big);
-  auto pruned = prune(f.root, 2);
+  std::vector<step_entry> passed;
+  REQUIRE(latest_committed(f.root, &passed));
+  REQUIRE(passed.size() == 2);
+  for (const auto& entry : passed)
+    CHECK(entry.broken.find(entry.path + ": step number out of range")
+          != std::string::npos);
+  std::vector<step_entry> broken;
+  auto pruned = prune(f.root, 2, &broken);
   REQUIRE(pruned);
   CHECK(pruned->size() == 3);
+  CHECK(broken.size() == 2);
   CHECK(steps_of(f.root) == std::vector<uint64_t>{big - 1, big});
+  CHECK(f.exists(step_name(UINT64_MAX)));
+  CHECK(f.exists("step_99999999999999999999"));
 }
 
 TEST_CASE("prune cleans the leftovers of a prune that crashed",
@@ -424,4 +440,54 @@ TEST_CASE("prune leaves a broken step older than the latest alone",
   CHECK(*pruned == std::vector<std::string>{f.path(step_name(200))});
   CHECK(f.exists(step_name(100) + "/.metadata"));
   CHECK(steps_of(f.root) == std::vector<uint64_t>{300});
+}
+
+TEST_CASE("a step whose commit record names another step is not latest, "
+          "nor removed; one spelled alike or without a name counts",
+          "[checkpoint_root]") {
+  root_fixture f;
+  auto record_of = [](const std::string& checkpoint_id) {
+    auto md = decode_metadata(good_metadata());
+    REQUIRE(md);
+    md->checkpoint_id = checkpoint_id;
+    return encode_metadata(*md);
+  };
+  auto own = f.add_step(30, false);
+  test::write_file(own + "/.metadata", record_of("/elsewhere/step_000000030"));
+  auto spelled = f.add_step("step_31", false);
+  test::write_file(spelled + "/.metadata", record_of("run/step_000000031/"));
+  auto plain = f.add_step(32, false);
+  test::write_file(plain + "/.metadata", record_of("/some/export"));
+  // `cp -r step_000000030 step_999999999999`.
+  auto copy = f.add_step(999999999999, false);
+  test::write_file(copy + "/.metadata", record_of(own));
+  auto err = check_committed(copy);
+  REQUIRE(err);
+  CHECK(code_of(err) == errc::corrupt_metadata);
+  CHECK(describe(err).find(copy + "/.metadata: commits step_000000030")
+        != std::string::npos);
+  CHECK(steps_of(f.root) == std::vector<uint64_t>{30, 31, 32});
+  std::vector<step_entry> passed;
+  auto latest = latest_committed(f.root, &passed);
+  REQUIRE(latest);
+  CHECK(latest->step == 32);
+  REQUIRE(passed.size() == 1);
+  CHECK(passed[0].path == copy);
+  auto pruned = prune(f.root, 1);
+  REQUIRE(pruned);
+  CHECK(f.exists(step_name(999999999999)));
+  CHECK(f.exists(step_name(32)));
+}
+
+TEST_CASE("a link named like a step fails check_committed, naming it",
+          "[checkpoint_root]") {
+  root_fixture f;
+  auto real = f.add_step("elsewhere", true);
+  fs::create_symlink(real, f.path(step_name(5)));
+  CHECK(is_committed(real));
+  auto err = check_committed(f.path(step_name(5)));
+  REQUIRE(err);
+  CHECK(code_of(err) == errc::path_escape);
+  CHECK(describe(err).find(f.path(step_name(5)) + ": is a symbolic link")
+        != std::string::npos);
 }
