@@ -197,7 +197,13 @@ def worker(rank, args, world, port, results):
         results[rank] = {"ok": False, "error": traceback.format_exc()}
     finally:
         if TORCH2:
-            dist.barrier()  # 2.x gloo: destroying without it can hang a rank
+            # 2.6's gloo can hang a rank in destroy_process_group, even
+            # after a barrier; the result is recorded, so the rank ends
+            # without it.
+            dist.barrier()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         dist.destroy_process_group()
 
 

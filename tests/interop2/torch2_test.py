@@ -243,10 +243,12 @@ def _rank_load(rank, world, port, ckpt, want, split, results):
     except BaseException:  # noqa: BLE001
         bad.append(traceback.format_exc()[-1500:])
     results[rank] = bad
-    try:
-        dist.barrier()  # 2.6 gloo: destroying without it can hang a rank
-    finally:
-        dist.destroy_process_group()
+    # 2.6's gloo can hang a rank in destroy_process_group even after a
+    # barrier; the result is recorded, so the rank ends without it.
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def load_at_worlds(ckpt, want, worlds, what, split="first"):
