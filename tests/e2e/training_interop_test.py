@@ -40,7 +40,7 @@ try:
     sys.path.insert(0, INTEROP)
     import torch113_compat as compat  # noqa: E402
     import torch  # noqa: E402
-    from training_reference import make_adam, make_model, train_step  # noqa: E402
+    from training_model import make_adam, make_model, train_step  # noqa: E402
 except Exception as e:  # noqa: BLE001
     print(f"SKIP: torch 1.13 DCP cannot be imported by {sys.executable}: {e!r}")
     sys.exit(SKIP)

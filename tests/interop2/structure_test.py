@@ -34,9 +34,9 @@ tool, cli, scratch = sys.argv[1], sys.argv[2], sys.argv[3]
 
 try:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                    "..", "e2e"))
+                                    "..", "..", "scripts", "interop"))
     import torch
-    from training_reference import make_adam, make_model, train_step
+    from training_model import make_adam, make_model, train_step
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     from torch.distributed.checkpoint.state_dict import (get_state_dict,

@@ -1,14 +1,13 @@
-"""The model, data and training of training_interop_tool.cpp in Python (any
-torch version), for the scripts that compare dcpp's training state with
-PyTorch's: training_interop_test.py (1.13) and interop2/structure_test.py
-(2.6)."""
+"""The model, data and training of tests/e2e/training_interop_tool.cpp, in
+Python (any torch version): nn.Sequential(Linear(8, 16), ReLU(),
+Linear(16, 4)) initialized by formula, Adam, and one step on fixed data.
+Both sides compute the same arithmetic, so their results are compared bit
+for bit."""
 import torch
 from torch import nn
 
 
 def make_model():
-    """nn.Sequential(Linear(8, 16), ReLU(), Linear(16, 4)), initialized by
-    the tool's formula."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
