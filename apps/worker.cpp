@@ -140,16 +140,19 @@ struct reporter {
     return 1;
   }
 
-  /// "rank 1 failed" / "ranks 1, 3 failed (2 of 4)", at most 8 named.
+  /// "rank 1 failed (rank_lost)" / "ranks 1 (injected_fault), 3
+  /// (storage_failure) failed (2 of 4)": each rank's error code, at most 8
+  /// ranks named.
   std::string failing_ranks(const checkpoint_failure& f) const {
     std::string out = f.failures.size() == 1 ? "rank " : "ranks ";
     size_t named = 0;
-    for (const auto& entry : f.failures) {
+    for (const auto& [r, e] : f.failures) {
       if (named == 8) {
         out += ", ...";
         break;
       }
-      out += (named++ ? ", " : "") + std::to_string(entry.first);
+      out += (named++ ? ", " : "") + std::to_string(r) + " ("
+             + to_string(code_of(e)) + ")";
     }
     out += " failed";
     if (f.failures.size() > 1)

@@ -31,13 +31,13 @@ echo "$lines" | grep -q "rank 1 failed in step write: dcpp::injected_fault: " \
   || fail "rank 0: rank 1's own code is lost: $lines"
 echo "$lines" | grep -q "rank 3 failed in step write: dcpp::storage_failure: " \
   || fail "rank 0: rank 3's own code is lost: $lines"
-grep -q "^dcpp-worker: rank 0/4 failed in step save: save 1 failed in step write: ranks 1, 3 failed (2 of 4)$" "$tmp/out" \
+grep -q "^dcpp-worker: rank 0/4 failed in step save: save 1 failed in step write: ranks 1 (injected_fault), 3 (storage_failure) failed (2 of 4)$" "$tmp/out" \
   || fail "rank 0's summary line: $(grep '^dcpp-worker: rank 0/4' "$tmp/out")"
 grep -q "^dcpp-worker: rank 1/4 failed in step save: save 1 failed in step write: dcpp::injected_fault: " "$tmp/out" \
   || fail "rank 1 does not print its own error: $(grep '^dcpp-worker: rank 1/4' "$tmp/out")"
 grep -q "^dcpp-worker: rank 3/4 failed in step save: save 1 failed in step write: dcpp::storage_failure: " "$tmp/out" \
   || fail "rank 3 does not print its own error: $(grep '^dcpp-worker: rank 3/4' "$tmp/out")"
-grep -q "^dcpp-worker: rank 2/4 failed in step save: save 1 failed in step write: ranks 1, 3 failed (2 of 4) (the coordinator's process prints why)$" "$tmp/out" \
+grep -q "^dcpp-worker: rank 2/4 failed in step save: save 1 failed in step write: ranks 1 (injected_fault), 3 (storage_failure) failed (2 of 4) (the coordinator's process prints why)$" "$tmp/out" \
   || fail "rank 2 does not say which ranks failed: $(grep '^dcpp-worker: rank 2/4' "$tmp/out")"
 # One line per failure per process: 1 + 2 from the coordinator rank's
 # process, 1 from each other rank (it was 1 + 2 from each of the 4).
