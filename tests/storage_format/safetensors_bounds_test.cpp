@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "storage/safetensors_header.hpp"
+#include "tests/support/cpu_time.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -37,18 +38,12 @@ std::string rank_header(size_t rank) {
          + "],\"data_offsets\":[0,1]}}";
 }
 
-/// The least of three decodes, in seconds (the least is the one least
-/// disturbed by other processes on the machine).
+/// The least thread CPU time of five decodes, in seconds.
 double decode_seconds(const std::string& text, uint64_t file_size) {
-  double best = 1e9;
-  for (int i = 0; i < 3; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
+  return test::least_cpu_seconds([&] {
     auto h = decode_safetensors_header(text, file_size, "f.safetensors");
-    auto t1 = std::chrono::steady_clock::now();
     REQUIRE(h);
-    best = std::min(best, std::chrono::duration<double>(t1 - t0).count());
-  }
-  return best;
+  });
 }
 
 } // namespace
