@@ -282,8 +282,8 @@ checkpoint_manager_options owning_steps(checkpoint_manager_options opts) {
 /// The committed steps of `root`, ascending; warns naming each broken step
 /// directory newer than the newest of them (one the root holds but that is
 /// not restored as the latest: see storage/checkpoint_root.hpp).
-caf::expected<std::vector<uint64_t>> committed_steps_noting(
-  const std::string& root) {
+caf::expected<std::vector<uint64_t>>
+committed_steps_noting(const std::string& root) {
   std::vector<step_entry> passed;
   auto steps = committed_steps(root, &passed);
   for (const auto& entry : passed)
@@ -588,8 +588,8 @@ checkpoint_manager::restore(std::optional<uint64_t> step,
   // The load target follows what the step holds (a checkpoint of an older
   // dcpp lacks keys this one saves); without a readable .metadata the load
   // below reports why, on every rank.
-  auto saved = make_filesystem_reader(step_directory(root_, *step))
-                 ->read_metadata();
+  auto saved
+    = make_filesystem_reader(step_directory(root_, *step))->read_metadata();
   auto sd = saved ? collect_load_target(objs, *saved) : collect_state(objs);
   if (!sd)
     return std::move(sd.error());

@@ -760,7 +760,8 @@ void check_latest(uint64_t expected, uint64_t cycle, const std::string& spec,
   }
 }
 
-// -- hostile operators ----------------------------------------------------------
+// -- hostile operators
+// ----------------------------------------------------------
 
 /// Every entry under `dir`, links not followed: relative path -> kind and
 /// content.
@@ -960,9 +961,9 @@ int main(int argc, char** argv) {
         hostile = plant::step_link;
       ++cnt.hostile;
       fault = save_fault{};
-      fault.spec = hostile == plant::step_link   ? "hostile:step-link"
-                   : hostile == plant::far_step  ? "hostile:far-step"
-                                                 : "hostile:export-link";
+      fault.spec = hostile == plant::step_link  ? "hostile:step-link"
+                   : hostile == plant::far_step ? "hostile:far-step"
+                                                : "hostile:export-link";
     }
     steps[c] = saved_step{static_cast<uint32_t>(c), split};
     if (hostile == plant::step_link) {
@@ -1080,16 +1081,15 @@ int main(int argc, char** argv) {
       far_content = snapshot(far);
     }
     if (hostile == plant::export_link && expected_latest != 0) {
-      auto res = export_torch_save(
-        make_filesystem_reader(step_directory(cfg.root, expected_latest)),
-        guard.export_link);
+      auto res = export_torch_save(make_filesystem_reader(
+                                     step_directory(cfg.root, expected_latest)),
+                                   guard.export_link);
       if (res || code_of(res.error()) != errc::path_escape) {
         ++cnt.lost;
         fail_line(c, fault.spec,
                   "export to the link " + guard.export_link + " was not "
                     + "refused: "
-                    + (res ? std::string{"exported"}
-                           : describe(res.error())));
+                    + (res ? std::string{"exported"} : describe(res.error())));
       }
       guard.check(c, fault.spec);
     }

@@ -167,8 +167,9 @@ caf::error check_step_directory(const std::string& dir) {
   struct stat st;
   if (::lstat(dir.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
     return make_error(errc::path_escape,
-                      dir + ": is a symbolic link; a step directory is never "
-                            "a link (not loaded, never written through)");
+                      dir
+                        + ": is a symbolic link; a step directory is never "
+                          "a link (not loaded, never written through)");
   return caf::none;
 }
 
@@ -219,8 +220,7 @@ caf::expected<std::vector<step_entry>> list_steps(const std::string& root) {
 }
 
 caf::expected<std::vector<uint64_t>>
-committed_steps(const std::string& root,
-                std::vector<step_entry>* passed_over) {
+committed_steps(const std::string& root, std::vector<step_entry>* passed_over) {
   auto steps = list_steps(root);
   if (!steps)
     return std::move(steps.error());

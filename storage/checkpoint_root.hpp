@@ -161,10 +161,10 @@ caf::expected<uint64_t> latest_committed_step(const std::string& root);
 /// `broken` (ascending), if given, so that the caller can name them.
 /// Never removes the newest committed step: `keep == 0` is an
 /// `errc::invalid_argument`, a missing root `errc::not_found` naming it.
-/// Without any committed step, removes only leftovers. Returns the paths it removed: step directories under their
-/// original names, leftovers under their hidden names. Fails with
-/// `errc::io_error` naming the path that could not be renamed or removed;
-/// what was renamed before is removed by the next call.
+/// Without any committed step, removes only leftovers. Returns the paths it
+/// removed: step directories under their original names, leftovers under their
+/// hidden names. Fails with `errc::io_error` naming the path that could not be
+/// renamed or removed; what was renamed before is removed by the next call.
 caf::expected<std::vector<std::string>>
 prune(const std::string& root, size_t keep,
       std::vector<step_entry>* broken = nullptr);

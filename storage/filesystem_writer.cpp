@@ -304,8 +304,7 @@ public:
       // our flock: then this is a lock on nothing.
       struct stat now {};
       if (::fstatat(dirfd_.get(), lock_name, &now, AT_SYMLINK_NOFOLLOW) != 0
-          || now.st_ino != st.st_ino
-          || now.st_dev != st.st_dev)
+          || now.st_ino != st.st_ino || now.st_dev != st.st_dev)
         continue;
       if (auto err = write_identity(fd.get(), path, tag))
         return err;
@@ -825,8 +824,8 @@ private:
     // the name): nothing planted there is written through.
     auto flags = O_WRONLY | O_CLOEXEC;
     bool direct = large && opts_.direct_io && opts_.sync_files;
-    int fd = detail::create_exclusive_at(
-      dirfd_.get(), f.name, flags | (direct ? O_DIRECT : 0), 0644);
+    int fd = detail::create_exclusive_at(dirfd_.get(), f.name,
+                                         flags | (direct ? O_DIRECT : 0), 0644);
     if (fd < 0 && direct && errno == EINVAL) {
       // The file system does not do direct I/O (tmpfs, some FUSE mounts).
       direct = false;

@@ -7,8 +7,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -164,15 +164,15 @@ std::string real_holder(const std::string& path) {
 
 } // namespace
 
-caf::error check_output_path(const std::string& path,
-                             const std::vector<std::string>& must_not_be_inside) {
+caf::error
+check_output_path(const std::string& path,
+                  const std::vector<std::string>& must_not_be_inside) {
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
     auto what = path + ": is " + file_kind(st.st_mode)
                 + "; refusing to replace it";
-    return make_error(S_ISLNK(st.st_mode) ? errc::path_escape
-                                          : errc::invalid_argument,
-                      what);
+    return make_error(
+      S_ISLNK(st.st_mode) ? errc::path_escape : errc::invalid_argument, what);
   }
   if (must_not_be_inside.empty())
     return {};

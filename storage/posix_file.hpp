@@ -123,8 +123,7 @@ caf::expected<fd_guard> open_directory(const std::string& path,
 /// directory is reused, a symbolic link, device, FIFO or file planted under
 /// the name is refused, naming it, and never written through. Returns the
 /// open directory, for `*at` calls that stay in it.
-caf::expected<fd_guard> make_owned_directory(const std::string& dir,
-                                             bool sync);
+caf::expected<fd_guard> make_owned_directory(const std::string& dir, bool sync);
 
 /// Checks that a file may be written to `path` by replacing whatever is
 /// there (a temporary file renamed over it): nothing is there yet or a
@@ -137,9 +136,9 @@ caf::expected<fd_guard> make_owned_directory(const std::string& dir,
 /// real directory that would hold it, so links, `..` and bind-free aliases
 /// are seen through. Every writer of an output path calls it before it
 /// creates its temporary file and again just before the rename.
-caf::error check_output_path(const std::string& path,
-                             const std::vector<std::string>& must_not_be_inside
-                             = {});
+caf::error
+check_output_path(const std::string& path,
+                  const std::vector<std::string>& must_not_be_inside = {});
 
 /// fsync(2) retried on EINTR: 0 or an errno.
 int fsync_fd(int fd);

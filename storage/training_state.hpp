@@ -198,9 +198,8 @@ public:
 
   /// `training_load_target` with `saved`: only the keys the checkpoint
   /// holds (a checkpoint without the optimizer keys libtorch lacks loads).
-  caf::expected<dcpp::state_dict> load_target(const metadata& saved,
-                                              const std::string& prefix)
-    override;
+  caf::expected<dcpp::state_dict>
+  load_target(const metadata& saved, const std::string& prefix) override;
 
 private:
   torch::nn::Module& module_;

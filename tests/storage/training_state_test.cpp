@@ -564,10 +564,10 @@ TEST_CASE("the checkpoint manager resumes from a checkpoint without the "
   INFO((step ? std::string{} : describe(step.error())));
   REQUIRE(step);
   CHECK(*step == 5);
-  CHECK(static_cast<torch::optim::AdamOptions&>(
-          opt_b.param_groups()[0].options())
-          .lr()
-        == 0.01);
+  CHECK(
+    static_cast<torch::optim::AdamOptions&>(opt_b.param_groups()[0].options())
+      .lr()
+    == 0.01);
   for (const auto& item : a->named_parameters())
     CHECK(at::equal(item.value(), b->named_parameters()[item.key()]));
 }
