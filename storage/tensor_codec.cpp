@@ -108,9 +108,9 @@ write_tensor_item(item_sink& out, const at::Tensor& tensor, bool checksum,
       return std::move(type.error());
     if (saved && *saved != *type) {
       if (carrier_dtype(*saved) != *type)
-        return make_error(errc::dtype_mismatch,
-                          "a " + to_string(*type) + " tensor cannot carry "
-                            + to_string(*saved));
+        return make_error(errc::dtype_mismatch, "a " + to_string(*type)
+                                                  + " tensor cannot carry "
+                                                  + to_string(*saved));
       type = *saved;
     }
     at::Tensor t = tensor;

@@ -75,8 +75,7 @@ bool is_rebuild_tensor(const value& x) {
 }
 
 bool is_tensor_call(const value& x) {
-  return is_rebuild_tensor(x)
-         || calls(x, "torch._utils", "_rebuild_parameter")
+  return is_rebuild_tensor(x) || calls(x, "torch._utils", "_rebuild_parameter")
          || calls(x, "torch._utils", "_rebuild_parameter_with_state");
 }
 
@@ -113,10 +112,10 @@ const value& unwrap(const value& x) {
 
 bool is_dtype_name(std::string_view name) {
   static constexpr std::string_view names[]
-    = {"float32", "float",     "float64", "double",     "float16",
-       "half",    "bfloat16",  "int64",   "long",       "int32",
-       "int",     "int16",     "short",   "int8",       "uint8",
-       "bool",    "complex64", "cfloat",  "complex128", "cdouble",
+    = {"float32", "float",     "float64", "double",        "float16",
+       "half",    "bfloat16",  "int64",   "long",          "int32",
+       "int",     "int16",     "short",   "int8",          "uint8",
+       "bool",    "complex64", "cfloat",  "complex128",    "cdouble",
        "uint16",  "uint32",    "uint64",  "float8_e4m3fn", "float8_e5m2"};
   return std::find(std::begin(names), std::end(names), name) != std::end(names);
 }
@@ -458,8 +457,9 @@ private:
       return bad(context_of(call.error()));
     const bool v3 = calls(x, "torch._utils", "_rebuild_tensor_v3");
     if (args->items.size() > (v3 ? 8 : 7))
-      return bad(std::to_string(args->items.size())
-                 + (v3 ? " arguments (want 7 or 8)" : " arguments (want 6 or 7)"));
+      return bad(
+        std::to_string(args->items.size())
+        + (v3 ? " arguments (want 7 or 8)" : " arguments (want 6 or 7)"));
     saved = call->type;
     const auto& sizes = call->sizes;
     const auto& strides = call->strides;

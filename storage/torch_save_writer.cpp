@@ -179,17 +179,18 @@ public:
           : pickle::make_global("torch", storage_class_name(*type)),
        pickle::make_string(id), pickle::make_string("cpu"),
        pickle::make_int(v3 ? static_cast<int64_t>(x.nbytes()) : x.numel())});
-    std::vector<value_ptr> args{pickle::make_persid(pid), pickle::make_int(0),
+    std::vector<value_ptr> args{pickle::make_persid(pid),
+                                pickle::make_int(0),
                                 pickle::make_tuple(std::move(sizes)),
                                 pickle::make_tuple(std::move(strides)),
                                 pickle::make_bool(false),
                                 pickle::make_ordered_dict({})};
     if (v3)
       args.push_back(pickle::make_global("torch", to_string(*type)));
-    return pickle::make_reduce(
-      pickle::make_global("torch._utils",
-                          v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2"),
-      pickle::make_tuple(std::move(args)));
+    return pickle::make_reduce(pickle::make_global("torch._utils",
+                                                   v3 ? "_rebuild_tensor_v3"
+                                                      : "_rebuild_tensor_v2"),
+                               pickle::make_tuple(std::move(args)));
   }
 
   /// The Python object a bytes value holds, as it was torch.save'd (ints,

@@ -403,8 +403,8 @@ TEST_CASE("torch 2.x dtypes are written and read in their carriers",
           "[tensor_codec]") {
   // uint16 bits in an int16 carrier: the item is 2.x's _rebuild_tensor_v3
   // over an UntypedStorage of 6 bytes, and reads back as those bits.
-  auto carrier = at::tensor(std::vector<int64_t>{1, 40000 - 65536, -1})
-                   .to(at::kShort);
+  auto carrier
+    = at::tensor(std::vector<int64_t>{1, 40000 - 65536, -1}).to(at::kShort);
   string_sink out;
   FS_REQUIRE(write_tensor_item(out, carrier, false, dtype::uint16));
   const auto& bytes = out.buffer();

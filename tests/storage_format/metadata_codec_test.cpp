@@ -331,7 +331,7 @@ TEST_CASE("torch 2.x dtypes round-trip in both flavors", "[metadata]") {
   // uint16/32/64 and float8 have no torch 1.13 type, but a checkpoint of
   // them is bytes with a dtype: both flavors name them as `torch.<name>`.
   const std::pair<dtype, size_t> types[] = {
-    {dtype::uint16, 2},        {dtype::uint32, 4},     {dtype::uint64, 8},
+    {dtype::uint16, 2},        {dtype::uint32, 4},      {dtype::uint64, 8},
     {dtype::float8_e4m3fn, 1}, {dtype::float8_e5m2, 1},
   };
   for (auto [type, size] : types) {
