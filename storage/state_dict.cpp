@@ -102,7 +102,8 @@ caf::expected<pickle::value_ptr> bytes_value::to_pickle() const {
 // -- state_dict ---------------------------------------------------------------
 
 void state_dict::set(const std::string& key, value v) {
-  carried_.erase(key);
+  if (!carried_.empty())
+    carried_.erase(key);
   if (auto x = find(key)) {
     *x = std::move(v);
     return;

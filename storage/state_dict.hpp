@@ -118,7 +118,8 @@ public:
     return entries_;
   }
   /// Mutable access drops the key index (the caller may rename keys); the
-  /// next non-const `find` rebuilds it.
+  /// next non-const `find` rebuilds it. A carried dtype stays with the old
+  /// name: a caller renaming a carried key calls `set_carried` again.
   std::vector<entry>& entries() {
     index_.clear();
     indexed_ = 0;
