@@ -53,9 +53,12 @@ export_torch_save(storage_reader_ptr reader, const std::string& path,
   if (auto err = cp.load(sd))
     return err;
   std::map<std::string, const value*> values;
-  for (const auto& [key, v] : sd.entries())
-    values.emplace(key, &v);
   torch_save_write_options wopts;
+  for (const auto& [key, v] : sd.entries()) {
+    values.emplace(key, &v);
+    if (auto saved = sd.carried_dtype(key))
+      wopts.carried.emplace(key, *saved);
+  }
   wopts.restore_optimizer_keys = opts.restore_optimizer_keys;
   if (auto err = write_torch_save(path, *tree, values, wopts))
     return err;

@@ -659,7 +659,10 @@ int run_export_safetensors(const std::string& dir, const std::string& out) {
         continue;
       }
     }
-    rest.set(key, std::move(v));
+    if (auto saved = sd->carried_dtype(key))
+      rest.set_carried(key, std::move(v), *saved);
+    else
+      rest.set(key, std::move(v));
   }
   checkpointer cp{make_safetensors_writer(parent.empty() ? "." : parent, wopts),
                   nullptr, opts};

@@ -13,22 +13,29 @@ struct dtype_info {
   const char* name;
   const char* storage;
   size_t size;
+  dtype carrier;
 };
 
 constexpr std::array<dtype_info, static_cast<size_t>(dtype::num_values)>
   dtype_table{{
-    {dtype::float32, "float32", "FloatStorage", 4},
-    {dtype::float64, "float64", "DoubleStorage", 8},
-    {dtype::float16, "float16", "HalfStorage", 2},
-    {dtype::bfloat16, "bfloat16", "BFloat16Storage", 2},
-    {dtype::int64, "int64", "LongStorage", 8},
-    {dtype::int32, "int32", "IntStorage", 4},
-    {dtype::int16, "int16", "ShortStorage", 2},
-    {dtype::int8, "int8", "CharStorage", 1},
-    {dtype::uint8, "uint8", "ByteStorage", 1},
-    {dtype::boolean, "bool", "BoolStorage", 1},
-    {dtype::complex64, "complex64", "ComplexFloatStorage", 8},
-    {dtype::complex128, "complex128", "ComplexDoubleStorage", 16},
+    {dtype::float32, "float32", "FloatStorage", 4, dtype::float32},
+    {dtype::float64, "float64", "DoubleStorage", 8, dtype::float64},
+    {dtype::float16, "float16", "HalfStorage", 2, dtype::float16},
+    {dtype::bfloat16, "bfloat16", "BFloat16Storage", 2, dtype::bfloat16},
+    {dtype::int64, "int64", "LongStorage", 8, dtype::int64},
+    {dtype::int32, "int32", "IntStorage", 4, dtype::int32},
+    {dtype::int16, "int16", "ShortStorage", 2, dtype::int16},
+    {dtype::int8, "int8", "CharStorage", 1, dtype::int8},
+    {dtype::uint8, "uint8", "ByteStorage", 1, dtype::uint8},
+    {dtype::boolean, "bool", "BoolStorage", 1, dtype::boolean},
+    {dtype::complex64, "complex64", "ComplexFloatStorage", 8, dtype::complex64},
+    {dtype::complex128, "complex128", "ComplexDoubleStorage", 16,
+     dtype::complex128},
+    {dtype::uint16, "uint16", "", 2, dtype::int16},
+    {dtype::uint32, "uint32", "", 4, dtype::int32},
+    {dtype::uint64, "uint64", "", 8, dtype::int64},
+    {dtype::float8_e4m3fn, "float8_e4m3fn", "", 1, dtype::uint8},
+    {dtype::float8_e5m2, "float8_e5m2", "", 1, dtype::uint8},
   }};
 
 const dtype_info* find_info(dtype x) {
@@ -77,9 +84,19 @@ std::string storage_class_name(dtype x) {
   return {};
 }
 
+bool has_libtorch_type(dtype x) {
+  return carrier_dtype(x) == x;
+}
+
+dtype carrier_dtype(dtype x) {
+  if (auto info = find_info(x))
+    return info->carrier;
+  return x;
+}
+
 caf::expected<dtype> dtype_from_storage_class(const std::string& name) {
   for (const auto& info : dtype_table)
-    if (name == info.storage)
+    if (!name.empty() && name == info.storage)
       return info.type;
   return make_error(errc::unknown_dtype,
                     "unknown storage class '" + name + "'");

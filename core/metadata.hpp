@@ -31,6 +31,15 @@ enum class dtype : uint8_t {
   boolean,
   complex64,
   complex128,
+  // PyTorch 2.x's dtypes. Their storages pickle as `torch.UntypedStorage`
+  // and their tensors as `_rebuild_tensor_v3(..., dtype)`; libtorch 1.13 has
+  // no tensor type for them, so dcpp carries their bytes in a tensor of the
+  // same element size (`carrier_dtype`).
+  uint16,
+  uint32,
+  uint64,
+  float8_e4m3fn,
+  float8_e5m2,
   num_values,
 };
 
@@ -44,8 +53,18 @@ caf::expected<dtype> parse_dtype(const std::string& name);
 /// Bytes per element.
 size_t element_size(dtype x);
 
-/// The torch storage class of a dtype: "FloatStorage", "BFloat16Storage".
+/// The torch storage class of a dtype: "FloatStorage", "BFloat16Storage";
+/// empty for the 2.x dtypes, which have only `UntypedStorage`.
 std::string storage_class_name(dtype x);
+
+/// Whether libtorch 1.13 has a tensor type for `x` (false for the 2.x
+/// dtypes: uint16, uint32, uint64, float8_e4m3fn, float8_e5m2).
+bool has_libtorch_type(dtype x);
+
+/// The dtype whose libtorch tensors carry `x`'s bytes: `x` itself where
+/// libtorch has it, else the signed or byte type of the same element size
+/// (uint16 -> int16, uint32 -> int32, uint64 -> int64, float8_* -> uint8).
+dtype carrier_dtype(dtype x);
 
 /// Inverse of `storage_class_name`. Fails with `errc::unknown_dtype`.
 caf::expected<dtype> dtype_from_storage_class(const std::string& name);

@@ -171,6 +171,18 @@ local_load_plan(const state_dict_view& request, const metadata& md,
       return make_error(errc::shape_mismatch,
                         fqn + ": requested size " + to_string(item.global_size)
                           + ", the checkpoint holds " + to_string(tensor.size));
+    // A dtype libtorch 1.13 has no tensor type for is loaded only as
+    // itself (into its carrier, state_dict::set_carried): into any other
+    // tensor a cast would reinterpret its bytes, so unchecked loads refuse
+    // it too.
+    if (!item.local_chunks.empty() && !has_libtorch_type(tensor.properties.type)
+        && item.properties.type != tensor.properties.type)
+      return make_error(errc::unsupported,
+                        fqn + ": saved as torch."
+                          + to_string(tensor.properties.type)
+                          + ", which libtorch 1.13 has no tensor type for "
+                            "(requested "
+                          + to_string(item.properties.type) + ")");
     // A rank holding no chunk of a sharded tensor has no dtype to compare.
     if (opts.check_dtype && !item.local_chunks.empty()
         && tensor.properties.type != item.properties.type)

@@ -108,16 +108,25 @@ private:
 
 std::string tensor_pickle(dtype type, int64_t storage_numel, int_list sizes,
                           int_list strides) {
+  // A dtype without a typed storage class (torch 2.x's uint16, float8_*...)
+  // is pickled as 2.x does: `_rebuild_tensor_v3` over a
+  // `torch.storage.UntypedStorage` sized in bytes, the dtype as the 7th
+  // argument.
+  const bool v3 = storage_class_name(type).empty();
   pickle_emitter p;
   p.proto();
-  p.global("torch._utils", "_rebuild_tensor_v2");
+  p.global("torch._utils", v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
   p.out += '('; // MARK: the arguments
   p.out += '('; // MARK: the persistent id of the storage
   p.unicode("storage");
-  p.global("torch", storage_class_name(type));
+  if (v3)
+    p.global("torch.storage", "UntypedStorage");
+  else
+    p.global("torch", storage_class_name(type));
   p.unicode("0");
   p.unicode("cpu");
-  p.integer(storage_numel);
+  p.integer(v3 ? storage_numel * static_cast<int64_t>(element_size(type))
+               : storage_numel);
   p.out += 't';
   p.memoize();
   p.out += 'Q'; // BINPERSID
@@ -128,6 +137,8 @@ std::string tensor_pickle(dtype type, int64_t storage_numel, int_list sizes,
   p.global("collections", "OrderedDict");
   p.out += ")R"; // OrderedDict(): no backward hooks
   p.memoize();
+  if (v3)
+    p.global("torch", to_string(type));
   p.out += 't';
   p.memoize();
   p.out += 'R';

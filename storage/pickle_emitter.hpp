@@ -43,7 +43,9 @@ private:
 };
 
 /// The `data.pkl` of a tensor of `type` viewing a storage of
-/// `storage_numel` elements (storage offset 0) with `sizes` and `strides`.
+/// `storage_numel` elements (storage offset 0) with `sizes` and `strides`:
+/// `_rebuild_tensor_v2`, or for a dtype without a typed storage class
+/// `_rebuild_tensor_v3` as torch 2.x writes it.
 std::string tensor_pickle(dtype type, int64_t storage_numel, int_list sizes,
                           int_list strides);
 

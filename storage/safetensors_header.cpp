@@ -100,6 +100,12 @@ caf::expected<std::string> safetensors_dtype_name(dtype x) {
   for (const auto& d : dtype_names)
     if (d.type == x)
       return std::string{d.name};
+  // torch 2.x's dtypes (U16, U32, U64, F8_E4M3, F8_E5M2 in safetensors)
+  // are not mapped: dcpp's safetensors paths keep no carried dtype.
+  if (!has_libtorch_type(x))
+    return make_error(errc::unsupported,
+                      "dcpp does not write or read " + to_string(x)
+                        + " in safetensors files (a torch 2.x dtype)");
   return make_error(errc::unsupported,
                     "safetensors has no dtype for " + to_string(x));
 }

@@ -102,11 +102,23 @@ caf::expected<pickle::value_ptr> bytes_value::to_pickle() const {
 // -- state_dict ---------------------------------------------------------------
 
 void state_dict::set(const std::string& key, value v) {
+  if (!carried_.empty())
+    carried_.erase(key);
   if (auto x = find(key)) {
     *x = std::move(v);
     return;
   }
   entries_.emplace_back(key, std::move(v));
+}
+
+void state_dict::set_carried(const std::string& key, value v, dtype saved) {
+  set(key, std::move(v));
+  carried_[key] = saved;
+}
+
+const dtype* state_dict::carried_dtype(const std::string& key) const {
+  auto i = carried_.find(key);
+  return i == carried_.end() ? nullptr : &i->second;
 }
 
 state_dict& state_dict::nested(const std::string& key) {
@@ -205,6 +217,8 @@ caf::error flatten_into(state_dict& sd, object_path& path, flat_state_dict& out,
                           "two values flatten to the key '" + flat + "'");
       seen.emplace(flat, out.items.size());
       out.items.emplace_back(flat, &val);
+      if (auto saved = sd.carried_dtype(key))
+        out.carried.emplace(flat, *saved);
       // Every key, a top-level one too (`{"w": ("w",)}`), as DCP's
       // `flatten_state_dict` records it: PyTorch's loaders look each key
       // of the checkpoint up in `planner_data`.
@@ -213,6 +227,22 @@ caf::error flatten_into(state_dict& sd, object_path& path, flat_state_dict& out,
     path.pop_back();
   }
   return caf::none;
+}
+
+/// The dtype a tensor of `fqn` is saved as: the carried dtype where one is
+/// recorded (its carrier must be `t`'s type), else `t`'s own.
+caf::expected<dtype> dtype_of(const flat_state_dict& flat,
+                              const std::string& fqn, const at::Tensor& t) {
+  auto type = to_dtype(t.scalar_type());
+  auto i = flat.carried.find(fqn);
+  if (!type || i == flat.carried.end())
+    return type;
+  if (carrier_dtype(i->second) != *type)
+    return make_error(errc::invalid_argument,
+                      "a " + to_string(*type) + " tensor cannot carry "
+                        + to_string(i->second) + " (wants "
+                        + to_string(carrier_dtype(i->second)) + ")");
+  return i->second;
 }
 
 tensor_properties properties_of(const at::Tensor& t, dtype type) {
@@ -254,7 +284,7 @@ caf::expected<dtype> to_dtype(c10::ScalarType type) {
 }
 
 c10::ScalarType to_scalar_type(dtype type) {
-  switch (type) {
+  switch (carrier_dtype(type)) {
     case dtype::float32: return c10::ScalarType::Float;
     case dtype::float64: return c10::ScalarType::Double;
     case dtype::float16: return c10::ScalarType::Half;
@@ -267,7 +297,7 @@ c10::ScalarType to_scalar_type(dtype type) {
     case dtype::boolean: return c10::ScalarType::Bool;
     case dtype::complex64: return c10::ScalarType::ComplexFloat;
     case dtype::complex128: return c10::ScalarType::ComplexDouble;
-    case dtype::num_values: break;
+    default: break;
   }
   return c10::ScalarType::Undefined;
 }
@@ -283,7 +313,7 @@ caf::expected<state_dict_view> make_view(const flat_state_dict& flat) {
       if (!t->defined())
         return make_error(errc::invalid_argument,
                           fqn + ": tensor is undefined");
-      auto type = to_dtype(t->scalar_type());
+      auto type = dtype_of(flat, fqn, *t);
       if (!type)
         return with_context(type.error(), fqn);
       item.properties = properties_of(*t, *type);
@@ -302,7 +332,7 @@ caf::expected<state_dict_view> make_view(const flat_state_dict& flat) {
           return make_error(errc::invalid_argument, fqn + ": shard at "
                                                       + to_string(sh.offsets)
                                                       + " is undefined");
-        auto type = to_dtype(t.scalar_type());
+        auto type = dtype_of(flat, fqn, t);
         if (!type)
           return with_context(type.error(), fqn);
         if (first) {
@@ -482,14 +512,22 @@ state_dict make_state_dict_for(const metadata& md) {
   state_dict sd;
   for (const auto& [fqn, item] : md.state_dict_metadata) {
     value v;
+    const auto saved = item.tensor.properties.type;
+    const bool carried = item.kind != item_kind::bytes
+                         && !has_libtorch_type(saved);
     if (item.kind == item_kind::bytes)
       v = bytes_value{};
     else
-      v = empty_host_tensor(item.tensor.size,
-                            to_scalar_type(item.tensor.properties.type));
+      v = empty_host_tensor(item.tensor.size, to_scalar_type(saved));
+    auto put = [&](state_dict& d, const std::string& key) {
+      if (carried)
+        d.set_carried(key, std::move(v), saved);
+      else
+        d.set(key, std::move(v));
+    };
     auto path = md.planner_data.find(fqn);
     if (path == md.planner_data.end() || path->second.empty()) {
-      sd.set(fqn, std::move(v));
+      put(sd, fqn);
       continue;
     }
     const auto& elements = path->second;
@@ -498,7 +536,7 @@ state_dict make_state_dict_for(const metadata& md) {
       current = &current->nested(elements[i].key);
       current->is_list(elements[i + 1].index);
     }
-    current->set(elements.back().key, std::move(v));
+    put(*current, elements.back().key);
   }
   return sd;
 }
@@ -539,15 +577,21 @@ state_dict map_tensors(const state_dict& sd,
                        const std::function<at::Tensor(const at::Tensor&)>& f) {
   state_dict out;
   out.is_list(sd.is_list());
+  auto put = [&](const std::string& key, value v) {
+    if (auto saved = sd.carried_dtype(key))
+      out.set_carried(key, std::move(v), *saved);
+    else
+      out.set(key, std::move(v));
+  };
   for (const auto& [key, val] : sd.entries()) {
     if (auto t = std::get_if<at::Tensor>(&val)) {
-      out.set(key, f(*t));
+      put(key, f(*t));
     } else if (auto st = std::get_if<sharded_tensor>(&val)) {
       sharded_tensor copy;
       copy.global_size = st->global_size;
       for (const auto& sh : st->local_shards)
         copy.local_shards.push_back({f(sh.tensor), sh.offsets});
-      out.set(key, std::move(copy));
+      put(key, std::move(copy));
     } else if (auto b = std::get_if<bytes_value>(&val)) {
       out.set(key, *b);
     } else if (auto sub = std::get_if<std::shared_ptr<state_dict>>(&val)) {

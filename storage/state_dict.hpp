@@ -88,8 +88,21 @@ public:
 
   state_dict() = default;
 
-  /// Inserts or replaces `key`.
+  /// Inserts or replaces `key` (forgetting a carried dtype recorded for it).
   void set(const std::string& key, value v);
+
+  /// Inserts or replaces `key` with a tensor (plain or sharded) of a dtype
+  /// that libtorch 1.13 has no type for (`has_libtorch_type`): `v`'s
+  /// tensors are of `carrier_dtype(saved)` and hold the bytes as saved.
+  /// The saved dtype is recorded beside the value, not in the tensor, so
+  /// that every path that moves tensors (staging, the data files, import
+  /// and export) keeps working on ordinary libtorch tensors and only the
+  /// places that name a dtype (the planner's view, the data file's and
+  /// export's pickles) read it from here.
+  void set_carried(const std::string& key, value v, dtype saved);
+
+  /// The dtype recorded by `set_carried` for `key`, or nullptr.
+  const dtype* carried_dtype(const std::string& key) const;
 
   /// Returns the nested dict under `key`, creating it if needed.
   state_dict& nested(const std::string& key);
@@ -105,7 +118,8 @@ public:
     return entries_;
   }
   /// Mutable access drops the key index (the caller may rename keys); the
-  /// next non-const `find` rebuilds it.
+  /// next non-const `find` rebuilds it. A carried dtype stays with the old
+  /// name: a caller renaming a carried key calls `set_carried` again.
   std::vector<entry>& entries() {
     index_.clear();
     indexed_ = 0;
@@ -138,6 +152,8 @@ private:
   void index_entries();
 
   std::vector<entry> entries_;
+  /// Key -> saved dtype of the values put by `set_carried`.
+  std::map<std::string, dtype> carried_;
   bool is_list_ = false;
   /// Key -> position in `entries_` for the first `indexed_` entries, so
   /// that `set` and `find` cost O(1) and building a dict of N keys O(N),
@@ -153,6 +169,8 @@ private:
 struct flat_state_dict {
   std::vector<std::pair<std::string, value*>> items;
   flatten_mapping mapping;
+  /// Flat key -> saved dtype of the values put by `set_carried`.
+  std::map<std::string, dtype> carried;
 };
 
 /// Flattens `sd` (pointers into `sd`, which must outlive the result).
@@ -178,11 +196,13 @@ std::unique_ptr<load_target> make_load_target(const flat_state_dict& flat);
 /// Maps a torch scalar type to a dcpp dtype (errc::unknown_dtype).
 caf::expected<dtype> to_dtype(c10::ScalarType type);
 
-/// Maps a dcpp dtype to a torch scalar type.
+/// Maps a dcpp dtype to the torch scalar type of the tensors that carry
+/// it: `carrier_dtype(type)`'s (int16 for uint16, uint8 for float8_e5m2).
 c10::ScalarType to_scalar_type(dtype type);
 
 /// Allocates, for every key in `md`, an empty tensor of the saved shape and
-/// dtype (or an empty bytes value), nested by `md.planner_data` where it
+/// dtype (a carrier, `set_carried`, for a dtype libtorch 1.13 lacks; or an
+/// empty bytes value), nested by `md.planner_data` where it
 /// names a path. Used to load a checkpoint without knowing its keys.
 state_dict make_state_dict_for(const metadata& md);
 

@@ -90,7 +90,8 @@ constexpr size_t keep_staging = size_t{64} << 20;
 // -- public: writing ----------------------------------------------------------
 
 caf::expected<item_result>
-write_tensor_item(item_sink& out, const at::Tensor& tensor, bool checksum) {
+write_tensor_item(item_sink& out, const at::Tensor& tensor, bool checksum,
+                  std::optional<dtype> saved) {
   static const bool little_endian = host_is_little_endian();
   if (!little_endian)
     return make_error(errc::unsupported,
@@ -105,6 +106,13 @@ write_tensor_item(item_sink& out, const at::Tensor& tensor, bool checksum) {
     auto type = to_dtype(tensor.scalar_type());
     if (!type)
       return std::move(type.error());
+    if (saved && *saved != *type) {
+      if (carrier_dtype(*saved) != *type)
+        return make_error(errc::dtype_mismatch, "a " + to_string(*type)
+                                                  + " tensor cannot carry "
+                                                  + to_string(*saved));
+      type = *saved;
+    }
     at::Tensor t = tensor;
     if (!t.device().is_cpu())
       t = t.cpu();
@@ -270,11 +278,14 @@ caf::expected<tensor_call> read_tensor_call(const pickle::value& v) {
   const auto& fn = v.items[0];
   const auto& args = v.items[1];
   if (!fn || !fn->is(kind::global) || fn->s != "torch._utils"
-      || fn->name != "_rebuild_tensor_v2")
-    return bad("callable is not torch._utils._rebuild_tensor_v2");
-  // (storage, storage_offset, size, stride, requires_grad, backward_hooks
-  // [, metadata])
-  if (!args || !args->is(kind::tuple) || args->items.size() < 5)
+      || (fn->name != "_rebuild_tensor_v2" && fn->name != "_rebuild_tensor_v3"))
+    return bad("callable is not torch._utils._rebuild_tensor_v2 or v3");
+  // v2: (storage, storage_offset, size, stride, requires_grad,
+  // backward_hooks[, metadata]); v3 (torch 2.x, for dtypes without a typed
+  // storage class): the same with the dtype after backward_hooks, the
+  // storage an UntypedStorage sized in bytes.
+  const bool v3 = fn->name == "_rebuild_tensor_v3";
+  if (!args || !args->is(kind::tuple) || args->items.size() < (v3 ? 7 : 5))
     return bad("wrong arguments");
   const auto& a = args->items;
   const auto& pid = a[0];
@@ -289,21 +300,40 @@ caf::expected<tensor_call> read_tensor_call(const pickle::value& v) {
   const auto& numel = id->items[4];
   if (!tag || !tag->is(kind::string) || tag->s != "storage")
     return bad("storage id is not tagged 'storage'");
-  if (!cls || !cls->is(kind::global) || cls->s != "torch")
-    return bad("storage type is not a torch storage class");
-  auto type = dtype_from_storage_class(cls->name);
-  if (!type)
-    return bad("unknown storage class torch." + cls->name);
+  caf::expected<dtype> type = dtype::float32;
+  if (v3) {
+    if (!cls || !cls->is(kind::global) || cls->s != "torch.storage"
+        || cls->name != "UntypedStorage")
+      return bad("the storage of _rebuild_tensor_v3 is not "
+                 "torch.storage.UntypedStorage");
+    const auto& dt = a[6];
+    if (!dt || !dt->is(kind::global) || dt->s != "torch")
+      return bad("the dtype of _rebuild_tensor_v3 is not a torch dtype");
+    type = parse_dtype(dt->name);
+    if (!type)
+      return bad("unknown dtype torch." + dt->name);
+  } else {
+    if (!cls || !cls->is(kind::global) || cls->s != "torch")
+      return bad("storage type is not a torch storage class");
+    type = dtype_from_storage_class(cls->name);
+    if (!type)
+      return bad("unknown storage class torch." + cls->name);
+  }
   if (!key || !key->is(kind::string) || key->s.empty() || key->s.size() > 64)
     return bad("bad storage key");
   if (!numel || !numel->is(kind::integer) || numel->i < 0)
     return bad("bad storage size");
+  const auto esize = static_cast<int64_t>(element_size(*type));
+  if (v3 && numel->i % esize != 0)
+    return bad("an UntypedStorage of " + std::to_string(numel->i)
+               + " bytes does not hold whole " + to_string(*type)
+               + " elements");
   if (!a[1] || !a[1]->is(kind::integer) || a[1]->i < 0)
     return bad("bad storage offset");
   tensor_call x;
   x.type = *type;
   x.key = key->s;
-  x.storage_numel = numel->i;
+  x.storage_numel = v3 ? numel->i / esize : numel->i;
   x.storage_offset = a[1]->i;
   if (!int_tuple(a[2], x.sizes))
     return bad("sizes are not a tuple of at most 64 ints");
@@ -724,12 +754,14 @@ write_plan_item(item_sink& out, const write_item& item,
     auto type = to_dtype(t->scalar_type());
     if (!type)
       return with_context(type.error(), to_string(item.index));
-    if (*type != item.tensor_data.properties.type)
+    // A dtype libtorch lacks arrives in its carrier (state_dict::set_carried).
+    const auto want_type = item.tensor_data.properties.type;
+    if (*type != want_type && *type != carrier_dtype(want_type))
       return make_error(errc::dtype_mismatch,
                         to_string(item.index) + ": tensor of dtype "
                           + to_string(*type) + ", the plan says "
-                          + to_string(item.tensor_data.properties.type));
-    res = write_tensor_item(out, *t, checksum);
+                          + to_string(want_type));
+    res = write_tensor_item(out, *t, checksum, want_type);
   }
   if (!res)
     return with_context(res.error(), to_string(item.index));

@@ -41,6 +41,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -61,10 +62,11 @@ struct value;
 /// memory with its strides; any other tensor is first made contiguous (a
 /// copy of this tensor only). Non-CPU tensors are copied to the CPU. Fails
 /// with `errc::unknown_dtype` / `errc::unsupported` for tensors DCP cannot
-/// hold, or with the sink's error.
-caf::expected<item_result> write_tensor_item(item_sink& out,
-                                             const at::Tensor& tensor,
-                                             bool checksum = true);
+/// hold, or with the sink's error. `saved`, where given, is the dtype to
+/// record: the tensor's own or one it carries (`carrier_dtype`).
+caf::expected<item_result>
+write_tensor_item(item_sink& out, const at::Tensor& tensor,
+                  bool checksum = true, std::optional<dtype> saved = {});
 
 /// The item bytes of `tensor` (what `write_tensor_item` writes).
 caf::expected<std::string> encode_tensor_item(const at::Tensor& tensor);

@@ -67,9 +67,15 @@ bool calls(const value& x, std::string_view module, std::string_view name) {
          && is_global(*x.items[0], module, name);
 }
 
-bool is_tensor_call(const value& x) {
+/// `_rebuild_tensor_v2`, or 2.x's `_rebuild_tensor_v3` (dtypes without a
+/// typed storage class: uint16, float8_e4m3fn, ...).
+bool is_rebuild_tensor(const value& x) {
   return calls(x, "torch._utils", "_rebuild_tensor_v2")
-         || calls(x, "torch._utils", "_rebuild_parameter")
+         || calls(x, "torch._utils", "_rebuild_tensor_v3");
+}
+
+bool is_tensor_call(const value& x) {
+  return is_rebuild_tensor(x) || calls(x, "torch._utils", "_rebuild_parameter")
          || calls(x, "torch._utils", "_rebuild_parameter_with_state");
 }
 
@@ -106,10 +112,11 @@ const value& unwrap(const value& x) {
 
 bool is_dtype_name(std::string_view name) {
   static constexpr std::string_view names[]
-    = {"float32", "float",     "float64", "double",     "float16",
-       "half",    "bfloat16",  "int64",   "long",       "int32",
-       "int",     "int16",     "short",   "int8",       "uint8",
-       "bool",    "complex64", "cfloat",  "complex128", "cdouble"};
+    = {"float32", "float",     "float64", "double",        "float16",
+       "half",    "bfloat16",  "int64",   "long",          "int32",
+       "int",     "int16",     "short",   "int8",          "uint8",
+       "bool",    "complex64", "cfloat",  "complex128",    "cdouble",
+       "uint16",  "uint32",    "uint64",  "float8_e4m3fn", "float8_e5m2"};
   return std::find(std::begin(names), std::end(names), name) != std::end(names);
 }
 
@@ -132,9 +139,12 @@ bool allowed(const value& g) {
   if (is_jit_wrapper(g))
     return true;
   if (g.s == "torch._utils")
-    return g.name == "_rebuild_tensor_v2" || g.name == "_rebuild_parameter"
+    return g.name == "_rebuild_tensor_v2" || g.name == "_rebuild_tensor_v3"
+           || g.name == "_rebuild_parameter"
            || g.name == "_rebuild_parameter_with_state";
   if (g.s == "torch" && dtype_from_storage_class(g.name))
+    return true;
+  if (g.s == "torch.storage" && g.name == "UntypedStorage")
     return true;
   return allowed_in_leaf(g);
 }
@@ -383,10 +393,14 @@ private:
       return {};
     }
     if (is_tensor_call(x)) {
-      auto t = tensor(x, path, 0);
+      dtype saved = dtype::float32;
+      auto t = tensor(x, path, 0, saved);
       if (!t)
         return std::move(t.error());
-      sd.set(key, std::move(*t));
+      if (has_libtorch_type(saved))
+        sd.set(key, std::move(*t));
+      else
+        sd.set_carried(key, std::move(*t), saved);
       return {};
     }
     std::unordered_set<const value*> seen;
@@ -421,27 +435,32 @@ private:
 
   // -- tensors ----------------------------------------------------------------
 
+  /// The tensor of a rebuild call, `saved` its dtype (the tensor is its
+  /// carrier where libtorch lacks that dtype).
   caf::expected<at::Tensor> tensor(const value& x, const std::string& path,
-                                   int nesting) {
+                                   int nesting, dtype& saved) {
     auto bad = [&](const std::string& what) {
       return fail(errc::corrupt_item, "tensor '" + path + "': " + what);
     };
     const auto& args = x.items.size() >= 2 ? x.items[1] : nullptr;
     if (!args || !args->is(kind::tuple))
       return bad("arguments are not a tuple");
-    if (!calls(x, "torch._utils", "_rebuild_tensor_v2")) {
+    if (!is_rebuild_tensor(x)) {
       // _rebuild_parameter(data, requires_grad, hooks[, state]): the data.
       if (nesting > 0 || args->items.empty() || !args->items[0]
-          || !calls(*args->items[0], "torch._utils", "_rebuild_tensor_v2"))
+          || !is_rebuild_tensor(*args->items[0]))
         return bad("a parameter that does not wrap a tensor");
-      return tensor(*args->items[0], path, nesting + 1);
+      return tensor(*args->items[0], path, nesting + 1, saved);
     }
     auto call = read_tensor_call(x);
     if (!call)
       return bad(context_of(call.error()));
-    if (args->items.size() > 7)
-      return bad(std::to_string(args->items.size())
-                 + " arguments (want 6 or 7)");
+    const bool v3 = calls(x, "torch._utils", "_rebuild_tensor_v3");
+    if (args->items.size() > (v3 ? 8 : 7))
+      return bad(
+        std::to_string(args->items.size())
+        + (v3 ? " arguments (want 7 or 8)" : " arguments (want 6 or 7)"));
+    saved = call->type;
     const auto& sizes = call->sizes;
     const auto& strides = call->strides;
     auto offset = call->storage_offset;

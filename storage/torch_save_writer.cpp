@@ -139,13 +139,28 @@ class pickler {
 public:
   std::vector<at::Tensor> storages;
 
+  /// Flat key -> the dtype its tensor carries (state_dict::set_carried).
+  std::map<std::string, dtype> carried;
+
   /// `_rebuild_tensor_v2(('storage', torch.<T>Storage, 'N', 'cpu', numel),
   /// 0, sizes, strides, False, OrderedDict())`, as Python's torch.save
-  /// writes a tensor of a dtype that has a typed storage class.
+  /// writes a tensor of a dtype that has a typed storage class; for one
+  /// without (a carried dtype: uint16, float8_e5m2, ...), as torch 2.x
+  /// writes it: `_rebuild_tensor_v3(('storage', torch.storage.UntypedStorage,
+  /// 'N', 'cpu', nbytes), 0, sizes, strides, False, OrderedDict(),
+  /// torch.<dtype>)`, all of which 2.x's weights-only unpickler allows.
   caf::expected<value_ptr> tensor(const std::string& key, const at::Tensor& t) {
     auto type = to_dtype(t.scalar_type());
     if (!type)
       return with_context(type.error(), "key '" + key + "'");
+    if (auto i = carried.find(key); i != carried.end()) {
+      if (carrier_dtype(i->second) != *type)
+        return make_error(errc::dtype_mismatch,
+                          "key '" + key + "': a " + to_string(*type)
+                            + " tensor cannot carry " + to_string(i->second));
+      type = i->second;
+    }
+    const bool v3 = storage_class_name(*type).empty();
     // Compact and on the CPU: the record holds exactly the tensor's bytes.
     auto x = t.to(at::kCPU).contiguous();
     if (x.storage_offset() != 0 || x.storage().nbytes() != x.nbytes())
@@ -160,16 +175,22 @@ public:
       strides.push_back(pickle::make_int(s));
     auto pid = pickle::make_tuple(
       {pickle::make_string("storage"),
-       pickle::make_global("torch", storage_class_name(*type)),
+       v3 ? pickle::make_global("torch.storage", "UntypedStorage")
+          : pickle::make_global("torch", storage_class_name(*type)),
        pickle::make_string(id), pickle::make_string("cpu"),
-       pickle::make_int(x.numel())});
-    return pickle::make_reduce(
-      pickle::make_global("torch._utils", "_rebuild_tensor_v2"),
-      pickle::make_tuple({pickle::make_persid(pid), pickle::make_int(0),
-                          pickle::make_tuple(std::move(sizes)),
-                          pickle::make_tuple(std::move(strides)),
-                          pickle::make_bool(false),
-                          pickle::make_ordered_dict({})}));
+       pickle::make_int(v3 ? static_cast<int64_t>(x.nbytes()) : x.numel())});
+    std::vector<value_ptr> args{pickle::make_persid(pid),
+                                pickle::make_int(0),
+                                pickle::make_tuple(std::move(sizes)),
+                                pickle::make_tuple(std::move(strides)),
+                                pickle::make_bool(false),
+                                pickle::make_ordered_dict({})};
+    if (v3)
+      args.push_back(pickle::make_global("torch", to_string(*type)));
+    return pickle::make_reduce(pickle::make_global("torch._utils",
+                                                   v3 ? "_rebuild_tensor_v3"
+                                                      : "_rebuild_tensor_v2"),
+                               pickle::make_tuple(std::move(args)));
   }
 
   /// The Python object a bytes value holds, as it was torch.save'd (ints,
@@ -421,6 +442,7 @@ caf::error write_torch_save(const std::string& path, const nested_node& tree,
                             const torch_save_write_options& opts) {
   try {
     pickler p;
+    p.carried = opts.carried;
     auto root = p.node(tree, values, opts.restore_optimizer_keys);
     if (!root)
       return with_context(root.error(), path);

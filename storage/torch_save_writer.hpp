@@ -50,6 +50,9 @@ namespace dcpp {
 struct torch_save_write_options {
   /// See the comment at the top: optimizer state keys back to ints.
   bool restore_optimizer_keys = true;
+  /// Flat key -> the dtype its tensor carries (`state_dict::set_carried`:
+  /// a dtype libtorch 1.13 lacks), written as torch 2.x writes it.
+  std::map<std::string, dtype> carried;
 };
 
 /// Writes `tree`, its leaves taken from `values` (flat key -> a plain

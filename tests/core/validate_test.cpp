@@ -100,6 +100,29 @@ TEST_CASE("shape mismatch", "[validate][load]") {
               errc::shape_mismatch, "model.w");
 }
 
+TEST_CASE("a dtype libtorch lacks loads only as itself", "[validate][load]") {
+  std::vector<state_dict_view> views(1);
+  views[0].items.push_back(plain("model.u", {4}, dtype::uint16));
+  auto md = saved_metadata(views);
+  // Into a tensor of any libtorch dtype, its carrier's included: refused
+  // even with the dtype check off, which would cast its bytes.
+  for (auto type : {dtype::int16, dtype::float32}) {
+    for (bool check : {true, false}) {
+      load_options opts;
+      opts.check_dtype = check;
+      auto err = load_error(request_of(plain("model.u", {4}, type)), md, opts);
+      check_error(err, errc::unsupported, "model.u");
+      CHECK(context_of(err).find("saved as torch.uint16, which libtorch 1.13 "
+                                 "has no tensor type for")
+            != std::string::npos);
+    }
+  }
+  // As itself (a state dict that carries it: make_state_dict_for).
+  CHECK(load_plan_of(request_of(plain("model.u", {4}, dtype::uint16)), md)
+          .items.size()
+        == 1);
+}
+
 TEST_CASE("dtype mismatch", "[validate][load]") {
   auto md = checkpoint();
   auto request = request_of(plain("model.w", {4, 3}, dtype::bfloat16));

@@ -16,7 +16,7 @@ TEST_CASE("safetensors dtype names are Hugging Face's and round-trip") {
   for (auto i = 0; i < static_cast<int>(dtype::num_values); ++i) {
     auto x = static_cast<dtype>(i);
     auto name = safetensors_dtype_name(x);
-    if (x == dtype::complex128) {
+    if (x == dtype::complex128 || !has_libtorch_type(x)) {
       REQUIRE_FALSE(name);
       CHECK(code_of(name.error()) == errc::unsupported);
       continue;

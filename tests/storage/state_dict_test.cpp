@@ -129,6 +129,35 @@ TEST_CASE("bytes values round-trip ints, floats and strings", "[state_dict]") {
   CHECK(code_of(garbage.error()) == errc::corrupt_item);
 }
 
+TEST_CASE("a carried dtype survives flattening and staging", "[state_dict]") {
+  state_dict sd;
+  auto bits = at::arange(4, at::kShort);
+  sd.nested("sub").set_carried("u", bits, dtype::uint16);
+  sd.set("f", arange_f32(2));
+  auto staged = stage_to_host(sd);
+  for (auto* d : {&sd, &staged}) {
+    auto flat = flatten(*d);
+    REQUIRE(flat);
+    auto view = make_view(*flat);
+    REQUIRE(view);
+    REQUIRE(view->items.size() == 2);
+    CHECK(view->items[0].fqn == "sub.u");
+    CHECK(view->items[0].properties.type == dtype::uint16);
+    CHECK(view->items[1].properties.type == dtype::float32);
+  }
+  // Replacing the value forgets the dtype.
+  sd.nested("sub").set("u", bits);
+  CHECK(sd.nested("sub").carried_dtype("u") == nullptr);
+  // A tensor of another element size cannot carry it: named by key.
+  sd.nested("sub").set_carried("u", arange_f32(4), dtype::uint16);
+  auto flat = flatten(sd);
+  REQUIRE(flat);
+  auto view = make_view(*flat);
+  REQUIRE_FALSE(view);
+  CHECK(context_of(view.error()).find("sub.u") != std::string::npos);
+  CHECK(context_of(view.error()).find("uint16") != std::string::npos);
+}
+
 TEST_CASE("staging copies tensors into fresh host memory", "[state_dict]") {
   state_dict sd;
   auto big = at::arange(1 << 20, at::kFloat); // 4 MiB: huge-page path

@@ -399,6 +399,35 @@ TEST_CASE("round trip of every dtype, 0-d, strided and offset views",
   }
 }
 
+TEST_CASE("torch 2.x dtypes are written and read in their carriers",
+          "[tensor_codec]") {
+  // uint16 bits in an int16 carrier: the item is 2.x's _rebuild_tensor_v3
+  // over an UntypedStorage of 6 bytes, and reads back as those bits.
+  auto carrier
+    = at::tensor(std::vector<int64_t>{1, 40000 - 65536, -1}).to(at::kShort);
+  string_sink out;
+  FS_REQUIRE(write_tensor_item(out, carrier, false, dtype::uint16));
+  const auto& bytes = out.buffer();
+  CHECK(bytes.find("_rebuild_tensor_v3") != std::string::npos);
+  CHECK(bytes.find("UntypedStorage") != std::string::npos);
+  CHECK(bytes.find("uint16") != std::string::npos);
+  auto r = tensor_item_reader::open_memory(bytes, "u16");
+  FS_REQUIRE(r);
+  CHECK(r->layout().type == dtype::uint16);
+  CHECK(r->layout().storage_numel == 3);
+  auto back = r->read_tensor({});
+  FS_REQUIRE(back);
+  CHECK(same_bits(*back, carrier));
+  auto dest = at::empty({3}, at::kShort);
+  FS_REQUIRE(r->read_into({chunk_copy{{0}, {3}, dest}}, {}));
+  CHECK(same_bits(dest, carrier));
+  // A carrier of another element size is refused.
+  string_sink bad;
+  auto res = write_tensor_item(bad, carrier, false, dtype::float8_e5m2);
+  REQUIRE_FALSE(res);
+  CHECK(code_of(res.error()) == errc::dtype_mismatch);
+}
+
 TEST_CASE("sub-boxes: leading-dim slices, inner boxes, several at once",
           "[tensor_codec]") {
   auto t = at::arange(6 * 5 * 4, at::kInt).reshape({6, 5, 4});

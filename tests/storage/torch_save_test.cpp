@@ -186,6 +186,8 @@ TEST_CASE_METHOD(fixture, "every storage class maps to its dtype",
   for (int i = 0; i < static_cast<int>(dtype::num_values); ++i) {
     auto type = static_cast<dtype>(i);
     INFO(to_string(type));
+    if (storage_class_name(type).empty())
+      continue; // 2.x's dtypes: _rebuild_tensor_v3, tested below
     auto n = 4;
     std::string raw(n * element_size(type), '\x01');
     auto root = make_dict(
@@ -197,6 +199,47 @@ TEST_CASE_METHOD(fixture, "every storage class maps to its dtype",
     CHECK(t.scalar_type() == to_scalar_type(type));
     CHECK(std::memcmp(t.data_ptr(), raw.data(), raw.size()) == 0);
   }
+}
+
+TEST_CASE("torch 2.x's _rebuild_tensor_v3 reads as a carried dtype",
+          "[torch_save]") {
+  // tests/data/torch2/make_dtypes_v3.py (torch 2.6's torch.save).
+  auto sd = read_torch_save(std::string{DCPP_TEST_DATA_DIR}
+                            + "/torch2/dtypes_v3.pt");
+  FS_REQUIRE(sd);
+  auto ints = [](std::vector<int64_t> xs, at::ScalarType type) {
+    return at::tensor(xs).to(type);
+  };
+  struct expected {
+    const char* key;
+    dtype type;
+    at::Tensor carrier;
+  };
+  const expected cases[] = {
+    {"u16", dtype::uint16, ints({1, 40000 - 65536, -1}, at::kShort)},
+    {"u32", dtype::uint32, ints({7, -1}, at::kInt)},
+    {"u64", dtype::uint64, ints({int64_t{1} << 62, -2}, at::kLong)},
+    {"f8_e4m3fn", dtype::float8_e4m3fn, ints({0x38, 0x30, 0xc0}, at::kByte)},
+    {"f8_e5m2", dtype::float8_e5m2, ints({0x3c, 0x40, 0xb8}, at::kByte)},
+    // A view at storage offset 2 (elements, not bytes) of 6 elements.
+    {"u16_view", dtype::uint16, ints({2, 3, 4}, at::kShort)},
+  };
+  for (const auto& c : cases) {
+    INFO(c.key);
+    auto saved = sd->carried_dtype(c.key);
+    REQUIRE(saved);
+    CHECK(*saved == c.type);
+    auto t = tensor_at(*sd, {c.key});
+    CHECK(t.scalar_type() == c.carrier.scalar_type());
+    CHECK(at::equal(t, c.carrier));
+  }
+  // Its planner view names the saved dtype, not the carrier.
+  auto flat = flatten(*sd);
+  FS_REQUIRE(flat);
+  auto view = make_view(*flat);
+  FS_REQUIRE(view);
+  for (const auto& item : view->items)
+    CHECK(item.properties.type == *sd->carried_dtype(item.fqn));
 }
 
 TEST_CASE_METHOD(fixture, "views are checked against their storage",

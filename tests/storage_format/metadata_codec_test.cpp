@@ -327,6 +327,32 @@ TEST_CASE("encode then decode gives the same metadata", "[metadata]") {
   }
 }
 
+TEST_CASE("torch 2.x dtypes round-trip in both flavors", "[metadata]") {
+  // uint16/32/64 and float8 have no torch 1.13 type, but a checkpoint of
+  // them is bytes with a dtype: both flavors name them as `torch.<name>`.
+  const std::pair<dtype, size_t> types[] = {
+    {dtype::uint16, 2},        {dtype::uint32, 4},      {dtype::uint64, 8},
+    {dtype::float8_e4m3fn, 1}, {dtype::float8_e5m2, 1},
+  };
+  for (auto [type, size] : types) {
+    CAPTURE(to_string(type));
+    CHECK(element_size(type) == size);
+    CHECK_FALSE(has_libtorch_type(type));
+    CHECK(element_size(carrier_dtype(type)) == size);
+    CHECK(has_libtorch_type(carrier_dtype(type)));
+    CHECK(parse_dtype("torch." + to_string(type)) == type);
+    CHECK(storage_class_name(type).empty());
+    metadata md;
+    md.state_dict_metadata.emplace("w", tensor(type, {5}, {{{0}, {5}}}));
+    CHECK(decode_ok(encode_metadata(md, metadata_flavor::torch_1_13)) == md);
+    md.version = "1.0.0";
+    auto bytes = encode_metadata(md, metadata_flavor::torch_2);
+    CHECK(bytes.find(to_string(type)) != std::string::npos);
+    CHECK(decode_ok(bytes) == md);
+  }
+  CHECK_FALSE(dtype_from_storage_class(""));
+}
+
 TEST_CASE("re-encoding a 1.13 fixture decodes equal in both flavors",
           "[metadata]") {
   for (auto file : {"dcp-1.13/ckpt_113_per_item/.metadata",
