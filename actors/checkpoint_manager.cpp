@@ -368,11 +368,28 @@ caf::error checkpoint_manager::save(uint64_t step, const state_dict& sd,
     caf::error err = res ? retain() : std::move(res.error());
     if (!err)
       err = metrics_err;
+    // Named by the step the loop knows (the checkpointer counts its own
+    // saves: "save 4" is the fourth, which may be step 40).
+    if (err)
+      err = with_context(err, "checkpoint manager " + root_ + ": step "
+                                + std::to_string(step));
     finished(step, err);
     return err;
   };
   if (!opts_.async)
     return complete(cp_.save(sd, dir));
+  // The previous async save has finished on every rank once this one is
+  // staged (the checkpointer stages after the previous write), so a failure
+  // of it is reported here, at the next save, on every rank alike; this
+  // step's save still starts. (`on_finished` hears of it sooner, from the
+  // background.)
+  if (tail_.valid())
+    tail_.wait();
+  caf::error earlier;
+  {
+    std::lock_guard<std::mutex> guard{mx_};
+    earlier = std::exchange(first_error_, caf::error{});
+  }
   auto fut = cp_.async_save(sd, dir).share();
   auto prev = tail_;
   tail_ = std::async(std::launch::async, [complete, fut, prev] {
@@ -380,7 +397,7 @@ caf::error checkpoint_manager::save(uint64_t step, const state_dict& sd,
               prev.wait();
             complete(fut.get());
           }).share();
-  return caf::none;
+  return earlier;
 }
 
 caf::error checkpoint_manager::save(uint64_t step, const stateful_list& objs,

@@ -172,14 +172,17 @@ public:
   /// Collective. Synchronous: returns once committed (the save's error, or
   /// a retention failure as `errc::io_error` naming the path). Async:
   /// returns once `sd` is staged to host memory (after the previous async
-  /// save finished writing); the outcome goes to `on_finished` and
-  /// `wait_until_finished`. Refuses (`errc::invalid_argument`, nothing
-  /// written) a step not newer than the last one this manager saved or
-  /// restored, or than the newest committed step in the root (retention
-  /// would remove an older save in flight as a leftover); a leftover
-  /// uncommitted directory of the step is saved over. If the coordinator
-  /// cannot write the metrics file it still joins the save and returns
-  /// that error once the save is done.
+  /// save finished writing); the outcome goes to `on_finished` and to the
+  /// next `save` or `wait_until_finished`, whichever comes first: an async
+  /// `save` returns the error of the earlier save that failed since the
+  /// last report, naming its step ("checkpoint manager ROOT: step 40:
+  /// ..."), while its own step's save goes ahead. Refuses
+  /// (`errc::invalid_argument`, nothing written) a step not newer than the last
+  /// one this manager saved or restored, or than the newest committed step in
+  /// the root (retention would remove an older save in flight as a leftover); a
+  /// leftover uncommitted directory of the step is saved over. If the
+  /// coordinator cannot write the metrics file it still joins the save and
+  /// returns that error once the save is done.
   caf::error save(uint64_t step, const state_dict& sd,
                   const step_metrics& metrics = {});
 

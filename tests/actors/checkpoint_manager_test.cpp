@@ -264,6 +264,39 @@ TEST_CASE_METHOD(async_fixture,
 }
 
 TEST_CASE_METHOD(async_fixture,
+                 "a failed async save is reported by the next save, naming "
+                 "its step",
+                 "[checkpoint_manager]") {
+  std::vector<std::pair<uint64_t, bool>> heard;
+  std::mutex heard_mx;
+  o.on_finished = [&](uint64_t step, const caf::error& err) {
+    std::lock_guard<std::mutex> guard{heard_mx};
+    heard.emplace_back(step, static_cast<bool>(err));
+  };
+  checkpoint_manager mgr{root, o};
+  REQUIRE(fs_test::why(mgr.save(10, state_of(10))) == "");
+  REQUIRE(fs_test::why(mgr.wait_until_finished()) == "");
+  REQUIRE(fs_test::why(fault::install("io:eio@0:1")) == "");
+  REQUIRE(fs_test::why(mgr.save(20, state_of(20))) == "");
+  // Step 30's save reports step 20's failure (by the step, not by the
+  // checkpointer's count of saves) and goes ahead itself.
+  auto err = mgr.save(30, state_of(30));
+  REQUIRE(err);
+  INFO(describe(err));
+  CHECK(describe(err).find("step 20") != std::string::npos);
+  CHECK(describe(err).find("step 30") == std::string::npos);
+  fault::clear();
+  // Reported once: the next report is step 30's own outcome.
+  CHECK(fs_test::why(mgr.wait_until_finished()) == "");
+  CHECK(mgr.latest_step() == 30u);
+  std::lock_guard<std::mutex> guard{heard_mx};
+  CHECK(heard
+        == std::vector<std::pair<uint64_t, bool>>{{10, false},
+                                                  {20, true},
+                                                  {30, false}});
+}
+
+TEST_CASE_METHOD(async_fixture,
                  "destroying a manager finishes its pending async save",
                  "[checkpoint_manager]") {
   {
