@@ -369,6 +369,17 @@ struct edited_load {
   double lr = 0;
 };
 
+/// Keeps only the keys of an Adam param group that libtorch knows, as dcpp
+/// wrote them before it wrote Python's too.
+void keep_libtorch_keys(state_dict& group) {
+  state_dict old;
+  for (auto& [key, v] : group.entries())
+    if (key == "lr" || key == "betas" || key == "eps" || key == "weight_decay"
+        || key == "amsgrad" || key == "params")
+      old.set(key, v);
+  group = old;
+}
+
 /// Saves an Adam training state (one step, lr 0.01) whose group 0 `edit`
 /// changed first (as another writer would have written it), then loads it
 /// into a fresh model and Adam (lr 0.5).
@@ -476,14 +487,7 @@ TEST_CASE("a Python-only hyper-parameter loads only as None or False",
 TEST_CASE("a checkpoint without the Python-only keys still loads",
           "[training]") {
   // As dcpp wrote param_groups before, and as libtorch knows them.
-  auto res = save_edited_and_load([](state_dict& group) {
-    state_dict old;
-    for (auto& [key, v] : group.entries())
-      if (key == "lr" || key == "betas" || key == "eps" || key == "weight_decay"
-          || key == "amsgrad" || key == "params")
-        old.set(key, v);
-    group = old;
-  });
+  auto res = save_edited_and_load(keep_libtorch_keys);
   CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.lr") == 1);
   CHECK(res.saved.state_dict_metadata.count("optim.param_groups.0.fused") == 0);
   CHECK_FALSE(res.err);
@@ -540,14 +544,8 @@ TEST_CASE("the checkpoint manager resumes from a checkpoint without the "
   {
     auto sd = training_state(*a, opt_a);
     REQUIRE(sd);
-    auto& group = *std::get<std::shared_ptr<state_dict>>(
-      *sd->find_path({"optim", "param_groups", "0"}));
-    state_dict old;
-    for (auto& [key, v] : group.entries())
-      if (key == "lr" || key == "betas" || key == "eps" || key == "weight_decay"
-          || key == "amsgrad" || key == "params")
-        old.set(key, v);
-    group = old;
+    keep_libtorch_keys(*std::get<std::shared_ptr<state_dict>>(
+      *sd->find_path({"optim", "param_groups", "0"})));
     state_dict wrapped;
     wrapped.nested("app") = std::move(*sd);
     checkpoint_manager mgr{dir.path(), o};
