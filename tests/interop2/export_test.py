@@ -28,6 +28,11 @@ dcpp = os.path.join(apps, "dcpp")
 run_sh = os.environ.get("DCPP_TORCH2_RUN") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
     "torch2", "run.sh")
+# The exact comparison of nested values, shared with the 1.13 tests; bound
+# into the chroot at the same path.
+interop = os.path.realpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
+    "interop"))
 
 
 def fail(msg):
@@ -41,7 +46,8 @@ def torch2(scratch, code, *args):
     script = os.path.join(scratch, "torch2_script.py")
     with open(script, "w") as f:
         f.write(code)
-    cmd = ["bash", run_sh, "--bind", scratch, "--", "python3", script, *args]
+    cmd = ["bash", run_sh, "--bind", scratch, "--bind", interop, "--",
+           "python3", script, interop, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -57,6 +63,8 @@ def run_dcpp(*args):
 
 COMMON = r'''
 import sys, collections, torch
+sys.path.insert(0, sys.argv.pop(1))
+from state_trees import first_difference as diff, plain
 
 def model():
     torch.manual_seed(0)
@@ -91,46 +99,6 @@ def make():
         "optim": opt.state_dict(),
     }
 
-def plain(v):
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [plain(x) for x in v]
-    if isinstance(v, torch.Size):
-        return v
-    if isinstance(v, tuple):
-        return tuple(plain(x) for x in v)
-    return v
-
-def diff(got, want, where="top"):
-    if isinstance(want, dict):
-        if type(got) is not dict:
-            return f"{where}: a {type(got).__name__}, expected a dict"
-        if set(got) != set(want):
-            return f"{where}: keys {sorted(got, key=repr)} != {sorted(want, key=repr)}"
-        for k in want:
-            d = diff(got[k], want[k], f"{where}[{k!r}]")
-            if d:
-                return d
-        return None
-    if isinstance(want, torch.Tensor):
-        if not isinstance(got, torch.Tensor) or got.dtype != want.dtype \
-                or got.shape != want.shape or not torch.equal(got, want):
-            return f"{where}: {got!r} != {want!r}"
-        return None
-    if type(got) is not type(want):
-        return f"{where}: a {type(got).__name__} ({got!r}), expected a {type(want).__name__} ({want!r})"
-    if isinstance(want, (list, tuple)) and not isinstance(want, torch.Size):
-        if len(got) != len(want):
-            return f"{where}: {got!r} != {want!r}"
-        for i, (g, w) in enumerate(zip(got, want)):
-            d = diff(g, w, f"{where}[{i}]")
-            if d:
-                return d
-        return None
-    if got != want:
-        return f"{where}: {got!r} != {want!r}"
-    return None
 '''
 
 SAVE = COMMON + r'''
