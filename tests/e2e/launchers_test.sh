@@ -36,17 +36,7 @@ case_name=$3
 
 worker=$bin/dcpp-worker
 
-rm -rf "$scratch"
-mkdir -p "$scratch"
-log=$scratch/log.txt
-: >"$log"
-
-fail() {
-  echo "FAIL ($case_name): $*"
-  echo "---- output ----"
-  cat "$log"
-  exit 1
-}
+source "$(dirname "$0")/case_log.sh"
 
 skip() {
   echo "SKIP ($case_name): $*"

@@ -28,17 +28,7 @@ worker=$bin/dcpp-worker
 coordinator=$bin/dcpp-coordinator
 launch=$bin/dcpp-launch
 
-rm -rf "$scratch"
-mkdir -p "$scratch"
-log=$scratch/log.txt
-: >"$log"
-
-fail() {
-  echo "FAIL ($case_name): $*"
-  echo "---- output ----"
-  cat "$log"
-  exit 1
-}
+source "$(dirname "$0")/case_log.sh"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -19,17 +19,7 @@ worker=$1
 scratch=$2
 case_name=$3
 
-rm -rf "$scratch"
-mkdir -p "$scratch"
-log=$scratch/log.txt
-: >"$log"
-
-fail() {
-  echo "FAIL ($case_name): $*"
-  echo "---- output ----"
-  cat "$log"
-  exit 1
-}
+source "$(dirname "$0")/../e2e/case_log.sh"
 
 export DCPP_SECRET=torchrun2-test-secret-$$
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
